@@ -1,0 +1,51 @@
+# certdrop — the two set-up commands of the README:
+#   make run    install into .venv, create the demo CA on first run, run the daemon on config/certdrop.toml
+#   make test   install into .venv (with test extras and the Debian peers), run the whole test suite
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG := config/certdrop.toml
+# Debian packages the tests talk to as real peers (installed only when missing; needs root)
+# as command:package pairs, so a peer already present (a JRE from elsewhere, say) is not reinstalled
+DEB_TEST_PEERS := openssl:openssl apache2:apache2 curl:curl pk12util:libnss3-tools \
+                  certtool:gnutls-bin keytool:default-jre-headless systemd-analyze:systemd
+
+.PHONY: run test venv test-deps lint bench clean
+
+$(BIN)/certdrop: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/certdrop
+
+run: venv
+	@test -f .state/ca.cer || $(BIN)/certdrop --config $(CONFIG) init
+	$(BIN)/certdrop --config $(CONFIG) run
+
+test-deps:
+	@missing=""; for pair in $(DEB_TEST_PEERS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: venv test-deps
+	$(BIN)/ruff check daemon tests bench
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check daemon tests bench
+	$(BIN)/ruff format --check daemon tests bench
+	$(BIN)/mypy
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .state build *.egg-info

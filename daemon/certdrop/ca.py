@@ -1,0 +1,618 @@
+"""The certificate authority: keys, certificate building, signing, CRLs, PKCS#12.
+
+Private keys never leave this module: callers get certificates, CRLs and
+encrypted PKCS#12 bundles, never key objects or key bytes (the one exception is
+the subject key a user dropped, which goes in and comes out only inside a p12).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .clock import utc_seconds
+from .config import CASettings
+from .errors import CAError, LintError
+from .fsutil import atomic_write, ensure_dir
+from .request import ATTRIBUTE_OIDS
+
+CA_KEY = "ca.key"
+CA_CERT = "ca.cer"
+CA_CHAIN = "chain.pem"
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+EKU_OIDS = {
+    "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "email_protection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "code_signing": ExtendedKeyUsageOID.CODE_SIGNING,
+    "time_stamping": ExtendedKeyUsageOID.TIME_STAMPING,
+}
+
+REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "certificateHold": x509.ReasonFlags.certificate_hold,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+    "aACompromise": x509.ReasonFlags.aa_compromise,
+}
+
+Linter = Callable[[bytes], list[str]]
+PKCS12_KDF_ROUNDS = 2048
+
+
+def generate_key(key_type: str) -> PrivateKey:
+    if key_type.startswith("rsa-"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    raise CAError(f"unsupported key type {key_type!r}")
+
+
+def _hash_for(key: Any) -> hashes.HashAlgorithm | None:
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return hashes.SHA384() if key.curve.key_size >= 384 else hashes.SHA256()
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return None
+    return hashes.SHA256()
+
+
+def random_serial() -> int:
+    """A positive serial with 127 random bits from the OS CSPRNG (16 octets in DER)."""
+    while True:
+        serial = int.from_bytes(secrets.token_bytes(16), "big") >> 1
+        if serial >= 1 << 64:  # at least 64 bits of entropy actually used
+            return serial
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "X").rjust(2, "0") if serial else "00"
+
+
+def public_key_bytes(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+@dataclass(frozen=True)
+class IssueSpec:
+    """Everything that goes into an end-entity certificate, decided by the policy."""
+
+    subject: Sequence[tuple[str, str]]
+    public_key: Any
+    not_before: dt.datetime
+    not_after: dt.datetime
+    key_usage: Sequence[str]
+    extended_key_usage: Sequence[str]
+    emails: Sequence[str] = ()
+    dns_names: Sequence[str] = ()
+    serial: int = 0
+    crl_distribution_point: str = ""
+
+
+def subject_text(name: x509.Name) -> str:
+    """RFC 4514 text with readable names for every attribute certdrop knows."""
+    return name.rfc4514_string({oid: short for short, oid in ATTRIBUTE_OIDS.items()})
+
+
+def build_name(attrs: Iterable[tuple[str, str]]) -> x509.Name:
+    return x509.Name([x509.NameAttribute(ATTRIBUTE_OIDS[n], v) for n, v in attrs])
+
+
+class CertificateAuthority:
+    """A loaded CA: its certificate, the chain above it, and its private key."""
+
+    def __init__(
+        self, cert: x509.Certificate, key: PrivateKey, chain: Sequence[x509.Certificate] = ()
+    ):
+        self.cert = cert
+        self.chain = tuple(chain)
+        self.__key = key
+        self._hash = _hash_for(key)
+        self._throwaway: PrivateKey | None = None
+        try:
+            self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            )
+        except x509.ExtensionNotFound:
+            self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+
+    # --- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, state: Path, passphrase: bytes | None = None) -> CertificateAuthority:
+        key_path, cert_path = state / CA_KEY, state / CA_CERT
+        if not cert_path.exists() or not key_path.exists():
+            raise CAError(f"no CA in {state}; create one with 'certdrop init'")
+        st = key_path.stat()
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise CAError(
+                f"the CA key {key_path} is readable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {key_path}'"
+            )
+        cert = _load_cert(cert_path.read_bytes(), str(cert_path))
+        key = _load_key(key_path.read_bytes(), passphrase, str(key_path))
+        if public_key_bytes(key.public_key()) != public_key_bytes(cert.public_key()):
+            raise CAError(
+                f"the CA key {key_path} does not belong to the CA certificate {cert_path}"
+            )
+        chain: list[x509.Certificate] = []
+        chain_path = state / CA_CHAIN
+        if chain_path.exists():
+            chain = x509.load_pem_x509_certificates(chain_path.read_bytes())
+        return cls(cert, key, chain)
+
+    # --- facts -------------------------------------------------------------------------------
+    @property
+    def subject(self) -> x509.Name:
+        return self.cert.subject
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.cert.not_valid_after_utc
+
+    @property
+    def key_algorithm(self) -> str:
+        key = self.__key
+        if isinstance(key, rsa.RSAPrivateKey):
+            return f"rsa-{key.key_size}"
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return f"ec-{key.curve.name}"
+        return "ed25519"
+
+    def bundle_certificates(self) -> list[x509.Certificate]:
+        """The CA certificate and everything above it (what relying parties trust)."""
+        return [self.cert, *self.chain]
+
+    # --- signing -------------------------------------------------------------------------------
+    def _throwaway_key(self) -> PrivateKey:
+        if self._throwaway is None:
+            key = self.__key
+            if isinstance(key, rsa.RSAPrivateKey):
+                self._throwaway = rsa.generate_private_key(65537, key.key_size)
+            elif isinstance(key, ec.EllipticCurvePrivateKey):
+                self._throwaway = ec.generate_private_key(key.curve)
+            else:
+                self._throwaway = ed25519.Ed25519PrivateKey.generate()
+        return self._throwaway
+
+    def _builder(self, spec: IssueSpec) -> x509.CertificateBuilder:
+        if spec.serial <= 0:
+            raise CAError("a certificate needs a positive serial number")
+        subject = build_name(spec.subject)
+        is_rsa = isinstance(spec.public_key, rsa.RSAPublicKey)
+        ku = set(spec.key_usage)
+        key_usage = x509.KeyUsage(
+            digital_signature="digital_signature" in ku,
+            content_commitment="content_commitment" in ku,
+            # encipherment is meaningful for RSA keys only (RFC 5480 / RFC 8813)
+            key_encipherment="key_encipherment" in ku and is_rsa,
+            data_encipherment="data_encipherment" in ku and is_rsa,
+            key_agreement="key_agreement" in ku
+            and isinstance(spec.public_key, ec.EllipticCurvePublicKey),
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        )
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(spec.public_key)
+            .serial_number(spec.serial)
+            .not_valid_before(utc_seconds(spec.not_before))
+            .not_valid_after(utc_seconds(min(spec.not_after, self.not_after)))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(key_usage, critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(spec.public_key), critical=False
+            )
+            .add_extension(self._aki, critical=False)
+        )
+        if spec.extended_key_usage:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([EKU_OIDS[e] for e in spec.extended_key_usage]),
+                critical=False,
+            )
+        names: list[x509.GeneralName] = [x509.RFC822Name(e) for e in spec.emails]
+        names += [x509.DNSName(d) for d in spec.dns_names]
+        if names:
+            # RFC 5280 4.2.1.6: critical when the subject is empty
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(names), critical=len(subject) == 0
+            )
+        if spec.crl_distribution_point:
+            builder = builder.add_extension(
+                x509.CRLDistributionPoints(
+                    [
+                        x509.DistributionPoint(
+                            full_name=[x509.UniformResourceIdentifier(spec.crl_distribution_point)],
+                            relative_name=None,
+                            reasons=None,
+                            crl_issuer=None,
+                        )
+                    ]
+                ),
+                critical=False,
+            )
+        return builder
+
+    def issue(self, spec: IssueSpec, linter: Linter | None = None) -> x509.Certificate:
+        """Build, lint (before the CA key signs anything), sign and double-check."""
+        builder = self._builder(spec)
+        linted_tbs: bytes | None = None
+        if linter is not None:
+            draft = builder.sign(self._throwaway_key(), self._hash)  # type: ignore[arg-type]
+            findings = linter(draft.public_bytes(serialization.Encoding.DER))
+            if findings:
+                raise LintError(
+                    "the certificate would not be standards-compliant: " + "; ".join(findings)
+                )
+            linted_tbs = draft.tbs_certificate_bytes
+        cert = builder.sign(self.__key, self._hash)  # type: ignore[arg-type]
+        if linted_tbs is not None and cert.tbs_certificate_bytes != linted_tbs:
+            raise CAError(
+                "internal check failed: the signed certificate differs from the linted one"
+            )
+        if public_key_bytes(cert.public_key()) != public_key_bytes(spec.public_key):
+            raise CAError("internal check failed: the certificate carries a different public key")
+        self.verify_signed_by_me(cert)
+        return cert
+
+    def verify_signed_by_me(self, cert: x509.Certificate) -> None:
+        try:
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise CAError(f"certificate was not issued by this CA ({exc})") from None
+
+    def issued_this(self, cert: x509.Certificate) -> bool:
+        try:
+            self.verify_signed_by_me(cert)
+        except CAError:
+            return False
+        return True
+
+    # --- CRLs ----------------------------------------------------------------------------------
+    def build_crl(
+        self,
+        revoked: Iterable[tuple[int, dt.datetime, str | None]],
+        number: int,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+    ) -> x509.CertificateRevocationList:
+        """One CRL with every revoked serial (built in bulk: linear, not quadratic)."""
+        entries = []
+        for serial, when, reason in revoked:
+            b = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(utc_seconds(when))
+            )
+            if reason and reason != "unspecified":
+                b = b.add_extension(x509.CRLReason(REVOCATION_REASONS[reason]), critical=False)
+            entries.append(b.build())
+        builder = x509.CertificateRevocationListBuilder(
+            issuer_name=self.cert.subject,
+            last_update=utc_seconds(this_update),
+            next_update=utc_seconds(next_update),
+            extensions=[
+                x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
+                x509.Extension(self._aki.oid, False, self._aki),
+            ],
+            revoked_certificates=entries,
+        )
+        return builder.sign(self.__key, self._hash)  # type: ignore[arg-type]
+
+    # --- PKCS#12 -------------------------------------------------------------------------------
+    def pkcs12_bundle(
+        self,
+        subject_key: PrivateKey,
+        cert: x509.Certificate,
+        friendly_name: str,
+        password: str,
+        preset: str,
+    ) -> bytes:
+        """A p12 with key, certificate and the CA chain, encrypted per `preset`."""
+        return make_pkcs12(
+            subject_key, cert, self.bundle_certificates(), friendly_name, password, preset
+        )
+
+
+def make_pkcs12(
+    key: PrivateKey,
+    cert: x509.Certificate,
+    cas: Sequence[x509.Certificate],
+    friendly_name: str,
+    password: str,
+    preset: str,
+) -> bytes:
+    fmt = serialization.PrivateFormat.PKCS12.encryption_builder()
+    if preset == "legacy":
+        enc = (
+            fmt.kdf_rounds(PKCS12_KDF_ROUNDS)
+            .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+            .hmac_hash(hashes.SHA1())  # noqa: S303 - the "legacy" preset, on request
+            .build(password.encode())
+        )
+    else:
+        enc = (
+            # PBKDF2 iterations as OpenSSL 3 uses by default; the password is random
+            # (>= 96 bits), so the KDF cost adds little and slows every import
+            fmt.kdf_rounds(PKCS12_KDF_ROUNDS)
+            .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+            .hmac_hash(hashes.SHA256())
+            .build(password.encode())
+        )
+    return pkcs12.serialize_key_and_certificates(
+        friendly_name.encode("utf-8"), key, cert, list(cas), enc
+    )
+
+
+def subject_key_matches(key: Any, public_key: Any) -> bool:
+    return public_key_bytes(key.public_key()) == public_key_bytes(public_key)
+
+
+def load_subject_key(data: bytes) -> PrivateKey:
+    """A dropped NAME.key (PEM, unencrypted)."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise CAError(
+            "the key file is encrypted; drop it unencrypted (openssl genrsa without -aes256)"
+        ) from None
+    except (ValueError, Exception) as exc:  # noqa: BLE001 - any parse failure is a user error
+        raise CAError(f"the key file is not a PEM private key ({exc.__class__.__name__})") from None
+    if not isinstance(
+        key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    ):
+        raise CAError("the key file holds a key type certdrop does not support")
+    return key
+
+
+# --- creating and adopting a CA -------------------------------------------------------------------
+
+
+def _load_cert(data: bytes, where: str) -> x509.Certificate:
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise CAError(f"{where} is not a certificate ({exc})") from None
+
+
+def _load_key(data: bytes, passphrase: bytes | None, where: str) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError:
+        if passphrase is None:
+            raise CAError(
+                f"{where} is encrypted; set [ca] key_passphrase_file (or the systemd credential)"
+            ) from None
+        raise CAError(
+            f"{where} is not encrypted but a passphrase was given; remove key_passphrase_file"
+        ) from None
+    except ValueError as exc:
+        raise CAError(
+            f"{where} cannot be loaded: wrong passphrase or not a PEM key ({exc})"
+        ) from None
+    if not isinstance(
+        key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    ):
+        raise CAError(f"{where} holds an unsupported key type")
+    return key
+
+
+def _key_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+
+
+def ca_exists(state: Path) -> bool:
+    return (state / CA_KEY).exists() or (state / CA_CERT).exists()
+
+
+def create_ca(
+    state: Path,
+    settings: CASettings,
+    now: dt.datetime,
+    passphrase: bytes | None = None,
+    linter: Linter | None = None,
+) -> x509.Certificate:
+    """Create a new root CA in `state`; never overwrites an existing one."""
+    if ca_exists(state):
+        raise CAError(f"a CA already exists in {state}; certdrop never overwrites a CA")
+    ensure_dir(state, 0o700)
+    key = generate_key(settings.key_type)
+    attrs: list[x509.NameAttribute[str]] = []
+    if settings.country:
+        attrs.append(x509.NameAttribute(NameOID.COUNTRY_NAME, settings.country))
+    if settings.locality:
+        attrs.append(x509.NameAttribute(NameOID.LOCALITY_NAME, settings.locality))
+    if settings.organization:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, settings.organization))
+    if settings.organizational_unit:
+        attrs.append(
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, settings.organizational_unit)
+        )
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, settings.common_name))
+    name = x509.Name(attrs)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    start = utc_seconds(now) - dt.timedelta(minutes=5)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=settings.validity_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+    )
+    cert = builder.sign(key, _hash_for(key))  # type: ignore[arg-type]
+    if linter is not None:
+        findings = linter(cert.public_bytes(serialization.Encoding.DER))
+        if findings:
+            raise LintError("the CA certificate would not lint clean: " + "; ".join(findings))
+    # key first (0600), certificate last: a CA exists once ca.cer exists
+    atomic_write(state / CA_KEY, _key_pem(key, passphrase), 0o600)
+    atomic_write(state / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return cert
+
+
+def adopt_ca(
+    state: Path,
+    cert_path: Path,
+    key_path: Path,
+    now: dt.datetime,
+    passphrase: bytes | None = None,
+    chain_path: Path | None = None,
+) -> tuple[x509.Certificate, list[str]]:
+    """Adopt an existing CA (such as the howto's ca.cer + ca.key). Returns warnings."""
+    if ca_exists(state):
+        raise CAError(f"a CA already exists in {state}; certdrop never overwrites a CA")
+    try:
+        cert_data, key_data = cert_path.read_bytes(), key_path.read_bytes()
+    except OSError as exc:
+        raise CAError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    cert = _load_cert(cert_data, str(cert_path))
+    key = _load_key(key_data, passphrase, str(key_path))
+    if public_key_bytes(key.public_key()) != public_key_bytes(cert.public_key()):
+        raise CAError(f"{key_path} is not the private key of {cert_path}")
+    warnings: list[str] = []
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        raise CAError(
+            f"{cert_path} is not a CA certificate (no basicConstraints CA:TRUE)"
+        ) from None
+    if not bc.value.ca:
+        raise CAError(f"{cert_path} is not a CA certificate (basicConstraints CA:FALSE)")
+    if not bc.critical:
+        warnings.append("basicConstraints is not marked critical (RFC 5280 requires it for CAs)")
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.key_cert_sign:
+            raise CAError(f"{cert_path} may not sign certificates (keyUsage lacks keyCertSign)")
+        if not ku.crl_sign:
+            warnings.append("keyUsage lacks cRLSign: relying parties may reject its CRLs")
+    except x509.ExtensionNotFound:
+        warnings.append("the CA certificate has no keyUsage extension")
+    if cert.not_valid_after_utc <= now:
+        raise CAError(f"{cert_path} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    algo = cert.signature_hash_algorithm
+    if algo is not None and algo.name in ("sha1", "md5"):
+        warnings.append(
+            f"the CA certificate is signed with {algo.name.upper()}; certificates certdrop issues "
+            "use SHA-256 regardless, but plan to replace this CA"
+        )
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
+        raise CAError(f"the CA key has only {key.key_size} bits; at least 2048 are required")
+    chain: list[x509.Certificate] = []
+    if chain_path is not None:
+        try:
+            chain = x509.load_pem_x509_certificates(chain_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CAError(f"cannot read the chain {chain_path}: {exc}") from None
+    ensure_dir(state, 0o700)
+    atomic_write(state / CA_KEY, _key_pem(key, passphrase), 0o600)
+    if chain:
+        atomic_write(
+            state / CA_CHAIN,
+            b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
+            0o644,
+        )
+    atomic_write(state / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return cert, warnings
+
+
+def verify_rsa_or_ec(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True if `issuer` signed `cert` (any supported algorithm)."""
+    pub = issuer.public_key()
+    try:
+        if isinstance(pub, rsa.RSAPublicKey):
+            assert cert.signature_hash_algorithm is not None
+            pub.verify(
+                cert.signature,
+                cert.tbs_certificate_bytes,
+                padding.PKCS1v15(),
+                cert.signature_hash_algorithm,
+            )
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            assert cert.signature_hash_algorithm is not None
+            pub.verify(
+                cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+            )
+        elif isinstance(pub, ed25519.Ed25519PublicKey):
+            pub.verify(cert.signature, cert.tbs_certificate_bytes)
+        else:
+            return False
+    except (InvalidSignature, AssertionError):
+        return False
+    return True
+
+
+def read_passphrase(path: str) -> bytes | None:
+    """The CA key passphrase from a file or a systemd credential (first line)."""
+    if not path:
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir and (Path(cred_dir) / "ca-key-passphrase").exists():
+            path = str(Path(cred_dir) / "ca-key-passphrase")
+        else:
+            return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CAError(
+            f"[ca] key_passphrase_file = {path!r}: cannot read it ({exc.strerror})"
+        ) from None
+    line = data.splitlines()[0] if data.splitlines() else b""
+    if not line:
+        raise CAError(f"[ca] key_passphrase_file = {path!r} is empty")
+    return line

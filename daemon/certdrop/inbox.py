@@ -1,0 +1,294 @@
+"""Watching the inbox: watchdog events and scans become queued work items.
+
+No work happens in watchdog callbacks: they only put paths on the `WorkQueue`.
+The worker (in the service) takes items off the queue and runs the pipeline.
+
+* events mode (inotify): a close-write or a move into the inbox means the file is
+  complete; a creation is only interesting for things that never get a close-write
+  (symlinks, FIFOs, devices, hard links, directories).
+* polling mode (network shares): a file is taken once its size and mtime have been
+  stable for `settle_seconds`.
+* a full scan runs at start, periodically, and whenever the queue drains after a
+  burst (inotify drops events when its queue overflows).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from .config import WatchSettings
+from .fsutil import is_ignored_name
+
+log = logging.getLogger("certdrop.inbox")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    path: Path
+    profile: str
+    complete: bool  # True: an event said the file is complete; False: check it settled
+
+
+class WorkQueue:
+    """A de-duplicating FIFO of inbox paths, with delayed re-tries."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[Path, WorkItem] = OrderedDict()
+        self._delayed: list[tuple[float, int, WorkItem]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: WorkItem) -> None:
+        with self._cond:
+            old = self._items.get(item.path)
+            if old is None or (item.complete and not old.complete):
+                self._items[item.path] = item
+                self._cond.notify()
+
+    def put_later(self, item: WorkItem, delay: float) -> None:
+        with self._cond:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), item))
+            self._cond.notify()
+
+    def get(self, timeout: float) -> WorkItem | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._promote_due()
+                if self._items:
+                    _, item = self._items.popitem(last=False)
+                    return item
+                if self._closed:
+                    return None
+                remaining = deadline - time.monotonic()
+                if self._delayed:
+                    remaining = min(remaining, self._delayed[0][0] - time.monotonic())
+                if remaining <= 0 and not self._delayed:
+                    return None
+                if remaining <= 0:
+                    if time.monotonic() >= deadline:
+                        return None
+                    continue
+                self._cond.wait(remaining)
+
+    def _promote_due(self) -> None:
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, item = heapq.heappop(self._delayed)
+            if item.path not in self._items:
+                self._items[item.path] = item
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def depth(self) -> tuple[int, int]:
+        with self._cond:
+            return len(self._items), len(self._delayed)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    def on_any_event(self, event: FileSystemEvent) -> None:  # runs in watchdog's thread
+        try:
+            if isinstance(event, FileClosedEvent):
+                self.inbox.offer(Path(os.fsdecode(event.src_path)), complete=True)
+            elif isinstance(event, FileMovedEvent | DirMovedEvent):
+                self.inbox.offer(Path(os.fsdecode(event.dest_path)), complete=True)
+            elif isinstance(event, FileCreatedEvent | DirCreatedEvent):
+                self.inbox.offer_created(Path(os.fsdecode(event.src_path)))
+            elif isinstance(event, FileModifiedEvent):
+                self.inbox.offer(Path(os.fsdecode(event.src_path)), complete=False)
+        except Exception:
+            log.exception("error while queueing %r", event)
+
+
+class Inbox:
+    """The inbox folder(s): one watch per profile folder, feeding a WorkQueue."""
+
+    def __init__(
+        self,
+        root: Path,
+        profiles: list[str],
+        default_profile: str,
+        settings: WatchSettings,
+        queue: WorkQueue,
+    ) -> None:
+        self.root = root
+        self.profiles = profiles
+        self.default_profile = default_profile
+        self.settings = settings
+        self.queue = queue
+        self.mode = self._choose_mode(settings.mode)
+        self._observer: BaseObserver | None = None
+        # polling mode: last (size, mtime_ns) seen per path, for the settle check
+        self._seen: dict[Path, tuple[int, int, float]] = {}
+
+    @staticmethod
+    def _choose_mode(mode: str) -> str:
+        if mode != "auto":
+            return mode
+        try:
+            from watchdog.observers.inotify import InotifyObserver  # noqa: F401
+        except ImportError:
+            return "polling"
+        return "events"
+
+    # --- folders -----------------------------------------------------------------------------------
+    def folders(self) -> list[tuple[Path, str]]:
+        out = [(self.root, self.default_profile)]
+        for p in self.profiles:
+            if p != self.default_profile:
+                out.append((self.root / p, p))
+        return out
+
+    def profile_for(self, path: Path) -> str | None:
+        parent = path.parent
+        if parent == self.root:
+            return self.default_profile
+        if (
+            parent.parent == self.root
+            and parent.name in self.profiles
+            and parent.name != self.default_profile
+        ):
+            return parent.name
+        return None
+
+    # --- observers ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.mode == "polling":
+            observer: BaseObserver = PollingObserver(timeout=self.settings.poll_seconds)
+            event_filter = None
+        else:
+            observer = Observer()
+            event_filter = [
+                FileClosedEvent,
+                FileMovedEvent,
+                DirMovedEvent,
+                FileCreatedEvent,
+                DirCreatedEvent,
+            ]
+        handler = _Handler(self)
+        for folder, _profile in self.folders():
+            if folder.is_dir():
+                observer.schedule(handler, str(folder), recursive=False, event_filter=event_filter)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        log.info("watching %s (%s mode)", self.root, self.mode)
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=10)
+            self._observer = None
+
+    def is_alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    # --- feeding the queue ---------------------------------------------------------------------------
+    def offer(self, path: Path, complete: bool) -> None:
+        if is_ignored_name(path.name):
+            return
+        profile = self.profile_for(path)
+        if profile is None:
+            return
+        if self.mode == "polling":
+            complete = False  # network shares: only a stable size and mtime say "complete"
+        self.queue.put(WorkItem(path, profile, complete))
+
+    def offer_created(self, path: Path) -> None:
+        """Created: only things that never get a close-write are queued now."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            if self.mode == "polling":
+                self.offer(path, complete=False)
+            return  # wait for close-write
+        self.offer(path, complete=True)
+
+    def scan(self) -> int:
+        """Queue everything in the inbox folders (found, not announced: settle first)."""
+        n = 0
+        for path, profile in self._entries():
+            self.queue.put(WorkItem(path, profile, complete=False))
+            n += 1
+        return n
+
+    def _entries(self) -> Iterator[tuple[Path, str]]:
+        for folder, profile in self.folders():
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        if is_ignored_name(entry.name):
+                            continue
+                        if (
+                            folder == self.root
+                            and entry.name in self.profiles
+                            and entry.is_dir(follow_symlinks=False)
+                        ):
+                            continue  # a profile folder
+                        yield Path(entry.path), profile
+            except FileNotFoundError:
+                continue
+
+    def settled(self, item: WorkItem, now_wall: float) -> float:
+        """0 if `item` may be read now, else seconds to wait before looking again."""
+        if item.complete:
+            return 0.0
+        try:
+            st = os.lstat(item.path)
+        except FileNotFoundError:
+            self._seen.pop(item.path, None)
+            return 0.0  # gone: the pipeline will skip it
+        if not stat.S_ISREG(st.st_mode):
+            return 0.0  # refused without reading; nothing to wait for
+        settle = self.settings.settle_seconds
+        age = now_wall - st.st_mtime
+        key = (st.st_size, st.st_mtime_ns)
+        prev = self._seen.get(item.path)
+        if self.mode == "polling":
+            if prev is None or (prev[0], prev[1]) != key:
+                self._seen[item.path] = (key[0], key[1], now_wall)
+                return max(settle, 0.05)
+            if now_wall - prev[2] < settle:
+                return max(settle - (now_wall - prev[2]), 0.05)
+            self._seen.pop(item.path, None)
+            return 0.0
+        if age < settle:
+            return max(settle - age, 0.05)
+        return 0.0

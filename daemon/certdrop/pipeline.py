@@ -1,0 +1,830 @@
+"""The issuance pipeline: claim -> parse -> policy -> sign -> record -> deliver -> archive.
+
+Every dropped request ends in exactly one of outbox/ (+ archive/), rejected/ or
+pending/, also across a crash at any point:
+
+* a request is claimed by renaming it into work/PROFILE/ before anything else;
+* outputs are staged in work/ and made durable before the index commit;
+* the index commit is the point of no return; after it, a re-run of the same
+  claimed file finds its certificate by fingerprint and re-delivers it;
+* at start, everything still in work/ is processed again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import errno
+import hashlib
+import logging
+import os
+import pwd
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from . import policy
+from .ca import (
+    CertificateAuthority,
+    IssueSpec,
+    PrivateKey,
+    generate_key,
+    load_subject_key,
+    random_serial,
+    serial_hex,
+    subject_key_matches,
+    subject_text,
+)
+from .clock import Clock
+from .config import Profile, Settings
+from .delivery import Owner, PasswordChannel, new_password, output_owner, p12_mode
+from .errors import CAError, CertdropError, LintError, RequestError
+from .fsutil import (
+    atomic_write,
+    fsync_dir,
+    is_ignored_name,
+    is_safe_name,
+    open_nofollow,
+    read_limited,
+    sanitize_name,
+)
+from .lint import Linter
+from .request import ParsedRequest, parse_request
+from .spool import Spool, archive_path, move, place_rejected, remove_quietly
+from .store import NewCertificate, SerialCollision, Store
+
+log = logging.getLogger("certdrop.pipeline")
+
+
+class Outcome(enum.Enum):
+    ISSUED = "issued"
+    REDELIVERED = "redelivered"
+    REJECTED = "rejected"
+    PENDING = "pending"
+    SKIPPED = "skipped"  # ignored, gone, or not ours to handle
+    RETRY = "retry"  # try again later (name busy, key waiting for its request, ...)
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    name: str
+    serial: str | None = None
+    reason: str = ""
+    retry_after: float = 0.0
+
+
+AuditHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class PipelineHooks:
+    """Ways for the service to hear about what the pipeline did."""
+
+    on_issued: Callable[[str, list[str]], None] | None = None  # serial, superseded serials
+    on_pending: Callable[[str, str, str], None] | None = None  # name, profile, subject
+    audit: AuditHook | None = None
+
+
+def _describe_type(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _owner_of(st: os.stat_result) -> Owner:
+    try:
+        name: str | None = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        name = None
+    return Owner(uid=st.st_uid, gid=st.st_gid, name=name)
+
+
+@dataclass
+class _Claim:
+    """A request claimed into work/PROFILE/."""
+
+    path: Path
+    name: str  # NAME (without .req)
+    profile: str
+    owner: Owner
+    st: os.stat_result
+    data: bytes = b""
+    key_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        store: Store,
+        ca: CertificateAuthority,
+        clock: Clock,
+        *,
+        linter: Linter | None,
+        password_channel: PasswordChannel,
+        hooks: PipelineHooks | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.store = store
+        self.ca = ca
+        self.clock = clock
+        self.linter = linter if settings.policy.lint else None
+        self.password_channel = password_channel
+        self.hooks = hooks or PipelineHooks()
+        self.max_bytes = settings.watch.max_request_bytes
+
+    # --- entry points --------------------------------------------------------------------------
+    def handle_inbox_file(self, path: Path, profile: str) -> Result:
+        """A file seen in inbox/ (or inbox/PROFILE/): check, claim, process."""
+        filename = path.name
+        if is_ignored_name(filename):
+            return Result(Outcome.SKIPPED, filename)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return Result(Outcome.SKIPPED, filename)
+        if filename.endswith(".key") and stat.S_ISREG(st.st_mode):
+            return self._handle_key(path, profile, st)
+        stem = filename[:-4] if filename.endswith(".req") else filename
+        if not filename.endswith(".req") or filename == ".req":
+            if stat.S_ISDIR(st.st_mode):
+                if filename in self.settings.profiles or path.parent != self.spool.inbox:
+                    return Result(Outcome.SKIPPED, filename)
+                known = ", ".join(
+                    p for p in self.settings.profiles if p != self.settings.policy.default_profile
+                )
+                return self._reject_unclaimed(
+                    path,
+                    sanitize_name(filename),
+                    st,
+                    f"inbox/{filename}/ is not a profile folder; "
+                    + (
+                        f"profile folders are: {known}"
+                        if known
+                        else "this CA has only the default profile"
+                    )
+                    + "; drop requests directly in inbox/ or in a profile folder",
+                )
+            return self._reject_unclaimed(
+                path,
+                sanitize_name(stem),
+                st,
+                f"{filename!r} is not a request: only NAME.req files (and NAME.key beside them) "
+                "are accepted in the inbox",
+            )
+        if not is_safe_name(stem):
+            safe = sanitize_name(stem)
+            return self._reject_unclaimed(
+                path,
+                safe,
+                st,
+                f"the name {filename!r} is not allowed: use only letters, digits, '.', '_' and '-' "
+                f"(no spaces, no leading dot, at most 128 characters), for example {safe}.req",
+            )
+        problem = self._unsafe(st)
+        if problem:
+            return self._reject_unclaimed(path, stem, st, problem)
+        target = self.spool.claimed_path(profile, filename)
+        if os.path.lexists(target):
+            return Result(
+                Outcome.RETRY,
+                stem,
+                reason="a request with this name is in progress",
+                retry_after=0.5,
+            )
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return Result(Outcome.SKIPPED, stem)
+        # the key beside it, if any, is claimed with it
+        key_src = path.with_name(stem + ".key")
+        key_dst = target.with_name(stem + ".key")
+        try:
+            kst = os.lstat(key_src)
+            if stat.S_ISREG(kst.st_mode):
+                os.rename(key_src, key_dst)
+        except FileNotFoundError:
+            pass
+        fsync_dir(target.parent)
+        fsync_dir(path.parent)
+        return self.process_claimed(target, profile)
+
+    def recover(self) -> list[Result]:
+        """Process everything left in work/ by an interrupted run."""
+        results: list[Result] = []
+        if not self.spool.work.is_dir():
+            return results
+        for profile_dir in sorted(self.spool.work.iterdir()):
+            if not profile_dir.is_dir() or profile_dir.name not in self.settings.profiles:
+                continue
+            for entry in sorted(profile_dir.iterdir()):
+                if entry.name.endswith(".req"):
+                    results.append(self.process_claimed(entry, profile_dir.name))
+            # keys whose request is gone: their request was finished; drop them
+            for entry in sorted(profile_dir.iterdir()):
+                if (
+                    entry.name.endswith(".key")
+                    and not entry.with_name(entry.name[:-4] + ".req").exists()
+                ):
+                    remove_quietly(entry)
+                elif entry.name.endswith((".staged", ".latekey")):
+                    remove_quietly(entry)
+        return results
+
+    # --- the main path --------------------------------------------------------------------------
+    def process_claimed(self, path: Path, profile_name: str, *, approved: bool = False) -> Result:
+        name = path.name[:-4]
+        now = self.clock.now()
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return Result(Outcome.SKIPPED, name)
+        owner = _owner_of(st)
+        claim = _Claim(path=path, name=name, profile=profile_name, owner=owner, st=st)
+        key_path = path.with_name(name + ".key")
+        if os.path.lexists(key_path):
+            claim.key_path = key_path
+        try:
+            problem = self._unsafe(st)
+            if problem:
+                return self._reject(claim, [problem])
+            try:
+                claim.data = self._read(path, st)
+            except RequestError as exc:
+                return self._reject(claim, [str(exc)])
+            try:
+                req, csr = parse_request(claim.data)
+            except RequestError as exc:
+                return self._reject(claim, [str(exc)])
+            if req.kind == "enrollment":
+                # one enrollment file asks for one new key; the same text dropped again
+                # later is a new request, while a crash-restart sees the same inode
+                ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
+                req = _with_fingerprint(req, hashlib.sha256(claim.data + ident).hexdigest())
+            return self._decide_and_issue(claim, req, csr, now, approved)
+        except CertdropError as exc:
+            # anything the user can act on that slipped through: refuse with the reason
+            return self._reject(claim, [str(exc)])
+
+    def _decide_and_issue(
+        self,
+        claim: _Claim,
+        req: ParsedRequest,
+        csr: x509.CertificateSigningRequest | None,
+        now: dt.datetime,
+        approved: bool,
+    ) -> Result:
+        profile = self.settings.profiles[claim.profile]
+        with self.store.begin() as conn:
+            previous = self.store.by_fingerprint(conn, req.fingerprint)
+            pend = self.store.get_pending(conn, claim.name)
+        for rec in previous:
+            if rec.status == "revoked":
+                return self._reject(
+                    claim,
+                    [
+                        f"this exact request already got certificate {rec.serial}, which was revoked "
+                        f"({rec.revocation_reason or 'unspecified'}); make a new key and a new request"
+                    ],
+                )
+            if rec.status == "valid" and rec.not_after > now:
+                return self._redeliver(claim, rec.serial, rec.der, rec.key_generated)
+
+        if pend is not None and pend.fingerprint == req.fingerprint and pend.decision == "approved":
+            approved = True
+        elif (
+            pend is not None
+            and pend.decision is None
+            and os.path.lexists(self.spool.pending / f"{claim.name}.req")
+        ):
+            return self._reject(
+                claim,
+                [
+                    f"a request named {claim.name}.req is already waiting for the CA operator's "
+                    "approval; drop this one under another name"
+                ],
+            )
+
+        subject_key: PrivateKey | None = None
+        if claim.key_path is not None:
+            if req.kind == "enrollment":
+                return self._reject(
+                    claim,
+                    [
+                        f"{claim.name}.key was dropped with a key-generation request; certdrop makes "
+                        "the key itself for those — drop either a CSR with its key, or the TOML alone"
+                    ],
+                )
+            try:
+                subject_key = self._read_key(claim)
+            except CertdropError as exc:
+                return self._reject(claim, [str(exc)])
+            assert csr is not None
+            if not subject_key_matches(subject_key, csr.public_key()):
+                return self._reject(
+                    claim,
+                    [
+                        f"{claim.name}.key does not belong to {claim.name}.req (the public keys differ); "
+                        "drop the key the request was made with"
+                    ],
+                )
+
+        with self.store.begin() as conn:
+            existing = self.store.existing_valid(conn, policy.unique_keys(req, profile), now)
+        ctx = policy.PolicyContext(
+            now=now,
+            ca_not_after=self.ca.not_after,
+            owner=claim.owner.name,
+            existing={
+                k: [policy.ExistingCert(r.serial, r.not_after, r.profile, r.subject) for r in v]
+                for k, v in existing.items()
+            },
+            approved=approved,
+        )
+        decision = policy.evaluate(req, profile, ctx)
+        if not decision.accepted:
+            return self._reject(claim, list(decision.reasons))
+        if decision.needs_approval:
+            return self._to_pending(claim, req, now)
+
+        # --- the key the certificate is for --------------------------------------------------
+        public_key: Any
+        if req.kind == "enrollment":
+            subject_key = generate_key(req.enrollment_key_type or profile.key_type)
+            public_key = subject_key.public_key()
+        else:
+            assert csr is not None
+            public_key = csr.public_key()
+
+        assert decision.not_before is not None and decision.not_after is not None
+        cert: x509.Certificate | None = None
+        serial = 0
+        with self.store.begin() as conn:
+            for _ in range(8):
+                serial = random_serial()
+                if not self.store.serial_exists(conn, serial_hex(serial)):
+                    break
+        spec = IssueSpec(
+            subject=decision.subject,
+            public_key=public_key,
+            not_before=decision.not_before,
+            not_after=decision.not_after,
+            key_usage=profile.key_usage,
+            extended_key_usage=profile.extended_key_usage,
+            emails=decision.emails,
+            dns_names=decision.dns_names,
+            serial=serial,
+            crl_distribution_point=self.settings.crl.distribution_point,
+        )
+        try:
+            cert = self.ca.issue(spec, self.linter.certificate if self.linter else None)
+        except LintError as exc:
+            return self._reject(claim, [str(exc)])
+        return self._commit_and_deliver(claim, req, profile, cert, subject_key, decision, now)
+
+    def _commit_and_deliver(
+        self,
+        claim: _Claim,
+        req: ParsedRequest,
+        profile: Profile,
+        cert: x509.Certificate,
+        subject_key: PrivateKey | None,
+        decision: policy.Decision,
+        now: dt.datetime,
+    ) -> Result:
+        serial = serial_hex(cert.serial_number)
+        owner = output_owner(claim.owner)
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
+        staged_p12 = self.spool.staged(claim.profile, claim.name, ".p12")
+        remove_quietly(staged_p12)
+        atomic_write(staged_cer, pem, 0o644, owner=owner)
+        password = ""
+        if subject_key is not None:
+            password = new_password()
+            cn = next((v for n, v in decision.subject if n == "CN"), claim.name)
+            p12 = self.ca.pkcs12_bundle(
+                subject_key,
+                cert,
+                cn,
+                password,
+                self.settings.profile_pkcs12_encryption(claim.profile),
+            )
+            atomic_write(staged_p12, p12, p12_mode(claim.owner), owner=owner)
+
+        cn = next((v for n, v in decision.subject if n == "CN"), "")
+        email = decision.emails[0] if decision.emails else ""
+        record = NewCertificate(
+            serial=serial,
+            subject=subject_text(cert.subject),
+            common_name=cn,
+            email=email,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            profile=claim.profile,
+            request_name=claim.name,
+            request_fingerprint=req.fingerprint,
+            issued_at=now,
+            der=cert.public_bytes(serialization.Encoding.DER),
+            attrs=list(decision.subject),
+            owner=claim.owner.name or str(claim.owner.uid),
+            key_generated=req.kind == "enrollment",
+        )
+        try:
+            with self.store.begin() as conn:
+                if password:
+                    # durable before (file) or inside (mail queue) the commit: a crash
+                    # can never leave a delivered p12 whose password is lost
+                    self.password_channel(conn, claim.name, email, serial, password)
+                self.store.add_certificate(conn, record)
+                self.store.supersede(conn, decision.supersedes, serial)
+                self.store.remove_pending(conn, claim.name)
+                self.store.log(
+                    conn,
+                    now,
+                    claim.name,
+                    "issued",
+                    profile=claim.profile,
+                    fingerprint=req.fingerprint,
+                    serial=serial,
+                    detail="; ".join(decision.notes),
+                )
+        except SerialCollision:
+            remove_quietly(staged_cer)
+            remove_quietly(staged_p12)
+            return Result(Outcome.RETRY, claim.name, reason="serial collision", retry_after=0.0)
+        # point of no return: the certificate exists in the index
+        del password
+        self._publish_outputs(claim, serial)
+        if claim.key_path is not None:
+            remove_quietly(claim.key_path)  # the key now lives only inside the encrypted p12
+        self._archive(claim, now)
+        notes = list(decision.notes) + claim.notes
+        log.info(
+            "issued %s.req serial=%s profile=%s subject=%s%s",
+            claim.name,
+            serial,
+            claim.profile,
+            record.subject,
+            f" ({'; '.join(notes)})" if notes else "",
+        )
+        self._audit(
+            "issued",
+            claim,
+            serial=serial,
+            subject=record.subject,
+            supersedes=list(decision.supersedes),
+            p12=subject_key is not None,
+        )
+        if self.hooks.on_issued is not None:
+            self.hooks.on_issued(serial, list(decision.supersedes))
+        return Result(Outcome.ISSUED, claim.name, serial=serial)
+
+    def _publish_outputs(self, claim: _Claim, serial: str) -> None:
+        for suffix in (".p12", ".cer"):  # the .cer last: it signals "done" to watchers
+            staged = self.spool.staged(claim.profile, claim.name, suffix)
+            if staged.exists():
+                os.rename(staged, self.spool.outbox / f"{claim.name}{suffix}")
+        fsync_dir(self.spool.outbox)
+        fsync_dir(claim.path.parent)
+
+    def _redeliver(self, claim: _Claim, serial: str, der: bytes, key_generated: bool) -> Result:
+        """The request already has its certificate: deliver that one again."""
+        now = self.clock.now()
+        staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
+        if not staged_cer.exists():
+            cert = x509.load_der_x509_certificate(der)
+            atomic_write(
+                staged_cer,
+                cert.public_bytes(serialization.Encoding.PEM),
+                0o644,
+                owner=output_owner(claim.owner),
+            )
+        self._publish_outputs(claim, serial)
+        if claim.key_path is not None:
+            remove_quietly(claim.key_path)
+        with self.store.begin() as conn:
+            self.store.log(
+                conn, now, claim.name, "redelivered", profile=claim.profile, serial=serial
+            )
+        self._archive(claim, now)
+        log.info(
+            "redelivered %s.req serial=%s (this request was already issued)", claim.name, serial
+        )
+        self._audit("redelivered", claim, serial=serial)
+        return Result(Outcome.REDELIVERED, claim.name, serial=serial)
+
+    # --- refusals, pending, archive -------------------------------------------------------------
+    def _reject(self, claim: _Claim, reasons: list[str]) -> Result:
+        now = self.clock.now()
+        text = _reason_text(claim.name, claim.profile, reasons)
+        for suffix in (".cer", ".p12"):
+            remove_quietly(self.spool.staged(claim.profile, claim.name, suffix))
+        if claim.key_path is not None:
+            remove_quietly(claim.key_path)  # a key is never kept in rejected/
+        place_rejected(self.spool, claim.path, claim.name, text, now)
+        with self.store.begin() as conn:
+            self.store.log(
+                conn, now, claim.name, "rejected", profile=claim.profile, detail=" | ".join(reasons)
+            )
+            self.store.remove_pending(conn, claim.name)
+        log.info("rejected %s.req profile=%s: %s", claim.name, claim.profile, " | ".join(reasons))
+        self._audit("rejected", claim, reasons=reasons)
+        return Result(Outcome.REJECTED, claim.name, reason=text)
+
+    def _reject_unclaimed(self, path: Path, name: str, st: os.stat_result, reason: str) -> Result:
+        """Refuse something in the inbox without opening it (moved as it is)."""
+        now = self.clock.now()
+        text = _reason_text(name, "", [reason])
+        try:
+            place_rejected(self.spool, path, name, text, now)
+        except FileNotFoundError:
+            return Result(Outcome.SKIPPED, name)
+        with self.store.begin() as conn:
+            self.store.log(conn, now, name, "rejected", detail=reason)
+        log.info("rejected %s: %s", path.name, reason)
+        if self.hooks.audit:
+            self.hooks.audit(
+                {"event": "rejected", "name": name, "reasons": [reason], "uid": st.st_uid}
+            )
+        return Result(Outcome.REJECTED, name, reason=text)
+
+    def _to_pending(self, claim: _Claim, req: ParsedRequest, now: dt.datetime) -> Result:
+        if claim.key_path is not None:
+            # a private key does not wait in pending/; the holder drops it again after approval
+            remove_quietly(claim.key_path)
+            claim.notes.append(
+                "the dropped key was deleted; it is not kept while the request waits"
+            )
+        subject = ", ".join(f"{n}={v}" for n, v in req.subject)
+        target = self.spool.pending / f"{claim.name}.req"
+        with self.store.begin() as conn:
+            self.store.add_pending(
+                conn,
+                claim.name,
+                claim.profile,
+                req.fingerprint,
+                claim.owner.name or "",
+                claim.owner.uid,
+                now,
+                subject,
+            )
+            self.store.log(
+                conn, now, claim.name, "pending", profile=claim.profile, fingerprint=req.fingerprint
+            )
+        move(claim.path, target)
+        log.info(
+            "pending %s.req profile=%s subject=%s: waiting for 'certdrop approve %s'",
+            claim.name,
+            claim.profile,
+            subject,
+            claim.name,
+        )
+        self._audit("pending", claim, subject=subject)
+        if self.hooks.on_pending is not None:
+            self.hooks.on_pending(claim.name, claim.profile, subject)
+        return Result(Outcome.PENDING, claim.name)
+
+    def _archive(self, claim: _Claim, now: dt.datetime) -> None:
+        move(claim.path, archive_path(self.spool, claim.path.name, now))
+
+    # --- operator decisions ---------------------------------------------------------------------
+    def approve(self, name: str) -> Result:
+        """Issue a pending request (the approval is recorded before the move)."""
+        now = self.clock.now()
+        with self.store.begin() as conn:
+            rec = self.store.get_pending(conn, name)
+            if rec is None:
+                raise CertdropError(f"no pending request named {name}; see 'certdrop status'")
+            self.store.decide_pending(conn, name, "approved", "", now)
+            self.store.log(
+                conn, now, name, "approved", profile=rec.profile, fingerprint=rec.fingerprint
+            )
+        src = self.spool.pending / f"{name}.req"
+        target = self.spool.claimed_path(rec.profile, f"{name}.req")
+        if os.path.lexists(target):
+            raise CertdropError(
+                f"a request named {name}.req is being processed right now; try again"
+            )
+        try:
+            move(src, target)
+        except FileNotFoundError:
+            raise CertdropError(
+                f"pending/{name}.req is missing; the request cannot be approved"
+            ) from None
+        return self.process_claimed(target, rec.profile, approved=True)
+
+    def deny(self, name: str, reason: str) -> Result:
+        now = self.clock.now()
+        with self.store.begin() as conn:
+            rec = self.store.get_pending(conn, name)
+            if rec is None:
+                raise CertdropError(f"no pending request named {name}; see 'certdrop status'")
+            self.store.decide_pending(conn, name, "denied", reason, now)
+        src = self.spool.pending / f"{name}.req"
+        text = _reason_text(name, rec.profile, [f"the CA operator denied the request: {reason}"])
+        if os.path.lexists(src):
+            place_rejected(self.spool, src, name, text, now)
+        with self.store.begin() as conn:
+            self.store.remove_pending(conn, name)
+            self.store.log(conn, now, name, "denied", profile=rec.profile, detail=reason)
+        log.info("denied %s.req: %s", name, reason)
+        if self.hooks.audit:
+            self.hooks.audit({"event": "denied", "name": name, "reason": reason})
+        return Result(Outcome.REJECTED, name, reason=text)
+
+    # --- keys dropped beside requests ------------------------------------------------------------
+    def _handle_key(self, path: Path, profile: str, st: os.stat_result) -> Result:
+        stem = path.name[:-4]
+        if not is_safe_name(stem):
+            return self._refuse_key(path, sanitize_name(stem), "the key file's name is not allowed")
+        # the request beside it (or already claimed) takes the key with it
+        if os.path.lexists(path.with_name(stem + ".req")) or os.path.lexists(
+            self.spool.claimed_path(profile, stem + ".req")
+        ):
+            return Result(Outcome.SKIPPED, stem)
+        problem = self._unsafe(st)
+        if problem:
+            return self._refuse_key(path, stem, problem)
+        now = self.clock.now()
+        window = dt.timedelta(minutes=self.settings.pkcs12.orphan_key_minutes)
+        # a key that arrives shortly after its request: build the p12 for that certificate
+        with self.store.begin() as conn:
+            recent = [
+                r
+                for r in self.store.find(conn, stem)
+                if r.request_name == stem
+                and r.status == "valid"
+                and r.not_after > now
+                and not r.key_generated
+                and now - r.issued_at <= window
+                and r.profile == profile
+            ]
+        if recent:
+            return self._late_key(path, profile, stem, recent[0].serial, recent[0].der, st)
+        age = time.time() - st.st_mtime
+        if age < window.total_seconds():
+            return Result(
+                Outcome.RETRY,
+                stem,
+                reason="key waiting for its request",
+                retry_after=max(1.0, window.total_seconds() - age),
+            )
+        return self._refuse_key(
+            path,
+            stem,
+            f"{stem}.key was dropped without {stem}.req and no request came within "
+            f"{self.settings.pkcs12.orphan_key_minutes:g} minutes; the key was deleted, not stored. "
+            f"Drop {stem}.key together with {stem}.req",
+        )
+
+    def _late_key(
+        self, path: Path, profile: str, stem: str, serial: str, der: bytes, st: os.stat_result
+    ) -> Result:
+        now = self.clock.now()
+        claimed = self.spool.claimed_path(profile, stem + ".latekey")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            return Result(Outcome.SKIPPED, stem)
+        claim = _Claim(
+            path=claimed, name=stem, profile=profile, owner=_owner_of(st), st=st, key_path=claimed
+        )
+        try:
+            key = self._read_key(claim)
+            cert = x509.load_der_x509_certificate(der)
+            if not subject_key_matches(key, cert.public_key()):
+                raise CAError(
+                    f"{stem}.key does not belong to the certificate issued for {stem}.req; "
+                    "the key was deleted"
+                )
+        except CertdropError as exc:
+            remove_quietly(claimed)
+            return self._key_refusal_reason(stem, profile, str(exc), now)
+        password = new_password()
+        cn = next((a.value for a in cert.subject if a.oid == x509.NameOID.COMMON_NAME), stem)
+        p12 = self.ca.pkcs12_bundle(
+            key, cert, str(cn), password, self.settings.profile_pkcs12_encryption(profile)
+        )
+        staged = self.spool.staged(profile, stem, ".p12")
+        atomic_write(staged, p12, p12_mode(claim.owner), owner=output_owner(claim.owner))
+        email = next(
+            (str(a.value) for a in cert.subject if a.oid == x509.NameOID.EMAIL_ADDRESS), ""
+        )
+        with self.store.begin() as conn:
+            self.password_channel(conn, stem, email, serial, password)
+            self.store.log(conn, now, stem, "p12", profile=profile, serial=serial)
+        os.rename(staged, self.spool.outbox / f"{stem}.p12")
+        fsync_dir(self.spool.outbox)
+        remove_quietly(claimed)
+        log.info("delivered %s.p12 for serial=%s (key dropped after its request)", stem, serial)
+        return Result(Outcome.REDELIVERED, stem, serial=serial)
+
+    def _refuse_key(self, path: Path, stem: str, reason: str) -> Result:
+        remove_quietly(path)  # a private key is never kept in rejected/ or archive/
+        return self._key_refusal_reason(stem, "", reason, self.clock.now())
+
+    def _key_refusal_reason(self, stem: str, profile: str, reason: str, now: dt.datetime) -> Result:
+        text = _reason_text(stem, profile, [reason])
+        atomic_write(self.spool.rejected / f"{stem}.reason", text.encode(), 0o644)
+        with self.store.begin() as conn:
+            self.store.log(conn, now, stem, "rejected", profile=profile, detail=reason)
+        log.info("refused %s.key: %s", stem, reason)
+        return Result(Outcome.REJECTED, stem, reason=text)
+
+    def _read_key(self, claim: _Claim) -> PrivateKey:
+        assert claim.key_path is not None
+        kst = os.lstat(claim.key_path)
+        problem = self._unsafe(kst)
+        if problem:
+            raise RequestError(f"{claim.name}.key: {problem}")
+        data = self._read(claim.key_path, kst)
+        if stat.S_IMODE(kst.st_mode) & 0o077:
+            claim.notes.append(
+                f"{claim.name}.key was readable by other users (mode {stat.S_IMODE(kst.st_mode):04o}); "
+                "keep private keys mode 0600"
+            )
+            log.warning(
+                "%s.key was group/world readable (mode %04o)", claim.name, stat.S_IMODE(kst.st_mode)
+            )
+        return load_subject_key(data)
+
+    # --- file safety ----------------------------------------------------------------------------------
+    def _unsafe(self, st: os.stat_result) -> str:
+        """A reason to refuse a file by its metadata alone, or ''."""
+        if not stat.S_ISREG(st.st_mode):
+            return f"it is {_describe_type(st.st_mode)}, not a regular file; drop the file itself"
+        if st.st_nlink != 1:
+            return "it is hard-linked to another file; drop a copy of the file, not a link"
+        if st.st_size > self.max_bytes:
+            return (
+                f"it is {st.st_size} bytes long; requests may be at most {self.max_bytes} bytes "
+                "([watch] max_request_bytes)"
+            )
+        if st.st_size == 0:
+            return "the file is empty; drop a certificate signing request (PEM or DER)"
+        return ""
+
+    def _read(self, path: Path, st: os.stat_result) -> bytes:
+        try:
+            with open_nofollow(path) as fd:
+                fst = os.fstat(fd)
+                if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                    raise RequestError(
+                        "the file was replaced while it was being read; drop it again"
+                    )
+                problem = self._unsafe(fst)
+                if problem:
+                    raise RequestError(problem)
+                data = read_limited(fd, self.max_bytes)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RequestError("it is a symbolic link, not a regular file") from None
+            raise
+        if len(data) > self.max_bytes:
+            raise RequestError(f"it grew beyond {self.max_bytes} bytes while being read")
+        return data
+
+    def _audit(self, event: str, claim: _Claim, **fields: Any) -> None:
+        if self.hooks.audit is not None:
+            self.hooks.audit(
+                {
+                    "event": event,
+                    "name": claim.name,
+                    "profile": claim.profile,
+                    "uid": claim.owner.uid,
+                    **fields,
+                }
+            )
+
+
+def _with_fingerprint(req: ParsedRequest, fingerprint: str) -> ParsedRequest:
+    from dataclasses import replace
+
+    return replace(req, fingerprint=fingerprint)
+
+
+def _reason_text(name: str, profile: str, reasons: list[str]) -> str:
+    lines = [f"certdrop refused {name}.req" + (f" (profile {profile})" if profile else "") + ":"]
+    lines += [f"- {r}" for r in reasons]
+    lines.append("")
+    lines.append("Fix what is listed above and drop the request again (a new file in the inbox).")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,497 @@
+"""The service layer: wires settings, index, CA, pipeline, inbox and scheduler together.
+
+It owns the threads (watchdog observer, one worker, the scheduler), the signals
+(handlers only set flags), the state lock and sd_notify. Operator commands reach a
+running daemon through the index's control table; when no daemon runs, the CLI
+takes the lock and runs the same operations itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .ca import CertificateAuthority, read_passphrase
+from .clock import Clock
+from .config import Settings, load_settings
+from .delivery import PasswordFiles
+from .errors import CertdropError, LockError
+from .inbox import Inbox, WorkItem, WorkQueue
+from .lint import Linter, shared_linter
+from .pipeline import Outcome, Pipeline, PipelineHooks, Result
+from .scheduler import Scheduler
+from .spool import Spool
+from .store import Store
+
+log = logging.getLogger("certdrop.service")
+
+LOCK_FILE = "certdrop.lock"
+CONTROL_POLL_SECONDS = 0.5
+
+
+class StateLock:
+    """An exclusive flock on <state>/certdrop.lock: one daemon (or one CLI writer) at a time."""
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        if not self.acquire():
+            raise LockError(
+                f"another certdrop daemon (pid {self.holder()}) is running on {self.path.parent}"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Notifier:
+    """sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET, if set."""
+
+    def __init__(self, address: str | None = None) -> None:
+        addr = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        self._addr: str | None = None
+        if addr:
+            self._addr = "\0" + addr[1:] if addr.startswith("@") else addr
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self._addr is not None
+
+    def notify(self, *fields: str) -> None:
+        if self._addr is None:
+            return
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = socket.socket(
+                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                    )
+                self._sock.sendto("\n".join(fields).encode(), self._addr)
+            except OSError as exc:
+                log.debug("sd_notify failed: %s", exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+@dataclass
+class Runtime:
+    """Everything needed to process requests and operator commands."""
+
+    settings: Settings
+    clock: Clock
+    store: Store
+    ca: CertificateAuthority
+    spool: Spool
+    pipeline: Pipeline
+    linter: Linter | None
+    hooks: PipelineHooks = field(default_factory=PipelineHooks)
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock, hooks: PipelineHooks | None = None) -> Runtime:
+        hooks = hooks or PipelineHooks()
+        store = Store(settings.database_url).open()
+        ca = CertificateAuthority.load(
+            settings.state, read_passphrase(settings.ca.key_passphrase_file)
+        )
+        spool = Spool(settings.spool)
+        spool.create(list(settings.profiles), settings.policy.default_profile)
+        linter = shared_linter() if settings.policy.lint else None
+        pipeline = Pipeline(
+            settings,
+            spool,
+            store,
+            ca,
+            clock,
+            linter=linter,
+            password_channel=PasswordFiles(settings.state),
+            hooks=hooks,
+        )
+        return cls(settings, clock, store, ca, spool, pipeline, linter, hooks)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+ControlHandler = Callable[[Runtime, dict[str, Any]], str]
+
+
+def _approve(rt: Runtime, payload: dict[str, Any]) -> str:
+    res = rt.pipeline.approve(str(payload["name"]))
+    return _describe(res)
+
+
+def _deny(rt: Runtime, payload: dict[str, Any]) -> str:
+    res = rt.pipeline.deny(str(payload["name"]), str(payload.get("reason", "")))
+    return _describe(res)
+
+
+CONTROL_HANDLERS: dict[str, ControlHandler] = {
+    "approve": _approve,
+    "deny": _deny,
+}
+
+
+def _describe(res: Result) -> str:
+    if res.outcome is Outcome.ISSUED:
+        return f"ok: issued {res.name} serial {res.serial} -> outbox/{res.name}.cer"
+    if res.outcome is Outcome.REJECTED:
+        return f"ok: {res.name} refused -> rejected/{res.name}.reason\n{res.reason}"
+    if res.outcome is Outcome.REDELIVERED:
+        return f"ok: {res.name} already had serial {res.serial}; delivered again"
+    if res.outcome is Outcome.PENDING:
+        return f"ok: {res.name} is waiting for approval"
+    return f"ok: {res.name}: {res.outcome.value} {res.reason}".rstrip()
+
+
+def execute_control(rt: Runtime, kind: str, payload: dict[str, Any]) -> str:
+    """Run one operator command; the result line starts with 'ok:' or 'error:'."""
+    handler = CONTROL_HANDLERS.get(kind)
+    if handler is None:
+        return f"error: unknown command {kind!r}"
+    try:
+        return handler(rt, payload)
+    except CertdropError as exc:
+        return f"error: {exc}"
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+        install_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.install_signals = install_signals
+        self.queue = WorkQueue()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.ready = threading.Event()
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._worker_error: BaseException | None = None
+        self.rt: Runtime | None = None
+        self.inbox: Inbox | None = None
+        self.scheduler: Scheduler | None = None
+        self.counts: dict[str, int] = {o.value: 0 for o in Outcome}
+        self.last_error = ""
+        self._had_activity = False
+
+    # --- signals: handlers only set flags ---------------------------------------------------------
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested.set()
+        self._wake.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested.set()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        self._wake.set()
+        self.queue.close()
+
+    # --- life cycle -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        settings = self.settings
+        lock = StateLock(settings.state)
+        if not settings.state.is_dir():
+            raise CertdropError(
+                f"the state folder {settings.state} does not exist; run 'certdrop init'"
+            )
+        with lock:
+            if self.install_signals:
+                signal.signal(signal.SIGTERM, self._on_term)
+                signal.signal(signal.SIGINT, self._on_term)
+                signal.signal(signal.SIGHUP, self._on_hup)
+            self._start()
+            try:
+                self._main_loop()
+            finally:
+                self._shutdown()
+        return 0
+
+    def _start(self) -> None:
+        self.rt = Runtime.build(self.settings, self.clock, self._hooks())
+        self.notifier.notify("STATUS=recovering interrupted work")
+        for res in self.rt.pipeline.recover():
+            self._count(res)
+        self.inbox = self._make_inbox(self.settings)
+        self.inbox.start()
+        self.scheduler = Scheduler()
+        self._schedule_jobs()
+        self.scheduler.start()
+        self._worker = threading.Thread(target=self._work_loop, name="certdrop-worker", daemon=True)
+        self._worker.start()
+
+    def _make_inbox(self, settings: Settings) -> Inbox:
+        return Inbox(
+            settings.spool / "inbox",
+            list(settings.profiles),
+            settings.policy.default_profile,
+            settings.watch,
+            self.queue,
+        )
+
+    def _schedule_jobs(self) -> None:
+        assert self.scheduler is not None and self.inbox is not None
+        self.scheduler.every("rescan", self.settings.watch.rescan_seconds, self._rescan)
+
+    def _rescan(self) -> None:
+        if self.inbox is not None:
+            self.inbox.scan()
+
+    def _hooks(self) -> PipelineHooks:
+        return PipelineHooks()
+
+    def _main_loop(self) -> None:
+        while not self.stop_requested.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self._worker is not None and not self._worker.is_alive():
+                log.error(
+                    "the worker thread died; stopping so that the service manager restarts us"
+                )
+                self.stop_requested.set()
+                break
+
+    def _shutdown(self) -> None:
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopping: finishing the request in hand")
+        if self.inbox is not None:
+            self.inbox.stop()
+        self.queue.close()
+        if self._worker is not None:
+            self._worker.join(timeout=60)
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
+        if self.rt is not None:
+            self.rt.close()
+        log.info("stopped")
+
+    # --- the worker: the only thread that changes spool and index state ----------------------------------
+    def _work_loop(self) -> None:
+        assert self.rt is not None and self.inbox is not None
+        self.inbox.scan()
+        self._drain_initial()
+        self.ready.set()
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+        log.info("ready: %s", self.status_line())
+        last_control = 0.0
+        while not self.stop_requested.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload()
+            item = self.queue.get(timeout=0.25)
+            now_mono = time.monotonic()
+            if item is None or now_mono - last_control >= 1.0:
+                self._poll_controls()
+                last_control = now_mono
+            if item is None:
+                if self._had_activity:
+                    # inotify drops events when its queue overflows: look again after a burst
+                    self._had_activity = False
+                    self.inbox.scan()
+                continue
+            self._handle(item)
+
+    def _drain_initial(self) -> None:
+        """Process what the first scan found before declaring READY (bounded by time)."""
+        assert self.inbox is not None
+        deadline = time.monotonic() + 30
+        while not self.stop_requested.is_set() and time.monotonic() < deadline:
+            item = self.queue.get(timeout=0)
+            if item is None:
+                break
+            self._handle(WorkItem(item.path, item.profile, complete=self._old_enough(item)))
+
+    def _old_enough(self, item: WorkItem) -> bool:
+        assert self.inbox is not None
+        return self.inbox.settled(item, time.time()) == 0.0
+
+    def _handle(self, item: WorkItem) -> None:
+        assert self.rt is not None and self.inbox is not None
+        wait = self.inbox.settled(item, time.time())
+        if wait > 0:
+            self.queue.put_later(item, wait)
+            return
+        try:
+            res = self.rt.pipeline.handle_inbox_file(item.path, item.profile)
+        except CertdropError as exc:
+            self.last_error = str(exc)
+            log.error("%s: %s; will retry", item.path.name, exc)
+            self.queue.put_later(item, 5.0)
+            return
+        except OSError as exc:
+            # a full disk, a vanished share: nothing is lost (the request stays where it
+            # is, in inbox/ or work/), and it is tried again later
+            self.last_error = f"{item.path.name}: {exc}"
+            log.error("%s: %s; will retry in 5 s", item.path.name, exc)
+            self.queue.put_later(item, 5.0)
+            self._retry_work_later()
+            return
+        except Exception:
+            self.last_error = f"{item.path.name}: internal error"
+            log.exception("internal error while processing %s; will retry in 30 s", item.path)
+            self.queue.put_later(item, 30.0)
+            return
+        self._count(res)
+        if res.outcome is Outcome.RETRY:
+            self.queue.put_later(item, max(res.retry_after, 0.05))
+        elif res.outcome is not Outcome.SKIPPED:
+            self._had_activity = True
+
+    def _retry_work_later(self) -> None:
+        """After an I/O error mid-way, re-run recovery for what is left in work/."""
+
+        def later() -> None:
+            time.sleep(5)
+            self._wake.set()
+
+        threading.Thread(target=later, daemon=True).start()
+        self._recover_pending = True
+
+    _recover_pending = False
+
+    def _poll_controls(self) -> None:
+        assert self.rt is not None
+        if self._recover_pending:
+            self._recover_pending = False
+            try:
+                for res in self.rt.pipeline.recover():
+                    self._count(res)
+            except OSError as exc:
+                log.error("recovery of work/ failed again: %s", exc)
+                self._recover_pending = True
+        try:
+            with self.rt.store.begin() as conn:
+                todo = self.rt.store.open_controls(conn)
+        except Exception:
+            log.exception("cannot read the control table")
+            return
+        for control_id, kind, payload in todo:
+            result = execute_control(self.rt, kind, payload)
+            log.info("operator command %s %s: %s", kind, payload, result.splitlines()[0])
+            with self.rt.store.begin() as conn:
+                self.rt.store.finish_control(conn, control_id, result, self.clock.now())
+
+    def _reload(self) -> None:
+        if self.config_path is None:
+            log.warning("SIGHUP: no configuration file to re-read")
+            return
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = load_settings(self.config_path)
+            if new.paths != self.settings.paths:
+                raise CertdropError("[paths] cannot change on reload; restart certdrop instead")
+            rt = Runtime.build(new, self.clock, self._hooks())
+        except CertdropError as exc:
+            log.error("SIGHUP: the new configuration is refused, keeping the old one: %s", exc)
+            self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")
+            return
+        old_rt = self.rt
+        assert self.inbox is not None
+        self.inbox.stop()
+        self.settings = new
+        self.rt = rt
+        self.inbox = self._make_inbox(new)
+        self.inbox.start()
+        if old_rt is not None:
+            old_rt.close()
+        assert self.scheduler is not None
+        self._schedule_jobs()
+        self.inbox.scan()
+        log.info("configuration reloaded from %s", self.config_path)
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def _count(self, res: Result) -> None:
+        self.counts[res.outcome.value] = self.counts.get(res.outcome.value, 0) + 1
+
+    def status_line(self) -> str:
+        c = self.counts
+        line = (
+            f"issued {c.get('issued', 0)}, rejected {c.get('rejected', 0)}, "
+            f"pending {c.get('pending', 0)}, queue {len(self.queue)}"
+        )
+        if self.last_error:
+            line += f"; last error: {self.last_error}"
+        return line
+
+
+def wait_for_control(store: Store, control_id: int, timeout: float) -> str | None:
+    """Wait for a running daemon to carry out an operator command."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with store.begin() as conn:
+            result = store.control_result(conn, control_id)
+        if result is not None:
+            return result
+        time.sleep(0.1)
+    return None
+
+
+@contextlib.contextmanager
+def direct_runtime(settings: Settings, clock: Clock) -> Any:
+    """A Runtime for the CLI when no daemon holds the state lock, else None."""
+    lock = StateLock(settings.state)
+    if not lock.acquire():
+        yield None
+        return
+    try:
+        rt = Runtime.build(settings, clock)
+        try:
+            yield rt
+        finally:
+            rt.close()
+    finally:
+        lock.release()
