@@ -480,7 +480,7 @@ def _operator_command(kind: str, payload: dict[str, Any], timeout: float = 30.0)
             f"the {kind} when it gets to it (see 'certdrop status')"
         )
         return
-    _finish(result)
+    _finish(answer)
 
 
 def _finish(result: str) -> None:

@@ -346,18 +346,25 @@ class Daemon:
             self._handle(item)
 
     def _drain_initial(self) -> None:
-        """Process what the first scan found before declaring READY (bounded by time)."""
+        """Process what the first scan found before declaring READY (bounded by time).
+
+        Files still settling are waited for; keys waiting for their request are not.
+        """
         assert self.inbox is not None
         deadline = time.monotonic() + 30
         while not self.stop_requested.is_set() and time.monotonic() < deadline:
-            item = self.queue.get(timeout=0)
-            if item is None:
+            ready, delayed = self.queue.depth()
+            if ready == 0 and delayed == 0:
                 break
-            self._handle(WorkItem(item.path, item.profile, complete=self._old_enough(item)))
+            item = self.queue.get(timeout=0.05)
+            if item is None:
+                if ready == 0 and self._only_waiting_keys:
+                    break
+                continue
+            self._only_waiting_keys = item.path.name.endswith(".key")
+            self._handle(item)
 
-    def _old_enough(self, item: WorkItem) -> bool:
-        assert self.inbox is not None
-        return self.inbox.settled(item, time.time()) == 0.0
+    _only_waiting_keys = False
 
     def _handle(self, item: WorkItem) -> None:
         assert self.rt is not None and self.inbox is not None
