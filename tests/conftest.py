@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from certdrop.cli import main as cli_main
 from certdrop.clock import Clock, SystemClock
 from certdrop.config import Settings, load_settings
 from certdrop.lint import shared_linter
@@ -27,7 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 OPENSSL = shutil.which("openssl") or "openssl"
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> Any:
+def wait_for(
+    pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
@@ -46,8 +47,18 @@ def openssl_key(path: Path, kind: str = "rsa:2048") -> Path:
     if kind.startswith("rsa:"):
         run([OPENSSL, "genrsa", "-out", str(path), kind.split(":")[1]])
     elif kind.startswith("ec:"):
-        run([OPENSSL, "genpkey", "-algorithm", "EC", "-pkeyopt", f"ec_paramgen_curve:{kind.split(':')[1]}",
-             "-out", str(path)])
+        run(
+            [
+                OPENSSL,
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                f"ec_paramgen_curve:{kind.split(':')[1]}",
+                "-out",
+                str(path),
+            ]
+        )
     elif kind == "ed25519":
         run([OPENSSL, "genpkey", "-algorithm", "ed25519", "-out", str(path)])
     else:
@@ -80,7 +91,9 @@ def openssl_csr(
     return req, key
 
 
-def openssl_verify(ca_file: Path, cert: Path, purpose: str = "sslclient", crl: Path | None = None) -> str:
+def openssl_verify(
+    ca_file: Path, cert: Path, purpose: str = "sslclient", crl: Path | None = None
+) -> str:
     cmd = [OPENSSL, "verify", "-CAfile", str(ca_file), "-purpose", purpose]
     if crl is not None:
         cmd += ["-crl_check", "-CRLfile", str(crl)]
@@ -189,8 +202,10 @@ class CAEnv:
 
         runner = CliRunner()
         result = runner.invoke(
-            climod.cli, ["--config", str(self.config), *args],
-            obj={"clock": clock or self.clock}, catch_exceptions=True,
+            climod.cli,
+            ["--config", str(self.config), *args],
+            obj={"clock": clock or self.clock},
+            catch_exceptions=True,
         )
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             from certdrop.errors import CertdropError
@@ -198,19 +213,30 @@ class CAEnv:
             if isinstance(result.exception, CertdropError):
                 return 1, result.stdout, str(result.exception)
             raise result.exception
-        return result.exit_code, result.stdout, result.stderr if result.stderr_bytes is not None else ""
+        return (
+            result.exit_code,
+            result.stdout,
+            result.stderr if result.stderr_bytes is not None else "",
+        )
 
-    def cli_proc(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli_proc(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run the certdrop CLI as a separate process, as an operator would."""
         e = dict(os.environ)
         e.pop("CERTDROP_CONFIG", None)
         e.update(env or {})
         return subprocess.run(
             [sys.executable, "-m", "certdrop.cli", "--config", str(self.config), *args],
-            capture_output=True, text=True, env=e, timeout=timeout,
+            capture_output=True,
+            text=True,
+            env=e,
+            timeout=timeout,
         )
 
-    def write_config(self, extra: str = "", key_type: str = "ec-p256", replace: dict[str, str] | None = None) -> None:
+    def write_config(
+        self, extra: str = "", key_type: str = "ec-p256", replace: dict[str, str] | None = None
+    ) -> None:
         text = BASE_CONFIG.format(key_type=key_type)
         for old, new in (replace or {}).items():
             assert old in text, old
@@ -227,8 +253,14 @@ class CAEnv:
         return target
 
 
-def make_env(tmp_path: Path, extra: str = "", key_type: str = "ec-p256", init: bool = True,
-             replace: dict[str, str] | None = None) -> CAEnv:
+def make_env(
+    tmp_path: Path,
+    extra: str = "",
+    key_type: str = "ec-p256",
+    init: bool = True,
+    replace: dict[str, str] | None = None,
+) -> CAEnv:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env = CAEnv(root=tmp_path, config=tmp_path / "certdrop.toml")
     env.write_config(extra, key_type, replace)
     if init:
@@ -247,14 +279,16 @@ class DaemonThread:
 
     def __init__(self, env: CAEnv, clock: Clock | None = None) -> None:
         self.env = env
-        self.daemon = Daemon(env.settings, clock or env.clock, config_path=env.config, install_signals=False)
+        self.daemon = Daemon(
+            env.settings, clock or env.clock, config_path=env.config, install_signals=False
+        )
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
 
     def _run(self) -> None:
         try:
             self.daemon.run()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self.error = exc
 
     def start(self) -> DaemonThread:
@@ -270,7 +304,11 @@ class DaemonThread:
         assert not self.thread.is_alive(), "daemon did not stop"
 
     def alive(self) -> bool:
-        return self.thread.is_alive() and self.daemon._worker is not None and self.daemon._worker.is_alive()
+        return (
+            self.thread.is_alive()
+            and self.daemon._worker is not None
+            and self.daemon._worker.is_alive()
+        )
 
 
 @pytest.fixture
@@ -282,6 +320,7 @@ def daemon(ca_env: CAEnv) -> Iterator[DaemonThread]:
 
 def wait_result(env: CAEnv, name: str, timeout: float = 15.0) -> str:
     """Wait until NAME ends up somewhere; returns 'outbox', 'rejected' or 'pending'."""
+
     def where() -> str | None:
         if (env.rejected / f"{name}.reason").exists() and (env.rejected / f"{name}.req").exists():
             return "rejected"

@@ -26,8 +26,10 @@ from conftest import (
 )
 
 
-def test_howto_rsa_request_is_issued_and_verifies(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path) -> None:
-    req, key = openssl_csr(tmp_path / "user", "client")
+def test_howto_rsa_request_is_issued_and_verifies(
+    ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path
+) -> None:
+    req, _key = openssl_csr(tmp_path / "user", "client")
     ca_env.drop(req)
     assert wait_result(ca_env, "client") == "outbox"
     cer = ca_env.outbox / "client.cer"
@@ -56,13 +58,17 @@ def test_howto_rsa_request_is_issued_and_verifies(ca_env: CAEnv, daemon: DaemonT
     assert cert.not_valid_after_utc <= ca.not_valid_after_utc
     # request archived, nothing left in the inbox or work folders
     assert (ca_env.archive / "client.req").read_bytes() == req.read_bytes()
-    assert [p.name for p in ca_env.inbox.iterdir() if p.is_file() and not p.name.startswith(".")] == []
+    assert [
+        p.name for p in ca_env.inbox.iterdir() if p.is_file() and not p.name.startswith(".")
+    ] == []
     assert list((ca_env.spool / "work" / "client").iterdir()) == []
     assert stat.S_IMODE(cer.stat().st_mode) == 0o644
 
 
 def test_ec_and_der_requests(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path) -> None:
-    req1, _ = openssl_csr(tmp_path, "ec1", "/CN=EC User/emailAddress=ec@example.org", kind="ec:prime256v1")
+    req1, _ = openssl_csr(
+        tmp_path, "ec1", "/CN=EC User/emailAddress=ec@example.org", kind="ec:prime256v1"
+    )
     req2, _ = openssl_csr(tmp_path, "der1", "/CN=DER User", kind="ec:secp384r1", der=True)
     ca_env.drop(req1)
     ca_env.drop(req2)
@@ -78,9 +84,15 @@ def test_ec_and_der_requests(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path
 
 def test_csr_extensions_are_not_copied(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path) -> None:
     req, _ = openssl_csr(
-        tmp_path, "exts", "/CN=Ext User",
-        addext=["basicConstraints=critical,CA:FALSE", "extendedKeyUsage=codeSigning",
-                "certificatePolicies=1.2.3.4", "subjectAltName=email:ext@example.org"],
+        tmp_path,
+        "exts",
+        "/CN=Ext User",
+        addext=[
+            "basicConstraints=critical,CA:FALSE",
+            "extendedKeyUsage=codeSigning",
+            "certificatePolicies=1.2.3.4",
+            "subjectAltName=email:ext@example.org",
+        ],
     )
     ca_env.drop(req)
     assert wait_result(ca_env, "exts") == "outbox"
@@ -119,8 +131,12 @@ def test_policy_refusals_have_reasons(
     assert daemon.alive()
 
 
-def test_several_violations_are_all_listed(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path) -> None:
-    req, _ = openssl_csr(tmp_path, "many", "/O=MyOrg/emailAddress=bad", kind="rsa:1024", digest="-sha1")
+def test_several_violations_are_all_listed(
+    ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path
+) -> None:
+    req, _ = openssl_csr(
+        tmp_path, "many", "/O=MyOrg/emailAddress=bad", kind="rsa:1024", digest="-sha1"
+    )
     ca_env.drop(req)
     assert wait_result(ca_env, "many") == "rejected"
     reason = (ca_env.rejected / "many.reason").read_text()
@@ -128,7 +144,9 @@ def test_several_violations_are_all_listed(ca_env: CAEnv, daemon: DaemonThread, 
         assert part in reason
 
 
-def test_hostile_files_are_refused_without_reading(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path) -> None:
+def test_hostile_files_are_refused_without_reading(
+    ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path
+) -> None:
     secret = ca_env.state / "ca.key"
     before = secret.read_bytes()
     os.symlink(secret, ca_env.inbox / "link.req")
@@ -203,7 +221,10 @@ def test_garbage_files_get_reasons(ca_env: CAEnv, daemon: DaemonThread, tmp_path
     assert "empty" in (ca_env.rejected / "empty.reason").read_text()
     assert "2 certificate signing requests" in (ca_env.rejected / "double.reason").read_text()
     assert "after" in (ca_env.rejected / "trailing.reason").read_text()
-    assert "certificate, not a certificate signing request" in (ca_env.rejected / "cert.reason").read_text()
+    assert (
+        "certificate, not a certificate signing request"
+        in (ca_env.rejected / "cert.reason").read_text()
+    )
     assert daemon.alive()
 
 
@@ -219,8 +240,9 @@ def test_bad_signature_is_refused(ca_env: CAEnv, daemon: DaemonThread, tmp_path:
 
 
 def test_unique_cn_renewal_and_redelivery(ca_env: CAEnv, tmp_path: Path) -> None:
-    from certdrop.clock import ManualClock
     import datetime as dt
+
+    from certdrop.clock import ManualClock
 
     clock = ManualClock(dt.datetime.now(dt.UTC))
     ca_env.clock = clock
@@ -244,7 +266,7 @@ def test_unique_cn_renewal_and_redelivery(ca_env: CAEnv, tmp_path: Path) -> None
         r3, _ = openssl_csr(tmp_path, "u3", "/CN=Unique Person")
         ca_env.drop(r3)
         assert wait_result(ca_env, "u3") == "outbox"
-        code, out, _ = ca_env.cli("list", "--json", clock=clock)
+        _code, out, _ = ca_env.cli("list", "--json", clock=clock)
         certs = {c["request_name"]: c for c in json.loads(out)["certificates"]}
         assert certs["u1"]["status"] == "superseded"
         assert certs["u3"]["status"] == "valid"
@@ -252,8 +274,12 @@ def test_unique_cn_renewal_and_redelivery(ca_env: CAEnv, tmp_path: Path) -> None
         d.stop()
 
 
-def test_profile_subfolder_and_manual_approval(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path) -> None:
-    req, _ = openssl_csr(tmp_path, "web", "/CN=www.example.org", addext=["subjectAltName=DNS:www.example.org"])
+def test_profile_subfolder_and_manual_approval(
+    ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path
+) -> None:
+    req, _ = openssl_csr(
+        tmp_path, "web", "/CN=www.example.org", addext=["subjectAltName=DNS:www.example.org"]
+    )
     ca_env.drop(req, profile="server")
     assert wait_result(ca_env, "web") == "pending"
     code, out, _ = ca_env.cli("status", "--json")
@@ -268,9 +294,9 @@ def test_profile_subfolder_and_manual_approval(ca_env: CAEnv, daemon: DaemonThre
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.SERVER_AUTH
     ]
-    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName
-    ) == ["www.example.org"]
+    assert cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName) == ["www.example.org"]
     assert openssl_verify(ca_env.ca_cert, ca_env.outbox / "web.cer", "sslserver").endswith("OK")
     assert lint_clean(cert.public_bytes(serialization.Encoding.DER)) == []
     # deny another one
@@ -303,7 +329,12 @@ def test_owner_binding(tmp_path: Path) -> None:
     import pwd
 
     me = pwd.getpwuid(os.getuid()).pw_name
-    env = make_env(tmp_path, replace={"renew_before_days = 30\n": 'renew_before_days = 30\nowner_binding = "{owner}@example.org"\n'})
+    env = make_env(
+        tmp_path,
+        replace={
+            "renew_before_days = 30\n": 'renew_before_days = 30\nowner_binding = "{owner}@example.org"\n'
+        },
+    )
     d = DaemonThread(env).start()
     try:
         good, _ = openssl_csr(tmp_path, "mine", f"/CN=Me/emailAddress={me}@example.org")
@@ -341,13 +372,23 @@ def test_second_daemon_refuses_to_start(ca_env: CAEnv, daemon: DaemonThread) -> 
 
 
 def test_list_show_status_json(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path) -> None:
-    req, _ = openssl_csr(tmp_path, "js", "/CN=Json User/emailAddress=json@example.org", kind="ec:prime256v1")
+    req, _ = openssl_csr(
+        tmp_path, "js", "/CN=Json User/emailAddress=json@example.org", kind="ec:prime256v1"
+    )
     ca_env.drop(req)
     assert wait_result(ca_env, "js") == "outbox"
     code, out, _ = ca_env.cli("list", "--json")
     assert code == 0
     (c,) = json.loads(out)["certificates"]
-    for key in ("serial", "subject", "not_before", "not_after", "status", "profile", "request_name"):
+    for key in (
+        "serial",
+        "subject",
+        "not_before",
+        "not_after",
+        "status",
+        "profile",
+        "request_name",
+    ):
         assert key in c
     assert c["status"] == "valid" and c["request_name"] == "js" and c["profile"] == "client"
     assert int(c["serial"], 16) == load_cert(ca_env.outbox / "js.cer").serial_number
