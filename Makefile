@@ -36,12 +36,12 @@ test-deps:
 	fi
 
 test: venv test-deps
-	$(BIN)/ruff check daemon tests bench
+	$(BIN)/ruff check daemon tests $(wildcard bench)
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check daemon tests bench
-	$(BIN)/ruff format --check daemon tests bench
+	$(BIN)/ruff check daemon tests $(wildcard bench)
+	$(BIN)/ruff format --check daemon tests $(wildcard bench)
 	$(BIN)/mypy
 
 bench: venv
