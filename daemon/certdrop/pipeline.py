@@ -44,7 +44,8 @@ from .ca import (
 from .clock import Clock
 from .config import Profile, Settings
 from .delivery import Owner, PasswordChannel, new_password, output_owner, p12_mode
-from .errors import CAError, CertdropError, LintError, RequestError
+from .errors import CAError, CertdropError, IndexUnavailable, LintError, RequestError
+from .faults import Crashpoint, no_crash
 from .fsutil import (
     atomic_write,
     fsync_dir,
@@ -150,6 +151,8 @@ class Pipeline:
         self.password_channel = password_channel
         self.hooks = hooks or PipelineHooks()
         self.max_bytes = settings.watch.max_request_bytes
+        # fault injection for the crash tests (faults.py); does nothing in production
+        self.crashpoint: Crashpoint = no_crash
 
     # --- entry points --------------------------------------------------------------------------
     def handle_inbox_file(self, path: Path, profile: str) -> Result:
@@ -214,6 +217,7 @@ class Pipeline:
             os.rename(path, target)
         except FileNotFoundError:
             return Result(Outcome.SKIPPED, stem)
+        self.crashpoint("after-claim")
         # the key beside it, if any, is claimed with it
         key_src = path.with_name(stem + ".key")
         key_dst = target.with_name(stem + ".key")
@@ -225,6 +229,7 @@ class Pipeline:
             pass
         fsync_dir(target.parent)
         fsync_dir(path.parent)
+        self.crashpoint("after-key-claim")
         return self.process_claimed(target, profile)
 
     def recover(self) -> list[Result]:
@@ -237,7 +242,14 @@ class Pipeline:
                 continue
             for entry in sorted(profile_dir.iterdir()):
                 if entry.name.endswith(".req"):
-                    results.append(self.process_claimed(entry, profile_dir.name))
+                    try:
+                        results.append(self.process_claimed(entry, profile_dir.name))
+                    except (OSError, IndexUnavailable):
+                        raise  # the disk or the index: stop here, all of it is tried later
+                    except Exception:  # one bad request must not stop the rest
+                        log.exception(
+                            "internal error while recovering %s; it stays in work/", entry
+                        )
             # keys whose request is gone: their request was finished; drop them
             for entry in sorted(profile_dir.iterdir()):
                 if (
@@ -274,12 +286,15 @@ class Pipeline:
                 req, csr = parse_request(claim.data)
             except RequestError as exc:
                 return self._reject(claim, [str(exc)])
+            self.crashpoint("after-parse")
             if req.kind == "enrollment":
                 # one enrollment file asks for one new key; the same text dropped again
                 # later is a new request, while a crash-restart sees the same inode
                 ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
                 req = _with_fingerprint(req, hashlib.sha256(claim.data + ident).hexdigest())
             return self._decide_and_issue(claim, req, csr, now, approved)
+        except IndexUnavailable:
+            raise  # the server's trouble, not the request's: kept in work/, tried again later
         except CertdropError as exc:
             # anything the user can act on that slipped through: refuse with the reason
             return self._reject(claim, [str(exc)])
@@ -398,6 +413,7 @@ class Pipeline:
             cert = self.ca.issue(spec, self.linter.certificate if self.linter else None)
         except LintError as exc:
             return self._reject(claim, [str(exc)])
+        self.crashpoint("after-sign")
         return self._commit_and_deliver(claim, req, profile, cert, subject_key, decision, now)
 
     def _commit_and_deliver(
@@ -429,6 +445,7 @@ class Pipeline:
                 self.settings.profile_pkcs12_encryption(claim.profile),
             )
             atomic_write(staged_p12, p12, p12_mode(claim.owner), owner=owner)
+        self.crashpoint("after-stage")
 
         cn = next((v for n, v in decision.subject if n == "CN"), "")
         email = decision.emails[0] if decision.emails else ""
@@ -473,10 +490,13 @@ class Pipeline:
             return Result(Outcome.RETRY, claim.name, reason="serial collision", retry_after=0.0)
         # point of no return: the certificate exists in the index
         del password
+        self.crashpoint("after-record")
         self._publish_outputs(claim, serial)
+        self.crashpoint("after-deliver")
         if claim.key_path is not None:
             remove_quietly(claim.key_path)  # the key now lives only inside the encrypted p12
         self._archive(claim, now)
+        self.crashpoint("after-archive")
         notes = list(decision.notes) + claim.notes
         log.info(
             "issued %s.req serial=%s profile=%s subject=%s%s",
@@ -503,6 +523,8 @@ class Pipeline:
             staged = self.spool.staged(claim.profile, claim.name, suffix)
             if staged.exists():
                 os.rename(staged, self.spool.outbox / f"{claim.name}{suffix}")
+                if suffix == ".p12":
+                    self.crashpoint("mid-deliver")
         fsync_dir(self.spool.outbox)
         fsync_dir(claim.path.parent)
 
@@ -518,6 +540,7 @@ class Pipeline:
                 0o644,
                 owner=output_owner(claim.owner),
             )
+        self.crashpoint("after-redeliver-stage")
         self._publish_outputs(claim, serial)
         if claim.key_path is not None:
             remove_quietly(claim.key_path)
@@ -540,7 +563,15 @@ class Pipeline:
             remove_quietly(self.spool.staged(claim.profile, claim.name, suffix))
         if claim.key_path is not None:
             remove_quietly(claim.key_path)  # a key is never kept in rejected/
-        place_rejected(self.spool, claim.path, claim.name, text, now)
+        place_rejected(
+            self.spool,
+            claim.path,
+            claim.name,
+            text,
+            now,
+            before_move=lambda: self.crashpoint("mid-reject"),
+        )
+        self.crashpoint("after-reject")
         with self.store.begin() as conn:
             self.store.log(
                 conn, now, claim.name, "rejected", profile=claim.profile, detail=" | ".join(reasons)
@@ -590,6 +621,7 @@ class Pipeline:
             self.store.log(
                 conn, now, claim.name, "pending", profile=claim.profile, fingerprint=req.fingerprint
             )
+        self.crashpoint("mid-pending")
         move(claim.path, target)
         log.info(
             "pending %s.req profile=%s subject=%s: waiting for 'certdrop approve %s'",

@@ -26,7 +26,8 @@ from .ca import CertificateAuthority, read_passphrase
 from .clock import Clock
 from .config import Settings, load_settings
 from .delivery import PasswordFiles
-from .errors import CertdropError, LockError
+from .errors import CertdropError, IndexUnavailable, LockError
+from .faults import crashpoint_from_environment
 from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
 from .pipeline import Outcome, Pipeline, PipelineHooks, Result
@@ -38,6 +39,9 @@ log = logging.getLogger("certdrop.service")
 
 LOCK_FILE = "certdrop.lock"
 CONTROL_POLL_SECONDS = 0.5
+# after a full disk or an unusable index: first retry of work/, and the longest wait
+RECOVER_FIRST_DELAY = 5.0
+RECOVER_MAX_DELAY = 300.0
 
 
 class StateLock:
@@ -226,6 +230,8 @@ class Daemon:
         self.counts: dict[str, int] = {o.value: 0 for o in Outcome}
         self.last_error = ""
         self._had_activity = False
+        # fault injection for the crash tests: read once, inert unless CERTDROP_CRASH_AT is set
+        self._crashpoint = crashpoint_from_environment(os.environ)
 
     # --- signals: handlers only set flags ---------------------------------------------------------
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -263,9 +269,15 @@ class Daemon:
 
     def _start(self) -> None:
         self.rt = Runtime.build(self.settings, self.clock, self._hooks())
+        self.rt.pipeline.crashpoint = self._crashpoint
         self.notifier.notify("STATUS=recovering interrupted work")
-        for res in self.rt.pipeline.recover():
-            self._count(res)
+        try:
+            for res in self.rt.pipeline.recover():
+                self._count(res)
+        except (OSError, IndexUnavailable) as exc:
+            self.last_error = f"recovery of work/: {exc}"
+            log.error("recovery of work/ failed: %s; will retry", exc)
+            self._retry_work_later()
         self.inbox = self._make_inbox(self.settings)
         self.inbox.start()
         self.scheduler = Scheduler()
@@ -374,23 +386,25 @@ class Daemon:
             return
         try:
             res = self.rt.pipeline.handle_inbox_file(item.path, item.profile)
-        except CertdropError as exc:
-            self.last_error = str(exc)
-            log.error("%s: %s; will retry", item.path.name, exc)
-            self.queue.put_later(item, 5.0)
-            return
-        except OSError as exc:
-            # a full disk, a vanished share: nothing is lost (the request stays where it
-            # is, in inbox/ or work/), and it is tried again later
+        except (OSError, IndexUnavailable) as exc:
+            # a full disk, a vanished share, an index that cannot be written: nothing is
+            # lost (the request stays where it is, in inbox/ or work/), and it is tried
+            # again later
             self.last_error = f"{item.path.name}: {exc}"
             log.error("%s: %s; will retry in 5 s", item.path.name, exc)
             self.queue.put_later(item, 5.0)
             self._retry_work_later()
             return
+        except CertdropError as exc:
+            self.last_error = str(exc)
+            log.error("%s: %s; will retry", item.path.name, exc)
+            self.queue.put_later(item, 5.0)
+            return
         except Exception:
             self.last_error = f"{item.path.name}: internal error"
             log.exception("internal error while processing %s; will retry in 30 s", item.path)
             self.queue.put_later(item, 30.0)
+            self._retry_work_later()  # it may have been claimed into work/ already
             return
         self._count(res)
         if res.outcome is Outcome.RETRY:
@@ -399,27 +413,38 @@ class Daemon:
             self._had_activity = True
 
     def _retry_work_later(self) -> None:
-        """After an I/O error mid-way, re-run recovery for what is left in work/."""
+        """After an I/O error mid-way, re-run recovery for what is left in work/.
 
-        def later() -> None:
-            time.sleep(5)
-            self._wake.set()
-
-        threading.Thread(target=later, daemon=True).start()
+        The delay doubles each time the recovery itself fails (5 s up to 5 min), so
+        that a disk full for hours neither spins nor floods the log.
+        """
+        at = time.monotonic() + self._recover_delay
+        if not self._recover_pending or at < self._recover_at:
+            self._recover_at = at
         self._recover_pending = True
 
     _recover_pending = False
+    _recover_at = 0.0
+    _recover_delay = RECOVER_FIRST_DELAY
 
     def _poll_controls(self) -> None:
         assert self.rt is not None
-        if self._recover_pending:
+        if self._recover_pending and time.monotonic() >= self._recover_at:
             self._recover_pending = False
             try:
                 for res in self.rt.pipeline.recover():
                     self._count(res)
-            except OSError as exc:
-                log.error("recovery of work/ failed again: %s", exc)
-                self._recover_pending = True
+            except (OSError, IndexUnavailable) as exc:
+                self.last_error = f"recovery of work/: {exc}"
+                self._recover_delay = min(self._recover_delay * 2, RECOVER_MAX_DELAY)
+                log.error(
+                    "recovery of work/ failed again: %s; next try in %.0f s",
+                    exc,
+                    self._recover_delay,
+                )
+                self._retry_work_later()
+            else:
+                self._recover_delay = RECOVER_FIRST_DELAY
         try:
             with self.rt.store.begin() as conn:
                 todo = self.rt.store.open_controls(conn)
@@ -442,6 +467,7 @@ class Daemon:
             if new.paths != self.settings.paths:
                 raise CertdropError("[paths] cannot change on reload; restart certdrop instead")
             rt = Runtime.build(new, self.clock, self._hooks())
+            rt.pipeline.crashpoint = self._crashpoint
         except CertdropError as exc:
             log.error("SIGHUP: the new configuration is refused, keeping the old one: %s", exc)
             self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")
