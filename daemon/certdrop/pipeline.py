@@ -166,6 +166,15 @@ class Pipeline:
             return Result(Outcome.SKIPPED, filename)
         if filename.endswith(".key") and stat.S_ISREG(st.st_mode):
             return self._handle_key(path, profile, st)
+        if filename.endswith(".key") and filename != ".key":
+            # a symlink, FIFO, device, ... named like a key: moved aside as it is, unopened
+            return self._reject_unclaimed(
+                path,
+                sanitize_name(filename),
+                st,
+                f"{filename!r} is {_describe_type(st.st_mode)}, not a regular file; "
+                "drop the key file itself (PEM, mode 0600)",
+            )
         stem = filename[:-4] if filename.endswith(".req") else filename
         if not filename.endswith(".req") or filename == ".req":
             if stat.S_ISDIR(st.st_mode):
@@ -591,7 +600,7 @@ class Pipeline:
             return Result(Outcome.SKIPPED, name)
         with self.store.begin() as conn:
             self.store.log(conn, now, name, "rejected", detail=reason)
-        log.info("rejected %s: %s", path.name, reason)
+        log.info("rejected %r: %s", path.name, reason)
         if self.hooks.audit:
             self.hooks.audit(
                 {"event": "rejected", "name": name, "reasons": [reason], "uid": st.st_uid}
@@ -854,9 +863,16 @@ def _with_fingerprint(req: ParsedRequest, fingerprint: str) -> ParsedRequest:
     return replace(req, fingerprint=fingerprint)
 
 
+MAX_REASONS = 20  # a hostile request can have thousands of problems; the first are enough
+MAX_REASON_CHARS = 600
+
+
 def _reason_text(name: str, profile: str, reasons: list[str]) -> str:
     lines = [f"certdrop refused {name}.req" + (f" (profile {profile})" if profile else "") + ":"]
-    lines += [f"- {r}" for r in reasons]
+    for r in reasons[:MAX_REASONS]:
+        lines.append(f"- {r if len(r) <= MAX_REASON_CHARS else r[:MAX_REASON_CHARS] + ' [...]'}")
+    if len(reasons) > MAX_REASONS:
+        lines.append(f"- ... and {len(reasons) - MAX_REASONS} more problems of the same kinds")
     lines.append("")
     lines.append("Fix what is listed above and drop the request again (a new file in the inbox).")
     return "\n".join(lines) + "\n"

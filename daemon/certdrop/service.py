@@ -310,7 +310,11 @@ class Daemon:
         while not self.stop_requested.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
-            if self._worker is not None and not self._worker.is_alive():
+            if (
+                self._worker is not None
+                and not self._worker.is_alive()
+                and not self.stop_requested.is_set()  # a worker that stopped as asked
+            ):
                 log.error(
                     "the worker thread died; stopping so that the service manager restarts us"
                 )
@@ -390,19 +394,19 @@ class Daemon:
             # a full disk, a vanished share, an index that cannot be written: nothing is
             # lost (the request stays where it is, in inbox/ or work/), and it is tried
             # again later
-            self.last_error = f"{item.path.name}: {exc}"
-            log.error("%s: %s; will retry in 5 s", item.path.name, exc)
+            self.last_error = f"{item.path.name!r}: {exc}"
+            log.error("%r: %s; will retry in 5 s", item.path.name, exc)
             self.queue.put_later(item, 5.0)
             self._retry_work_later()
             return
         except CertdropError as exc:
             self.last_error = str(exc)
-            log.error("%s: %s; will retry", item.path.name, exc)
+            log.error("%r: %s; will retry", item.path.name, exc)
             self.queue.put_later(item, 5.0)
             return
         except Exception:
-            self.last_error = f"{item.path.name}: internal error"
-            log.exception("internal error while processing %s; will retry in 30 s", item.path)
+            self.last_error = f"{item.path.name!r}: internal error"
+            log.exception("internal error while processing %r; will retry in 30 s", str(item.path))
             self.queue.put_later(item, 30.0)
             self._retry_work_later()  # it may have been claimed into work/ already
             return
