@@ -381,3 +381,35 @@ def test_full_disk_keeps_the_index_and_retries(small_fs: Path, tmp_path: Path, f
                 assert len(issued) == 1, name
     finally:
         store.close()
+
+
+def test_one_request_failing_in_recovery_does_not_stop_the_rest(
+    ca_env: CAEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug hit by one request left in work/ must not keep the daemon from starting."""
+    from certdrop.clock import SystemClock
+    from certdrop.service import Runtime
+
+    rt = Runtime.build(ca_env.settings, SystemClock())
+    try:
+        work = ca_env.spool / "work" / "client"
+        for name in ("first", "second"):
+            (work / f"{name}.req").write_bytes(_csr(f"{name} user")[0])
+        calls: list[str] = []
+
+        def buggy_once(point: str) -> None:
+            if point == "after-parse":
+                calls.append(point)
+                if len(calls) == 1:
+                    raise RuntimeError("a bug that only the first request hits")
+
+        rt.pipeline.crashpoint = buggy_once
+        results = rt.pipeline.recover()
+        assert [r.name for r in results] == ["second"]
+        assert (work / "first.req").exists()  # kept for the next recovery, not lost
+        assert "internal error while recovering" in caplog.text
+        results = rt.pipeline.recover()  # the next recovery takes it
+        assert [r.name for r in results] == ["first"]
+        assert (ca_env.outbox / "first.cer").exists() and (ca_env.outbox / "second.cer").exists()
+    finally:
+        rt.close()
