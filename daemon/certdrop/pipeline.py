@@ -202,6 +202,12 @@ class Pipeline:
         problem = self._unsafe(st)
         if problem:
             return self._reject_unclaimed(path, stem, st, problem)
+        # a key being dropped beside the request right now: let it finish first
+        key_wait = self._key_still_arriving(path.with_name(stem + ".key"))
+        if key_wait > 0:
+            return Result(
+                Outcome.RETRY, stem, reason="its key is still arriving", retry_after=key_wait
+            )
         target = self.spool.claimed_path(profile, filename)
         if os.path.lexists(target):
             return Result(
@@ -766,6 +772,15 @@ class Pipeline:
                 "%s.key was group/world readable (mode %04o)", claim.name, stat.S_IMODE(kst.st_mode)
             )
         return load_subject_key(data)
+
+    def _key_still_arriving(self, key_path: Path) -> float:
+        try:
+            kst = os.lstat(key_path)
+        except FileNotFoundError:
+            return 0.0
+        age = time.time() - kst.st_mtime
+        settle = self.settings.watch.settle_seconds
+        return max(settle - age, 0.0) if stat.S_ISREG(kst.st_mode) else 0.0
 
     # --- file safety ----------------------------------------------------------------------------------
     def _unsafe(self, st: os.stat_result) -> str:
