@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection
 
-from .fsutil import atomic_write, ensure_dir
+from .fsutil import atomic_write, ensure_dir, sync_filesystem
 
 # no 0/O, 1/l/I: typeable from a printout or a phone screen
 PASSWORD_ALPHABET = "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -79,7 +79,11 @@ class PasswordFiles:
             f"{password}\n"
             "Give it to the holder by another channel than the p12 itself.\n"
         )
-        atomic_write(self.folder / f"{name}.txt", text.encode(), 0o600)
+        # made durable by sync(), once per batch, before the index commit
+        atomic_write(self.folder / f"{name}.txt", text.encode(), 0o600, durable=False)
+
+    def sync(self) -> None:
+        sync_filesystem(self.folder)
 
     def path_for(self, name: str) -> Path:
         return self.folder / f"{name}.txt"

@@ -38,6 +38,7 @@ log = logging.getLogger("certdrop.service")
 
 LOCK_FILE = "certdrop.lock"
 CONTROL_POLL_SECONDS = 0.5
+BATCH_SIZE = 256  # requests taken off the queue and committed together
 
 
 class StateLock:
@@ -332,18 +333,18 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload()
-            item = self.queue.get(timeout=0.25)
+            items = self.queue.get_batch(BATCH_SIZE, timeout=0.25)
             now_mono = time.monotonic()
-            if item is None or now_mono - last_control >= 1.0:
+            if not items or now_mono - last_control >= 1.0:
                 self._poll_controls()
                 last_control = now_mono
-            if item is None:
+            if not items:
                 if self._had_activity:
                     # inotify drops events when its queue overflows: look again after a burst
                     self._had_activity = False
                     self.inbox.scan()
                 continue
-            self._handle(item)
+            self._handle(items)
 
     def _drain_initial(self) -> None:
         """Process what the first scan found before declaring READY (bounded by time).
@@ -356,70 +357,79 @@ class Daemon:
             ready, delayed = self.queue.depth()
             if ready == 0 and delayed == 0:
                 break
-            item = self.queue.get(timeout=0.05)
-            if item is None:
+            items = self.queue.get_batch(BATCH_SIZE, timeout=0.05)
+            if not items:
                 if ready == 0 and self._only_waiting_keys:
                     break
                 continue
-            self._only_waiting_keys = item.path.name.endswith(".key")
-            self._handle(item)
+            self._only_waiting_keys = all(i.path.name.endswith(".key") for i in items)
+            self._handle(items)
 
     _only_waiting_keys = False
 
-    def _handle(self, item: WorkItem) -> None:
+    def _handle(self, items: list[WorkItem]) -> None:
         assert self.rt is not None and self.inbox is not None
-        wait = self.inbox.settled(item, time.time())
-        if wait > 0:
-            self.queue.put_later(item, wait)
+        now_wall = time.time()
+        ready: list[WorkItem] = []
+        for item in items:
+            wait = self.inbox.settled(item, now_wall)
+            if wait > 0:
+                self.queue.put_later(item, wait)
+            else:
+                ready.append(item)
+        if not ready:
             return
         try:
-            res = self.rt.pipeline.handle_inbox_file(item.path, item.profile)
+            results = self.rt.pipeline.handle_batch([(i.path, i.profile) for i in ready])
         except CertdropError as exc:
-            self.last_error = str(exc)
-            log.error("%s: %s; will retry", item.path.name, exc)
-            self.queue.put_later(item, 5.0)
+            self._failed(ready, str(exc), 5.0)
             return
         except OSError as exc:
-            # a full disk, a vanished share: nothing is lost (the request stays where it
+            # a full disk, a vanished share: nothing is lost (each request stays where it
             # is, in inbox/ or work/), and it is tried again later
-            self.last_error = f"{item.path.name}: {exc}"
-            log.error("%s: %s; will retry in 5 s", item.path.name, exc)
-            self.queue.put_later(item, 5.0)
-            self._retry_work_later()
+            self._failed(ready, str(exc), 5.0)
             return
         except Exception:
-            self.last_error = f"{item.path.name}: internal error"
-            log.exception("internal error while processing %s; will retry in 30 s", item.path)
-            self.queue.put_later(item, 30.0)
+            log.exception(
+                "internal error while processing %d request(s); will retry in 30 s", len(ready)
+            )
+            self._failed(ready, "internal error", 30.0, logged=True)
             return
-        self._count(res)
-        if res.outcome is Outcome.RETRY:
-            self.queue.put_later(item, max(res.retry_after, 0.05))
-        elif res.outcome is not Outcome.SKIPPED:
-            self._had_activity = True
+        for item, res in zip(ready, results, strict=True):
+            self._count(res)
+            if res.outcome is Outcome.RETRY:
+                self.queue.put_later(item, max(res.retry_after, 0.05))
+            elif res.outcome is not Outcome.SKIPPED:
+                self._had_activity = True
+
+    def _failed(
+        self, items: list[WorkItem], error: str, delay: float, logged: bool = False
+    ) -> None:
+        self.last_error = error
+        if not logged:
+            log.error(
+                "%d request(s) not processed: %s; will retry in %g s", len(items), error, delay
+            )
+        for item in items:
+            self.queue.put_later(item, delay)
+        self._retry_work_later()
 
     def _retry_work_later(self) -> None:
-        """After an I/O error mid-way, re-run recovery for what is left in work/."""
+        """After an I/O error mid-way, re-run recovery of work/ a little later."""
+        self._recover_at = time.monotonic() + 5.0
 
-        def later() -> None:
-            time.sleep(5)
-            self._wake.set()
-
-        threading.Thread(target=later, daemon=True).start()
-        self._recover_pending = True
-
-    _recover_pending = False
+    _recover_at: float | None = None
 
     def _poll_controls(self) -> None:
         assert self.rt is not None
-        if self._recover_pending:
-            self._recover_pending = False
+        if self._recover_at is not None and time.monotonic() >= self._recover_at:
+            self._recover_at = None
             try:
                 for res in self.rt.pipeline.recover():
                     self._count(res)
             except OSError as exc:
-                log.error("recovery of work/ failed again: %s", exc)
-                self._recover_pending = True
+                log.error("recovery of work/ failed again: %s; retrying in 5 s", exc)
+                self._retry_work_later()
         try:
             with self.rt.store.begin() as conn:
                 todo = self.rt.store.open_controls(conn)
