@@ -31,6 +31,7 @@ from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
 from .pipeline import Outcome, Pipeline, PipelineHooks, Result
 from .scheduler import Scheduler
+from .signpool import SigningPool
 from .spool import Spool
 from .store import Store
 
@@ -131,13 +132,21 @@ class Runtime:
     linter: Linter | None
     hooks: PipelineHooks = field(default_factory=PipelineHooks)
 
+    pool: SigningPool | None = None
+
     @classmethod
-    def build(cls, settings: Settings, clock: Clock, hooks: PipelineHooks | None = None) -> Runtime:
+    def build(
+        cls,
+        settings: Settings,
+        clock: Clock,
+        hooks: PipelineHooks | None = None,
+        *,
+        signing_pool: bool = False,
+    ) -> Runtime:
         hooks = hooks or PipelineHooks()
         store = Store(settings.database_url).open()
-        ca = CertificateAuthority.load(
-            settings.state, read_passphrase(settings.ca.key_passphrase_file)
-        )
+        passphrase = read_passphrase(settings.ca.key_passphrase_file)
+        ca = CertificateAuthority.load(settings.state, passphrase)
         spool = Spool(settings.spool)
         spool.create(list(settings.profiles), settings.policy.default_profile)
         linter = shared_linter() if settings.policy.lint else None
@@ -151,9 +160,15 @@ class Runtime:
             password_channel=PasswordFiles(settings.state),
             hooks=hooks,
         )
-        return cls(settings, clock, store, ca, spool, pipeline, linter, hooks)
+        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks)
+        if signing_pool and (os.cpu_count() or 1) > 1:
+            rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
+            pipeline.signer = rt.pool.sign
+        return rt
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         self.store.close()
 
 
@@ -263,7 +278,7 @@ class Daemon:
         return 0
 
     def _start(self) -> None:
-        self.rt = Runtime.build(self.settings, self.clock, self._hooks())
+        self.rt = Runtime.build(self.settings, self.clock, self._hooks(), signing_pool=True)
         self.notifier.notify("STATUS=recovering interrupted work")
         for res in self.rt.pipeline.recover():
             self._count(res)
@@ -451,7 +466,7 @@ class Daemon:
             new = load_settings(self.config_path)
             if new.paths != self.settings.paths:
                 raise CertdropError("[paths] cannot change on reload; restart certdrop instead")
-            rt = Runtime.build(new, self.clock, self._hooks())
+            rt = Runtime.build(new, self.clock, self._hooks(), signing_pool=True)
         except CertdropError as exc:
             log.error("SIGHUP: the new configuration is refused, keeping the old one: %s", exc)
             self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")
