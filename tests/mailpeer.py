@@ -43,6 +43,12 @@ class Received:
         return msg
 
     @property
+    def subject(self) -> str:
+        # Python folds a long ASCII Subject right after "Subject:" (valid RFC 5322
+        # folding) and its parser keeps the folding space; mail clients drop it
+        return str(self.message["Subject"]).strip()
+
+    @property
     def text(self) -> str:
         body = self.message.get_body(("plain",))
         assert body is not None

@@ -166,7 +166,7 @@ def test_smtp_down_then_up_with_backoff(store: Store) -> None:
         assert row(store, mid)["attempts"] == 2
         clock.advance(dt.timedelta(seconds=31))
         assert mailer.flush(clock.now()).sent == 1
-        assert [m.message["Subject"] for m in peer.messages] == ["[certdrop] expiry warning"]
+        assert [m.subject for m in peer.messages] == ["[certdrop] expiry warning"]
         r = row(store, mid)
         assert r["status"] == "sent" and r["attempts"] == 3 and r["last_error"] is None
         clock.advance(dt.timedelta(hours=2))
@@ -254,7 +254,7 @@ def test_the_queue_survives_a_restart_and_sends_once(tmp_path: Path, peer: SmtpP
     with s3.begin() as conn:
         assert [m.status for m in list_queue(conn)] == ["sent"] * 3
     s3.close()
-    assert sorted(m.message["Subject"] for m in peer.messages) == [
+    assert sorted(m.subject for m in peer.messages) == [
         "[certdrop] m0",
         "[certdrop] m1",
         "[certdrop] m2",
@@ -271,7 +271,7 @@ def test_admin_alerts_and_dedupe(store: Store, peer: SmtpPeer) -> None:
     assert Mailer.from_settings(store, mail).flush(T0).sent == 2
     first = peer.messages[0]
     assert sorted(first.rcpt_tos) == ["ops@example.org", "two@example.org"]
-    assert first.message["Subject"] == "[certdrop] apache configtest failed"
+    assert first.subject == "[certdrop] apache configtest failed"
     # mail off, or no admin: not queued (logged)
     assert not queue_admin_alert(store, settings(peer.port, enabled=False), "x", "y", T0)
     assert not queue_admin_alert(store, settings(peer.port, admin=""), "x", "y", T0)

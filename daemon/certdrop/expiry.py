@@ -216,7 +216,7 @@ def holder_warning(
         f"    Days left:    {max(left.days, 0)}\n\n"
         f"{renewal_instructions(rec, cfg, now)}\n"
         "You get this warning once for each of these moments before the end: "
-        + ", ".join(f"{d} days" for d in cfg.expiry.warn_days)
+        + ", ".join(f"{d} day{'s' if d != 1 else ''}" for d in cfg.expiry.warn_days)
         + ".\nIf you no longer need the certificate, ignore this mail.\n"
     )
     return subject, body
@@ -277,8 +277,8 @@ def renewal_instructions(rec: CertRecord, cfg: SweepConfig, now: dt.datetime) ->
     dns = _dns_names(cert)
     renew_from = rec.not_after - dt.timedelta(days=profile.renew_before_days)
     cn_rule = profile.subject.get("CN")
-    lines = ["How to renew: drop a new request with the same subject into the certdrop inbox,"]
-    lines.append(f"    {folder}/{name}.req")
+    lines = ["How to renew: drop a new request with the same subject into the certdrop inbox, as"]
+    lines.append(f"    {folder / (name + '.req')}")
     lines.append(
         "The new certificate replaces this one (this one is then marked superseded, not revoked)."
     )

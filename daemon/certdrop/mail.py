@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .clock import Clock
-from .config import MailSettings
+from .config import MailSettings, Settings
 from .delivery import PasswordChannel, PasswordFiles
 from .errors import ConfigError, MailError
 from .store import Store, certificates, from_epoch, mail_queue, to_epoch
@@ -438,7 +438,7 @@ def queue_admin_alert(
     admins = admin_recipients(mail)
     if not mail.enabled or not admins:
         why = "[mail] enabled = false" if not mail.enabled else "[mail] admin is not set"
-        log.warning("alert (not mailed: %s): %s", why, subject)
+        log.info("alert (not mailed: %s): %s", why, subject)
         return False
     if isinstance(target, Store):
         with target.begin() as conn:
@@ -518,6 +518,9 @@ def queue_status(conn: Connection) -> dict[str, Any]:
     }
 
 
+_FLUSH_LOCK = threading.Lock()
+
+
 @dataclass
 class FlushReport:
     sent: int = 0
@@ -546,7 +549,8 @@ class Mailer:
         self.transport = transport
         self.retry_seconds = retry_seconds
         self.retry_max_seconds = retry_max_seconds
-        self._lock = threading.Lock()
+        # one flush at a time in this process, also across a SIGHUP that builds a new Mailer
+        self._lock = _FLUSH_LOCK
 
     @classmethod
     def from_settings(
@@ -789,7 +793,9 @@ def choose_password_channel(
     return MailPasswordChannel(mail, outbox, files, clock)
 
 
-def status_extra(store: Store, conn: Connection, settings: Any, now: dt.datetime) -> dict[str, Any]:
+def status_extra(
+    store: Store, conn: Connection, settings: Settings, now: dt.datetime
+) -> dict[str, Any]:
     """`certdrop status`: the mail queue (and when the expiry sweep last ran)."""
     doc = queue_status(conn)
     if not settings.mail.enabled and not any(doc[k] for k in ("queued", "sent", "cancelled")):

@@ -358,7 +358,7 @@ class Daemon:
 
     def _on_pending(self, name: str, profile: str, subject: str) -> None:
         rt = self.rt
-        if rt is None:
+        if rt is None or not rt.settings.mail.enabled:
             return
         try:
             if announce_pending(rt.store, rt.settings.mail, name, self.clock.now()):
