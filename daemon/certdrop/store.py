@@ -110,13 +110,14 @@ mail_queue = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("kind", sa.String(32), nullable=False),  # password, expiry, digest, alert
     sa.Column("dedupe_key", sa.String(200), unique=True),  # None, or: queued at most once
-    sa.Column("recipients", sa.Text, nullable=False),  # "Name <a@b>, c@d"
+    sa.Column("recipients", sa.Text, nullable=False),  # JSON [[display name, address], ...]
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("message_id", sa.String(255), nullable=False),
     sa.Column("serial", sa.String(42)),  # the certificate the message is about, if any
     sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, default="queued", index=True),
+    sa.Column("status", sa.String(16), nullable=False, default="queued", index=True),  # or
+    # "sent", or "cancelled" (an expiry warning whose certificate was renewed/revoked/expired)
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", sa.BigInteger, nullable=False, index=True),
     sa.Column("last_error", sa.Text),
