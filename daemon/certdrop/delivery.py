@@ -71,6 +71,7 @@ class PasswordFiles:
 
     def __init__(self, state: Path) -> None:
         self.folder = state / "passwords"
+        self._unsynced = False
 
     def __call__(self, conn: Connection, name: str, email: str, serial: str, password: str) -> None:
         ensure_dir(self.folder, 0o700)
@@ -81,9 +82,12 @@ class PasswordFiles:
         )
         # made durable by sync(), once per batch, before the index commit
         atomic_write(self.folder / f"{name}.txt", text.encode(), 0o600, durable=False)
+        self._unsynced = True
 
     def sync(self) -> None:
-        sync_filesystem(self.folder)
+        if self._unsynced:
+            sync_filesystem(self.folder)
+            self._unsynced = False
 
     def path_for(self, name: str) -> Path:
         return self.folder / f"{name}.txt"

@@ -25,10 +25,11 @@ from typing import Any
 from .ca import CertificateAuthority, read_passphrase
 from .clock import Clock
 from .config import Settings, load_settings
-from .delivery import PasswordFiles
 from .errors import CertdropError, LockError
+from .expiry import SweepConfig, SweepReport, announce_pending, sweep
 from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
+from .mail import FlushReport, Mailer, choose_password_channel
 from .pipeline import Outcome, Pipeline, PipelineHooks, Result
 from .scheduler import Scheduler
 from .signpool import SigningPool
@@ -131,6 +132,7 @@ class Runtime:
     pipeline: Pipeline
     linter: Linter | None
     hooks: PipelineHooks = field(default_factory=PipelineHooks)
+    mailer: Mailer | None = None  # None when [mail] enabled = false
 
     pool: SigningPool | None = None
 
@@ -150,6 +152,7 @@ class Runtime:
         spool = Spool(settings.spool)
         spool.create(list(settings.profiles), settings.policy.default_profile)
         linter = shared_linter() if settings.policy.lint else None
+        mailer = Mailer.from_settings(store, settings.mail) if settings.mail.enabled else None
         pipeline = Pipeline(
             settings,
             spool,
@@ -157,10 +160,16 @@ class Runtime:
             ca,
             clock,
             linter=linter,
-            password_channel=PasswordFiles(settings.state),
+            password_channel=choose_password_channel(
+                settings.pkcs12.password_delivery,
+                settings.mail,
+                settings.state,
+                spool.outbox,
+                clock,
+            ),
             hooks=hooks,
         )
-        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks)
+        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer)
         if signing_pool and (os.cpu_count() or 1) > 1:
             rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
             pipeline.signer = rt.pool.sign
@@ -242,6 +251,8 @@ class Daemon:
         self.counts: dict[str, int] = {o.value: 0 for o in Outcome}
         self.last_error = ""
         self._had_activity = False
+        self.sweeps = 0  # expiry sweeps completed
+        self.last_mail_error = ""
 
     # --- signals: handlers only set flags ---------------------------------------------------------
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -302,13 +313,81 @@ class Daemon:
     def _schedule_jobs(self) -> None:
         assert self.scheduler is not None and self.inbox is not None
         self.scheduler.every("rescan", self.settings.watch.rescan_seconds, self._rescan)
+        self._schedule_mail_jobs()
+
+    # --- mail: the expiry sweep and the mail queue ----------------------------------------------------
+    mail_flush_seconds = 5.0  # the queue is also flushed right after something is queued
+
+    def _schedule_mail_jobs(self) -> None:
+        assert self.scheduler is not None
+        if not self.settings.mail.enabled:
+            self.scheduler.remove("expiry-sweep")
+            self.scheduler.remove("mail-flush")
+            return
+        self.scheduler.every(
+            "expiry-sweep",
+            self.settings.expiry.sweep_minutes * 60,
+            self.run_expiry_sweep,
+            run_now=True,
+        )
+        self.scheduler.every(
+            "mail-flush", self.mail_flush_seconds, self.run_mail_flush, run_now=True
+        )
+
+    def run_expiry_sweep(self) -> SweepReport | None:
+        rt = self.rt
+        if rt is None:
+            return None
+        report = sweep(
+            rt.store,
+            SweepConfig.from_settings(rt.settings),
+            rt.ca.bundle_certificates(),
+            self.clock.now(),
+        )
+        self.sweeps += 1
+        if report.holder_mails or report.digest or report.alerts:
+            self._kick_mail()
+        return report
+
+    def run_mail_flush(self) -> FlushReport | None:
+        rt = self.rt
+        if rt is None or rt.mailer is None:
+            return None
+        report = rt.mailer.flush(self.clock.now())
+        if report.errors:
+            self.last_mail_error = report.errors[-1]
+        elif report.sent:
+            self.last_mail_error = ""
+        if report.sent + report.failed + report.cancelled >= Mailer.BATCH:
+            self._kick_mail()  # more are due
+        return report
+
+    def _kick_mail(self) -> None:
+        rt = self.rt
+        if rt is None or rt.mailer is None or self.scheduler is None:
+            return
+        if not rt.mailer.busy:  # a running flush is followed by the next interval anyway
+            self.scheduler.run_soon("mail-flush")
+
+    def _on_issued(self, serial: str, superseded: list[str]) -> None:
+        self._kick_mail()  # a p12 password may be waiting in the queue
+
+    def _on_pending(self, name: str, profile: str, subject: str) -> None:
+        rt = self.rt
+        if rt is None or not rt.settings.mail.enabled:
+            return
+        try:
+            if announce_pending(rt.store, rt.settings.mail, name, self.clock.now()):
+                self._kick_mail()
+        except Exception:  # the next expiry sweep announces it again
+            log.exception("could not queue the alert for pending request %s", name)
 
     def _rescan(self) -> None:
         if self.inbox is not None:
             self.inbox.scan()
 
     def _hooks(self) -> PipelineHooks:
-        return PipelineHooks()
+        return PipelineHooks(on_issued=self._on_issued, on_pending=self._on_pending)
 
     def _main_loop(self) -> None:
         while not self.stop_requested.is_set():

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .errors import NotFoundError, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: mail_queue, expiry_warnings
 
 metadata = sa.MetaData()
 
@@ -101,6 +101,36 @@ control = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("done_at", sa.BigInteger),
     sa.Column("result", sa.Text),
+)
+
+# --- schema 2: the durable mail queue and the record of expiry warnings (see mail.py, expiry.py) ---
+mail_queue = sa.Table(
+    "mail_queue",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # password, expiry, digest, alert
+    sa.Column("dedupe_key", sa.String(200), unique=True),  # None, or: queued at most once
+    sa.Column("recipients", sa.Text, nullable=False),  # JSON [[display name, address], ...]
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("message_id", sa.String(255), nullable=False),
+    sa.Column("serial", sa.String(42)),  # the certificate the message is about, if any
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default="queued", index=True),  # or
+    # "sent", or "cancelled" (an expiry warning whose certificate was renewed/revoked/expired)
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("last_error", sa.Text),
+    sa.Column("sent_at", sa.BigInteger),
+)
+
+expiry_warnings = sa.Table(
+    "expiry_warnings",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # "cert" or "ca"
+    sa.Column("serial", sa.String(42), primary_key=True),
+    sa.Column("threshold", sa.Integer, primary_key=True),  # days
+    sa.Column("warned_at", sa.BigInteger, nullable=False),
 )
 
 
