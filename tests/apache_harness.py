@@ -336,3 +336,40 @@ class ApacheServer:
 
     def status_of(self, cert: Path | None = None, key: Path | None = None) -> int:
         return self.curl(cert, key)[0]
+
+
+def make_foreign_client(
+    folder: Path,
+    ca_subject: x509.Name,
+    subject: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey | None = None,
+) -> tuple[Path, Path]:
+    """A client certificate under the issuer name `ca_subject`, signed by `issuer_key`
+
+    (default: a key nobody trusts, so the name may well be that of a trusted CA)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    ca_key = issuer_key or ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "foreign.pem", folder / "foreign.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file

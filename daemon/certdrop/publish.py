@@ -122,9 +122,11 @@ class ApacheOutcome:
     ok: bool
     action: str  # unchanged, reloaded, written, configtest-failed, reload-failed, error
     detail: str = ""
+    warnings: tuple[str, ...] = ()
 
     def text(self) -> str:
-        return f"{self.action}" + (f" ({self.detail})" if self.detail else "")
+        notes = "; ".join(x for x in (self.detail, *self.warnings) if x)
+        return f"{self.action}" + (f" ({notes})" if notes else "")
 
 
 class Debouncer:
@@ -535,15 +537,18 @@ class Publisher:
         digest = _digest((ca_bundle, crls))
         previous = {p: _read_or_none(p) for p in wanted}
         changed = [p for p, data in wanted.items() if previous[p] != data]
+        notes = tuple(warnings)
         if not changed and self._get_meta(META_APPLIED) == digest:
-            return ApacheOutcome(True, "unchanged", "; ".join(warnings))
+            return ApacheOutcome(True, "unchanged", warnings=notes)
         try:
             for path in changed:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
                 atomic_write(path, wanted[path], FILE_MODE)
         except OSError as exc:
             self._restore(previous, changed)
-            return ApacheOutcome(False, "error", f"cannot write {exc.filename}: {exc.strerror}")
+            return ApacheOutcome(
+                False, "error", f"cannot write {exc.filename}: {exc.strerror}", notes
+            )
         timeout = self.apache.command_timeout_seconds
         if self.apache.configtest_command:
             test = self.runner(self.apache.configtest_command, timeout)
@@ -558,20 +563,23 @@ class Publisher:
                     False,
                     "configtest-failed",
                     f"{test.summary()}; previous files restored, Apache not reloaded",
+                    notes,
                 )
         if not self.apache.reload_command:
             self._set_meta(META_APPLIED, digest)
-            return ApacheOutcome(True, "written", "reload left to the certdrop-apache path unit")
+            return ApacheOutcome(
+                True, "written", "no reload_command: the reload is left to a path unit", notes
+            )
         res = self.runner(self.apache.reload_command, timeout)
         if not res.ok:
             log.error("Apache reload failed (retried at the next check): %s", res.summary())
-            return ApacheOutcome(False, "reload-failed", res.summary())
+            return ApacheOutcome(False, "reload-failed", res.summary(), notes)
         self._set_meta(META_APPLIED, digest)
         log.info(
             "Apache files %s; configtest passed, Apache reloaded gracefully",
             "updated" if changed else "unchanged",
         )
-        return ApacheOutcome(True, "reloaded", "; ".join(warnings))
+        return ApacheOutcome(True, "reloaded", warnings=notes)
 
     def _restore(self, previous: dict[Path, bytes | None], changed: list[Path]) -> None:
         for path in changed:
@@ -585,11 +593,12 @@ class Publisher:
                 log.error("could not restore %s: %s", path, exc)
 
     def _record(self, outcome: ApacheOutcome) -> None:
-        doc = {
+        doc: dict[str, Any] = {
             "at": self.clock.now().isoformat(),
             "ok": outcome.ok,
             "action": outcome.action,
             "detail": outcome.detail,
+            "warnings": list(outcome.warnings),
         }
         if outcome.action == "unchanged":
             prev = self._get_meta(META_APACHE)
@@ -597,7 +606,8 @@ class Publisher:
                 with contextlib.suppress(ValueError):
                     old = json.loads(prev)
                     if old.get("ok"):
-                        return  # keep the time of the last real publication
+                        # keep the last real publication, with today's warnings
+                        doc = {**old, "warnings": list(outcome.warnings)}
         self._set_meta(META_APACHE, json.dumps(doc))
 
     def last_apache_outcome(self) -> ApacheOutcome | None:
@@ -702,9 +712,19 @@ def _expr_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _expr_regex(pattern: str, flags: str = "") -> str:
-    """An ap_expr regex literal m#...# (full match, as the policy uses)."""
-    return "m#^(?:" + pattern.replace("#", "\\#") + ")$#" + flags
+_REGEX_DELIMITERS = "#/%!,;:_"
+
+
+def _expr_regex(pattern: str, flags: str = "") -> str | None:
+    """An ap_expr regex literal m#...# (full match, as the policy uses), or None.
+
+    ap_expr cannot escape the delimiter, so one that the pattern does not contain is
+    chosen; None if the pattern contains them all.
+    """
+    for delim in _REGEX_DELIMITERS:
+        if delim not in pattern:
+            return f"m{delim}^(?:{pattern})${delim}{flags}"
+    return None
 
 
 def subject_expr(profile: Profile) -> list[str]:
@@ -721,13 +741,15 @@ def subject_expr(profile: Profile) -> list[str]:
         if rule.one_of is not None:
             parts.append(f"{var} in {{{', '.join(_expr_string(v) for v in rule.one_of)}}}")
         if rule.pattern is not None:
-            parts.append(f"{var} =~ {_expr_regex(rule.pattern)}")
+            regex = _expr_regex(rule.pattern)
+            if regex is not None:  # else left to the CA's policy check alone
+                parts.append(f"{var} =~ {regex}")
         domains = rule.domains
         if attr == "emailAddress" and domains is None and profile.email_domains:
             domains = profile.email_domains
         if domains:
             alt = "|".join(re.escape(d) for d in domains)
-            parts.append(f"{var} =~ {_expr_regex('[^@]+@(?:' + alt + ')', 'i')}")
+            parts.append(f"{var} =~ {_expr_regex('[^@]+@(?:' + alt + ')', 'i')}")  # no '#' in it
         if not parts:
             if rule.required:
                 conds.append(f"-n {var}")
@@ -797,7 +819,8 @@ def apache_config_text(
         + ");",
         "# the modern form of SSLRequire",
         '<Location "/">',
-        f'    Require expr "{_escape_directive(expr)}"',
+        # mod_authz_core takes the expression raw (only the outer quotes are removed)
+        f'    Require expr "{expr}"',
         "</Location>",
         "",
         "# who connected: the e-mail address and serial of each client certificate",
@@ -822,11 +845,6 @@ def load_ca_certificates(state: Path) -> tuple[x509.Certificate, list[x509.Certi
     except (OSError, ValueError) as exc:
         raise CAError(f"cannot read the CA certificate in {state}: {exc}") from None
     return cert, chain
-
-
-def _escape_directive(text: str) -> str:
-    """Escape for a double-quoted Apache directive argument."""
-    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _modssl_dn(name: x509.Name) -> str:
@@ -896,6 +914,8 @@ def status_extra(store: Store, conn: Any, settings: Settings, now: dt.datetime) 
                     "detail": last.get("detail") or None,
                 }
             )
+            if last.get("warnings"):
+                apache_doc["warning"] = "; ".join(last["warnings"])
     return {"crl": crl_doc, "apache": apache_doc}
 
 
