@@ -170,11 +170,11 @@ class Debouncer:
         return True
 
     def _run(self) -> None:
-        with self._running:
-            try:
-                self._action()
-            except Exception:
-                log.exception("%s failed", self._thread.name)
+        """Run the action; the caller holds `_running`."""
+        try:
+            self._action()
+        except Exception:
+            log.exception("%s failed", self._thread.name)
 
     def _loop(self) -> None:
         while True:
@@ -185,15 +185,22 @@ class Debouncer:
                 if self._closed:
                     return
                 self._take()
-            self._run()
+                self._running.acquire()  # before the claim becomes visible to flush()
+            try:
+                self._run()
+            finally:
+                self._running.release()
 
     def flush(self) -> bool:
-        """Run a pending action now (in this thread); True if there was one."""
+        """Run a pending action now (in this thread), or wait for the one in progress.
+
+        True if there was one pending."""
         with self._cond:
-            if not self._take():
-                return False
-        self._run()
-        return True
+            took = self._take()
+        with self._running:
+            if took:
+                self._run()
+        return took
 
     def close(self) -> None:
         with self._cond:
@@ -419,7 +426,11 @@ class Publisher:
         if self._debouncer is not None:
             return f"; Apache files follow within {self.apache.debounce_seconds:g}s"
         outcome = self.last_apache_outcome()
-        return f"; Apache: {outcome.text()}" if outcome is not None else ""
+        if outcome is None:
+            return ""
+        if not outcome.ok:
+            return f"; but Apache was NOT updated: {outcome.text()}; see 'certdrop status'"
+        return f"; Apache: {outcome.text()}"
 
     # --- Apache ----------------------------------------------------------------------------------------
     def apache_changed(self) -> None:
