@@ -483,3 +483,65 @@ def test_debouncer_coalesces_a_burst() -> None:
     finally:
         fast.close()
     assert calls.count(2) == 1
+
+
+def test_revocation_left_unpublished_by_a_crash_is_published_at_start(tmp_path: Path) -> None:
+    """The index commit is the revocation; a CRL that does not show it is remade."""
+    env = make_env(tmp_path)
+    d = DaemonThread(env).start()
+    try:
+        cer, _ = issue(env, tmp_path, "hank", "Hank")
+    finally:
+        d.stop()
+    serial = load_cert(cer).serial_number
+    number = crl_number(env)
+    # what a crash right after the index commit of `revoke` leaves behind
+    from certdrop.store import Store
+
+    store = Store(env.settings.database_url).open()
+    with store.begin() as conn:
+        store.revoke(conn, f"{serial:X}", "keyCompromise", dt.datetime.now(dt.UTC))
+    store.close()
+    assert crl_reasons(env) == {}
+    d = DaemonThread(env).start()
+    try:
+        assert crl_reasons(env) == {serial: "key_compromise"}
+        assert crl_number(env) == number + 1
+    finally:
+        d.stop()
+
+
+def test_sighup_reload_turns_apache_publication_on(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    d = DaemonThread(env).start()
+    try:
+        web, reloads = tmp_path / "web", tmp_path / "reloads.txt"
+        with env.config.open("a") as fh:
+            fh.write(
+                f"""
+[apache]
+enabled = true
+ca_file = "{web}/ca.pem"
+crl_file = "{web}/crl.pem"
+configtest_command = ["true"]
+reload_command = {json.dumps(recorder(reloads))}
+debounce_seconds = 0.1
+"""
+            )
+        d.daemon.reload_requested.set()
+        wait_for(lambda: reloads.exists(), what="the first Apache publication after SIGHUP")
+        assert (web / "crl.pem").read_bytes() == (env.state / "crl.pem").read_bytes()
+        assert (web / "ca.pem").read_bytes() == env.ca_cert.read_bytes()
+        # and the new runtime debounces: a revocation reaches Apache too
+        issue(env, tmp_path, "ivy", "Ivy")
+        code, out, err = env.cli("revoke", "ivy")
+        assert code == 0 and "Apache files follow" in out, err
+        wait_for(
+            lambda: (
+                (web / "crl.pem").read_bytes() == (env.state / "crl.pem").read_bytes()
+                and reloads.read_text().count("x") == 2
+            ),
+            what="the revocation in Apache's CRL file",
+        )
+    finally:
+        d.stop()

@@ -255,7 +255,7 @@ class Publisher:
         """Debounce Apache publication in a thread (the daemon); else it is immediate."""
         if self._debouncer is None and self.apache.enabled:
             self._debouncer = Debouncer(
-                self.apache.debounce_seconds, self._publish_apache_logged, "certdrop-apache"
+                self.apache.debounce_seconds, self.publish_apache, "certdrop-apache"
             )
 
     def close(self) -> None:
@@ -440,15 +440,12 @@ class Publisher:
         if self._debouncer is not None:
             self._debouncer.trigger()
         else:
-            self._publish_apache_logged()
+            self.publish_apache()
 
     def flush(self) -> None:
         """Run a pending (debounced) Apache publication now."""
         if self._debouncer is not None:
             self._debouncer.flush()
-
-    def _publish_apache_logged(self) -> None:
-        self.publish_apache()
 
     def chain_crls(self) -> tuple[list[x509.CertificateRevocationList], list[str]]:
         """The CRLs of the CAs above this one (from <state>/chain-crls/), and warnings."""
