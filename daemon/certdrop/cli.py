@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 from cryptography.hazmat.primitives import hashes
 
-from . import __version__
+from . import __version__, publish
 from .ca import CertificateAuthority, adopt_ca, create_ca, read_passphrase, subject_text
 from .clock import Clock, SystemClock
 from .config import Settings, effective_values, load_settings
@@ -508,6 +508,53 @@ def approve(name: str) -> None:
 def deny(name: str, reason: str) -> None:
     """Deny a pending request NAME with a reason."""
     _operator_command("deny", {"name": name.removesuffix(".req"), "reason": reason})
+
+
+# --- revoke / crl / apache-config ----------------------------------------------------------------------------
+@cli.command()
+@config_option
+@click.argument("ref", metavar="SERIAL|NAME")
+@click.option(
+    "--reason",
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 reason: " + ", ".join(publish.REASONS) + ".",
+)
+def revoke(ref: str, reason: str) -> None:
+    """Revoke a certificate by serial (hex) or request NAME; the CRL follows at once."""
+    canonical = publish.parse_reason(reason)  # refuse a bad reason before anything else
+    _operator_command("revoke", {"ref": ref.removesuffix(".req"), "reason": canonical})
+
+
+@cli.command()
+@config_option
+def crl() -> None:
+    """Regenerate and publish the CRL now (and the Apache files, when enabled)."""
+    _operator_command("crl", {})
+
+
+@cli.command("apache-config")
+@config_option
+@click.option(
+    "--log-file",
+    default="${APACHE_LOG_DIR}/certdrop-clients.log",
+    show_default=True,
+    help="Where Apache logs who connected (e-mail and serial of each client certificate).",
+)
+def apache_config(log_file: str) -> None:
+    """Print the mod_ssl configuration that matches this setup."""
+    c = _ctx()
+    s = c.settings
+    ca_cert, chain = publish.load_ca_certificates(s.state)
+    click.echo(
+        publish.apache_config_text(
+            s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path
+        ),
+        nl=False,
+    )
+
+
+STATUS_EXTRAS.append(publish.status_extra)
 
 
 # --- entry point ----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
 from .mail import FlushReport, Mailer, choose_password_channel
 from .pipeline import Outcome, Pipeline, PipelineHooks, Result
+from .publish import CRL_CHECK_SECONDS, Publisher, build_publisher
 from .scheduler import Scheduler
 from .signpool import SigningPool
 from .spool import Spool
@@ -133,7 +134,7 @@ class Runtime:
     linter: Linter | None
     hooks: PipelineHooks = field(default_factory=PipelineHooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
-
+    publisher: Publisher | None = None
     pool: SigningPool | None = None
 
     @classmethod
@@ -169,13 +170,16 @@ class Runtime:
             ),
             hooks=hooks,
         )
-        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer)
+        publisher = build_publisher(settings, store, ca, clock, linter)
+        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer, publisher)
         if signing_pool and (os.cpu_count() or 1) > 1:
             rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
             pipeline.signer = rt.pool.sign
         return rt
 
     def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()  # a debounced Apache publication still waiting is done now
         if self.pool is not None:
             self.pool.close()
         self.store.close()
@@ -194,9 +198,39 @@ def _deny(rt: Runtime, payload: dict[str, Any]) -> str:
     return _describe(res)
 
 
+def _publisher(rt: Runtime) -> Publisher:
+    if rt.publisher is None:
+        raise CertdropError("CRL publication is not available in this runtime")
+    return rt.publisher
+
+
+def _revoke(rt: Runtime, payload: dict[str, Any]) -> str:
+    pub = _publisher(rt)
+    return "ok: " + pub.revoke(str(payload["ref"]), str(payload.get("reason") or "unspecified"))
+
+
+def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
+    pub = _publisher(rt)
+    facts = pub.regenerate_crl("requested by the operator")
+    line = (
+        f"ok: CRL {facts.number} published in {pub.crl_pem_path} and {pub.crl_der_path} "
+        f"({facts.revoked} revoked, next update {facts.next_update:%Y-%m-%d %H:%M} UTC)"
+    )
+    if rt.settings.apache.enabled:
+        pub.flush()  # the operator asked for it now: no debounce
+        outcome = pub.last_apache_outcome()
+        if outcome is not None:
+            if not outcome.ok:
+                return f"error: {line[4:]}; but Apache publication failed: {outcome.text()}"
+            line += f"; Apache: {outcome.text()}"
+    return line
+
+
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
     "approve": _approve,
     "deny": _deny,
+    "revoke": _revoke,
+    "crl": _crl,
 }
 
 
@@ -249,6 +283,7 @@ class Daemon:
         self.inbox: Inbox | None = None
         self.scheduler: Scheduler | None = None
         self.counts: dict[str, int] = {o.value: 0 for o in Outcome}
+        self.crl_check_seconds = CRL_CHECK_SECONDS
         self.last_error = ""
         self._had_activity = False
         self.sweeps = 0  # expiry sweeps completed
@@ -290,6 +325,7 @@ class Daemon:
 
     def _start(self) -> None:
         self.rt = Runtime.build(self.settings, self.clock, self._hooks(), signing_pool=True)
+        self._start_publisher(self.rt)
         self.notifier.notify("STATUS=recovering interrupted work")
         for res in self.rt.pipeline.recover():
             self._count(res)
@@ -314,6 +350,7 @@ class Daemon:
         assert self.scheduler is not None and self.inbox is not None
         self.scheduler.every("rescan", self.settings.watch.rescan_seconds, self._rescan)
         self._schedule_mail_jobs()
+        self.scheduler.every("crl", self.crl_check_seconds, self.crl_job, run_now=True)
 
     # --- mail: the expiry sweep and the mail queue ----------------------------------------------------
     mail_flush_seconds = 5.0  # the queue is also flushed right after something is queued
@@ -381,6 +418,20 @@ class Daemon:
                 self._kick_mail()
         except Exception:  # the next expiry sweep announces it again
             log.exception("could not queue the alert for pending request %s", name)
+
+    def _start_publisher(self, rt: Runtime) -> None:
+        """A stale or missing CRL is made before anything else; Apache follows, debounced."""
+        if rt.publisher is None:
+            return
+        rt.publisher.start_background()
+        self.notifier.notify("STATUS=checking the CRL")
+        rt.publisher.check()
+
+    def crl_job(self) -> None:
+        """Scheduled: renew the CRL when due (by the injected clock), fix the Apache files."""
+        rt = self.rt
+        if rt is not None and rt.publisher is not None:
+            rt.publisher.check()
 
     def _rescan(self) -> None:
         if self.inbox is not None:
@@ -555,6 +606,8 @@ class Daemon:
         self.inbox.stop()
         self.settings = new
         self.rt = rt
+        if rt.publisher is not None:
+            rt.publisher.start_background()
         self.inbox = self._make_inbox(new)
         self.inbox.start()
         if old_rt is not None:
