@@ -515,3 +515,38 @@ def test_smtp_down_then_up_the_warning_still_arrives(tmp_path: Path) -> None:
         peer.stop()
     assert sorted(m.rcpt_tos[0] for m in peer.messages) == [ADMIN, "alice@example.org"]
     assert os.path.exists(env.outbox / "alice.cer")
+
+
+# --- alerts from the publisher (CRL and Apache), with the real publisher -----------------------------------
+def test_the_published_crl_feeds_the_crl_alert(h: Harness, peer: SmtpPeer) -> None:
+    assert h.rt.publisher is not None
+    facts = h.rt.publisher.regenerate_crl("test")
+    assert h.sweep().alerts == []  # just published: quiet
+    # the scheduler did not refresh it (daemon down): one day before its nextUpdate
+    h.clock.set(facts.next_update - dt.timedelta(days=1))
+    [stale] = h.sweep().alerts
+    assert "was not refreshed" in stale
+    h.flush()
+    assert "certdrop crl" in peer.to(ADMIN)[-1].text
+
+
+def test_a_failed_apache_configtest_alerts_the_admin(tmp_path: Path, peer: SmtpPeer) -> None:
+    apache = (
+        "[apache]\nenabled = true\n"
+        f'ca_file = "{tmp_path / "apache" / "ca.pem"}"\ncrl_file = "{tmp_path / "apache" / "crl.pem"}"\n'
+        'configtest_command = ["false"]\nreload_command = ["true"]\ndebounce_seconds = 0\n'
+    )
+    (tmp_path / "apache").mkdir()
+    env = make_env(tmp_path / "ca", extra=mail_config(peer.port, admin=ADMIN) + apache)
+    hh = Harness(env, ManualClock(now_utc()))
+    try:
+        assert hh.rt.publisher is not None
+        outcome = hh.rt.publisher.publish_apache()
+        assert not outcome.ok
+        hh.flush()
+        [alert] = peer.to(ADMIN)
+        assert "Apache publication failed" in alert.subject
+        assert "Apache was not reloaded" in alert.text
+        assert not (tmp_path / "apache" / "ca.pem").exists()  # the previous state was restored
+    finally:
+        hh.close()

@@ -59,6 +59,7 @@ CLOCK_SKEW = dt.timedelta(minutes=5)  # a CRL dated further ahead than this is r
 
 # meta keys (the index's key/value table)
 META_CRL_ERROR = "publish.crl_error"
+META_CRL_NEXT_UPDATE = "crl_next_update"  # read by the expiry sweep (CRL close to expiry)
 META_APACHE = "publish.apache"
 META_APPLIED = "publish.apache_applied"
 
@@ -233,6 +234,8 @@ class Publisher:
         self.clock = clock
         self.linter = linter
         self.runner = runner
+        # told about a failed publication (the service sends the admin a mail)
+        self.on_failure: Callable[[str, str], None] | None = None
         self._crl_lock = threading.RLock()
         self._apache_lock = threading.Lock()
         self._debouncer: Debouncer | None = None
@@ -358,6 +361,7 @@ class Publisher:
         # DER first, PEM last; both are complete or absent (atomic renames)
         atomic_write(self.crl_der_path, der, FILE_MODE)
         atomic_write(self.crl_pem_path, crl.public_bytes(serialization.Encoding.PEM), FILE_MODE)
+        self._set_meta(META_CRL_NEXT_UPDATE, next_update.isoformat())
         facts = CrlFacts.of(crl)
         log.info(
             "published CRL %d (%d revoked, next update %s UTC): %s",
@@ -617,6 +621,18 @@ class Publisher:
                         # keep the last real publication, with today's warnings
                         doc = {**old, "warnings": list(outcome.warnings)}
         self._set_meta(META_APACHE, json.dumps(doc))
+        if not outcome.ok and self.on_failure is not None:
+            try:
+                self.on_failure(
+                    f"Apache publication failed: {outcome.action}",
+                    "certdrop could not bring Apache's client-certificate files up to date.\n\n"
+                    f"What happened: {outcome.action}\n{outcome.detail}\n\n"
+                    "The previous files were kept and Apache was not reloaded, so it keeps\n"
+                    "serving with them. Fix the problem; certdrop tries again at its next check\n"
+                    "(see 'certdrop status').\n",
+                )
+            except Exception:  # an alert must never break publication
+                log.exception("could not queue the alert about the failed publication")
 
     def last_apache_outcome(self) -> ApacheOutcome | None:
         raw = self._get_meta(META_APACHE)

@@ -29,7 +29,7 @@ from .errors import CertdropError, LockError
 from .expiry import SweepConfig, SweepReport, announce_pending, sweep
 from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
-from .mail import FlushReport, Mailer, choose_password_channel
+from .mail import FlushReport, Mailer, choose_password_channel, queue_admin_alert
 from .pipeline import Outcome, Pipeline, PipelineHooks, Result
 from .publish import CRL_CHECK_SECONDS, Publisher, build_publisher
 from .scheduler import Scheduler
@@ -171,6 +171,12 @@ class Runtime:
             hooks=hooks,
         )
         publisher = build_publisher(settings, store, ca, clock, linter)
+        if publisher is not None and settings.mail.enabled:
+
+            def alert(subject: str, body: str) -> None:
+                queue_admin_alert(store, settings.mail, subject, body, clock.now())
+
+            publisher.on_failure = alert
         rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer, publisher)
         if signing_pool and (os.cpu_count() or 1) > 1:
             rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
