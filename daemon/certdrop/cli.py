@@ -19,6 +19,7 @@ import click
 from cryptography.hazmat.primitives import hashes
 
 from . import __version__
+from .audit import operator_actor
 from .ca import CertificateAuthority, adopt_ca, create_ca, read_passphrase, subject_text
 from .clock import Clock, SystemClock
 from .config import Settings, effective_values, load_settings
@@ -470,7 +471,9 @@ def _operator_command(kind: str, payload: dict[str, Any], timeout: float = 30.0)
     store = _open_store(s)
     try:
         with store.begin() as conn:
-            control_id = store.push_control(conn, kind, payload, c.clock.now())
+            control_id = store.push_control(
+                conn, kind, {**payload, "actor": operator_actor()}, c.clock.now()
+            )
         answer = wait_for_control(store, control_id, timeout)
     finally:
         store.close()

@@ -220,6 +220,10 @@ def execute_control(rt: Runtime, kind: str, payload: dict[str, Any]) -> str:
             result = handler(rt, payload)
         except CertdropError as exc:
             result = f"error: {exc}"
+        except Exception:
+            # a bug must not take the worker down with it; the operator sees an error
+            log.exception("internal error in operator command %s %s", kind, payload)
+            result = f"error: internal error while running {kind}; see the certdrop log"
     _audit_operator(rt, kind, payload, result)
     return result
 
@@ -472,6 +476,13 @@ class Daemon:
 
     # --- the worker: the only thread that changes spool and index state ----------------------------------
     def _work_loop(self) -> None:
+        try:
+            self._work()
+        except Exception:
+            # the main thread sees the dead worker, stops the watchdog pings and exits 1
+            log.exception("the worker thread died (this is a bug in certdrop)")
+
+    def _work(self) -> None:
         assert self.rt is not None and self.inbox is not None
         self.inbox.scan()
         self._drain_initial()
