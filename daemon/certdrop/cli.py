@@ -511,6 +511,82 @@ def deny(name: str, reason: str) -> None:
     _operator_command("deny", {"name": name.removesuffix(".req"), "reason": reason})
 
 
+# --- import ---------------------------------------------------------------------------------------------------
+@cli.command("import")
+@config_option
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--certs",
+    "certs_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="With an index.txt: the openssl CA's new_certs_dir holding SERIAL.pem "
+    "(default: newcerts/ beside index.txt, else its folder).",
+)
+@click.option(
+    "--profile",
+    default=None,
+    help="The profile the adopted certificates belong to (default: [policy] default_profile).",
+)
+@click.option("--dry-run", is_flag=True, help="Check and report, change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON document.")
+def import_cmd(
+    source: Path, certs_dir: Path | None, profile: str | None, dry_run: bool, as_json: bool
+) -> None:
+    """Adopt certificates issued before certdrop: an openssl index.txt (SOURCE) with its
+    certificate folder, or a folder of .cer files signed by this CA."""
+    from cryptography import x509
+
+    from .audit import AuditLog
+    from .ca import CA_CERT
+    from .importer import Importer, candidates_for, iter_report_lines
+
+    c = _ctx()
+    s = c.settings
+    profile = profile or s.policy.default_profile
+    if profile not in s.profiles:
+        raise CertdropError(
+            f"--profile {profile!r} names no profile; defined: {', '.join(sorted(s.profiles))}"
+        )
+    ca_path = s.state / CA_CERT
+    if not ca_path.exists():
+        raise CertdropError(
+            f"no CA in {s.state}; adopt the openssl CA first: "
+            "certdrop init --ca-cert ca.cer --ca-key ca.key"
+        )
+    ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    label, candidates = candidates_for(source, certs_dir)
+    audit = AuditLog.in_state(s.state, c.clock, actor=operator_actor())
+    store = _open_store(s)
+    try:
+        importer = Importer(
+            store, ca_cert, c.clock, profile, dry_run=dry_run, audit=None if dry_run else audit
+        )
+        if sys.stdout.isatty() and not as_json and candidates:
+            with click.progressbar(length=len(candidates), label="importing", show_pos=True) as bar:
+                report = importer.run(label, candidates, bar.update)
+        else:
+            report = importer.run(label, candidates)
+    finally:
+        store.close()
+    if not dry_run:
+        audit(
+            {
+                "event": "operator",
+                "command": "import",
+                "args": {"source": str(source), "profile": profile},
+                "ok": True,
+                "result": f"imported {len(report.imported)}, skipped {len(report.skipped)}",
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+        return
+    for line in iter_report_lines(report):
+        click.echo(line)
+    if report.counts()["revoked"] and not dry_run:
+        click.echo("the revoked ones go on the next CRL; publish it now with 'certdrop crl'")
+
+
 # --- entry point ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, clock: Clock | None = None) -> int:
     try:
