@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -291,27 +291,75 @@ def status(as_json: bool, days: int) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    d = doc["daemon"]
-    click.echo(
-        f"CA        {doc['ca']['subject']} ({doc['ca']['key']}), valid until "
-        f"{ca.not_after:%Y-%m-%d} ({doc['ca']['days_left']} days)"
-    )
-    click.echo("daemon    " + (f"running (pid {d['pid']})" if d["running"] else "not running"))
-    click.echo("index     " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if outcomes:
-        click.echo("requests  " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-    for key, value in extra.items():
+    _print_status(doc, days, now, expiring)
+
+
+def _print_status(
+    doc: dict[str, Any], days: int, now: dt.datetime, expiring: list[CertRecord]
+) -> None:
+    """`certdrop status` for a person: aligned facts, then tables of what needs attention."""
+    ca, d, counts = doc["ca"], doc["daemon"], doc["certificates"]
+    rows: list[tuple[str, str]] = [
+        ("CA", ca["subject"]),
+        ("", f"{ca['key']}, valid until {ca['not_after'][:10]} ({ca['days_left']} days left)"),
+        ("daemon", f"running (pid {d['pid']})" if d["running"] else "not running"),
+        (
+            "index",
+            f"total {counts['total']} ("
+            + ", ".join(f"{k} {counts[k]}" for k in ("valid", "expired", "revoked", "superseded"))
+            + ")",
+        ),
+    ]
+    if doc["requests"]:
+        rows.append(("requests", ", ".join(f"{k} {v}" for k, v in sorted(doc["requests"].items()))))
+    for key, value in doc.items():
+        if key in _STATUS_CORE:
+            continue
         if isinstance(value, dict):
-            click.echo(
-                f"{key:<9} " + ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
-            )
-    click.echo(f"pending   {len(pend)}")
-    for p in pend:
-        click.echo(
-            f"  {p.name:<24} {p.profile:<10} {p.subject}  (since {p.received_at:%Y-%m-%d %H:%M})"
+            text = ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
+        elif isinstance(value, list):
+            text = f"{len(value)}"
+        else:
+            text = str(value)
+        rows.append((key, text))
+    width = max(len(k) for k, _ in rows) + 2
+    for key, value in rows:
+        click.echo(f"{key:<{width}}{value}".rstrip())
+
+    pending = doc["pending"]
+    click.echo("")
+    click.echo(f"PENDING APPROVAL ({len(pending)})" if pending else "PENDING APPROVAL: none")
+    if pending:
+        _table(
+            ("NAME", "PROFILE", "OWNER", "SINCE (UTC)", "SUBJECT"),
+            [
+                (
+                    p["name"],
+                    p["profile"],
+                    p["owner"] or "-",
+                    p["received_at"][:16].replace("T", " "),
+                    p["subject"],
+                )
+                for p in pending
+            ],
         )
-    click.echo(f"expiring within {days} days: {len(expiring)}")
+        click.echo("  approve with 'certdrop approve NAME', or 'certdrop deny NAME --reason TEXT'")
+    click.echo("")
+    title = f"EXPIRING WITHIN {days} DAYS"
+    click.echo(f"{title} ({len(expiring)})" if expiring else f"{title}: none")
     _print_table(expiring, now)
+
+
+_STATUS_CORE = frozenset({"ca", "daemon", "certificates", "requests", "pending", "expiring"})
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    click.echo(fmt.format(*headers).rstrip())
+    for row in rows:
+        click.echo(fmt.format(*row).rstrip())
 
 
 StatusExtra = Callable[[Store, Any, Settings, dt.datetime], dict[str, Any]]
@@ -339,13 +387,7 @@ def _print_table(records: list[CertRecord], now: dt.datetime) -> None:
         )
         for r in records
     ]
-    headers = ("SERIAL", "STATUS", "NOT AFTER", "PROFILE", "REQUEST", "SUBJECT")
-    widths = [max(len(h), *(len(str(row[i])) for row in rows)) for i, h in enumerate(headers)]
-    widths[-1] = len(headers[-1])
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
-    click.echo(fmt.format(*headers))
-    for row in rows:
-        click.echo(fmt.format(*row))
+    _table(("SERIAL", "STATUS", "NOT AFTER", "PROFILE", "REQUEST", "SUBJECT"), rows)
 
 
 @cli.command("list")
