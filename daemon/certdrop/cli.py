@@ -101,13 +101,34 @@ def _setup_logging(level: str) -> None:
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(levelname)s %(name)s: %(message)s"
-        if not os.environ.get("JOURNAL_STREAM"):
+        if _stderr_is_journal():
+            # sd-daemon(3): a "<N>" prefix gives journald the syslog priority of each line
+            fmt = "<%(syslog_priority)d>" + fmt
+            handler.addFilter(_add_syslog_priority)
+        elif not os.environ.get("JOURNAL_STREAM"):
             fmt = "%(asctime)s " + fmt
         handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _stderr_is_journal() -> bool:
+    """True when systemd connected stderr to the journal ($JOURNAL_STREAM = dev:inode)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError):
+        return False
+
+
+def _add_syslog_priority(record: logging.LogRecord) -> bool:
+    levels = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+    record.syslog_priority = next((p for lvl, p in levels if record.levelno >= lvl), 7)
+    return True
 
 
 # --- init ---------------------------------------------------------------------------------------------
