@@ -37,13 +37,27 @@ def base() -> Iterator[Path]:
 
 
 def test_daemon_runs_as_an_unprivileged_user(base: Path) -> None:
-    env = make_env(base / "env")
+    env = make_env(base / "env", init=False)
     env.root.chmod(0o755)
-    for top in (env.state, env.spool):
-        for dirpath, _dirs, files in os.walk(top):
-            os.chown(dirpath, UID, GID)
-            for f in files:
-                os.chown(Path(dirpath) / f, UID, GID)
+    # what tmpfiles.d makes: the state and spool folders, owned by the service user
+    for folder, mode in ((env.state, 0o700), (env.spool, 0o755), (env.inbox, 0o1733)):
+        folder.mkdir(mode=mode)
+        folder.chmod(mode)
+        os.chown(folder, UID, GID)
+    # root adopts or creates the CA (root may be needed to read an old CA's key); what
+    # init makes is handed over to the service user
+    res = env.cli_proc("init")
+    assert res.returncode == 0, res.stderr
+    assert "handed the new files over" in res.stdout
+    for path in [env.state, *env.state.rglob("*"), *env.spool.rglob("*")]:
+        assert path.stat().st_uid == UID, path
+    # root at the keyboard is stopped before it leaves root-owned files in the state
+    res = env.cli_proc("status")
+    assert res.returncode == 1
+    assert (
+        "run this command as that user" in res.stderr
+        and "sudo -u nobody certdrop status" in res.stderr
+    )
     notify = NotifySocket()
     notify.folder.chmod(0o755)
     notify.path.chmod(0o777)  # like systemd's /run/systemd/notify
@@ -82,6 +96,17 @@ def test_daemon_runs_as_an_unprivileged_user(base: Path) -> None:
         assert wait_result(env, "alice") == "outbox", log.read_text()
         assert not (env.inbox / "alice.key").exists()
         assert (env.outbox / "alice.p12").exists()
+        # the operator's commands, as the service user (sudo -u certdrop certdrop status)
+        res = subprocess.run(
+            [*cmd[: cmd.index(sys.executable) + 5], "status", "--json"],
+            capture_output=True,
+            text=True,
+            env=e,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        assert doc["daemon"]["running"] is True and doc["certificates"]["valid"] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()
         notify.wait_field("STOPPING=1")

@@ -25,6 +25,7 @@ from .clock import Clock, SystemClock
 from .config import Settings, effective_values, load_settings
 from .errors import CertdropError
 from .lint import shared_linter
+from .ownership import check_invoking_user, hand_over
 from .service import Daemon, StateLock, direct_runtime, execute_control, wait_for_control
 from .spool import Spool
 from .store import CertRecord, Store
@@ -44,6 +45,7 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self.config_path)
+            check_invoking_user(self._settings.state, click.get_current_context().info_name or "")
         return self._settings
 
     @property
@@ -173,6 +175,8 @@ def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> No
     )
     Store(s.database_url).open().close()
     Spool(s.spool).create(list(s.profiles), s.policy.default_profile)
+    if hand_over(s.state, s.spool):
+        click.echo(f"handed the new files over to the owner of {s.state}")
     click.echo(f"spool ready in {s.spool} (drop requests in {s.spool / 'inbox'})")
 
 
