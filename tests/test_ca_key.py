@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -89,11 +90,27 @@ def test_passphrase_from_a_systemd_credential(tmp_path: Path) -> None:
     creds = tmp_path / "credentials"
     creds.mkdir()
     (creds / "ca-key-passphrase").write_text(PASSPHRASE)
-    res = env.cli_proc("status", "--json", env={"CREDENTIALS_DIRECTORY": str(creds)})
-    assert res.returncode == 0, res.stderr
-    res = env.cli_proc("status")
+    notify = NotifySocket()
+    try:
+        d = DaemonProcess(
+            env, notify, watchdog_usec=None, extra_env={"CREDENTIALS_DIRECTORY": str(creds)}
+        )
+        notify.wait_field("READY=1")
+        req, _ = openssl_csr(tmp_path / "u", "alice", subject="/O=MyOrg/CN=Alice")
+        env.drop(req)
+        assert wait_result(env, "alice") == "outbox"
+        assert d.stop() == 0
+    finally:
+        d.kill()
+        notify.close()
+    # without the credential the daemon cannot sign and says what is missing
+    res = env.cli_proc("run")
     assert res.returncode == 1
     assert "is encrypted; set [ca] key_passphrase_file (or the systemd credential)" in res.stderr
+    # status needs only the CA certificate: it works for the operator without the secret
+    res = env.cli_proc("status", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["ca"]["key"] == "ec-secp256r1"
 
 
 def test_a_group_readable_ca_key_is_refused(tmp_path: Path) -> None:

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives import hashes
 
 from . import __version__
 from .audit import operator_actor
-from .ca import CertificateAuthority, adopt_ca, create_ca, read_passphrase, subject_text
+from .ca import (
+    adopt_ca,
+    create_ca,
+    load_ca_certificate,
+    public_key_algorithm,
+    read_passphrase,
+    subject_text,
+)
 from .clock import Clock, SystemClock
 from .config import Settings, effective_values, load_settings
 from .errors import CertdropError
@@ -279,7 +286,8 @@ def status(as_json: bool, days: int) -> None:
     c = _ctx()
     s = c.settings
     now = c.clock.now()
-    ca = CertificateAuthority.load(s.state, read_passphrase(s.ca.key_passphrase_file))
+    # the certificate is enough: status works without the CA key's passphrase
+    ca_cert = load_ca_certificate(s.state)
     store = _open_store(s)
     try:
         with store.begin() as conn:
@@ -292,10 +300,10 @@ def status(as_json: bool, days: int) -> None:
         store.close()
     doc: dict[str, Any] = {
         "ca": {
-            "subject": subject_text(ca.subject),
-            "key": ca.key_algorithm,
-            "not_after": ca.not_after.isoformat(),
-            "days_left": (ca.not_after - now).days,
+            "subject": subject_text(ca_cert.subject),
+            "key": public_key_algorithm(ca_cert),
+            "not_after": ca_cert.not_valid_after_utc.isoformat(),
+            "days_left": (ca_cert.not_valid_after_utc - now).days,
         },
         "daemon": _daemon_state(s),
         "certificates": counts,
@@ -635,6 +643,7 @@ def import_cmd(
             report = importer.run(label, candidates)
     finally:
         store.close()
+        hand_over(s.state, s.spool)
     if not dry_run:
         audit(
             {
@@ -645,6 +654,7 @@ def import_cmd(
                 "result": f"imported {len(report.imported)}, skipped {len(report.skipped)}",
             }
         )
+        hand_over(s.state, s.spool)
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
         return

@@ -5,10 +5,10 @@ On a systemd install the daemon runs as the user `certdrop` and owns the state f
 root-owned files there (SQLite's -wal/-shm, passwords/NAME.txt, new folders) that the
 daemon can then no longer write. So, as root:
 
-* every command but `init` and `check-config` refuses to touch a state folder that
-  belongs to another user and says how to run it as that user;
-* `init` (which may need root to read the old CA's key) hands what it created over to
-  the owner of the state folder, as tmpfiles.d made it.
+* every command but `init`, `import` and `check-config` refuses to touch a state
+  folder that belongs to another user and says how to run it as that user;
+* `init` and `import` (which may need root to read the old CA's files) hand what they
+  created over to the owner of the state folder, as tmpfiles.d made it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import CertdropError
 
-ROOT_ALLOWED = frozenset({"init", "check-config"})
+ROOT_ALLOWED = frozenset({"init", "import", "check-config"})
 
 
 def _owner(path: Path) -> tuple[int, int] | None:
