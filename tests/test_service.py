@@ -341,3 +341,18 @@ def test_audit_log_records_decisions_and_operator_commands(tmp_path: Path) -> No
     for e in events:
         when = dt.datetime.fromisoformat(e["time"])
         assert when.utcoffset() == dt.timedelta(0)
+
+
+def test_sigint_stops_like_sigterm(tmp_path: Path, notify: NotifySocket) -> None:
+    """Ctrl-C on `certdrop run` in a terminal: the same orderly stop, exit status 0."""
+    env = make_env(tmp_path)
+    d = DaemonProcess(env, notify, watchdog_usec=None)
+    try:
+        notify.wait_field("READY=1")
+        mark = notify.count()
+        d.signal(signal.SIGINT)
+        assert d.proc.wait(timeout=30) == 0
+        notify.wait_field("STOPPING=1", start=mark)
+    finally:
+        d.kill()
+    assert "Traceback" not in d.output() and "KeyboardInterrupt" not in d.output()
