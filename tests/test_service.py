@@ -273,6 +273,51 @@ def test_dead_thread_stops_watchdog_pings(
         run.thread.join(timeout=60)
 
 
+def test_a_hung_worker_gets_no_pings_until_it_moves_again(
+    tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certdrop import service
+
+    release = threading.Event()
+
+    def hang(rt: object, payload: dict[str, object]) -> str:
+        release.wait(60)  # an operator command that blocks the worker
+        return "ok: done"
+
+    monkeypatch.setitem(CONTROL_HANDLERS, "hang", hang)
+    monkeypatch.setattr(service, "STALL_SECONDS", 0.3)
+    env = make_env(tmp_path)
+    daemon = Daemon(
+        env.settings,
+        env.clock,
+        config_path=env.config,
+        notifier=Notifier(str(notify.path)),
+        install_signals=False,
+        watchdog_usec=100_000,
+    )
+    run = _Run(daemon)
+    try:
+        notify.wait_field("READY=1")
+        notify.wait_field("WATCHDOG=1", start=notify.index_of("READY=1"))
+        store = Store(env.settings.database_url)
+        with store.begin() as conn:
+            store.push_control(conn, "hang", {}, env.clock.now())
+        store.close()
+        stalled = notify.wait_field(lambda f: f.startswith("STATUS=the worker has been busy"))
+        at = notify.index_of(stalled)
+        checks = daemon.health_checks
+        wait_for(lambda: daemon.health_checks >= checks + 10, what="main loop turns")
+        assert "WATCHDOG=1" not in notify.fields(at + 1)
+        assert daemon.health() == []  # alive, but hung: only the pings tell systemd
+        release.set()  # it moves again: the pings come back
+        notify.wait_field("WATCHDOG=1", start=at)
+    finally:
+        release.set()
+        daemon.request_stop()
+        run.thread.join(timeout=60)
+    assert run.rc == 0
+
+
 def test_a_failing_operator_command_does_not_kill_the_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,7 @@ log = logging.getLogger("certdrop.service")
 
 LOCK_FILE = "certdrop.lock"
 CONTROL_POLL_SECONDS = 0.5
+STALL_SECONDS = 120.0  # one task of the worker longer than this (and WatchdogSec) is a hang
 
 
 class StateLock:
@@ -327,6 +328,7 @@ class Daemon:
                 try:
                     self._start()
                 except CertdropError as exc:
+                    self.exit_code = 1
                     self.notifier.notify(f"STATUS=cannot start: {exc}")
                     raise
                 self._main_loop()
@@ -391,7 +393,7 @@ class Daemon:
                 stalled = self._stalled()
                 if stalled:
                     if not self._stall_logged:
-                        log.error("%s; withholding the watchdog ping", stalled)
+                        log.warning("%s; withholding the watchdog ping", stalled)
                         self.notifier.notify(f"STATUS={stalled}")
                         self._stall_logged = True
                     continue
@@ -416,13 +418,15 @@ class Daemon:
         return problems
 
     def _stalled(self) -> str:
+        """Why the worker looks hung ('' when it does not): one task running longer than
+        the watchdog timeout, and at least STALL_SECONDS (a slow task is not a hang)."""
         since = self._busy_since
         if since is None or not self.watchdog_usec:
             return ""
         busy = time.monotonic() - since
-        if busy * 1e6 <= self.watchdog_usec:
+        if busy <= max(self.watchdog_usec / 1e6, STALL_SECONDS):
             return ""
-        return f"the worker has been busy with one task for {busy:.1f} s"
+        return f"the worker has been busy with one task for {busy:.0f} s"
 
     def _fail(self, problems: list[str]) -> None:
         """A thread died: no more watchdog pings; stop with an error so systemd restarts us."""
