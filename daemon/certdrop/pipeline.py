@@ -988,6 +988,13 @@ class Pipeline:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise RequestError("it is a symbolic link, not a regular file") from None
+            if exc.errno == errno.EACCES:
+                # certdrop runs unprivileged (systemd unit): a file it may not read is
+                # refused with a reason instead of being retried for ever
+                raise RequestError(
+                    "certdrop may not read it (permission denied); drop a copy that the "
+                    "certdrop service can read"
+                ) from None
             raise
         if len(data) > self.max_bytes:
             raise RequestError(f"it grew beyond {self.max_bytes} bytes while being read")
