@@ -710,7 +710,8 @@ def import_cmd(
     for line in iter_report_lines(report):
         click.echo(line)
     if report.counts()["revoked"] and not dry_run:
-        click.echo("the revoked ones go on the next CRL; publish it now with 'certdrop crl'")
+        # the adopted revocations must be on the CRL (and Apache's copy) right away
+        _operator_command("crl", {})
 
 
 # --- entry point ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The optional Prometheus endpoint (`[metrics] listen`), the only user of prometheus_client.
 
 Values are computed when Prometheus scrapes, from a `Snapshot` the daemon builds
-(counts since start, the index, the queue, the CRL on disk); nothing is kept in
+(counts since start, the index, the queue, the published CRL); nothing is kept in
 global registries, so a reload or a second daemon in the same process (tests) does
 not collide.
 """
@@ -13,10 +13,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -27,7 +25,6 @@ from .errors import ConfigError
 log = logging.getLogger("certdrop.metrics")
 
 EXPIRING_DAYS = 30
-CRL_SUFFIXES = (".crl", ".pem", ".der")
 
 
 @dataclass(frozen=True)
@@ -173,68 +170,3 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-
-
-def crl_next_update(state: Path, ca_cert: x509.Certificate) -> dt.datetime | None:
-    """nextUpdate of the newest CRL this CA signed, found among the CRL files in `state`.
-
-    Looks at files in the state folder (and one level below) whose name mentions
-    "crl"; a file may hold several PEM CRLs (of every CA in the chain).
-    """
-    best: tuple[int, dt.datetime] | None = None
-    candidates: list[Path] = []
-    for folder in (state, *[p for p in _safe_iterdir(state) if p.is_dir()]):
-        candidates += [
-            p
-            for p in _safe_iterdir(folder)
-            if "crl" in p.name.lower() and p.name.lower().endswith(CRL_SUFFIXES) and p.is_file()
-        ]
-    public_key = ca_cert.public_key()
-    for path in candidates:
-        for crl in _load_crls(path):
-            if crl.issuer != ca_cert.subject or crl.next_update_utc is None:
-                continue
-            try:
-                if not crl.is_signature_valid(public_key):  # type: ignore[arg-type]
-                    continue
-            except (TypeError, ValueError):
-                continue
-            try:
-                number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-            except x509.ExtensionNotFound:
-                number = -1
-            key = (number, crl.next_update_utc)
-            if best is None or key > best:
-                best = key
-    return best[1] if best is not None else None
-
-
-def _safe_iterdir(folder: Path) -> list[Path]:
-    try:
-        return sorted(folder.iterdir())
-    except OSError:
-        return []
-
-
-def _load_crls(path: Path) -> list[x509.CertificateRevocationList]:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return []
-    out: list[x509.CertificateRevocationList] = []
-    if b"-----BEGIN X509 CRL-----" in data:
-        marker = b"-----END X509 CRL-----"
-        begin = b"-----BEGIN X509 CRL-----"
-        for chunk in data.split(marker)[:-1]:
-            if begin not in chunk:
-                continue
-            try:
-                out.append(x509.load_pem_x509_crl(chunk[chunk.index(begin) :] + marker + b"\n"))
-            except ValueError:
-                continue
-        return out
-    try:
-        out.append(x509.load_der_x509_crl(data))
-    except ValueError:
-        pass
-    return out

@@ -864,7 +864,8 @@ class Daemon:
                         conn, now=now, expiring_within=dt.timedelta(days=metrics.EXPIRING_DAYS)
                     )
                 )
-            crl_next = metrics.crl_next_update(rt.settings.state, rt.ca.cert)
+            published = rt.publisher.published_crl() if rt.publisher is not None else None
+            crl_next = published.next_update_utc if published is not None else None
         return metrics.Snapshot(
             now=now,
             requests=dict(self.counts),
