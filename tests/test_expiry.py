@@ -551,3 +551,20 @@ def test_a_failed_apache_configtest_alerts_the_admin(tmp_path: Path, peer: SmtpP
         assert not (tmp_path / "apache" / "ca.pem").exists()  # the previous state was restored
     finally:
         hh.close()
+
+
+def test_a_key_others_could_read_is_accepted_and_the_holder_is_told(
+    h: Harness, peer: SmtpPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    req, key = openssl_csr(h.users, "open", ALICE)
+    dropped = h.env.drop(key)
+    os.chmod(dropped, 0o644)
+    old = time.time() - 60
+    os.utime(dropped, (old, old))
+    with caplog.at_level("WARNING"):
+        h.process(h.env.drop(req))
+    assert "open.key was group/world readable" in caplog.text
+    h.flush()
+    [mail] = peer.to("alice@example.org")
+    assert "open.key was readable by other users (mode 0644)" in mail.text
+    assert (h.env.outbox / "open.p12").exists()

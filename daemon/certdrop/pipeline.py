@@ -619,7 +619,12 @@ class Pipeline:
                     # durable before (file) or inside (mail queue) the commit: a crash
                     # can never leave a delivered p12 whose password is lost
                     self.password_channel(
-                        conn, item.plan.claim.name, record.email, item.serial, item.password
+                        conn,
+                        item.plan.claim.name,
+                        record.email,
+                        item.serial,
+                        item.password,
+                        item.plan.claim.notes,
                     )
                     wrote_password = True
             self.store.add_certificates(conn, records)
