@@ -12,7 +12,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,9 @@ def serial_hex(serial: int) -> str:
 
 
 def public_key_bytes(key: Any) -> bytes:
+    """SubjectPublicKeyInfo DER of a public key object (or the DER itself)."""
+    if isinstance(key, bytes):
+        return key
     return bytes(
         key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -103,7 +106,7 @@ class IssueSpec:
     """Everything that goes into an end-entity certificate, decided by the policy."""
 
     subject: Sequence[tuple[str, str]]
-    public_key: Any
+    public_key: Any  # a public key object, or its SubjectPublicKeyInfo DER
     not_before: dt.datetime
     not_after: dt.datetime
     key_usage: Sequence[str]
@@ -194,6 +197,8 @@ class CertificateAuthority:
     def _builder(self, spec: IssueSpec) -> x509.CertificateBuilder:
         if spec.serial <= 0:
             raise CAError("a certificate needs a positive serial number")
+        if isinstance(spec.public_key, bytes):  # SubjectPublicKeyInfo DER
+            spec = replace(spec, public_key=serialization.load_der_public_key(spec.public_key))
         subject = build_name(spec.subject)
         is_rsa = isinstance(spec.public_key, rsa.RSAPublicKey)
         ku = set(spec.key_usage)

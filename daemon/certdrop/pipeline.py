@@ -56,7 +56,7 @@ from .fsutil import (
     sync_filesystem,
 )
 from .lint import Linter
-from .request import ParsedRequest, parse_request
+from .request import ParsedRequest, parse_many
 from .spool import Spool, archive_path, move, place_rejected, remove_quietly
 from .store import CertRecord, NewCertificate, PendingRecord, Store
 
@@ -134,7 +134,6 @@ class _Prepared:
     index: int
     claim: _Claim
     req: ParsedRequest
-    csr: x509.CertificateSigningRequest | None
 
 
 @dataclass
@@ -159,6 +158,10 @@ class _Signed:
 
 
 RECOVERY_BATCH = 256
+
+Parser = Callable[[Sequence[bytes]], list["ParsedRequest | RequestError"]]
+"""Parses a batch of dropped files (in this process or in a pool)."""
+
 
 Signer = Callable[[Sequence[IssueSpec], "Linter | None"], list["x509.Certificate | LintError"]]
 """Signs a batch of specs (in this process or in a pool): a certificate or a LintError each."""
@@ -191,6 +194,7 @@ class Pipeline:
         self.hooks = hooks or PipelineHooks()
         self.max_bytes = settings.watch.max_request_bytes
         self.signer: Signer = self._sign_here
+        self.parser: Parser = parse_many
         self.crashpoint: Callable[[str], None] = no_crash
 
     def _sign_here(
@@ -365,23 +369,29 @@ class Pipeline:
     def _process(self, claims: list[_Claim], *, approved: bool = False) -> list[Result]:
         """Parse, decide, sign, record and deliver a batch of claimed requests."""
         results: dict[int, Result] = {}
-        prepared: list[_Prepared] = []
+        readable: list[tuple[int, _Claim]] = []
         for i, claim in enumerate(claims):
             try:
                 problem = self._unsafe(claim.st)
                 if problem:
                     raise RequestError(problem)
                 claim.data = self._read(claim.path, claim.st)
-                req, csr = parse_request(claim.data)
-                if req.kind == "enrollment":
-                    # one enrollment file asks for one new key; the same text dropped again
-                    # later is a new request, while a crash-restart sees the same inode
-                    st = claim.st
-                    ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
-                    req = replace(req, fingerprint=hashlib.sha256(claim.data + ident).hexdigest())
-                prepared.append(_Prepared(i, claim, req, csr))
+                readable.append((i, claim))
             except CertdropError as exc:
                 results[i] = self._reject(claim, [str(exc)])
+        prepared: list[_Prepared] = []
+        parsed = self.parser([claim.data for _, claim in readable])
+        for (i, claim), req in zip(readable, parsed, strict=True):
+            if isinstance(req, RequestError):
+                results[i] = self._reject(claim, [str(req)])
+                continue
+            if req.kind == "enrollment":
+                # one enrollment file asks for one new key; the same text dropped again
+                # later is a new request, while a crash-restart sees the same inode
+                st = claim.st
+                ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
+                req = replace(req, fingerprint=hashlib.sha256(claim.data + ident).hexdigest())
+            prepared.append(_Prepared(i, claim, req))
         self.crashpoint("after-parse")
         if prepared:
             now = self.clock.now()
@@ -422,7 +432,7 @@ class Pipeline:
         now: dt.datetime,
         approved: bool,
     ) -> Result | _Plan:
-        claim, req, csr = p.claim, p.req, p.csr
+        claim, req = p.claim, p.req
         profile = self.settings.profiles[claim.profile]
         for rec in previous.get(req.fingerprint, ()):
             if rec.status == "revoked":
@@ -463,8 +473,7 @@ class Pipeline:
                     ],
                 )
             subject_key = self._read_key(claim)
-            assert csr is not None
-            if not subject_key_matches(subject_key, csr.public_key()):
+            if not subject_key_matches(subject_key, req.spki):
                 return self._reject(
                     claim,
                     [
@@ -491,8 +500,7 @@ class Pipeline:
             subject_key = generate_key(req.enrollment_key_type or profile.key_type)
             public_key = subject_key.public_key()
         else:
-            assert csr is not None
-            public_key = csr.public_key()
+            public_key = req.spki  # the CSR's key, as DER: the signer loads it
         assert decision.not_before is not None and decision.not_after is not None
         spec = IssueSpec(
             subject=decision.subject,

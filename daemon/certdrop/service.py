@@ -205,6 +205,7 @@ class Runtime:
         if signing_pool and (os.cpu_count() or 1) > 1:
             rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
             pipeline.signer = rt.pool.sign
+            pipeline.parser = rt.pool.parse
         return rt
 
     def close(self) -> None:
