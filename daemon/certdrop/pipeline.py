@@ -54,6 +54,7 @@ from .fsutil import (
     read_limited,
     sanitize_name,
     sync_filesystem,
+    write_staged,
 )
 from .lint import Linter
 from .request import ParsedRequest, parse_many
@@ -154,6 +155,7 @@ class _Signed:
     plan: _Plan
     cert: x509.Certificate
     serial: str
+    subject: str
     password: str = ""
 
 
@@ -575,13 +577,7 @@ class Pipeline:
         staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
         staged_p12 = self.spool.staged(claim.profile, claim.name, ".p12")
         remove_quietly(staged_p12)
-        atomic_write(
-            staged_cer,
-            cert.public_bytes(serialization.Encoding.PEM),
-            0o644,
-            owner=owner,
-            durable=False,
-        )
+        write_staged(staged_cer, cert.public_bytes(serialization.Encoding.PEM), 0o644, owner)
         password = ""
         if plan.subject_key is not None:
             password = new_password()
@@ -593,8 +589,10 @@ class Pipeline:
                 password,
                 self.settings.profile_pkcs12_encryption(claim.profile),
             )
-            atomic_write(staged_p12, p12, p12_mode(claim.owner), owner=owner, durable=False)
-        return _Signed(plan, cert, serial_hex(cert.serial_number), password)
+            write_staged(staged_p12, p12, p12_mode(claim.owner), owner)
+        return _Signed(
+            plan, cert, serial_hex(cert.serial_number), subject_text(cert.subject), password
+        )
 
     def _record(self, ready: list[_Signed], now: dt.datetime) -> None:
         """One index transaction for the whole batch: the point of no return."""
@@ -605,7 +603,7 @@ class Pipeline:
             records.append(
                 NewCertificate(
                     serial=item.serial,
-                    subject=subject_text(cert.subject),
+                    subject=item.subject,
                     common_name=next((v for n, v in decision.subject if n == "CN"), ""),
                     email=decision.emails[0] if decision.emails else "",
                     not_before=cert.not_valid_before_utc,
@@ -667,7 +665,7 @@ class Pipeline:
     def _announce(self, item: _Signed) -> Result:
         claim, decision = item.plan.claim, item.plan.decision
         notes = list(decision.notes) + claim.notes
-        subject = subject_text(item.cert.subject)
+        subject = item.subject
         log.info(
             "issued %s.req serial=%s profile=%s subject=%s%s",
             claim.name,
