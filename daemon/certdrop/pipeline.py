@@ -707,9 +707,19 @@ class Pipeline:
                 0o644,
                 owner=output_owner(claim.owner),
             )
+        key_problem = ""
+        if (
+            claim.key_path is not None
+            and not key_generated
+            and not self.spool.staged(claim.profile, claim.name, ".p12").exists()
+        ):
+            # the same request again, now with its key: the p12 for the certificate it got
+            key_problem = self._bundle_for_existing(claim, serial, der)
         self._publish_outputs(claim)
         if claim.key_path is not None:
             remove_quietly(claim.key_path)
+        if key_problem:
+            self._key_refusal_reason(claim.name, claim.profile, key_problem, now)
         with self.store.begin() as conn:
             self.store.log(
                 conn, now, claim.name, "redelivered", profile=claim.profile, serial=serial
@@ -897,6 +907,20 @@ class Pipeline:
         claim = _Claim(
             path=claimed, name=stem, profile=profile, owner=_owner_of(st), st=st, key_path=claimed
         )
+        problem = self._bundle_for_existing(claim, serial, der)
+        remove_quietly(claimed)
+        if problem:
+            return self._key_refusal_reason(stem, profile, problem, now)
+        log.info("delivered %s.p12 for serial=%s (key dropped after its request)", stem, serial)
+        return Result(Outcome.REDELIVERED, stem, serial=serial)
+
+    def _bundle_for_existing(self, claim: _Claim, serial: str, der: bytes) -> str:
+        """Deliver NAME.p12 for a certificate already issued, from the key in claim.key_path.
+
+        Returns "" when done, else why not (the key does not belong, cannot be read).
+        """
+        now = self.clock.now()
+        stem, profile = claim.name, claim.profile
         try:
             key = self._read_key(claim)
             cert = x509.load_der_x509_certificate(der)
@@ -906,8 +930,7 @@ class Pipeline:
                     "the key was deleted"
                 )
         except CertdropError as exc:
-            remove_quietly(claimed)
-            return self._key_refusal_reason(stem, profile, str(exc), now)
+            return str(exc)
         password = new_password()
         cn = next((a.value for a in cert.subject if a.oid == x509.NameOID.COMMON_NAME), stem)
         p12 = self.ca.pkcs12_bundle(
@@ -919,16 +942,14 @@ class Pipeline:
             (str(a.value) for a in cert.subject if a.oid == x509.NameOID.EMAIL_ADDRESS), ""
         )
         with self.store.begin() as conn:
-            self.password_channel(conn, stem, email, serial, password)
+            self.password_channel(conn, stem, email, serial, password, claim.notes)
             sync = getattr(self.password_channel, "sync", None)
             if sync is not None:
                 sync()
             self.store.log(conn, now, stem, "p12", profile=profile, serial=serial)
         os.rename(staged, self.spool.outbox / f"{stem}.p12")
         fsync_dir(self.spool.outbox)
-        remove_quietly(claimed)
-        log.info("delivered %s.p12 for serial=%s (key dropped after its request)", stem, serial)
-        return Result(Outcome.REDELIVERED, stem, serial=serial)
+        return ""
 
     def _refuse_key(self, path: Path, stem: str, reason: str) -> Result:
         remove_quietly(path)  # a private key is never kept in rejected/ or archive/
