@@ -7,10 +7,10 @@ Java keytool and GnuTLS.
 from __future__ import annotations
 
 import os
-import time
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
