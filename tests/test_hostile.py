@@ -403,7 +403,7 @@ def build_corpus(src: Path, env: CAEnv, decoy: Path) -> list[Case]:
             "tomlext",
             '[subject]\nCN = "x"\n[extensions]\nbasicConstraints = "CA:TRUE"\n',
             "rejected",
-            "unknown keys 'extensions'",
+            "unknown keys extensions;",
         ),
         (
             "tomlattr",
@@ -600,7 +600,11 @@ def decoy(tmp_path: Path) -> Path:
 @pytest.mark.filterwarnings("ignore:Attribute's length must be")  # our own over-long CNs
 @pytest.mark.parametrize("mode", ["events", "polling"])
 def test_hostile_corpus(
-    tmp_path: Path, decoy: Path, mode: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    decoy: Path,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = make_env(
         tmp_path / "ca",
@@ -611,8 +615,12 @@ def test_hostile_corpus(
     key_before = (ca_key.read_bytes(), ca_key.stat().st_mtime_ns)
     decoy_before = {f.name: (f.read_bytes(), f.stat().st_mode) for f in decoy.iterdir()}
     caplog.set_level(logging.INFO, logger="certdrop")
+    # no signing pool here: its processes load the CA key when they start, whenever that
+    # is, and the inotify watch below must see nothing at all (the pool gets its own test)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     d = DaemonThread(env).start()
     assert d.daemon.inbox is not None and d.daemon.inbox.mode == mode
+    assert d.daemon.rt is not None and d.daemon.rt.pool is None
     spy = InotifySpy()
     try:
         spy.watch(ca_key, TOUCH)
@@ -884,3 +892,41 @@ def test_a_file_moved_in_from_outside_is_taken_at_once(tmp_path: Path) -> None:
         assert wait_for(lambda: where(env, Case("moved", "outbox")), 10) == "outbox"
     finally:
         d.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Attribute's length must be")  # our own over-long CN
+def test_hostile_bytes_through_the_worker_pool(tmp_path: Path) -> None:
+    """The pool parses batches in other processes: hostile files come back as refusals,
+    and the pool survives them (it would fall back to the daemon process if broken)."""
+    from certdrop.signpool import MIN_POOL_BATCH, SigningPool
+
+    env = make_env(tmp_path / "ca")
+    rt = Runtime.build(env.settings, SystemClock())
+    pool = SigningPool(rt.ca, env.state, None, lint=True, workers=2)
+    try:
+        good = csr_with([cn("Pool Good")])
+        der = x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER)
+        datas = [
+            good,
+            b"",
+            b"\x30\x84" + os.urandom(500),
+            der + b"\0",
+            der[:-7],
+            good.replace(b"\n", b"*\n", 2),
+            (CORPUS / "dsa2048.req").read_bytes(),
+            csr_with([cn("Al\x00ice")]),
+            csr_with([cn("é" * 40)]),
+            b"[subject]\nCN = 3\n",
+            '[subject]\nCN = "\ud800"\n'.encode("utf-8", "surrogatepass"),
+        ]
+        datas += [bytes([i]) * (i + 1) for i in range(MIN_POOL_BATCH)]
+        wait_for(lambda: pool.ready, 60, what="the pool started")
+        out = pool.parse(datas)
+        assert pool.ready, "a hostile file broke the pool"
+        assert len(out) == len(datas)
+        assert not isinstance(out[0], RequestError)
+        assert all(isinstance(r, RequestError) for r in out[1:6]), out[1:6]
+        assert all(str(r) for r in out if isinstance(r, RequestError))
+    finally:
+        pool.close()
+        rt.close()

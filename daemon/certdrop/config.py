@@ -248,17 +248,60 @@ class ExpirySettings(_Section):
     notify_admin: bool = True
     sweep_minutes: PositiveFloat = 60
 
+    @field_validator("warn_days")
+    @classmethod
+    def _warn_days(cls, value: list[int]) -> list[int]:
+        return sorted(set(value), reverse=True)
+
+
+# an e-mail address as configured: "addr@domain" or "Display Name <addr@domain>"
+_MAIL_ADDR = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?"
+)
+_MAIL_NAMED = re.compile(r"\s*([^<>\"]*?)\s*<([^<>\s]+)>\s*")
+
+
+def _mail_address(value: str, key: str) -> str:
+    text = value.strip()
+    m = _MAIL_NAMED.fullmatch(text)
+    addr = m.group(2) if m else text
+    if not _MAIL_ADDR.fullmatch(addr):
+        raise ValueError(
+            f"{key} must be an e-mail address such as certdrop@example.org "
+            '(or "Name <certdrop@example.org>")'
+        )
+    return text
+
 
 class MailSettings(_Section):
     enabled: bool = False
     sender: str = "certdrop@localhost"
-    admin: str = ""
+    admin: str = ""  # one address, or several separated by commas
     smtp_host: str = "localhost"
     smtp_port: int = Field(25, ge=1, le=65535)
     security: Literal["none", "starttls", "ssl"] = "none"
     username: str = ""
     password_file: str = ""
     timeout_seconds: PositiveFloat = 30.0
+    ca_file: str = ""  # PEM CA certificates to trust for the SMTP server; "" = system store
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _mail_address(value, "the sender")
+
+    @field_validator("admin")
+    @classmethod
+    def _admin(cls, value: str) -> str:
+        parts = [p for p in (x.strip() for x in value.split(",")) if p]
+        return ", ".join(_mail_address(p, "each admin address") for p in parts)
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]{1,253}", value):
+            raise ValueError("must be a host name or IP address, such as mail.example.org")
+        return value
 
 
 class WatchSettings(_Section):
@@ -267,6 +310,31 @@ class WatchSettings(_Section):
     settle_seconds: float = Field(1.0, ge=0)
     max_request_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     rescan_seconds: PositiveFloat = 60.0
+
+
+class MetricsSettings(_Section):
+    listen: str = ""  # "" = off; else HOST:PORT for the Prometheus endpoint, e.g. 127.0.0.1:9102
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            split_listen(value)
+        return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:9102' / '[::1]:9102' / 'localhost:9102' -> (host, port)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.\-]+):(\d{1,5})", value.strip())
+    if not m:
+        raise ValueError(
+            'must be HOST:PORT such as "127.0.0.1:9102" or "[::1]:9102" (or "" for no metrics)'
+        )
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError("the port must be between 1 and 65535")
+    return host, port
 
 
 class Settings(BaseSettings):
@@ -287,6 +355,7 @@ class Settings(BaseSettings):
     expiry: ExpirySettings = ExpirySettings()
     mail: MailSettings = MailSettings()
     watch: WatchSettings = WatchSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     # the file these settings came from (not a key of the file)
     _source: Path | None = None
@@ -441,6 +510,8 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         mail = mail.model_copy(
             update={"password_file": str(_resolve(base, Path(mail.password_file)))}
         )
+    if mail.ca_file:
+        mail = mail.model_copy(update={"ca_file": str(_resolve(base, Path(mail.ca_file)))})
     resolved = settings.model_copy(
         update={"paths": paths, "apache": apache, "ca": ca, "mail": mail}
     )

@@ -30,15 +30,15 @@ ENVIRONMENT_VARIABLE = "CERTDROP_CRASH_AT"
 # Every named point the pipeline passes (see pipeline.py for where each one is).
 CRASH_POINTS = frozenset(
     {
-        "after-claim",  # the request renamed into work/, its key (if any) not yet
-        "after-key-claim",  # request and key both in work/
-        "after-parse",  # the request parsed, nothing decided
-        "after-sign",  # the certificate signed, nothing recorded
-        "after-stage",  # outputs staged in work/, the index not yet committed
+        "mid-claim",  # a request renamed into work/, its key (if any) still in the inbox
+        "after-claim",  # a batch of requests (and keys) claimed into work/ and durable
+        "after-parse",  # the batch parsed, nothing decided
+        "after-sign",  # certificates signed, nothing staged or recorded
+        "after-stage",  # outputs staged in work/ (synced), the index not yet committed
         "after-record",  # the index committed, nothing delivered
         "mid-deliver",  # NAME.p12 in outbox/, NAME.cer not yet
-        "after-deliver",  # outputs in outbox/, the request still in work/
-        "after-archive",  # the request archived, the run not yet reported
+        "after-deliver",  # outputs in outbox/, the requests still in work/
+        "after-archive",  # the requests archived, the run not yet reported
         "after-redeliver-stage",  # re-delivery: the certificate staged again
         "mid-reject",  # rejected/NAME.reason written, the request still in work/
         "after-reject",  # the request in rejected/, the journal not yet written

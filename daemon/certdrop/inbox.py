@@ -52,6 +52,17 @@ log = logging.getLogger("certdrop.inbox")
 WRITING_GRACE = 60.0
 
 
+class _StopRaceFilter(logging.Filter):
+    """watchdog's inotify emitter logs an ERROR when it is stopped between two reads (a
+    harmless race at every shutdown or reload); keep it out of the journal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_StopRaceFilter())
+
+
 @dataclass(frozen=True)
 class WorkItem:
     path: Path
@@ -101,6 +112,19 @@ class WorkQueue:
                         return None
                     continue
                 self._cond.wait(remaining)
+
+    def get_batch(self, max_items: int, timeout: float) -> list[WorkItem]:
+        """Up to `max_items` items: waits up to `timeout` for the first, not for more."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        with self._cond:
+            self._promote_due()
+            while self._items and len(batch) < max_items:
+                _, item = self._items.popitem(last=False)
+                batch.append(item)
+        return batch
 
     def _promote_due(self) -> None:
         now = time.monotonic()

@@ -21,8 +21,8 @@ import os
 import pwd
 import stat
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from .ca import (
     subject_text,
 )
 from .clock import Clock
-from .config import Profile, Settings
+from .config import Settings
 from .delivery import Owner, PasswordChannel, new_password, output_owner, p12_mode
 from .errors import CAError, CertdropError, IndexUnavailable, LintError, RequestError
 from .faults import Crashpoint, no_crash
@@ -54,11 +54,13 @@ from .fsutil import (
     open_nofollow,
     read_limited,
     sanitize_name,
+    sync_filesystem,
+    write_staged,
 )
 from .lint import Linter
-from .request import ParsedRequest, parse_request
+from .request import ParsedRequest, parse_many
 from .spool import Spool, archive_path, move, place_rejected, remove_quietly
-from .store import NewCertificate, SerialCollision, Store
+from .store import CertRecord, NewCertificate, PendingRecord, Store
 
 log = logging.getLogger("certdrop.pipeline")
 
@@ -129,6 +131,45 @@ class _Claim:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Prepared:
+    index: int
+    claim: _Claim
+    req: ParsedRequest
+
+
+@dataclass
+class _Plan:
+    """A request the policy accepted: what to sign."""
+
+    index: int
+    claim: _Claim
+    req: ParsedRequest
+    decision: policy.Decision
+    spec: IssueSpec
+    subject_key: PrivateKey | None
+    was_pending: bool = False
+
+
+@dataclass
+class _Signed:
+    plan: _Plan
+    cert: x509.Certificate
+    serial: str
+    subject: str
+    password: str = ""
+
+
+RECOVERY_BATCH = 256
+
+Parser = Callable[[Sequence[bytes]], list["ParsedRequest | RequestError"]]
+"""Parses a batch of dropped files (in this process or in a pool)."""
+
+
+Signer = Callable[[Sequence[IssueSpec], "Linter | None"], list["x509.Certificate | LintError"]]
+"""Signs a batch of specs (in this process or in a pool): a certificate or a LintError each."""
+
+
 class Pipeline:
     def __init__(
         self,
@@ -151,12 +192,56 @@ class Pipeline:
         self.password_channel = password_channel
         self.hooks = hooks or PipelineHooks()
         self.max_bytes = settings.watch.max_request_bytes
+        self.signer: Signer = self._sign_here
+        self.parser: Parser = parse_many
         # fault injection for the crash tests (faults.py); does nothing in production
         self.crashpoint: Crashpoint = no_crash
+
+    def _sign_here(
+        self, specs: Sequence[IssueSpec], linter: Linter | None
+    ) -> list[x509.Certificate | LintError]:
+        out: list[x509.Certificate | LintError] = []
+        for spec in specs:
+            try:
+                out.append(self.ca.issue(spec, linter.certificate if linter else None))
+            except LintError as exc:
+                out.append(exc)
+        return out
 
     # --- entry points --------------------------------------------------------------------------
     def handle_inbox_file(self, path: Path, profile: str) -> Result:
         """A file seen in inbox/ (or inbox/PROFILE/): check, claim, process."""
+        return self.handle_batch([(path, profile)])[0]
+
+    def handle_batch(self, items: Sequence[tuple[Path, str]]) -> list[Result]:
+        """Files seen in the inbox, processed together.
+
+        Claims are renamed first (their folders fsynced once), requests are parsed and
+        decided one by one, certificates are signed, staged and made durable together
+        (one syncfs), recorded in one index transaction, then delivered and archived
+        with one fsync per folder. A crash anywhere leaves each request in inbox/,
+        work/ (processed again at start) or its final place.
+        """
+        results: list[Result | None] = []
+        claims: list[tuple[int, _Claim]] = []
+        touched: set[Path] = set()
+        for path, profile in items:
+            got = self._precheck_and_claim(path, profile, touched)
+            if isinstance(got, _Claim):
+                claims.append((len(results), got))
+                results.append(None)
+            else:
+                results.append(got)
+        for folder in touched:
+            fsync_dir(folder)
+        if claims:
+            self.crashpoint("after-claim")
+            processed = self._process([c for _, c in claims])
+            for (i, _), res in zip(claims, processed, strict=True):
+                results[i] = res
+        return [r for r in results if r is not None]
+
+    def _precheck_and_claim(self, path: Path, profile: str, touched: set[Path]) -> Result | _Claim:
         filename = path.name
         if is_ignored_name(filename):
             return Result(Outcome.SKIPPED, filename)
@@ -214,6 +299,12 @@ class Pipeline:
         problem = self._unsafe(st)
         if problem:
             return self._reject_unclaimed(path, stem, st, problem)
+        # a key being dropped beside the request right now: let it finish first
+        key_wait = self._key_still_arriving(path.with_name(stem + ".key"))
+        if key_wait > 0:
+            return Result(
+                Outcome.RETRY, stem, reason="its key is still arriving", retry_after=key_wait
+            )
         target = self.spool.claimed_path(profile, filename)
         if os.path.lexists(target):
             return Result(
@@ -226,7 +317,9 @@ class Pipeline:
             os.rename(path, target)
         except FileNotFoundError:
             return Result(Outcome.SKIPPED, stem)
-        self.crashpoint("after-claim")
+        touched.add(target.parent)
+        touched.add(path.parent)
+        self.crashpoint("mid-claim")
         # the key beside it, if any, is claimed with it
         key_src = path.with_name(stem + ".key")
         key_dst = target.with_name(stem + ".key")
@@ -236,10 +329,18 @@ class Pipeline:
                 os.rename(key_src, key_dst)
         except FileNotFoundError:
             pass
-        fsync_dir(target.parent)
-        fsync_dir(path.parent)
-        self.crashpoint("after-key-claim")
-        return self.process_claimed(target, profile)
+        return self._load_claim(target, profile) or Result(Outcome.SKIPPED, stem)
+
+    def _load_claim(self, path: Path, profile: str) -> _Claim | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        claim = _Claim(path=path, name=path.name[:-4], profile=profile, owner=_owner_of(st), st=st)
+        key_path = path.with_name(claim.name + ".key")
+        if os.path.lexists(key_path):
+            claim.key_path = key_path
+        return claim
 
     def recover(self) -> list[Result]:
         """Process everything left in work/ by an interrupted run."""
@@ -249,16 +350,14 @@ class Pipeline:
         for profile_dir in sorted(self.spool.work.iterdir()):
             if not profile_dir.is_dir() or profile_dir.name not in self.settings.profiles:
                 continue
+            claims = []
             for entry in sorted(profile_dir.iterdir()):
                 if entry.name.endswith(".req"):
-                    try:
-                        results.append(self.process_claimed(entry, profile_dir.name))
-                    except (OSError, IndexUnavailable):
-                        raise  # the disk or the index: stop here, all of it is tried later
-                    except Exception:  # one bad request must not stop the rest
-                        log.exception(
-                            "internal error while recovering %s; it stays in work/", entry
-                        )
+                    claim = self._load_claim(entry, profile_dir.name)
+                    if claim is not None:
+                        claims.append(claim)
+            for start in range(0, len(claims), RECOVERY_BATCH):
+                results += self._recover_batch(claims[start : start + RECOVERY_BATCH])
             # keys whose request is gone: their request was finished; drop them
             for entry in sorted(profile_dir.iterdir()):
                 if (
@@ -270,57 +369,119 @@ class Pipeline:
                     remove_quietly(entry)
         return results
 
-    # --- the main path --------------------------------------------------------------------------
+    def _recover_batch(self, claims: list[_Claim]) -> list[Result]:
+        """A batch of work/; after an unexpected error, its requests one by one, so that
+        one request hitting a bug neither blocks the others nor the daemon's start."""
+        try:
+            return self._process(claims)
+        except (OSError, IndexUnavailable):
+            raise  # the disk or the index: stop here, all of it is tried later
+        except Exception:  # isolated below, request by request
+            if len(claims) == 1:
+                log.exception(
+                    "internal error while recovering %s; it stays in work/", claims[0].path
+                )
+                return []
+        results: list[Result] = []
+        for claim in claims:
+            fresh = self._load_claim(claim.path, claim.profile)
+            if fresh is not None:
+                results += self._recover_batch([fresh])
+        return results
+
     def process_claimed(self, path: Path, profile_name: str, *, approved: bool = False) -> Result:
-        name = path.name[:-4]
-        now = self.clock.now()
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return Result(Outcome.SKIPPED, name)
-        owner = _owner_of(st)
-        claim = _Claim(path=path, name=name, profile=profile_name, owner=owner, st=st)
-        key_path = path.with_name(name + ".key")
-        if os.path.lexists(key_path):
-            claim.key_path = key_path
-        try:
-            problem = self._unsafe(st)
-            if problem:
-                return self._reject(claim, [problem])
+        claim = self._load_claim(path, profile_name)
+        if claim is None:
+            return Result(Outcome.SKIPPED, path.name[:-4])
+        return self._process([claim], approved=approved)[0]
+
+    # --- the main path --------------------------------------------------------------------------
+    def _process(self, claims: list[_Claim], *, approved: bool = False) -> list[Result]:
+        """Parse, decide, sign, record and deliver a batch of claimed requests."""
+        results: dict[int, Result] = {}
+        readable: list[tuple[int, _Claim]] = []
+        for i, claim in enumerate(claims):
             try:
-                claim.data = self._read(path, st)
-            except RequestError as exc:
-                return self._reject(claim, [str(exc)])
-            try:
-                req, csr = parse_request(claim.data)
-            except RequestError as exc:
-                return self._reject(claim, [str(exc)])
-            self.crashpoint("after-parse")
+                problem = self._unsafe(claim.st)
+                if problem:
+                    raise RequestError(problem)
+                claim.data = self._read(claim.path, claim.st)
+                readable.append((i, claim))
+            except CertdropError as exc:
+                results[i] = self._reject(claim, [str(exc)])
+        prepared: list[_Prepared] = []
+        parsed = self.parser([claim.data for _, claim in readable])
+        for (i, claim), req in zip(readable, parsed, strict=True):
+            if isinstance(req, RequestError):
+                results[i] = self._reject(claim, [str(req)])
+                continue
             if req.kind == "enrollment":
                 # one enrollment file asks for one new key; the same text dropped again
                 # later is a new request, while a crash-restart sees the same inode
+                st = claim.st
                 ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
-                req = _with_fingerprint(req, hashlib.sha256(claim.data + ident).hexdigest())
-            return self._decide_and_issue(claim, req, csr, now, approved)
-        except IndexUnavailable:
-            raise  # the server's trouble, not the request's: kept in work/, tried again later
-        except CertdropError as exc:
-            # anything the user can act on that slipped through: refuse with the reason
-            return self._reject(claim, [str(exc)])
+                req = replace(req, fingerprint=hashlib.sha256(claim.data + ident).hexdigest())
+            prepared.append(_Prepared(i, claim, req))
+        # the very same request twice in one batch (dropped under two names): the second
+        # waits until the first is decided and recorded, and is then re-delivered its
+        # certificate (or refused the same way), exactly as if it had come later
+        firsts: dict[str, _Prepared] = {}
+        repeats: list[int] = []
+        for p in prepared:
+            if p.req.fingerprint in firsts:
+                repeats.append(p.index)
+            else:
+                firsts[p.req.fingerprint] = p
+        prepared = list(firsts.values())
+        self.crashpoint("after-parse")
+        if prepared:
+            now = self.clock.now()
+            with self.store.begin() as conn:
+                previous = self.store.by_fingerprints(conn, [p.req.fingerprint for p in prepared])
+                pending = self.store.pending_by_names(conn, [p.claim.name for p in prepared])
+                keys = {
+                    k
+                    for p in prepared
+                    for k in policy.unique_keys(p.req, self.settings.profiles[p.claim.profile])
+                }
+                existing = self.store.existing_valid(conn, keys, now)
+            seen: dict[tuple[str, str], list[policy.ExistingCert]] = {
+                k: [policy.ExistingCert(r.serial, r.not_after, r.profile, r.subject) for r in v]
+                for k, v in existing.items()
+            }
+            plans: list[_Plan] = []
+            for p in prepared:
+                try:
+                    got = self._decide(p, previous, pending, seen, now, approved)
+                except IndexUnavailable:
+                    raise  # the server's trouble, not the request's: kept, tried again later
+                except CertdropError as exc:
+                    got = self._reject(p.claim, [str(exc)])
+                if isinstance(got, Result):
+                    results[p.index] = got
+                else:
+                    plans.append(got)
+            if plans:
+                for plan, res in zip(plans, self._issue(plans, now), strict=True):
+                    results[plan.index] = res
+        if repeats:
+            again = self._process([claims[i] for i in repeats], approved=approved)
+            for i, res in zip(repeats, again, strict=True):
+                results[i] = res
+        return [results[i] for i in range(len(claims))]
 
-    def _decide_and_issue(
+    def _decide(
         self,
-        claim: _Claim,
-        req: ParsedRequest,
-        csr: x509.CertificateSigningRequest | None,
+        p: _Prepared,
+        previous: dict[str, list[CertRecord]],
+        pending: dict[str, PendingRecord],
+        seen: dict[tuple[str, str], list[policy.ExistingCert]],
         now: dt.datetime,
         approved: bool,
-    ) -> Result:
+    ) -> Result | _Plan:
+        claim, req = p.claim, p.req
         profile = self.settings.profiles[claim.profile]
-        with self.store.begin() as conn:
-            previous = self.store.by_fingerprint(conn, req.fingerprint)
-            pend = self.store.get_pending(conn, claim.name)
-        for rec in previous:
+        for rec in previous.get(req.fingerprint, ()):
             if rec.status == "revoked":
                 return self._reject(
                     claim,
@@ -332,6 +493,7 @@ class Pipeline:
             if rec.status == "valid" and rec.not_after > now:
                 return self._redeliver(claim, rec.serial, rec.der, rec.key_generated)
 
+        pend = pending.get(claim.name)
         if pend is not None and pend.fingerprint == req.fingerprint and pend.decision == "approved":
             approved = True
         elif (
@@ -357,12 +519,8 @@ class Pipeline:
                         "the key itself for those — drop either a CSR with its key, or the TOML alone"
                     ],
                 )
-            try:
-                subject_key = self._read_key(claim)
-            except CertdropError as exc:
-                return self._reject(claim, [str(exc)])
-            assert csr is not None
-            if not subject_key_matches(subject_key, csr.public_key()):
+            subject_key = self._read_key(claim)
+            if not subject_key_matches(subject_key, req.spki):
                 return self._reject(
                     claim,
                     [
@@ -371,16 +529,11 @@ class Pipeline:
                     ],
                 )
 
-        with self.store.begin() as conn:
-            existing = self.store.existing_valid(conn, policy.unique_keys(req, profile), now)
         ctx = policy.PolicyContext(
             now=now,
             ca_not_after=self.ca.not_after,
             owner=claim.owner.name,
-            existing={
-                k: [policy.ExistingCert(r.serial, r.not_after, r.profile, r.subject) for r in v]
-                for k, v in existing.items()
-            },
+            existing=seen,
             approved=approved,
         )
         decision = policy.evaluate(req, profile, ctx)
@@ -389,23 +542,13 @@ class Pipeline:
         if decision.needs_approval:
             return self._to_pending(claim, req, now)
 
-        # --- the key the certificate is for --------------------------------------------------
         public_key: Any
         if req.kind == "enrollment":
             subject_key = generate_key(req.enrollment_key_type or profile.key_type)
             public_key = subject_key.public_key()
         else:
-            assert csr is not None
-            public_key = csr.public_key()
-
+            public_key = req.spki  # the CSR's key, as DER: the signer loads it
         assert decision.not_before is not None and decision.not_after is not None
-        cert: x509.Certificate | None = None
-        serial = 0
-        with self.store.begin() as conn:
-            for _ in range(8):
-                serial = random_serial()
-                if not self.store.serial_exists(conn, serial_hex(serial)):
-                    break
         spec = IssueSpec(
             subject=decision.subject,
             public_key=public_key,
@@ -415,127 +558,189 @@ class Pipeline:
             extended_key_usage=profile.extended_key_usage,
             emails=decision.emails,
             dns_names=decision.dns_names,
-            serial=serial,
+            serial=random_serial(),
             crl_distribution_point=self.settings.crl.distribution_point,
         )
-        try:
-            cert = self.ca.issue(spec, self.linter.certificate if self.linter else None)
-        except LintError as exc:
-            return self._reject(claim, [str(exc)])
-        self.crashpoint("after-sign")
-        return self._commit_and_deliver(claim, req, profile, cert, subject_key, decision, now)
+        # later requests of this batch see this one as a valid certificate
+        for key in policy.unique_keys(req, profile):
+            seen.setdefault(key, []).append(
+                policy.ExistingCert(serial_hex(spec.serial), decision.not_after, claim.profile, "")
+            )
+        for serial in decision.supersedes:  # a renewed certificate is renewed once
+            for lst in seen.values():
+                lst[:] = [e for e in lst if e.serial != serial]
+        return _Plan(p.index, claim, req, decision, spec, subject_key, was_pending=pend is not None)
 
-    def _commit_and_deliver(
-        self,
-        claim: _Claim,
-        req: ParsedRequest,
-        profile: Profile,
-        cert: x509.Certificate,
-        subject_key: PrivateKey | None,
-        decision: policy.Decision,
-        now: dt.datetime,
-    ) -> Result:
-        serial = serial_hex(cert.serial_number)
+    def _issue(self, plans: list[_Plan], now: dt.datetime) -> list[Result]:
+        # serials: random, and checked against the index in one query
+        with self.store.begin() as conn:
+            taken = self.store.existing_serials(conn, [serial_hex(p.spec.serial) for p in plans])
+        used: set[int] = set()
+        for plan in plans:
+            while serial_hex(plan.spec.serial) in taken or plan.spec.serial in used:
+                plan.spec = replace(plan.spec, serial=random_serial())
+            used.add(plan.spec.serial)
+
+        signed = self.signer([p.spec for p in plans], self.linter)
+        self.crashpoint("after-sign")
+        results: dict[int, Result] = {}
+        ready: list[_Signed] = []
+        for plan, out in zip(plans, signed, strict=True):
+            if isinstance(out, LintError):
+                results[plan.index] = self._reject(plan.claim, [str(out)])
+                continue
+            ready.append(self._stage(plan, out))
+        if ready:
+            sync_filesystem(self.spool.root)
+            self.crashpoint("after-stage")
+            self._record(ready, now)
+            self.crashpoint("after-record")
+            for item in ready:
+                self._publish_outputs(item.plan.claim, durable=False)
+            fsync_dir(self.spool.outbox)
+            self.crashpoint("after-deliver")
+            folders: set[Path] = set()
+            for item in ready:
+                claim = item.plan.claim
+                if claim.key_path is not None:
+                    remove_quietly(claim.key_path)  # the key now lives only inside the p12
+                target = archive_path(self.spool, claim.path.name, now)
+                os.rename(claim.path, target)
+                folders.add(claim.path.parent)
+            fsync_dir(self.spool.archive)
+            for folder in folders:
+                fsync_dir(folder)
+            self.crashpoint("after-archive")
+            for item in ready:
+                results[item.plan.index] = self._announce(item)
+        return [results[p.index] for p in plans]
+
+    def _stage(self, plan: _Plan, cert: x509.Certificate) -> _Signed:
+        """Write the outputs into work/ (not yet durable: one syncfs covers the batch)."""
+        claim = plan.claim
         owner = output_owner(claim.owner)
-        pem = cert.public_bytes(serialization.Encoding.PEM)
         staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
         staged_p12 = self.spool.staged(claim.profile, claim.name, ".p12")
         remove_quietly(staged_p12)
-        atomic_write(staged_cer, pem, 0o644, owner=owner)
+        write_staged(staged_cer, cert.public_bytes(serialization.Encoding.PEM), 0o644, owner)
         password = ""
-        if subject_key is not None:
+        if plan.subject_key is not None:
             password = new_password()
-            cn = next((v for n, v in decision.subject if n == "CN"), claim.name)
+            cn = next((v for n, v in plan.decision.subject if n == "CN"), claim.name)
             p12 = self.ca.pkcs12_bundle(
-                subject_key,
+                plan.subject_key,
                 cert,
                 cn,
                 password,
                 self.settings.profile_pkcs12_encryption(claim.profile),
             )
-            atomic_write(staged_p12, p12, p12_mode(claim.owner), owner=owner)
-        self.crashpoint("after-stage")
-
-        cn = next((v for n, v in decision.subject if n == "CN"), "")
-        email = decision.emails[0] if decision.emails else ""
-        record = NewCertificate(
-            serial=serial,
-            subject=subject_text(cert.subject),
-            common_name=cn,
-            email=email,
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            profile=claim.profile,
-            request_name=claim.name,
-            request_fingerprint=req.fingerprint,
-            issued_at=now,
-            der=cert.public_bytes(serialization.Encoding.DER),
-            attrs=list(decision.subject),
-            owner=claim.owner.name or str(claim.owner.uid),
-            key_generated=req.kind == "enrollment",
+            write_staged(staged_p12, p12, p12_mode(claim.owner), owner)
+        return _Signed(
+            plan, cert, serial_hex(cert.serial_number), subject_text(cert.subject), password
         )
-        try:
-            with self.store.begin() as conn:
-                if password:
+
+    def _record(self, ready: list[_Signed], now: dt.datetime) -> None:
+        """One index transaction for the whole batch: the point of no return."""
+        records: list[NewCertificate] = []
+        for item in ready:
+            plan, cert = item.plan, item.cert
+            decision = plan.decision
+            records.append(
+                NewCertificate(
+                    serial=item.serial,
+                    subject=item.subject,
+                    common_name=next((v for n, v in decision.subject if n == "CN"), ""),
+                    email=decision.emails[0] if decision.emails else "",
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                    profile=plan.claim.profile,
+                    request_name=plan.claim.name,
+                    request_fingerprint=plan.req.fingerprint,
+                    issued_at=now,
+                    der=cert.public_bytes(serialization.Encoding.DER),
+                    attrs=list(decision.subject),
+                    owner=plan.claim.owner.name or str(plan.claim.owner.uid),
+                    key_generated=plan.req.kind == "enrollment",
+                )
+            )
+        with self.store.begin() as conn:
+            wrote_password = False
+            for item, record in zip(ready, records, strict=True):
+                if item.password:
                     # durable before (file) or inside (mail queue) the commit: a crash
                     # can never leave a delivered p12 whose password is lost
-                    self.password_channel(conn, claim.name, email, serial, password)
-                self.store.add_certificate(conn, record)
-                self.store.supersede(conn, decision.supersedes, serial)
-                self.store.remove_pending(conn, claim.name)
-                self.store.log(
-                    conn,
-                    now,
-                    claim.name,
-                    "issued",
-                    profile=claim.profile,
-                    fingerprint=req.fingerprint,
-                    serial=serial,
-                    detail="; ".join(decision.notes),
-                )
-        except SerialCollision:
-            remove_quietly(staged_cer)
-            remove_quietly(staged_p12)
-            return Result(Outcome.RETRY, claim.name, reason="serial collision", retry_after=0.0)
-        # point of no return: the certificate exists in the index
-        del password
-        self.crashpoint("after-record")
-        self._publish_outputs(claim, serial)
-        self.crashpoint("after-deliver")
-        if claim.key_path is not None:
-            remove_quietly(claim.key_path)  # the key now lives only inside the encrypted p12
-        self._archive(claim, now)
-        self.crashpoint("after-archive")
+                    self.password_channel(
+                        conn,
+                        item.plan.claim.name,
+                        record.email,
+                        item.serial,
+                        item.password,
+                        item.plan.claim.notes,
+                    )
+                    wrote_password = True
+            self.store.add_certificates(conn, records)
+            for item in ready:
+                if item.plan.decision.supersedes:
+                    self.store.supersede(conn, item.plan.decision.supersedes, item.serial)
+            pending_names = [i.plan.claim.name for i in ready if i.plan.was_pending]
+            if pending_names:
+                self.store.remove_pending_many(conn, pending_names)
+            self.store.log_many(
+                conn,
+                [
+                    {
+                        "at": now,
+                        "name": i.plan.claim.name,
+                        "outcome": "issued",
+                        "profile": i.plan.claim.profile,
+                        "fingerprint": i.plan.req.fingerprint,
+                        "serial": i.serial,
+                        "detail": "; ".join(i.plan.decision.notes),
+                    }
+                    for i in ready
+                ],
+            )
+            if wrote_password:
+                sync = getattr(self.password_channel, "sync", None)
+                if sync is not None:
+                    sync()
+        for item in ready:
+            item.password = ""
+
+    def _announce(self, item: _Signed) -> Result:
+        claim, decision = item.plan.claim, item.plan.decision
         notes = list(decision.notes) + claim.notes
+        subject = item.subject
         log.info(
             "issued %s.req serial=%s profile=%s subject=%s%s",
             claim.name,
-            serial,
+            item.serial,
             claim.profile,
-            record.subject,
+            subject,
             f" ({'; '.join(notes)})" if notes else "",
         )
         self._audit(
             "issued",
             claim,
-            serial=serial,
-            subject=record.subject,
+            serial=item.serial,
+            subject=subject,
             supersedes=list(decision.supersedes),
-            p12=subject_key is not None,
+            p12=item.plan.subject_key is not None,
         )
         if self.hooks.on_issued is not None:
-            self.hooks.on_issued(serial, list(decision.supersedes))
-        return Result(Outcome.ISSUED, claim.name, serial=serial)
+            self.hooks.on_issued(item.serial, list(decision.supersedes))
+        return Result(Outcome.ISSUED, claim.name, serial=item.serial)
 
-    def _publish_outputs(self, claim: _Claim, serial: str) -> None:
+    def _publish_outputs(self, claim: _Claim, *, durable: bool = True) -> None:
         for suffix in (".p12", ".cer"):  # the .cer last: it signals "done" to watchers
             staged = self.spool.staged(claim.profile, claim.name, suffix)
             if staged.exists():
                 os.rename(staged, self.spool.outbox / f"{claim.name}{suffix}")
                 if suffix == ".p12":
                     self.crashpoint("mid-deliver")
-        fsync_dir(self.spool.outbox)
-        fsync_dir(claim.path.parent)
+        if durable:
+            fsync_dir(self.spool.outbox)
+            fsync_dir(claim.path.parent)
 
     def _redeliver(self, claim: _Claim, serial: str, der: bytes, key_generated: bool) -> Result:
         """The request already has its certificate: deliver that one again."""
@@ -549,10 +754,20 @@ class Pipeline:
                 0o644,
                 owner=output_owner(claim.owner),
             )
+        key_problem = ""
+        if (
+            claim.key_path is not None
+            and not key_generated
+            and not self.spool.staged(claim.profile, claim.name, ".p12").exists()
+        ):
+            # the same request again, now with its key: the p12 for the certificate it got
+            key_problem = self._bundle_for_existing(claim, serial, der)
         self.crashpoint("after-redeliver-stage")
-        self._publish_outputs(claim, serial)
+        self._publish_outputs(claim)
         if claim.key_path is not None:
             remove_quietly(claim.key_path)
+        if key_problem:
+            self._key_refusal_reason(claim.name, claim.profile, key_problem, now)
         with self.store.begin() as conn:
             self.store.log(
                 conn, now, claim.name, "redelivered", profile=claim.profile, serial=serial
@@ -749,6 +964,20 @@ class Pipeline:
         claim = _Claim(
             path=claimed, name=stem, profile=profile, owner=_owner_of(st), st=st, key_path=claimed
         )
+        problem = self._bundle_for_existing(claim, serial, der)
+        remove_quietly(claimed)
+        if problem:
+            return self._key_refusal_reason(stem, profile, problem, now)
+        log.info("delivered %s.p12 for serial=%s (key dropped after its request)", stem, serial)
+        return Result(Outcome.REDELIVERED, stem, serial=serial)
+
+    def _bundle_for_existing(self, claim: _Claim, serial: str, der: bytes) -> str:
+        """Deliver NAME.p12 for a certificate already issued, from the key in claim.key_path.
+
+        Returns "" when done, else why not (the key does not belong, cannot be read).
+        """
+        now = self.clock.now()
+        stem, profile = claim.name, claim.profile
         try:
             key = self._read_key(claim)
             cert = x509.load_der_x509_certificate(der)
@@ -758,8 +987,7 @@ class Pipeline:
                     "the key was deleted"
                 )
         except CertdropError as exc:
-            remove_quietly(claimed)
-            return self._key_refusal_reason(stem, profile, str(exc), now)
+            return str(exc)
         password = new_password()
         cn = next((a.value for a in cert.subject if a.oid == x509.NameOID.COMMON_NAME), stem)
         p12 = self.ca.pkcs12_bundle(
@@ -771,13 +999,14 @@ class Pipeline:
             (str(a.value) for a in cert.subject if a.oid == x509.NameOID.EMAIL_ADDRESS), ""
         )
         with self.store.begin() as conn:
-            self.password_channel(conn, stem, email, serial, password)
+            self.password_channel(conn, stem, email, serial, password, claim.notes)
+            sync = getattr(self.password_channel, "sync", None)
+            if sync is not None:
+                sync()
             self.store.log(conn, now, stem, "p12", profile=profile, serial=serial)
         os.rename(staged, self.spool.outbox / f"{stem}.p12")
         fsync_dir(self.spool.outbox)
-        remove_quietly(claimed)
-        log.info("delivered %s.p12 for serial=%s (key dropped after its request)", stem, serial)
-        return Result(Outcome.REDELIVERED, stem, serial=serial)
+        return ""
 
     def _refuse_key(self, path: Path, stem: str, reason: str) -> Result:
         remove_quietly(path)  # a private key is never kept in rejected/ or archive/
@@ -807,6 +1036,15 @@ class Pipeline:
                 "%s.key was group/world readable (mode %04o)", claim.name, stat.S_IMODE(kst.st_mode)
             )
         return load_subject_key(data)
+
+    def _key_still_arriving(self, key_path: Path) -> float:
+        try:
+            kst = os.lstat(key_path)
+        except FileNotFoundError:
+            return 0.0
+        age = time.time() - kst.st_mtime
+        settle = self.settings.watch.settle_seconds
+        return max(settle - age, 0.0) if stat.S_ISREG(kst.st_mode) else 0.0
 
     # --- file safety ----------------------------------------------------------------------------------
     def _unsafe(self, st: os.stat_result) -> str:
@@ -839,6 +1077,13 @@ class Pipeline:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise RequestError("it is a symbolic link, not a regular file") from None
+            if exc.errno == errno.EACCES:
+                # certdrop runs unprivileged (systemd unit): a file it may not read is
+                # refused with a reason instead of being retried for ever
+                raise RequestError(
+                    "certdrop may not read it (permission denied); drop a copy that the "
+                    "certdrop service can read"
+                ) from None
             raise
         if len(data) > self.max_bytes:
             raise RequestError(f"it grew beyond {self.max_bytes} bytes while being read")
@@ -855,12 +1100,6 @@ class Pipeline:
                     **fields,
                 }
             )
-
-
-def _with_fingerprint(req: ParsedRequest, fingerprint: str) -> ParsedRequest:
-    from dataclasses import replace
-
-    return replace(req, fingerprint=fingerprint)
 
 
 MAX_REASONS = 20  # a hostile request can have thousands of problems; the first are enough

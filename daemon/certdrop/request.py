@@ -13,6 +13,7 @@ import re
 import tomllib
 import unicodedata
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,7 @@ class ParsedRequest:
     extensions: tuple[RequestedExtension, ...] = ()
     multi_valued_rdn: bool = False
     der: bytes = b""  # the CSR DER (empty for enrollments)
+    spki: bytes = b""  # the CSR's SubjectPublicKeyInfo DER (empty for enrollments)
     enrollment_key_type: str = ""  # optional key type asked for by an enrollment
     problems: tuple[str, ...] = field(default=())  # non-fatal parse findings for the policy
 
@@ -147,6 +149,17 @@ def parse_request(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningRe
         "the file is neither a certificate signing request (PEM '-----BEGIN CERTIFICATE "
         "REQUEST-----' or DER) nor a key-generation request (TOML with a [subject] table)"
     )
+
+
+def parse_many(datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
+    """Parse several dropped files; a RequestError in place of each one refused."""
+    out: list[ParsedRequest | RequestError] = []
+    for data in datas:
+        try:
+            out.append(parse_request(data)[0])
+        except RequestError as exc:
+            out.append(exc)
+    return out
 
 
 def _parse_csr_pem(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningRequest]:
@@ -318,9 +331,10 @@ def _from_csr(csr: x509.CertificateSigningRequest) -> ParsedRequest:
             powers, detail = True, "nameConstraints"
         extensions.append(RequestedExtension(oid, name, ext.critical, powers, detail))
 
+    der = csr.public_bytes(serialization.Encoding.DER)
     return ParsedRequest(
         kind="csr",
-        fingerprint=hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        fingerprint=hashlib.sha256(der).hexdigest(),
         subject=tuple(subject),
         key=key,
         signature_hash=signature_hash,
@@ -329,11 +343,15 @@ def _from_csr(csr: x509.CertificateSigningRequest) -> ParsedRequest:
         san_other=tuple(san_other),
         extensions=tuple(extensions),
         multi_valued_rdn=multi,
-        der=csr.public_bytes(serialization.Encoding.DER),
+        der=der,
+        spki=public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
     )
 
 
 _ENROLLMENT_KEYS = {"subject", "key_type", "san"}
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # shown as is; anything else quoted
 
 
 def parse_enrollment(data: bytes) -> ParsedRequest:
@@ -348,7 +366,7 @@ def parse_enrollment(data: bytes) -> ParsedRequest:
         raise RequestError(f"the key-generation request is not valid TOML ({exc})") from None
     unknown = sorted(set(doc) - _ENROLLMENT_KEYS)
     if unknown:
-        shown = ", ".join(repr(k) for k in unknown[:5])
+        shown = ", ".join(k if _PLAIN_KEY.fullmatch(k) else repr(k[:64]) for k in unknown[:5])
         if len(unknown) > 5:
             shown += f" and {len(unknown) - 5} more"
         raise RequestError(
