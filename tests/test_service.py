@@ -179,7 +179,7 @@ def test_sighup_with_broken_file_keeps_old_policy(
 # --- SIGTERM during a burst ---------------------------------------------------------------------------
 def test_sigterm_during_burst_loses_nothing(tmp_path: Path, notify: NotifySocket) -> None:
     env = make_env(tmp_path)
-    reqs = make_csrs(env.root / "burst", 80, "b")
+    reqs = make_csrs(env.root / "burst", 300, "b")
     names = [p.stem for p in reqs]
     d = DaemonProcess(env, notify, watchdog_usec=None)
     try:
@@ -203,6 +203,7 @@ def test_sigterm_during_burst_loses_nothing(tmp_path: Path, notify: NotifySocket
     # the rest is processed at the next start; nothing twice
     d2 = DaemonProcess(env, None, watchdog_usec=None)
     try:
+        wait_for(lambda: "ready:" in d2.output(), 60, what="the second daemon ready")
         wait_for(lambda: len(list(env.outbox.glob("*.cer"))) == len(names), 120, what="the rest")
         wait_for(lambda: not list(env.inbox.glob("*.req")), what="an empty inbox")
         assert d2.stop() == 0

@@ -296,9 +296,9 @@ class Pipeline:
                 f"the name {filename!r} is not allowed: use only letters, digits, '.', '_' and '-' "
                 f"(no spaces, no leading dot, at most 128 characters), for example {safe}.req",
             )
-        problem = self._unsafe(st)
-        if problem:
-            return self._reject_unclaimed(path, stem, st, problem)
+        # What the file is (symlink, FIFO, hard link, too big, ...) is judged after the
+        # claim, on what the rename actually moved into work/: judged here, a file
+        # swapped in between would be moved to rejected/ under the other's reason.
         # a key being dropped beside the request right now: let it finish first
         key_wait = self._key_still_arriving(path.with_name(stem + ".key"))
         if key_wait > 0:

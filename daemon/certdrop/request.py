@@ -9,6 +9,7 @@ after it, the CSR's signature verified (proof of possession). Every problem is a
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import tomllib
 import unicodedata
@@ -159,6 +160,9 @@ def parse_many(datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
             out.append(parse_request(data)[0])
         except RequestError as exc:
             out.append(exc)
+        except Exception as exc:
+            logging.getLogger("certdrop.request").exception("unexpected error parsing a request")
+            out.append(RequestError(f"the request cannot be parsed ({exc.__class__.__name__})"))
     return out
 
 
@@ -197,7 +201,7 @@ def _parse_csr_pem(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningR
         )
     try:
         csr = x509.load_pem_x509_csr(data[block.start() : block.end()] + b"\n")
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise RequestError(
             f"the PEM block is not a valid certificate signing request ({exc})"
         ) from None
@@ -214,7 +218,7 @@ def _parse_csr_der(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningR
         )
     try:
         csr = x509.load_der_x509_csr(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise RequestError(
             f"the DER data is not a valid certificate signing request ({exc})"
         ) from None
