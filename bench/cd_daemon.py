@@ -1,0 +1,239 @@
+"""certdrop as the bench runs it: a real daemon subprocess on a temp config.
+
+`python -m certdrop.cli --config CFG run` with NOTIFY_SOCKET pointing at a datagram
+socket the bench binds, so READY=1 is seen exactly when certdrop sends it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIG = """\
+# written by bench/run
+[paths]
+spool = "spool"
+state = "state"
+
+[ca]
+common_name = "certdrop bench CA"
+organization = "Bench"
+key_type = "{key_type}"
+
+[policy]
+default_profile = "client"
+lint = {lint}
+
+[profiles.client]
+validity_days = 365
+
+[profiles.client.subject]
+CN = {{ required = true, unique = true }}
+
+[pkcs12]
+encryption = "aes256"
+password_delivery = "file"
+
+[watch]
+mode = "events"
+"""
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class DaemonError(RuntimeError):
+    """certdrop did not start, did not stop, or did something the bench did not expect."""
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTDROP_")}
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def cli(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "certdrop.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def proc_times(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # after the ")" the fields start at #3 (state): utime is #14, stime #15
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise DaemonError(f"/proc/{pid}/status has no {key}")
+
+
+class CertdropDaemon:
+    """One certdrop instance in `root` (config, state, spool, log)."""
+
+    def __init__(self, root: Path, *, key_type: str = "ec-p256", lint: bool = False) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "certdrop.toml"
+        self.config.write_text(CONFIG.format(key_type=key_type, lint="true" if lint else "false"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "daemon.log"
+        self._sock: socket.socket | None = None
+
+    # --- paths ------------------------------------------------------------------------------
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def inbox(self) -> Path:
+        return self.spool / "inbox"
+
+    @property
+    def outbox(self) -> Path:
+        return self.spool / "outbox"
+
+    @property
+    def rejected(self) -> Path:
+        return self.spool / "rejected"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.state / "ca.cer"
+
+    @property
+    def database(self) -> Path:
+        return self.state / "index.sqlite"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise DaemonError("certdrop is not running")
+        return self.proc.pid
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def init(self) -> None:
+        res = cli(self.config, "init")
+        if res.returncode != 0:
+            raise DaemonError(f"certdrop init failed: {(res.stderr or res.stdout).strip()}")
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Start `certdrop run`; returns seconds from spawn to READY=1."""
+        sock_path = self.root / "notify.sock"
+        sock_path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        sock.bind(str(sock_path))
+        self._sock = sock
+        env = clean_env()
+        env["NOTIFY_SOCKET"] = str(sock_path)
+        log = self.log_path.open("ab")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "certdrop.cli", "--config", str(self.config), "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+        log.close()
+        deadline = t0 + timeout
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                self.kill()
+                raise DaemonError(f"certdrop sent no READY=1 within {timeout:.0f} s; {self.tail()}")
+            sock.settimeout(min(remaining, 0.5))
+            try:
+                msg = sock.recv(4096)
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    raise DaemonError(
+                        f"certdrop exited with {self.proc.returncode} before READY=1; {self.tail()}"
+                    ) from None
+                continue
+            if b"READY=1" in msg.split(b"\n"):
+                return time.perf_counter() - t0
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise DaemonError(f"certdrop did not stop within {timeout:.0f} s") from None
+        self._close_sock()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_sock()
+
+    def _close_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> CertdropDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.stop()
+        else:
+            self.kill()
+
+    # --- observations -----------------------------------------------------------------------
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        return proc_times(self.pid)
+
+    def rss_mb(self) -> float:
+        return proc_status_kb(self.pid, "VmRSS") / 1024
+
+    def peak_rss_mb(self) -> float:
+        return proc_status_kb(self.pid, "VmHWM") / 1024
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "no daemon log"
+        return "daemon log tail:\n  " + "\n  ".join(text[-lines:])
+
+    def check_healthy(self) -> None:
+        """Raise if the daemon died or refused a request (a bench must not count refusals)."""
+        if not self.alive():
+            raise DaemonError(f"certdrop exited during the run; {self.tail()}")
+        try:
+            reasons = sorted(p for p in self.rejected.iterdir() if p.suffix == ".reason")
+        except FileNotFoundError:
+            return
+        if reasons:
+            raise DaemonError(
+                f"certdrop rejected {len(reasons)} bench request(s), e.g. "
+                f"{reasons[0].name}: {reasons[0].read_text(errors='replace').strip()}"
+            )
