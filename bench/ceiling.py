@@ -45,7 +45,8 @@ class Signer:
     def __init__(self, ca_cert_pem: bytes, ca_key_pem: bytes, lint: bool) -> None:
         self.ca = x509.load_pem_x509_certificate(ca_cert_pem)
         self.key: Any = serialization.load_pem_private_key(ca_key_pem, None)
-        self.aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        public: Any = self.key.public_key()
+        self.aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(public)
         self.linter = Linter() if lint else None
         self.now = dt.datetime.now(dt.UTC).replace(microsecond=0)
 

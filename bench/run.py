@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -137,7 +138,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # unwind like Ctrl-C: the daemons and servers started so far are stopped on the way out
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     ap = argparse.ArgumentParser(
         prog="bench/run", description="Benchmark certdrop against its peers in one run."
     )
