@@ -62,9 +62,12 @@ def check_with_openssl(env: CAEnv, p12: Path, password: str, tmp: Path) -> None:
     assert ca in certs
     key = serialization.load_pem_private_key(out.read_bytes(), None)
     leaf = next(c for c in certs if c != ca)
-    pub = lambda k: k.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )  # noqa: E731
+
+    def pub(k):
+        return k.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
     assert pub(key.public_key()) == pub(leaf.public_key())
     info = subprocess.run(
         ["openssl", "pkcs12", "-in", str(p12), "-passin", f"pass:{password}", "-info", "-noout"],

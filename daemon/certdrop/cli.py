@@ -24,6 +24,7 @@ from .clock import Clock, SystemClock
 from .config import Settings, effective_values, load_settings
 from .errors import CertdropError
 from .lint import shared_linter
+from .mail import status_extra as mail_status_extra
 from .service import Daemon, StateLock, direct_runtime, execute_control, wait_for_control
 from .spool import Spool
 from .store import CertRecord, Store
@@ -315,6 +316,7 @@ def status(as_json: bool, days: int) -> None:
 
 StatusExtra = Callable[[Store, Any, Settings, dt.datetime], dict[str, Any]]
 STATUS_EXTRAS: list[StatusExtra] = []
+STATUS_EXTRAS.append(mail_status_extra)
 
 
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:

@@ -248,17 +248,60 @@ class ExpirySettings(_Section):
     notify_admin: bool = True
     sweep_minutes: PositiveFloat = 60
 
+    @field_validator("warn_days")
+    @classmethod
+    def _warn_days(cls, value: list[int]) -> list[int]:
+        return sorted(set(value), reverse=True)
+
+
+# an e-mail address as configured: "addr@domain" or "Display Name <addr@domain>"
+_MAIL_ADDR = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?"
+)
+_MAIL_NAMED = re.compile(r"\s*([^<>\"]*?)\s*<([^<>\s]+)>\s*")
+
+
+def _mail_address(value: str, key: str) -> str:
+    text = value.strip()
+    m = _MAIL_NAMED.fullmatch(text)
+    addr = m.group(2) if m else text
+    if not _MAIL_ADDR.fullmatch(addr):
+        raise ValueError(
+            f"{key} must be an e-mail address such as certdrop@example.org "
+            '(or "Name <certdrop@example.org>")'
+        )
+    return text
+
 
 class MailSettings(_Section):
     enabled: bool = False
     sender: str = "certdrop@localhost"
-    admin: str = ""
+    admin: str = ""  # one address, or several separated by commas
     smtp_host: str = "localhost"
     smtp_port: int = Field(25, ge=1, le=65535)
     security: Literal["none", "starttls", "ssl"] = "none"
     username: str = ""
     password_file: str = ""
     timeout_seconds: PositiveFloat = 30.0
+    ca_file: str = ""  # PEM CA certificates to trust for the SMTP server; "" = system store
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _mail_address(value, "the sender")
+
+    @field_validator("admin")
+    @classmethod
+    def _admin(cls, value: str) -> str:
+        parts = [p for p in (x.strip() for x in value.split(",")) if p]
+        return ", ".join(_mail_address(p, "each admin address") for p in parts)
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]{1,253}", value):
+            raise ValueError("must be a host name or IP address, such as mail.example.org")
+        return value
 
 
 class WatchSettings(_Section):
@@ -441,6 +484,8 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         mail = mail.model_copy(
             update={"password_file": str(_resolve(base, Path(mail.password_file)))}
         )
+    if mail.ca_file:
+        mail = mail.model_copy(update={"ca_file": str(_resolve(base, Path(mail.ca_file)))})
     resolved = settings.model_copy(
         update={"paths": paths, "apache": apache, "ca": ca, "mail": mail}
     )

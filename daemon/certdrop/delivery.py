@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection
 
-from .fsutil import atomic_write, ensure_dir
+from .fsutil import atomic_write, ensure_dir, sync_filesystem
 
 # no 0/O, 1/l/I: typeable from a printout or a phone screen
 PASSWORD_ALPHABET = "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -71,6 +71,7 @@ class PasswordFiles:
 
     def __init__(self, state: Path) -> None:
         self.folder = state / "passwords"
+        self._unsynced = False
 
     def __call__(self, conn: Connection, name: str, email: str, serial: str, password: str) -> None:
         ensure_dir(self.folder, 0o700)
@@ -79,7 +80,14 @@ class PasswordFiles:
             f"{password}\n"
             "Give it to the holder by another channel than the p12 itself.\n"
         )
-        atomic_write(self.folder / f"{name}.txt", text.encode(), 0o600)
+        # made durable by sync(), once per batch, before the index commit
+        atomic_write(self.folder / f"{name}.txt", text.encode(), 0o600, durable=False)
+        self._unsynced = True
+
+    def sync(self) -> None:
+        if self._unsynced:
+            sync_filesystem(self.folder)
+            self._unsynced = False
 
     def path_for(self, name: str) -> Path:
         return self.folder / f"{name}.txt"

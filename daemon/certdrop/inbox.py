@@ -96,6 +96,19 @@ class WorkQueue:
                     continue
                 self._cond.wait(remaining)
 
+    def get_batch(self, max_items: int, timeout: float) -> list[WorkItem]:
+        """Up to `max_items` items: waits up to `timeout` for the first, not for more."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        with self._cond:
+            self._promote_due()
+            while self._items and len(batch) < max_items:
+                _, item = self._items.popitem(last=False)
+                batch.append(item)
+        return batch
+
     def _promote_due(self) -> None:
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:

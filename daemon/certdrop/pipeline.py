@@ -21,8 +21,8 @@ import os
 import pwd
 import stat
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from .ca import (
     subject_text,
 )
 from .clock import Clock
-from .config import Profile, Settings
+from .config import Settings
 from .delivery import Owner, PasswordChannel, new_password, output_owner, p12_mode
 from .errors import CAError, CertdropError, LintError, RequestError
 from .fsutil import (
@@ -53,11 +53,12 @@ from .fsutil import (
     open_nofollow,
     read_limited,
     sanitize_name,
+    sync_filesystem,
 )
 from .lint import Linter
 from .request import ParsedRequest, parse_request
 from .spool import Spool, archive_path, move, place_rejected, remove_quietly
-from .store import NewCertificate, SerialCollision, Store
+from .store import CertRecord, NewCertificate, PendingRecord, Store
 
 log = logging.getLogger("certdrop.pipeline")
 
@@ -128,6 +129,45 @@ class _Claim:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Prepared:
+    index: int
+    claim: _Claim
+    req: ParsedRequest
+    csr: x509.CertificateSigningRequest | None
+
+
+@dataclass
+class _Plan:
+    """A request the policy accepted: what to sign."""
+
+    index: int
+    claim: _Claim
+    req: ParsedRequest
+    decision: policy.Decision
+    spec: IssueSpec
+    subject_key: PrivateKey | None
+    was_pending: bool = False
+
+
+@dataclass
+class _Signed:
+    plan: _Plan
+    cert: x509.Certificate
+    serial: str
+    password: str = ""
+
+
+RECOVERY_BATCH = 256
+
+Signer = Callable[[Sequence[IssueSpec], "Linter | None"], list["x509.Certificate | LintError"]]
+"""Signs a batch of specs (in this process or in a pool): a certificate or a LintError each."""
+
+
+def no_crash(point: str) -> None:
+    """The production crash point: nothing happens (tests inject a killer)."""
+
+
 class Pipeline:
     def __init__(
         self,
@@ -150,10 +190,54 @@ class Pipeline:
         self.password_channel = password_channel
         self.hooks = hooks or PipelineHooks()
         self.max_bytes = settings.watch.max_request_bytes
+        self.signer: Signer = self._sign_here
+        self.crashpoint: Callable[[str], None] = no_crash
+
+    def _sign_here(
+        self, specs: Sequence[IssueSpec], linter: Linter | None
+    ) -> list[x509.Certificate | LintError]:
+        out: list[x509.Certificate | LintError] = []
+        for spec in specs:
+            try:
+                out.append(self.ca.issue(spec, linter.certificate if linter else None))
+            except LintError as exc:
+                out.append(exc)
+        return out
 
     # --- entry points --------------------------------------------------------------------------
     def handle_inbox_file(self, path: Path, profile: str) -> Result:
         """A file seen in inbox/ (or inbox/PROFILE/): check, claim, process."""
+        return self.handle_batch([(path, profile)])[0]
+
+    def handle_batch(self, items: Sequence[tuple[Path, str]]) -> list[Result]:
+        """Files seen in the inbox, processed together.
+
+        Claims are renamed first (their folders fsynced once), requests are parsed and
+        decided one by one, certificates are signed, staged and made durable together
+        (one syncfs), recorded in one index transaction, then delivered and archived
+        with one fsync per folder. A crash anywhere leaves each request in inbox/,
+        work/ (processed again at start) or its final place.
+        """
+        results: list[Result | None] = []
+        claims: list[tuple[int, _Claim]] = []
+        touched: set[Path] = set()
+        for path, profile in items:
+            got = self._precheck_and_claim(path, profile, touched)
+            if isinstance(got, _Claim):
+                claims.append((len(results), got))
+                results.append(None)
+            else:
+                results.append(got)
+        for folder in touched:
+            fsync_dir(folder)
+        if claims:
+            self.crashpoint("after-claim")
+            processed = self._process([c for _, c in claims])
+            for (i, _), res in zip(claims, processed, strict=True):
+                results[i] = res
+        return [r for r in results if r is not None]
+
+    def _precheck_and_claim(self, path: Path, profile: str, touched: set[Path]) -> Result | _Claim:
         filename = path.name
         if is_ignored_name(filename):
             return Result(Outcome.SKIPPED, filename)
@@ -220,6 +304,8 @@ class Pipeline:
             os.rename(path, target)
         except FileNotFoundError:
             return Result(Outcome.SKIPPED, stem)
+        touched.add(target.parent)
+        touched.add(path.parent)
         # the key beside it, if any, is claimed with it
         key_src = path.with_name(stem + ".key")
         key_dst = target.with_name(stem + ".key")
@@ -229,9 +315,18 @@ class Pipeline:
                 os.rename(key_src, key_dst)
         except FileNotFoundError:
             pass
-        fsync_dir(target.parent)
-        fsync_dir(path.parent)
-        return self.process_claimed(target, profile)
+        return self._load_claim(target, profile) or Result(Outcome.SKIPPED, stem)
+
+    def _load_claim(self, path: Path, profile: str) -> _Claim | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        claim = _Claim(path=path, name=path.name[:-4], profile=profile, owner=_owner_of(st), st=st)
+        key_path = path.with_name(claim.name + ".key")
+        if os.path.lexists(key_path):
+            claim.key_path = key_path
+        return claim
 
     def recover(self) -> list[Result]:
         """Process everything left in work/ by an interrupted run."""
@@ -241,9 +336,14 @@ class Pipeline:
         for profile_dir in sorted(self.spool.work.iterdir()):
             if not profile_dir.is_dir() or profile_dir.name not in self.settings.profiles:
                 continue
+            claims = []
             for entry in sorted(profile_dir.iterdir()):
                 if entry.name.endswith(".req"):
-                    results.append(self.process_claimed(entry, profile_dir.name))
+                    claim = self._load_claim(entry, profile_dir.name)
+                    if claim is not None:
+                        claims.append(claim)
+            for start in range(0, len(claims), RECOVERY_BATCH):
+                results += self._process(claims[start : start + RECOVERY_BATCH])
             # keys whose request is gone: their request was finished; drop them
             for entry in sorted(profile_dir.iterdir()):
                 if (
@@ -255,54 +355,76 @@ class Pipeline:
                     remove_quietly(entry)
         return results
 
-    # --- the main path --------------------------------------------------------------------------
     def process_claimed(self, path: Path, profile_name: str, *, approved: bool = False) -> Result:
-        name = path.name[:-4]
-        now = self.clock.now()
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return Result(Outcome.SKIPPED, name)
-        owner = _owner_of(st)
-        claim = _Claim(path=path, name=name, profile=profile_name, owner=owner, st=st)
-        key_path = path.with_name(name + ".key")
-        if os.path.lexists(key_path):
-            claim.key_path = key_path
-        try:
-            problem = self._unsafe(st)
-            if problem:
-                return self._reject(claim, [problem])
-            try:
-                claim.data = self._read(path, st)
-            except RequestError as exc:
-                return self._reject(claim, [str(exc)])
-            try:
-                req, csr = parse_request(claim.data)
-            except RequestError as exc:
-                return self._reject(claim, [str(exc)])
-            if req.kind == "enrollment":
-                # one enrollment file asks for one new key; the same text dropped again
-                # later is a new request, while a crash-restart sees the same inode
-                ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
-                req = _with_fingerprint(req, hashlib.sha256(claim.data + ident).hexdigest())
-            return self._decide_and_issue(claim, req, csr, now, approved)
-        except CertdropError as exc:
-            # anything the user can act on that slipped through: refuse with the reason
-            return self._reject(claim, [str(exc)])
+        claim = self._load_claim(path, profile_name)
+        if claim is None:
+            return Result(Outcome.SKIPPED, path.name[:-4])
+        return self._process([claim], approved=approved)[0]
 
-    def _decide_and_issue(
+    # --- the main path --------------------------------------------------------------------------
+    def _process(self, claims: list[_Claim], *, approved: bool = False) -> list[Result]:
+        """Parse, decide, sign, record and deliver a batch of claimed requests."""
+        results: dict[int, Result] = {}
+        prepared: list[_Prepared] = []
+        for i, claim in enumerate(claims):
+            try:
+                problem = self._unsafe(claim.st)
+                if problem:
+                    raise RequestError(problem)
+                claim.data = self._read(claim.path, claim.st)
+                req, csr = parse_request(claim.data)
+                if req.kind == "enrollment":
+                    # one enrollment file asks for one new key; the same text dropped again
+                    # later is a new request, while a crash-restart sees the same inode
+                    st = claim.st
+                    ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
+                    req = replace(req, fingerprint=hashlib.sha256(claim.data + ident).hexdigest())
+                prepared.append(_Prepared(i, claim, req, csr))
+            except CertdropError as exc:
+                results[i] = self._reject(claim, [str(exc)])
+        self.crashpoint("after-parse")
+        if prepared:
+            now = self.clock.now()
+            with self.store.begin() as conn:
+                previous = self.store.by_fingerprints(conn, [p.req.fingerprint for p in prepared])
+                pending = self.store.pending_by_names(conn, [p.claim.name for p in prepared])
+                keys = {
+                    k
+                    for p in prepared
+                    for k in policy.unique_keys(p.req, self.settings.profiles[p.claim.profile])
+                }
+                existing = self.store.existing_valid(conn, keys, now)
+            seen: dict[tuple[str, str], list[policy.ExistingCert]] = {
+                k: [policy.ExistingCert(r.serial, r.not_after, r.profile, r.subject) for r in v]
+                for k, v in existing.items()
+            }
+            plans: list[_Plan] = []
+            for p in prepared:
+                try:
+                    got = self._decide(p, previous, pending, seen, now, approved)
+                except CertdropError as exc:
+                    got = self._reject(p.claim, [str(exc)])
+                if isinstance(got, Result):
+                    results[p.index] = got
+                else:
+                    plans.append(got)
+            if plans:
+                for plan, res in zip(plans, self._issue(plans, now), strict=True):
+                    results[plan.index] = res
+        return [results[i] for i in range(len(claims))]
+
+    def _decide(
         self,
-        claim: _Claim,
-        req: ParsedRequest,
-        csr: x509.CertificateSigningRequest | None,
+        p: _Prepared,
+        previous: dict[str, list[CertRecord]],
+        pending: dict[str, PendingRecord],
+        seen: dict[tuple[str, str], list[policy.ExistingCert]],
         now: dt.datetime,
         approved: bool,
-    ) -> Result:
+    ) -> Result | _Plan:
+        claim, req, csr = p.claim, p.req, p.csr
         profile = self.settings.profiles[claim.profile]
-        with self.store.begin() as conn:
-            previous = self.store.by_fingerprint(conn, req.fingerprint)
-            pend = self.store.get_pending(conn, claim.name)
-        for rec in previous:
+        for rec in previous.get(req.fingerprint, ()):
             if rec.status == "revoked":
                 return self._reject(
                     claim,
@@ -314,6 +436,7 @@ class Pipeline:
             if rec.status == "valid" and rec.not_after > now:
                 return self._redeliver(claim, rec.serial, rec.der, rec.key_generated)
 
+        pend = pending.get(claim.name)
         if pend is not None and pend.fingerprint == req.fingerprint and pend.decision == "approved":
             approved = True
         elif (
@@ -339,10 +462,7 @@ class Pipeline:
                         "the key itself for those — drop either a CSR with its key, or the TOML alone"
                     ],
                 )
-            try:
-                subject_key = self._read_key(claim)
-            except CertdropError as exc:
-                return self._reject(claim, [str(exc)])
+            subject_key = self._read_key(claim)
             assert csr is not None
             if not subject_key_matches(subject_key, csr.public_key()):
                 return self._reject(
@@ -353,16 +473,11 @@ class Pipeline:
                     ],
                 )
 
-        with self.store.begin() as conn:
-            existing = self.store.existing_valid(conn, policy.unique_keys(req, profile), now)
         ctx = policy.PolicyContext(
             now=now,
             ca_not_after=self.ca.not_after,
             owner=claim.owner.name,
-            existing={
-                k: [policy.ExistingCert(r.serial, r.not_after, r.profile, r.subject) for r in v]
-                for k, v in existing.items()
-            },
+            existing=seen,
             approved=approved,
         )
         decision = policy.evaluate(req, profile, ctx)
@@ -371,7 +486,6 @@ class Pipeline:
         if decision.needs_approval:
             return self._to_pending(claim, req, now)
 
-        # --- the key the certificate is for --------------------------------------------------
         public_key: Any
         if req.kind == "enrollment":
             subject_key = generate_key(req.enrollment_key_type or profile.key_type)
@@ -379,15 +493,7 @@ class Pipeline:
         else:
             assert csr is not None
             public_key = csr.public_key()
-
         assert decision.not_before is not None and decision.not_after is not None
-        cert: x509.Certificate | None = None
-        serial = 0
-        with self.store.begin() as conn:
-            for _ in range(8):
-                serial = random_serial()
-                if not self.store.serial_exists(conn, serial_hex(serial)):
-                    break
         spec = IssueSpec(
             subject=decision.subject,
             public_key=public_key,
@@ -397,120 +503,186 @@ class Pipeline:
             extended_key_usage=profile.extended_key_usage,
             emails=decision.emails,
             dns_names=decision.dns_names,
-            serial=serial,
+            serial=random_serial(),
             crl_distribution_point=self.settings.crl.distribution_point,
         )
-        try:
-            cert = self.ca.issue(spec, self.linter.certificate if self.linter else None)
-        except LintError as exc:
-            return self._reject(claim, [str(exc)])
-        return self._commit_and_deliver(claim, req, profile, cert, subject_key, decision, now)
+        # later requests of this batch see this one as a valid certificate
+        for key in policy.unique_keys(req, profile):
+            seen.setdefault(key, []).append(
+                policy.ExistingCert(serial_hex(spec.serial), decision.not_after, claim.profile, "")
+            )
+        for serial in decision.supersedes:  # a renewed certificate is renewed once
+            for lst in seen.values():
+                lst[:] = [e for e in lst if e.serial != serial]
+        return _Plan(p.index, claim, req, decision, spec, subject_key, was_pending=pend is not None)
 
-    def _commit_and_deliver(
-        self,
-        claim: _Claim,
-        req: ParsedRequest,
-        profile: Profile,
-        cert: x509.Certificate,
-        subject_key: PrivateKey | None,
-        decision: policy.Decision,
-        now: dt.datetime,
-    ) -> Result:
-        serial = serial_hex(cert.serial_number)
+    def _issue(self, plans: list[_Plan], now: dt.datetime) -> list[Result]:
+        # serials: random, and checked against the index in one query
+        with self.store.begin() as conn:
+            taken = self.store.existing_serials(conn, [serial_hex(p.spec.serial) for p in plans])
+        used: set[int] = set()
+        for plan in plans:
+            while serial_hex(plan.spec.serial) in taken or plan.spec.serial in used:
+                plan.spec = replace(plan.spec, serial=random_serial())
+            used.add(plan.spec.serial)
+
+        signed = self.signer([p.spec for p in plans], self.linter)
+        self.crashpoint("after-sign")
+        results: dict[int, Result] = {}
+        ready: list[_Signed] = []
+        for plan, out in zip(plans, signed, strict=True):
+            if isinstance(out, LintError):
+                results[plan.index] = self._reject(plan.claim, [str(out)])
+                continue
+            ready.append(self._stage(plan, out))
+        if ready:
+            sync_filesystem(self.spool.root)
+            self.crashpoint("after-stage")
+            self._record(ready, now)
+            self.crashpoint("after-record")
+            for item in ready:
+                self._publish_outputs(item.plan.claim, durable=False)
+            fsync_dir(self.spool.outbox)
+            self.crashpoint("after-deliver")
+            folders: set[Path] = set()
+            for item in ready:
+                claim = item.plan.claim
+                if claim.key_path is not None:
+                    remove_quietly(claim.key_path)  # the key now lives only inside the p12
+                target = archive_path(self.spool, claim.path.name, now)
+                os.rename(claim.path, target)
+                folders.add(claim.path.parent)
+            fsync_dir(self.spool.archive)
+            for folder in folders:
+                fsync_dir(folder)
+            self.crashpoint("after-archive")
+            for item in ready:
+                results[item.plan.index] = self._announce(item)
+        return [results[p.index] for p in plans]
+
+    def _stage(self, plan: _Plan, cert: x509.Certificate) -> _Signed:
+        """Write the outputs into work/ (not yet durable: one syncfs covers the batch)."""
+        claim = plan.claim
         owner = output_owner(claim.owner)
-        pem = cert.public_bytes(serialization.Encoding.PEM)
         staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
         staged_p12 = self.spool.staged(claim.profile, claim.name, ".p12")
         remove_quietly(staged_p12)
-        atomic_write(staged_cer, pem, 0o644, owner=owner)
+        atomic_write(
+            staged_cer,
+            cert.public_bytes(serialization.Encoding.PEM),
+            0o644,
+            owner=owner,
+            durable=False,
+        )
         password = ""
-        if subject_key is not None:
+        if plan.subject_key is not None:
             password = new_password()
-            cn = next((v for n, v in decision.subject if n == "CN"), claim.name)
+            cn = next((v for n, v in plan.decision.subject if n == "CN"), claim.name)
             p12 = self.ca.pkcs12_bundle(
-                subject_key,
+                plan.subject_key,
                 cert,
                 cn,
                 password,
                 self.settings.profile_pkcs12_encryption(claim.profile),
             )
-            atomic_write(staged_p12, p12, p12_mode(claim.owner), owner=owner)
+            atomic_write(staged_p12, p12, p12_mode(claim.owner), owner=owner, durable=False)
+        return _Signed(plan, cert, serial_hex(cert.serial_number), password)
 
-        cn = next((v for n, v in decision.subject if n == "CN"), "")
-        email = decision.emails[0] if decision.emails else ""
-        record = NewCertificate(
-            serial=serial,
-            subject=subject_text(cert.subject),
-            common_name=cn,
-            email=email,
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            profile=claim.profile,
-            request_name=claim.name,
-            request_fingerprint=req.fingerprint,
-            issued_at=now,
-            der=cert.public_bytes(serialization.Encoding.DER),
-            attrs=list(decision.subject),
-            owner=claim.owner.name or str(claim.owner.uid),
-            key_generated=req.kind == "enrollment",
-        )
-        try:
-            with self.store.begin() as conn:
-                if password:
+    def _record(self, ready: list[_Signed], now: dt.datetime) -> None:
+        """One index transaction for the whole batch: the point of no return."""
+        records: list[NewCertificate] = []
+        for item in ready:
+            plan, cert = item.plan, item.cert
+            decision = plan.decision
+            records.append(
+                NewCertificate(
+                    serial=item.serial,
+                    subject=subject_text(cert.subject),
+                    common_name=next((v for n, v in decision.subject if n == "CN"), ""),
+                    email=decision.emails[0] if decision.emails else "",
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                    profile=plan.claim.profile,
+                    request_name=plan.claim.name,
+                    request_fingerprint=plan.req.fingerprint,
+                    issued_at=now,
+                    der=cert.public_bytes(serialization.Encoding.DER),
+                    attrs=list(decision.subject),
+                    owner=plan.claim.owner.name or str(plan.claim.owner.uid),
+                    key_generated=plan.req.kind == "enrollment",
+                )
+            )
+        with self.store.begin() as conn:
+            wrote_password = False
+            for item, record in zip(ready, records, strict=True):
+                if item.password:
                     # durable before (file) or inside (mail queue) the commit: a crash
                     # can never leave a delivered p12 whose password is lost
-                    self.password_channel(conn, claim.name, email, serial, password)
-                self.store.add_certificate(conn, record)
-                self.store.supersede(conn, decision.supersedes, serial)
-                self.store.remove_pending(conn, claim.name)
-                self.store.log(
-                    conn,
-                    now,
-                    claim.name,
-                    "issued",
-                    profile=claim.profile,
-                    fingerprint=req.fingerprint,
-                    serial=serial,
-                    detail="; ".join(decision.notes),
-                )
-        except SerialCollision:
-            remove_quietly(staged_cer)
-            remove_quietly(staged_p12)
-            return Result(Outcome.RETRY, claim.name, reason="serial collision", retry_after=0.0)
-        # point of no return: the certificate exists in the index
-        del password
-        self._publish_outputs(claim, serial)
-        if claim.key_path is not None:
-            remove_quietly(claim.key_path)  # the key now lives only inside the encrypted p12
-        self._archive(claim, now)
+                    self.password_channel(
+                        conn, item.plan.claim.name, record.email, item.serial, item.password
+                    )
+                    wrote_password = True
+            self.store.add_certificates(conn, records)
+            for item in ready:
+                if item.plan.decision.supersedes:
+                    self.store.supersede(conn, item.plan.decision.supersedes, item.serial)
+            pending_names = [i.plan.claim.name for i in ready if i.plan.was_pending]
+            if pending_names:
+                self.store.remove_pending_many(conn, pending_names)
+            self.store.log_many(
+                conn,
+                [
+                    {
+                        "at": now,
+                        "name": i.plan.claim.name,
+                        "outcome": "issued",
+                        "profile": i.plan.claim.profile,
+                        "fingerprint": i.plan.req.fingerprint,
+                        "serial": i.serial,
+                        "detail": "; ".join(i.plan.decision.notes),
+                    }
+                    for i in ready
+                ],
+            )
+            if wrote_password:
+                sync = getattr(self.password_channel, "sync", None)
+                if sync is not None:
+                    sync()
+        for item in ready:
+            item.password = ""
+
+    def _announce(self, item: _Signed) -> Result:
+        claim, decision = item.plan.claim, item.plan.decision
         notes = list(decision.notes) + claim.notes
+        subject = subject_text(item.cert.subject)
         log.info(
             "issued %s.req serial=%s profile=%s subject=%s%s",
             claim.name,
-            serial,
+            item.serial,
             claim.profile,
-            record.subject,
+            subject,
             f" ({'; '.join(notes)})" if notes else "",
         )
         self._audit(
             "issued",
             claim,
-            serial=serial,
-            subject=record.subject,
+            serial=item.serial,
+            subject=subject,
             supersedes=list(decision.supersedes),
-            p12=subject_key is not None,
+            p12=item.plan.subject_key is not None,
         )
         if self.hooks.on_issued is not None:
-            self.hooks.on_issued(serial, list(decision.supersedes))
-        return Result(Outcome.ISSUED, claim.name, serial=serial)
+            self.hooks.on_issued(item.serial, list(decision.supersedes))
+        return Result(Outcome.ISSUED, claim.name, serial=item.serial)
 
-    def _publish_outputs(self, claim: _Claim, serial: str) -> None:
+    def _publish_outputs(self, claim: _Claim, *, durable: bool = True) -> None:
         for suffix in (".p12", ".cer"):  # the .cer last: it signals "done" to watchers
             staged = self.spool.staged(claim.profile, claim.name, suffix)
             if staged.exists():
                 os.rename(staged, self.spool.outbox / f"{claim.name}{suffix}")
-        fsync_dir(self.spool.outbox)
-        fsync_dir(claim.path.parent)
+        if durable:
+            fsync_dir(self.spool.outbox)
+            fsync_dir(claim.path.parent)
 
     def _redeliver(self, claim: _Claim, serial: str, der: bytes, key_generated: bool) -> Result:
         """The request already has its certificate: deliver that one again."""
@@ -524,7 +696,7 @@ class Pipeline:
                 0o644,
                 owner=output_owner(claim.owner),
             )
-        self._publish_outputs(claim, serial)
+        self._publish_outputs(claim)
         if claim.key_path is not None:
             remove_quietly(claim.key_path)
         with self.store.begin() as conn:
@@ -737,6 +909,9 @@ class Pipeline:
         )
         with self.store.begin() as conn:
             self.password_channel(conn, stem, email, serial, password)
+            sync = getattr(self.password_channel, "sync", None)
+            if sync is not None:
+                sync()
             self.store.log(conn, now, stem, "p12", profile=profile, serial=serial)
         os.rename(staged, self.spool.outbox / f"{stem}.p12")
         fsync_dir(self.spool.outbox)
@@ -829,12 +1004,6 @@ class Pipeline:
                     **fields,
                 }
             )
-
-
-def _with_fingerprint(req: ParsedRequest, fingerprint: str) -> ParsedRequest:
-    from dataclasses import replace
-
-    return replace(req, fingerprint=fingerprint)
 
 
 def _reason_text(name: str, profile: str, reasons: list[str]) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger("certdrop.scheduler")
@@ -47,6 +48,15 @@ class Scheduler:
             replace_existing=True,
             **kwargs,
         )
+
+    def run_soon(self, job_id: str) -> None:
+        """Run job `job_id` now (on top of its interval); no-op if it does not exist."""
+        job = self._sched.get_job(job_id)
+        if job is not None:
+            try:
+                job.modify(next_run_time=dt.datetime.now(dt.UTC))
+            except JobLookupError:
+                pass  # removed meanwhile
 
     def remove(self, job_id: str) -> None:
         if self._sched.get_job(job_id) is not None:

@@ -25,12 +25,14 @@ from typing import Any
 from .ca import CertificateAuthority, read_passphrase
 from .clock import Clock
 from .config import Settings, load_settings
-from .delivery import PasswordFiles
 from .errors import CertdropError, LockError
+from .expiry import SweepConfig, SweepReport, announce_pending, sweep
 from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
+from .mail import FlushReport, Mailer, choose_password_channel
 from .pipeline import Outcome, Pipeline, PipelineHooks, Result
 from .scheduler import Scheduler
+from .signpool import SigningPool
 from .spool import Spool
 from .store import Store
 
@@ -38,6 +40,7 @@ log = logging.getLogger("certdrop.service")
 
 LOCK_FILE = "certdrop.lock"
 CONTROL_POLL_SECONDS = 0.5
+BATCH_SIZE = 256  # requests taken off the queue and committed together
 
 
 class StateLock:
@@ -129,17 +132,27 @@ class Runtime:
     pipeline: Pipeline
     linter: Linter | None
     hooks: PipelineHooks = field(default_factory=PipelineHooks)
+    mailer: Mailer | None = None  # None when [mail] enabled = false
+
+    pool: SigningPool | None = None
 
     @classmethod
-    def build(cls, settings: Settings, clock: Clock, hooks: PipelineHooks | None = None) -> Runtime:
+    def build(
+        cls,
+        settings: Settings,
+        clock: Clock,
+        hooks: PipelineHooks | None = None,
+        *,
+        signing_pool: bool = False,
+    ) -> Runtime:
         hooks = hooks or PipelineHooks()
         store = Store(settings.database_url).open()
-        ca = CertificateAuthority.load(
-            settings.state, read_passphrase(settings.ca.key_passphrase_file)
-        )
+        passphrase = read_passphrase(settings.ca.key_passphrase_file)
+        ca = CertificateAuthority.load(settings.state, passphrase)
         spool = Spool(settings.spool)
         spool.create(list(settings.profiles), settings.policy.default_profile)
         linter = shared_linter() if settings.policy.lint else None
+        mailer = Mailer.from_settings(store, settings.mail) if settings.mail.enabled else None
         pipeline = Pipeline(
             settings,
             spool,
@@ -147,12 +160,24 @@ class Runtime:
             ca,
             clock,
             linter=linter,
-            password_channel=PasswordFiles(settings.state),
+            password_channel=choose_password_channel(
+                settings.pkcs12.password_delivery,
+                settings.mail,
+                settings.state,
+                spool.outbox,
+                clock,
+            ),
             hooks=hooks,
         )
-        return cls(settings, clock, store, ca, spool, pipeline, linter, hooks)
+        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer)
+        if signing_pool and (os.cpu_count() or 1) > 1:
+            rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
+            pipeline.signer = rt.pool.sign
+        return rt
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         self.store.close()
 
 
@@ -226,6 +251,8 @@ class Daemon:
         self.counts: dict[str, int] = {o.value: 0 for o in Outcome}
         self.last_error = ""
         self._had_activity = False
+        self.sweeps = 0  # expiry sweeps completed
+        self.last_mail_error = ""
 
     # --- signals: handlers only set flags ---------------------------------------------------------
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -262,7 +289,7 @@ class Daemon:
         return 0
 
     def _start(self) -> None:
-        self.rt = Runtime.build(self.settings, self.clock, self._hooks())
+        self.rt = Runtime.build(self.settings, self.clock, self._hooks(), signing_pool=True)
         self.notifier.notify("STATUS=recovering interrupted work")
         for res in self.rt.pipeline.recover():
             self._count(res)
@@ -286,13 +313,81 @@ class Daemon:
     def _schedule_jobs(self) -> None:
         assert self.scheduler is not None and self.inbox is not None
         self.scheduler.every("rescan", self.settings.watch.rescan_seconds, self._rescan)
+        self._schedule_mail_jobs()
+
+    # --- mail: the expiry sweep and the mail queue ----------------------------------------------------
+    mail_flush_seconds = 5.0  # the queue is also flushed right after something is queued
+
+    def _schedule_mail_jobs(self) -> None:
+        assert self.scheduler is not None
+        if not self.settings.mail.enabled:
+            self.scheduler.remove("expiry-sweep")
+            self.scheduler.remove("mail-flush")
+            return
+        self.scheduler.every(
+            "expiry-sweep",
+            self.settings.expiry.sweep_minutes * 60,
+            self.run_expiry_sweep,
+            run_now=True,
+        )
+        self.scheduler.every(
+            "mail-flush", self.mail_flush_seconds, self.run_mail_flush, run_now=True
+        )
+
+    def run_expiry_sweep(self) -> SweepReport | None:
+        rt = self.rt
+        if rt is None:
+            return None
+        report = sweep(
+            rt.store,
+            SweepConfig.from_settings(rt.settings),
+            rt.ca.bundle_certificates(),
+            self.clock.now(),
+        )
+        self.sweeps += 1
+        if report.holder_mails or report.digest or report.alerts:
+            self._kick_mail()
+        return report
+
+    def run_mail_flush(self) -> FlushReport | None:
+        rt = self.rt
+        if rt is None or rt.mailer is None:
+            return None
+        report = rt.mailer.flush(self.clock.now())
+        if report.errors:
+            self.last_mail_error = report.errors[-1]
+        elif report.sent:
+            self.last_mail_error = ""
+        if report.sent + report.failed + report.cancelled >= Mailer.BATCH:
+            self._kick_mail()  # more are due
+        return report
+
+    def _kick_mail(self) -> None:
+        rt = self.rt
+        if rt is None or rt.mailer is None or self.scheduler is None:
+            return
+        if not rt.mailer.busy:  # a running flush is followed by the next interval anyway
+            self.scheduler.run_soon("mail-flush")
+
+    def _on_issued(self, serial: str, superseded: list[str]) -> None:
+        self._kick_mail()  # a p12 password may be waiting in the queue
+
+    def _on_pending(self, name: str, profile: str, subject: str) -> None:
+        rt = self.rt
+        if rt is None or not rt.settings.mail.enabled:
+            return
+        try:
+            if announce_pending(rt.store, rt.settings.mail, name, self.clock.now()):
+                self._kick_mail()
+        except Exception:  # the next expiry sweep announces it again
+            log.exception("could not queue the alert for pending request %s", name)
 
     def _rescan(self) -> None:
         if self.inbox is not None:
             self.inbox.scan()
 
     def _hooks(self) -> PipelineHooks:
-        return PipelineHooks()
+        return PipelineHooks(on_issued=self._on_issued, on_pending=self._on_pending)
 
     def _main_loop(self) -> None:
         while not self.stop_requested.is_set():
@@ -332,18 +427,18 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload()
-            item = self.queue.get(timeout=0.25)
+            items = self.queue.get_batch(BATCH_SIZE, timeout=0.25)
             now_mono = time.monotonic()
-            if item is None or now_mono - last_control >= 1.0:
+            if not items or now_mono - last_control >= 1.0:
                 self._poll_controls()
                 last_control = now_mono
-            if item is None:
+            if not items:
                 if self._had_activity:
                     # inotify drops events when its queue overflows: look again after a burst
                     self._had_activity = False
                     self.inbox.scan()
                 continue
-            self._handle(item)
+            self._handle(items)
 
     def _drain_initial(self) -> None:
         """Process what the first scan found before declaring READY (bounded by time).
@@ -356,70 +451,79 @@ class Daemon:
             ready, delayed = self.queue.depth()
             if ready == 0 and delayed == 0:
                 break
-            item = self.queue.get(timeout=0.05)
-            if item is None:
+            items = self.queue.get_batch(BATCH_SIZE, timeout=0.05)
+            if not items:
                 if ready == 0 and self._only_waiting_keys:
                     break
                 continue
-            self._only_waiting_keys = item.path.name.endswith(".key")
-            self._handle(item)
+            self._only_waiting_keys = all(i.path.name.endswith(".key") for i in items)
+            self._handle(items)
 
     _only_waiting_keys = False
 
-    def _handle(self, item: WorkItem) -> None:
+    def _handle(self, items: list[WorkItem]) -> None:
         assert self.rt is not None and self.inbox is not None
-        wait = self.inbox.settled(item, time.time())
-        if wait > 0:
-            self.queue.put_later(item, wait)
+        now_wall = time.time()
+        ready: list[WorkItem] = []
+        for item in items:
+            wait = self.inbox.settled(item, now_wall)
+            if wait > 0:
+                self.queue.put_later(item, wait)
+            else:
+                ready.append(item)
+        if not ready:
             return
         try:
-            res = self.rt.pipeline.handle_inbox_file(item.path, item.profile)
+            results = self.rt.pipeline.handle_batch([(i.path, i.profile) for i in ready])
         except CertdropError as exc:
-            self.last_error = str(exc)
-            log.error("%s: %s; will retry", item.path.name, exc)
-            self.queue.put_later(item, 5.0)
+            self._failed(ready, str(exc), 5.0)
             return
         except OSError as exc:
-            # a full disk, a vanished share: nothing is lost (the request stays where it
+            # a full disk, a vanished share: nothing is lost (each request stays where it
             # is, in inbox/ or work/), and it is tried again later
-            self.last_error = f"{item.path.name}: {exc}"
-            log.error("%s: %s; will retry in 5 s", item.path.name, exc)
-            self.queue.put_later(item, 5.0)
-            self._retry_work_later()
+            self._failed(ready, str(exc), 5.0)
             return
         except Exception:
-            self.last_error = f"{item.path.name}: internal error"
-            log.exception("internal error while processing %s; will retry in 30 s", item.path)
-            self.queue.put_later(item, 30.0)
+            log.exception(
+                "internal error while processing %d request(s); will retry in 30 s", len(ready)
+            )
+            self._failed(ready, "internal error", 30.0, logged=True)
             return
-        self._count(res)
-        if res.outcome is Outcome.RETRY:
-            self.queue.put_later(item, max(res.retry_after, 0.05))
-        elif res.outcome is not Outcome.SKIPPED:
-            self._had_activity = True
+        for item, res in zip(ready, results, strict=True):
+            self._count(res)
+            if res.outcome is Outcome.RETRY:
+                self.queue.put_later(item, max(res.retry_after, 0.05))
+            elif res.outcome is not Outcome.SKIPPED:
+                self._had_activity = True
+
+    def _failed(
+        self, items: list[WorkItem], error: str, delay: float, logged: bool = False
+    ) -> None:
+        self.last_error = error
+        if not logged:
+            log.error(
+                "%d request(s) not processed: %s; will retry in %g s", len(items), error, delay
+            )
+        for item in items:
+            self.queue.put_later(item, delay)
+        self._retry_work_later()
 
     def _retry_work_later(self) -> None:
-        """After an I/O error mid-way, re-run recovery for what is left in work/."""
+        """After an I/O error mid-way, re-run recovery of work/ a little later."""
+        self._recover_at = time.monotonic() + 5.0
 
-        def later() -> None:
-            time.sleep(5)
-            self._wake.set()
-
-        threading.Thread(target=later, daemon=True).start()
-        self._recover_pending = True
-
-    _recover_pending = False
+    _recover_at: float | None = None
 
     def _poll_controls(self) -> None:
         assert self.rt is not None
-        if self._recover_pending:
-            self._recover_pending = False
+        if self._recover_at is not None and time.monotonic() >= self._recover_at:
+            self._recover_at = None
             try:
                 for res in self.rt.pipeline.recover():
                     self._count(res)
             except OSError as exc:
-                log.error("recovery of work/ failed again: %s", exc)
-                self._recover_pending = True
+                log.error("recovery of work/ failed again: %s; retrying in 5 s", exc)
+                self._retry_work_later()
         try:
             with self.rt.store.begin() as conn:
                 todo = self.rt.store.open_controls(conn)
@@ -441,7 +545,7 @@ class Daemon:
             new = load_settings(self.config_path)
             if new.paths != self.settings.paths:
                 raise CertdropError("[paths] cannot change on reload; restart certdrop instead")
-            rt = Runtime.build(new, self.clock, self._hooks())
+            rt = Runtime.build(new, self.clock, self._hooks(), signing_pool=True)
         except CertdropError as exc:
             log.error("SIGHUP: the new configuration is refused, keeping the old one: %s", exc)
             self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")

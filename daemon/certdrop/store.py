@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .errors import NotFoundError, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: mail_queue, expiry_warnings
 
 metadata = sa.MetaData()
 
@@ -101,6 +101,36 @@ control = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("done_at", sa.BigInteger),
     sa.Column("result", sa.Text),
+)
+
+# --- schema 2: the durable mail queue and the record of expiry warnings (see mail.py, expiry.py) ---
+mail_queue = sa.Table(
+    "mail_queue",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # password, expiry, digest, alert
+    sa.Column("dedupe_key", sa.String(200), unique=True),  # None, or: queued at most once
+    sa.Column("recipients", sa.Text, nullable=False),  # JSON [[display name, address], ...]
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("message_id", sa.String(255), nullable=False),
+    sa.Column("serial", sa.String(42)),  # the certificate the message is about, if any
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default="queued", index=True),  # or
+    # "sent", or "cancelled" (an expiry warning whose certificate was renewed/revoked/expired)
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("last_error", sa.Text),
+    sa.Column("sent_at", sa.BigInteger),
+)
+
+expiry_warnings = sa.Table(
+    "expiry_warnings",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # "cert" or "ca"
+    sa.Column("serial", sa.String(42), primary_key=True),
+    sa.Column("threshold", sa.Integer, primary_key=True),  # days
+    sa.Column("warned_at", sa.BigInteger, nullable=False),
 )
 
 
@@ -362,20 +392,94 @@ class Store:
     def existing_valid(
         self, conn: Connection, keys: Iterable[tuple[str, str]], now: dt.datetime
     ) -> dict[tuple[str, str], list[CertRecord]]:
+        """Valid certificates carrying any of the (attribute, folded value) pairs."""
+        wanted = list(dict.fromkeys(keys))
         out: dict[tuple[str, str], list[CertRecord]] = {}
-        for attr, value in keys:
+        for start in range(0, len(wanted), 400):
+            chunk = wanted[start : start + 400]
             rows = conn.execute(
-                sa.select(certificates)
+                sa.select(
+                    certificates,
+                    cert_attrs.c.attr.label("_attr"),
+                    cert_attrs.c.value.label("_value"),
+                )
                 .join(cert_attrs, cert_attrs.c.serial == certificates.c.serial)
                 .where(
-                    cert_attrs.c.attr == attr,
-                    cert_attrs.c.value == value,
+                    sa.tuple_(cert_attrs.c.attr, cert_attrs.c.value).in_(chunk),
                     certificates.c.status == "valid",
                     certificates.c.not_after > to_epoch(now),
                 )
             )
-            out[(attr, value)] = [_record(r) for r in rows]
+            for r in rows:
+                out.setdefault((r._mapping["_attr"], r._mapping["_value"]), []).append(_record(r))
         return out
+
+    def by_fingerprints(
+        self, conn: Connection, fingerprints: Iterable[str]
+    ) -> dict[str, list[CertRecord]]:
+        wanted = list(dict.fromkeys(fingerprints))
+        out: dict[str, list[CertRecord]] = {}
+        for start in range(0, len(wanted), 500):
+            rows = conn.execute(
+                sa.select(certificates)
+                .where(certificates.c.request_fingerprint.in_(wanted[start : start + 500]))
+                .order_by(certificates.c.issued_at.desc())
+            )
+            for r in rows:
+                rec = _record(r)
+                out.setdefault(rec.request_fingerprint, []).append(rec)
+        return out
+
+    def existing_serials(self, conn: Connection, serials: Iterable[str]) -> set[str]:
+        wanted = list(serials)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            found.update(
+                conn.execute(
+                    sa.select(certificates.c.serial).where(
+                        certificates.c.serial.in_(wanted[start : start + 500])
+                    )
+                ).scalars()
+            )
+        return found
+
+    def add_certificates(self, conn: Connection, certs: Sequence[NewCertificate]) -> None:
+        """Insert many certificates with one statement per table (executemany)."""
+        if not certs:
+            return
+        conn.execute(
+            sa.insert(certificates),
+            [
+                {
+                    "serial": c.serial,
+                    "subject": c.subject,
+                    "common_name": c.common_name,
+                    "email": c.email,
+                    "not_before": to_epoch(c.not_before),
+                    "not_after": to_epoch(c.not_after),
+                    "profile": c.profile,
+                    "request_name": c.request_name,
+                    "request_fingerprint": c.request_fingerprint,
+                    "status": c.status,
+                    "revoked_at": to_epoch(c.revoked_at) if c.revoked_at else None,
+                    "revocation_reason": c.revocation_reason,
+                    "superseded_by": None,
+                    "issued_at": to_epoch(c.issued_at),
+                    "owner": c.owner,
+                    "source": c.source,
+                    "key_generated": c.key_generated,
+                    "der": c.der,
+                }
+                for c in certs
+            ],
+        )
+        attrs = [
+            {"serial": c.serial, "attr": a, "value": v.casefold()}
+            for c in certs
+            for a, v in c.attrs
+        ]
+        if attrs:
+            conn.execute(sa.insert(cert_attrs), attrs)
 
     def get(self, conn: Connection, serial: str) -> CertRecord | None:
         row = conn.execute(sa.select(certificates).where(certificates.c.serial == serial)).first()
@@ -524,6 +628,24 @@ class Store:
             )
         )
 
+    def log_many(self, conn: Connection, entries: Sequence[Mapping[str, Any]]) -> None:
+        if entries:
+            conn.execute(
+                sa.insert(journal),
+                [
+                    {
+                        "at": to_epoch(e["at"]),
+                        "name": e["name"],
+                        "profile": e.get("profile", ""),
+                        "fingerprint": e.get("fingerprint", ""),
+                        "outcome": e["outcome"],
+                        "serial": e.get("serial"),
+                        "detail": e.get("detail", ""),
+                    }
+                    for e in entries
+                ],
+            )
+
     def outcome_counts(self, conn: Connection) -> dict[str, int]:
         rows = conn.execute(
             sa.select(journal.c.outcome, sa.func.count()).group_by(journal.c.outcome)
@@ -562,6 +684,20 @@ class Store:
     def get_pending(self, conn: Connection, name: str) -> PendingRecord | None:
         row = conn.execute(sa.select(pending).where(pending.c.name == name)).first()
         return _pending(row) if row is not None else None
+
+    def pending_by_names(self, conn: Connection, names: Iterable[str]) -> dict[str, PendingRecord]:
+        wanted = list(dict.fromkeys(names))
+        out: dict[str, PendingRecord] = {}
+        for start in range(0, len(wanted), 500):
+            for r in conn.execute(
+                sa.select(pending).where(pending.c.name.in_(wanted[start : start + 500]))
+            ):
+                rec = _pending(r)
+                out[rec.name] = rec
+        return out
+
+    def remove_pending_many(self, conn: Connection, names: Sequence[str]) -> None:
+        conn.execute(sa.delete(pending).where(pending.c.name.in_(list(names))))
 
     def list_pending(self, conn: Connection) -> list[PendingRecord]:
         return [

@@ -1,0 +1,174 @@
+"""Signing (and lint before sign) on every processor: a pool of worker processes.
+
+Each worker loads the CA itself from the state folder (the private key never
+travels through a pipe) and builds its own pkilint validator once. The parent
+sends plain data (subject, SPKI DER, validity, usages, serial) and gets DER back.
+Small batches are signed in the calling process: a round trip to a worker would
+only add latency to a single drop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .ca import CertificateAuthority, IssueSpec, public_key_bytes
+from .errors import LintError
+from .lint import Linter
+
+log = logging.getLogger("certdrop.signpool")
+
+# below this many certificates a batch is signed in the calling process
+MIN_POOL_BATCH = 16
+
+_worker_ca: CertificateAuthority | None = None
+_worker_linter: Linter | None = None
+
+_Plain = tuple[
+    list[tuple[str, str]], bytes, float, float, list[str], list[str], list[str], list[str], int, str
+]
+
+
+def _to_plain(spec: IssueSpec) -> _Plain:
+    return (
+        list(spec.subject),
+        public_key_bytes(spec.public_key),
+        spec.not_before.timestamp(),
+        spec.not_after.timestamp(),
+        list(spec.key_usage),
+        list(spec.extended_key_usage),
+        list(spec.emails),
+        list(spec.dns_names),
+        spec.serial,
+        spec.crl_distribution_point,
+    )
+
+
+def _from_plain(p: _Plain) -> IssueSpec:
+    subject, spki, nb, na, ku, eku, emails, dns, serial, dp = p
+    return IssueSpec(
+        subject=subject,
+        public_key=serialization.load_der_public_key(spki),
+        not_before=dt.datetime.fromtimestamp(nb, dt.UTC),
+        not_after=dt.datetime.fromtimestamp(na, dt.UTC),
+        key_usage=ku,
+        extended_key_usage=eku,
+        emails=emails,
+        dns_names=dns,
+        serial=serial,
+        crl_distribution_point=dp,
+    )
+
+
+def _init_worker(state: str, passphrase: bytes | None, lint: bool) -> None:
+    global _worker_ca, _worker_linter
+    _worker_ca = CertificateAuthority.load(Path(state), passphrase)
+    _worker_linter = Linter() if lint else None
+
+
+def _sign_chunk(chunk: list[_Plain], lint: bool) -> list[tuple[bytes, str]]:
+    """(DER, "") for a signed certificate, (b"", reason) for a lint refusal."""
+    assert _worker_ca is not None
+    linter = _worker_linter.certificate if (lint and _worker_linter is not None) else None
+    out: list[tuple[bytes, str]] = []
+    for plain in chunk:
+        try:
+            cert = _worker_ca.issue(_from_plain(plain), linter)
+            out.append((cert.public_bytes(serialization.Encoding.DER), ""))
+        except LintError as exc:
+            out.append((b"", str(exc)))
+    return out
+
+
+def _ping() -> bool:
+    return _worker_ca is not None
+
+
+class SigningPool:
+    """Worker processes that sign batches of certificates in parallel."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        state: Path,
+        passphrase: bytes | None,
+        *,
+        lint: bool,
+        workers: int | None = None,
+    ) -> None:
+        self.ca = ca
+        self.lint_enabled = lint
+        self.workers = workers or max(1, os.cpu_count() or 1)
+        ctx = multiprocessing.get_context("forkserver")
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(str(state), passphrase, lint),
+        )
+        # start the workers now (loading pkilint takes a moment), without waiting
+        self._warm: list[Future[bool]] = [self._pool.submit(_ping) for _ in range(self.workers)]
+        self._broken = False
+
+    @property
+    def ready(self) -> bool:
+        return not self._broken and all(f.done() for f in self._warm)
+
+    def sign(
+        self, specs: Sequence[IssueSpec], linter: Linter | None
+    ) -> list[x509.Certificate | LintError]:
+        lint = linter is not None
+        if len(specs) < MIN_POOL_BATCH or not self.ready or lint != self.lint_enabled:
+            return self._sign_here(specs, linter)
+        plain = [_to_plain(s) for s in specs]
+        n = min(self.workers * 2, len(plain))
+        size = -(-len(plain) // n)
+        futures = [
+            self._pool.submit(_sign_chunk, plain[i : i + size], lint)
+            for i in range(0, len(plain), size)
+        ]
+        out: list[x509.Certificate | LintError] = []
+        try:
+            for fut in futures:
+                for der, reason in fut.result():
+                    if reason:
+                        out.append(LintError(reason))
+                    else:
+                        # the worker ran the same post-sign checks as CertificateAuthority.issue
+                        out.append(x509.load_der_x509_certificate(der))
+        except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
+            log.error("signing pool failed (%s); signing in the daemon process from now on", exc)
+            self._broken = True
+            return self._sign_here(specs, linter)
+        return out
+
+    def _sign_here(
+        self, specs: Sequence[IssueSpec], linter: Linter | None
+    ) -> list[x509.Certificate | LintError]:
+        out: list[x509.Certificate | LintError] = []
+        for spec in specs:
+            try:
+                out.append(self.ca.issue(spec, linter.certificate if linter else None))
+            except LintError as exc:
+                out.append(exc)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def describe(pool: Any) -> str:
+    return (
+        f"{pool.workers} signing processes"
+        if isinstance(pool, SigningPool)
+        else "in-process signing"
+    )
