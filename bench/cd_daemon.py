@@ -81,6 +81,58 @@ def proc_status_kb(pid: int, key: str) -> int:
     raise DaemonError(f"/proc/{pid}/status has no {key}")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (certdrop's signing pool, for instance)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (those alive now)."""
+    total = 0.0
+    for p in (pid, *descendants(pid)):
+        try:
+            total += proc_times(p)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def tree_memory_mb(pid: int) -> dict[str, float]:
+    """RSS (summed: shared pages counted in each), PSS and peak RSS of a process tree."""
+    rss = pss = hwm = 0.0
+    procs = (pid, *descendants(pid))
+    for p in procs:
+        try:
+            rss += proc_status_kb(p, "VmRSS") / 1024
+            hwm += proc_status_kb(p, "VmHWM") / 1024
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) / 1024
+        except (OSError, ValueError, RuntimeError):
+            continue
+    return {
+        "processes": float(len(procs)),
+        "rss_sum_mb": round(rss, 1),
+        "pss_mb": round(pss, 1),
+        "peak_rss_sum_mb": round(hwm, 1),
+    }
+
+
 class CertdropDaemon:
     """One certdrop instance in `root` (config, state, spool, log)."""
 
@@ -209,7 +261,11 @@ class CertdropDaemon:
         return self.proc is not None and self.proc.poll() is None
 
     def cpu_seconds(self) -> float:
-        return proc_times(self.pid)
+        """CPU seconds used so far by the daemon and its worker processes."""
+        return tree_cpu_seconds(self.pid)
+
+    def memory(self) -> dict[str, float]:
+        return tree_memory_mb(self.pid)
 
     def rss_mb(self) -> float:
         return proc_status_kb(self.pid, "VmRSS") / 1024

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -145,6 +146,12 @@ def _lint_worker(ders: Sequence[bytes]) -> tuple[int, float, list[float]]:
     return len(ders), time.perf_counter() - t0, durations
 
 
+def _default_signals() -> None:
+    # forked from bench/run, whose SIGTERM handler unwinds the bench: not wanted here
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _split(items: Sequence[Any], parts: int) -> list[Sequence[Any]]:
     return [items[i::parts] for i in range(parts)]
 
@@ -160,8 +167,15 @@ def _parallel(
         done, secs, durs = worker(make_args(items))
         return Measure(done, secs, durs)
     ctx = mp.get_context("fork")
-    with ctx.Pool(processes) as pool:
+    pool = ctx.Pool(processes, initializer=_default_signals)
+    try:
         results = pool.map(worker, [make_args(part) for part in _split(items, processes)])
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
     done = sum(r[0] for r in results)
     secs = max(r[1] for r in results)
     return Measure(done, secs, [d for r in results for d in r[2]])

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         d = CertdropDaemon(root, key_type=args.key_type, lint=args.lint)
         d.init()
         settings = load_settings(d.config)
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if "signing_pool" in inspect.signature(Runtime.build).parameters:
             kwargs["signing_pool"] = not args.no_pool
         rt = Runtime.build(settings, SystemClock(), **kwargs)
