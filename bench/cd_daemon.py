@@ -133,6 +133,28 @@ def tree_memory_mb(pid: int) -> dict[str, float]:
     }
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _kill_all(pids: list[int], wait: float) -> int:
+    """SIGKILL those of `pids` still alive after `wait` seconds; returns how many."""
+    deadline = time.monotonic() + wait
+    while wait and time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(left)
+
+
 class CertdropDaemon:
     """One certdrop instance in `root` (config, state, spool, log)."""
 
@@ -144,6 +166,7 @@ class CertdropDaemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "daemon.log"
         self._sock: socket.socket | None = None
+        self.leftovers = 0  # processes still alive after a clean stop (killed by the bench)
 
     # --- paths ------------------------------------------------------------------------------
     @property
@@ -224,8 +247,10 @@ class CertdropDaemon:
                 return time.perf_counter() - t0
 
     def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM, as systemd stops it; worker processes left behind are killed (and counted)."""
         if self.proc is None:
             return
+        children = descendants(self.proc.pid)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -233,13 +258,17 @@ class CertdropDaemon:
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise DaemonError(f"certdrop did not stop within {timeout:.0f} s") from None
+        self.leftovers += _kill_all(children, wait=2.0)
         self._close_sock()
         self.proc = None
 
     def kill(self) -> None:
+        """SIGKILL the daemon and everything it started (its pool would outlive it)."""
         if self.proc is not None and self.proc.poll() is None:
+            children = descendants(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
+            _kill_all(children, wait=0.0)
         self._close_sock()
 
     def _close_sock(self) -> None:

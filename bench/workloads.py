@@ -129,6 +129,8 @@ class Bench:
             raise
         else:
             d.stop()
+            if d.leftovers:
+                self.log(f"  certdrop left {d.leftovers} process(es) running after SIGTERM")
 
     def _stage(self, d: CertdropDaemon, files: Sequence[tuple[str, bytes]]) -> list[Drop]:
         """Prepare the drops (untimed): staged files for the rename modes."""
