@@ -475,6 +475,7 @@ def test_warnings_are_sent_once_across_daemon_restarts(tmp_path: Path, peer: Smt
         assert len(_rows(env)) == 2 and all(r["status"] == "sent" for r in _rows(env))
         # days later, the next threshold: the job sends it at once
         clock.set(cert.not_valid_after_utc - dt.timedelta(days=3))
+        d.daemon.crl_job()  # the CRL job keeps the CRL fresh (else the admin hears of it)
         d.daemon.run_expiry_sweep()
         peer.wait_count(4)
         code, out, _ = env.cli("status", "--json", clock=clock)
@@ -515,3 +516,55 @@ def test_smtp_down_then_up_the_warning_still_arrives(tmp_path: Path) -> None:
         peer.stop()
     assert sorted(m.rcpt_tos[0] for m in peer.messages) == [ADMIN, "alice@example.org"]
     assert os.path.exists(env.outbox / "alice.cer")
+
+
+# --- alerts from the publisher (CRL and Apache), with the real publisher -----------------------------------
+def test_the_published_crl_feeds_the_crl_alert(h: Harness, peer: SmtpPeer) -> None:
+    assert h.rt.publisher is not None
+    facts = h.rt.publisher.regenerate_crl("test")
+    assert h.sweep().alerts == []  # just published: quiet
+    # the scheduler did not refresh it (daemon down): one day before its nextUpdate
+    h.clock.set(facts.next_update - dt.timedelta(days=1))
+    [stale] = h.sweep().alerts
+    assert "was not refreshed" in stale
+    h.flush()
+    assert "certdrop crl" in peer.to(ADMIN)[-1].text
+
+
+def test_a_failed_apache_configtest_alerts_the_admin(tmp_path: Path, peer: SmtpPeer) -> None:
+    apache = (
+        "[apache]\nenabled = true\n"
+        f'ca_file = "{tmp_path / "apache" / "ca.pem"}"\ncrl_file = "{tmp_path / "apache" / "crl.pem"}"\n'
+        'configtest_command = ["false"]\nreload_command = ["true"]\ndebounce_seconds = 0\n'
+    )
+    (tmp_path / "apache").mkdir()
+    env = make_env(tmp_path / "ca", extra=mail_config(peer.port, admin=ADMIN) + apache)
+    hh = Harness(env, ManualClock(now_utc()))
+    try:
+        assert hh.rt.publisher is not None
+        outcome = hh.rt.publisher.publish_apache()
+        assert not outcome.ok
+        hh.flush()
+        [alert] = peer.to(ADMIN)
+        assert "Apache publication failed" in alert.subject
+        assert "Apache was not reloaded" in alert.text
+        assert not (tmp_path / "apache" / "ca.pem").exists()  # the previous state was restored
+    finally:
+        hh.close()
+
+
+def test_a_key_others_could_read_is_accepted_and_the_holder_is_told(
+    h: Harness, peer: SmtpPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    req, key = openssl_csr(h.users, "open", ALICE)
+    dropped = h.env.drop(key)
+    os.chmod(dropped, 0o644)
+    old = time.time() - 60
+    os.utime(dropped, (old, old))
+    with caplog.at_level("WARNING"):
+        h.process(h.env.drop(req))
+    assert "open.key was group/world readable" in caplog.text
+    h.flush()
+    [mail] = peer.to("alice@example.org")
+    assert "open.key was readable by other users (mode 0644)" in mail.text
+    assert (h.env.outbox / "open.p12").exists()

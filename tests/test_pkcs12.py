@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,24 @@ def test_outputs_belong_to_the_requester(
     cer, p12 = os.stat(ca_env.outbox / "owned.cer"), os.stat(ca_env.outbox / "owned.p12")
     assert (cer.st_uid, stat.S_IMODE(cer.st_mode)) == (nobody, 0o644)
     assert (p12.st_uid, stat.S_IMODE(p12.st_mode)) == (nobody, 0o600)
+
+
+def test_same_request_again_with_its_key_gets_the_p12(
+    ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path
+) -> None:
+    req, key = openssl_csr(tmp_path, "again", "/CN=Again", kind="ec:prime256v1")
+    ca_env.drop(req)
+    assert wait_result(ca_env, "again") == "outbox"
+    first = x509.load_pem_x509_certificate((ca_env.outbox / "again.cer").read_bytes())
+    # later: the same CSR under another name, this time with its key
+    old = time.time() - 60
+    dropped = ca_env.drop(key, "again2.key")
+    os.utime(dropped, (old, old))
+    ca_env.drop(req, "again2.req")
+    wait_for(lambda: (ca_env.outbox / "again2.p12").exists(), what="again2.p12")
+    bundle = pkcs12.load_pkcs12(
+        (ca_env.outbox / "again2.p12").read_bytes(), password_for(ca_env, "again2").encode()
+    )
+    assert bundle.cert is not None
+    assert bundle.cert.certificate.serial_number == first.serial_number  # not a second certificate
+    assert not list(ca_env.spool.rglob("again2.key"))

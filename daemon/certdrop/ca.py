@@ -12,7 +12,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,9 @@ def serial_hex(serial: int) -> str:
 
 
 def public_key_bytes(key: Any) -> bytes:
+    """SubjectPublicKeyInfo DER of a public key object (or the DER itself)."""
+    if isinstance(key, bytes):
+        return key
     return bytes(
         key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -103,7 +106,7 @@ class IssueSpec:
     """Everything that goes into an end-entity certificate, decided by the policy."""
 
     subject: Sequence[tuple[str, str]]
-    public_key: Any
+    public_key: Any  # a public key object, or its SubjectPublicKeyInfo DER
     not_before: dt.datetime
     not_after: dt.datetime
     key_usage: Sequence[str]
@@ -145,15 +148,7 @@ class CertificateAuthority:
     @classmethod
     def load(cls, state: Path, passphrase: bytes | None = None) -> CertificateAuthority:
         key_path, cert_path = state / CA_KEY, state / CA_CERT
-        if not cert_path.exists() or not key_path.exists():
-            raise CAError(f"no CA in {state}; create one with 'certdrop init'")
-        st = key_path.stat()
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise CAError(
-                f"the CA key {key_path} is readable by group or others (mode "
-                f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {key_path}'"
-            )
-        cert = _load_cert(cert_path.read_bytes(), str(cert_path))
+        cert = load_ca_certificate(state)
         key = _load_key(key_path.read_bytes(), passphrase, str(key_path))
         if public_key_bytes(key.public_key()) != public_key_bytes(cert.public_key()):
             raise CAError(
@@ -202,6 +197,8 @@ class CertificateAuthority:
     def _builder(self, spec: IssueSpec) -> x509.CertificateBuilder:
         if spec.serial <= 0:
             raise CAError("a certificate needs a positive serial number")
+        if isinstance(spec.public_key, bytes):  # SubjectPublicKeyInfo DER
+            spec = replace(spec, public_key=serialization.load_der_public_key(spec.public_key))
         subject = build_name(spec.subject)
         is_rsa = isinstance(spec.public_key, rsa.RSAPublicKey)
         ku = set(spec.key_usage)
@@ -391,6 +388,31 @@ def load_subject_key(data: bytes) -> PrivateKey:
     ):
         raise CAError("the key file holds a key type certdrop does not support")
     return key
+
+
+def load_ca_certificate(state: Path) -> x509.Certificate:
+    """The CA certificate, without touching the key (no passphrase needed) — but a CA key
+    readable by group or others is refused here too."""
+    key_path, cert_path = state / CA_KEY, state / CA_CERT
+    if not cert_path.exists() or not key_path.exists():
+        raise CAError(f"no CA in {state}; create one with 'certdrop init'")
+    st = key_path.stat()
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise CAError(
+            f"the CA key {key_path} is readable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {key_path}'"
+        )
+    return _load_cert(cert_path.read_bytes(), str(cert_path))
+
+
+def public_key_algorithm(cert: x509.Certificate) -> str:
+    """rsa-2048, ec-secp256r1, ed25519: the names `CertificateAuthority.key_algorithm` uses."""
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ec-{key.curve.name}"
+    return "ed25519"
 
 
 # --- creating and adopting a CA -------------------------------------------------------------------

@@ -11,20 +11,29 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from cryptography.hazmat.primitives import hashes
 
-from . import __version__
-from .ca import CertificateAuthority, adopt_ca, create_ca, read_passphrase, subject_text
+from . import __version__, publish
+from .audit import operator_actor
+from .ca import (
+    adopt_ca,
+    create_ca,
+    load_ca_certificate,
+    public_key_algorithm,
+    read_passphrase,
+    subject_text,
+)
 from .clock import Clock, SystemClock
 from .config import Settings, effective_values, load_settings
 from .errors import CertdropError
 from .lint import shared_linter
 from .mail import status_extra as mail_status_extra
+from .ownership import check_invoking_user, hand_over
 from .service import Daemon, StateLock, direct_runtime, execute_control, wait_for_control
 from .spool import Spool
 from .store import CertRecord, Store
@@ -44,6 +53,7 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self.config_path)
+            check_invoking_user(self._settings.state, click.get_current_context().info_name or "")
         return self._settings
 
     @property
@@ -101,13 +111,34 @@ def _setup_logging(level: str) -> None:
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(levelname)s %(name)s: %(message)s"
-        if not os.environ.get("JOURNAL_STREAM"):
+        if _stderr_is_journal():
+            # sd-daemon(3): a "<N>" prefix gives journald the syslog priority of each line
+            fmt = "<%(syslog_priority)d>" + fmt
+            handler.addFilter(_add_syslog_priority)
+        elif not os.environ.get("JOURNAL_STREAM"):
             fmt = "%(asctime)s " + fmt
         handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _stderr_is_journal() -> bool:
+    """True when systemd connected stderr to the journal ($JOURNAL_STREAM = dev:inode)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError):
+        return False
+
+
+def _add_syslog_priority(record: logging.LogRecord) -> bool:
+    levels = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+    record.syslog_priority = next((p for lvl, p in levels if record.levelno >= lvl), 7)
+    return True
 
 
 # --- init ---------------------------------------------------------------------------------------------
@@ -152,6 +183,8 @@ def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> No
     )
     Store(s.database_url).open().close()
     Spool(s.spool).create(list(s.profiles), s.policy.default_profile)
+    if hand_over(s.state, s.spool):
+        click.echo(f"handed the new files over to the owner of {s.state}")
     click.echo(f"spool ready in {s.spool} (drop requests in {s.spool / 'inbox'})")
 
 
@@ -254,7 +287,8 @@ def status(as_json: bool, days: int) -> None:
     c = _ctx()
     s = c.settings
     now = c.clock.now()
-    ca = CertificateAuthority.load(s.state, read_passphrase(s.ca.key_passphrase_file))
+    # the certificate is enough: status works without the CA key's passphrase
+    ca_cert = load_ca_certificate(s.state)
     store = _open_store(s)
     try:
         with store.begin() as conn:
@@ -267,10 +301,10 @@ def status(as_json: bool, days: int) -> None:
         store.close()
     doc: dict[str, Any] = {
         "ca": {
-            "subject": subject_text(ca.subject),
-            "key": ca.key_algorithm,
-            "not_after": ca.not_after.isoformat(),
-            "days_left": (ca.not_after - now).days,
+            "subject": subject_text(ca_cert.subject),
+            "key": public_key_algorithm(ca_cert),
+            "not_after": ca_cert.not_valid_after_utc.isoformat(),
+            "days_left": (ca_cert.not_valid_after_utc - now).days,
         },
         "daemon": _daemon_state(s),
         "certificates": counts,
@@ -291,27 +325,75 @@ def status(as_json: bool, days: int) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    d = doc["daemon"]
-    click.echo(
-        f"CA        {doc['ca']['subject']} ({doc['ca']['key']}), valid until "
-        f"{ca.not_after:%Y-%m-%d} ({doc['ca']['days_left']} days)"
-    )
-    click.echo("daemon    " + (f"running (pid {d['pid']})" if d["running"] else "not running"))
-    click.echo("index     " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if outcomes:
-        click.echo("requests  " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-    for key, value in extra.items():
+    _print_status(doc, days, now, expiring)
+
+
+def _print_status(
+    doc: dict[str, Any], days: int, now: dt.datetime, expiring: list[CertRecord]
+) -> None:
+    """`certdrop status` for a person: aligned facts, then tables of what needs attention."""
+    ca, d, counts = doc["ca"], doc["daemon"], doc["certificates"]
+    rows: list[tuple[str, str]] = [
+        ("CA", ca["subject"]),
+        ("", f"{ca['key']}, valid until {ca['not_after'][:10]} ({ca['days_left']} days left)"),
+        ("daemon", f"running (pid {d['pid']})" if d["running"] else "not running"),
+        (
+            "index",
+            f"total {counts['total']} ("
+            + ", ".join(f"{k} {counts[k]}" for k in ("valid", "expired", "revoked", "superseded"))
+            + ")",
+        ),
+    ]
+    if doc["requests"]:
+        rows.append(("requests", ", ".join(f"{k} {v}" for k, v in sorted(doc["requests"].items()))))
+    for key, value in doc.items():
+        if key in _STATUS_CORE:
+            continue
         if isinstance(value, dict):
-            click.echo(
-                f"{key:<9} " + ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
-            )
-    click.echo(f"pending   {len(pend)}")
-    for p in pend:
-        click.echo(
-            f"  {p.name:<24} {p.profile:<10} {p.subject}  (since {p.received_at:%Y-%m-%d %H:%M})"
+            text = ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
+        elif isinstance(value, list):
+            text = f"{len(value)}"
+        else:
+            text = str(value)
+        rows.append((key, text))
+    width = max(len(k) for k, _ in rows) + 2
+    for key, value in rows:
+        click.echo(f"{key:<{width}}{value}".rstrip())
+
+    pending = doc["pending"]
+    click.echo("")
+    click.echo(f"PENDING APPROVAL ({len(pending)})" if pending else "PENDING APPROVAL: none")
+    if pending:
+        _table(
+            ("NAME", "PROFILE", "OWNER", "SINCE (UTC)", "SUBJECT"),
+            [
+                (
+                    p["name"],
+                    p["profile"],
+                    p["owner"] or "-",
+                    p["received_at"][:16].replace("T", " "),
+                    p["subject"],
+                )
+                for p in pending
+            ],
         )
-    click.echo(f"expiring within {days} days: {len(expiring)}")
+        click.echo("  approve with 'certdrop approve NAME', or 'certdrop deny NAME --reason TEXT'")
+    click.echo("")
+    title = f"EXPIRING WITHIN {days} DAYS"
+    click.echo(f"{title} ({len(expiring)})" if expiring else f"{title}: none")
     _print_table(expiring, now)
+
+
+_STATUS_CORE = frozenset({"ca", "daemon", "certificates", "requests", "pending", "expiring"})
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    click.echo(fmt.format(*headers).rstrip())
+    for row in rows:
+        click.echo(fmt.format(*row).rstrip())
 
 
 StatusExtra = Callable[[Store, Any, Settings, dt.datetime], dict[str, Any]]
@@ -340,13 +422,7 @@ def _print_table(records: list[CertRecord], now: dt.datetime) -> None:
         )
         for r in records
     ]
-    headers = ("SERIAL", "STATUS", "NOT AFTER", "PROFILE", "REQUEST", "SUBJECT")
-    widths = [max(len(h), *(len(str(row[i])) for row in rows)) for i, h in enumerate(headers)]
-    widths[-1] = len(headers[-1])
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
-    click.echo(fmt.format(*headers))
-    for row in rows:
-        click.echo(fmt.format(*row))
+    _table(("SERIAL", "STATUS", "NOT AFTER", "PROFILE", "REQUEST", "SUBJECT"), rows)
 
 
 @cli.command("list")
@@ -472,7 +548,9 @@ def _operator_command(kind: str, payload: dict[str, Any], timeout: float = 30.0)
     store = _open_store(s)
     try:
         with store.begin() as conn:
-            control_id = store.push_control(conn, kind, payload, c.clock.now())
+            control_id = store.push_control(
+                conn, kind, {**payload, "actor": operator_actor()}, c.clock.now()
+            )
         answer = wait_for_control(store, control_id, timeout)
     finally:
         store.close()
@@ -508,6 +586,132 @@ def approve(name: str) -> None:
 def deny(name: str, reason: str) -> None:
     """Deny a pending request NAME with a reason."""
     _operator_command("deny", {"name": name.removesuffix(".req"), "reason": reason})
+
+
+# --- revoke / crl / apache-config ----------------------------------------------------------------------------
+@cli.command()
+@config_option
+@click.argument("ref", metavar="SERIAL|NAME")
+@click.option(
+    "--reason",
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 reason: " + ", ".join(publish.REASONS) + ".",
+)
+def revoke(ref: str, reason: str) -> None:
+    """Revoke a certificate by serial (hex) or request NAME; the CRL follows at once."""
+    canonical = publish.parse_reason(reason)  # refuse a bad reason before anything else
+    _operator_command("revoke", {"ref": ref.removesuffix(".req"), "reason": canonical})
+
+
+@cli.command()
+@config_option
+def crl() -> None:
+    """Regenerate and publish the CRL now (and the Apache files, when enabled)."""
+    _operator_command("crl", {})
+
+
+@cli.command("apache-config")
+@config_option
+@click.option(
+    "--log-file",
+    default="${APACHE_LOG_DIR}/certdrop-clients.log",
+    show_default=True,
+    help="Where Apache logs who connected (e-mail and serial of each client certificate).",
+)
+def apache_config(log_file: str) -> None:
+    """Print the mod_ssl configuration that matches this setup."""
+    c = _ctx()
+    s = c.settings
+    ca_cert, chain = publish.load_ca_certificates(s.state)
+    click.echo(
+        publish.apache_config_text(
+            s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path
+        ),
+        nl=False,
+    )
+
+
+STATUS_EXTRAS.append(publish.status_extra)
+
+
+# --- import ---------------------------------------------------------------------------------------------------
+@cli.command("import")
+@config_option
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--certs",
+    "certs_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="With an index.txt: the openssl CA's new_certs_dir holding SERIAL.pem "
+    "(default: newcerts/ beside index.txt, else its folder).",
+)
+@click.option(
+    "--profile",
+    default=None,
+    help="The profile the adopted certificates belong to (default: [policy] default_profile).",
+)
+@click.option("--dry-run", is_flag=True, help="Check and report, change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON document.")
+def import_cmd(
+    source: Path, certs_dir: Path | None, profile: str | None, dry_run: bool, as_json: bool
+) -> None:
+    """Adopt certificates issued before certdrop: an openssl index.txt (SOURCE) with its
+    certificate folder, or a folder of .cer files signed by this CA."""
+    from cryptography import x509
+
+    from .audit import AuditLog
+    from .ca import CA_CERT
+    from .importer import Importer, candidates_for, iter_report_lines
+
+    c = _ctx()
+    s = c.settings
+    profile = profile or s.policy.default_profile
+    if profile not in s.profiles:
+        raise CertdropError(
+            f"--profile {profile!r} names no profile; defined: {', '.join(sorted(s.profiles))}"
+        )
+    ca_path = s.state / CA_CERT
+    if not ca_path.exists():
+        raise CertdropError(
+            f"no CA in {s.state}; adopt the openssl CA first: "
+            "certdrop init --ca-cert ca.cer --ca-key ca.key"
+        )
+    ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    label, candidates = candidates_for(source, certs_dir)
+    audit = AuditLog.in_state(s.state, c.clock, actor=operator_actor())
+    store = _open_store(s)
+    try:
+        importer = Importer(
+            store, ca_cert, c.clock, profile, dry_run=dry_run, audit=None if dry_run else audit
+        )
+        if sys.stdout.isatty() and not as_json and candidates:
+            with click.progressbar(length=len(candidates), label="importing", show_pos=True) as bar:
+                report = importer.run(label, candidates, bar.update)
+        else:
+            report = importer.run(label, candidates)
+    finally:
+        store.close()
+        hand_over(s.state, s.spool)
+    if not dry_run:
+        audit(
+            {
+                "event": "operator",
+                "command": "import",
+                "args": {"source": str(source), "profile": profile},
+                "ok": True,
+                "result": f"imported {len(report.imported)}, skipped {len(report.skipped)}",
+            }
+        )
+        hand_over(s.state, s.spool)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+        return
+    for line in iter_report_lines(report):
+        click.echo(line)
+    if report.counts()["revoked"] and not dry_run:
+        # the adopted revocations must be on the CRL (and Apache's copy) right away
+        _operator_command("crl", {})
 
 
 # --- entry point ----------------------------------------------------------------------------------------------

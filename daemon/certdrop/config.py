@@ -312,6 +312,31 @@ class WatchSettings(_Section):
     rescan_seconds: PositiveFloat = 60.0
 
 
+class MetricsSettings(_Section):
+    listen: str = ""  # "" = off; else HOST:PORT for the Prometheus endpoint, e.g. 127.0.0.1:9102
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            split_listen(value)
+        return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:9102' / '[::1]:9102' / 'localhost:9102' -> (host, port)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.\-]+):(\d{1,5})", value.strip())
+    if not m:
+        raise ValueError(
+            'must be HOST:PORT such as "127.0.0.1:9102" or "[::1]:9102" (or "" for no metrics)'
+        )
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError("the port must be between 1 and 65535")
+    return host, port
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CERTDROP_",
@@ -330,6 +355,7 @@ class Settings(BaseSettings):
     expiry: ExpirySettings = ExpirySettings()
     mail: MailSettings = MailSettings()
     watch: WatchSettings = WatchSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     # the file these settings came from (not a key of the file)
     _source: Path | None = None

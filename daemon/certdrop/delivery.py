@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy.engine import Connection
 
@@ -62,8 +63,19 @@ def p12_mode(owner: Owner | None) -> int:
 
 # A password channel stores the password durably before the index commit (file) or
 # inside the same transaction as the certificate (mail queue).
-PasswordChannel = Callable[[Connection, str, str, str, str], None]
-"""(conn, request name, holder e-mail, certificate serial, password) -> None"""
+class PasswordChannel(Protocol):
+    """Stores a p12 password for its holder: durable before (file) or inside (mail) the commit."""
+
+    def __call__(
+        self,
+        conn: Connection,
+        name: str,
+        email: str,
+        serial: str,
+        password: str,
+        notes: Sequence[str] = (),
+    ) -> None:
+        """`notes` are remarks for the holder (say, a key file others could read)."""
 
 
 class PasswordFiles:
@@ -73,13 +85,23 @@ class PasswordFiles:
         self.folder = state / "passwords"
         self._unsynced = False
 
-    def __call__(self, conn: Connection, name: str, email: str, serial: str, password: str) -> None:
+    def __call__(
+        self,
+        conn: Connection,
+        name: str,
+        email: str,
+        serial: str,
+        password: str,
+        notes: Sequence[str] = (),
+    ) -> None:
         ensure_dir(self.folder, 0o700)
         text = (
             f"PKCS#12 password for outbox/{name}.p12 (certificate serial {serial})\n"
             f"{password}\n"
             "Give it to the holder by another channel than the p12 itself.\n"
         )
+        for note in notes:
+            text += f"Note: {note}\n"
         # made durable by sync(), once per batch, before the index commit
         atomic_write(self.folder / f"{name}.txt", text.encode(), 0o600, durable=False)
         self._unsynced = True

@@ -85,6 +85,25 @@ def atomic_write(
         fsync_dir(path.parent)
 
 
+def write_staged(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Write a private temporary file that a later rename publishes.
+
+    This is the first half of an atomic write, for batches: the caller makes many
+    staged files durable with one `sync_filesystem`, then renames each into place.
+    A staged file left by a crash is never published (recovery removes it).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, owner[0], owner[1])
+    finally:
+        os.close(fd)
+
+
 def sync_filesystem(path: Path) -> None:
     """Flush every dirty page of the filesystem holding `path` (one syncfs call)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

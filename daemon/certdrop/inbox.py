@@ -46,6 +46,17 @@ from .fsutil import is_ignored_name
 log = logging.getLogger("certdrop.inbox")
 
 
+class _StopRaceFilter(logging.Filter):
+    """watchdog's inotify emitter logs an ERROR when it is stopped between two reads (a
+    harmless race at every shutdown or reload); keep it out of the journal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_StopRaceFilter())
+
+
 @dataclass(frozen=True)
 class WorkItem:
     path: Path

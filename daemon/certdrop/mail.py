@@ -723,10 +723,18 @@ class MailPasswordChannel:
         self.files = files
         self.clock = clock
 
-    def __call__(self, conn: Connection, name: str, email: str, serial: str, password: str) -> None:
+    def __call__(
+        self,
+        conn: Connection,
+        name: str,
+        email: str,
+        serial: str,
+        password: str,
+        notes: Sequence[str] = (),
+    ) -> None:
         now = self.clock.now()
         if not email:
-            self.files(conn, name, email, serial, password)
+            self.files(conn, name, email, serial, password, notes)
             path = self.files.path_for(name)
             log.warning(
                 "%s.p12 (serial %s): the certificate has no e-mail address, so its password "
@@ -754,7 +762,7 @@ class MailPasswordChannel:
             "password",
             [("", email)],
             f"password for your certificate {name}.p12",
-            password_mail_body(name, serial, password, self.outbox),
+            password_mail_body(name, serial, password, self.outbox, notes),
             now,
             serial=serial,
         )
@@ -764,8 +772,11 @@ class MailPasswordChannel:
         self.files.sync()
 
 
-def password_mail_body(name: str, serial: str, password: str, outbox: Path) -> str:
-    return (
+def password_mail_body(
+    name: str, serial: str, password: str, outbox: Path, notes: Sequence[str] = ()
+) -> str:
+    remarks = "".join(f"Please note: {n}\n\n" for n in notes)
+    return remarks + (
         "Hello,\n\n"
         f"certdrop issued a certificate for your request {name}.req (serial {serial}).\n"
         f"Its PKCS#12 bundle {name}.p12 (your certificate and private key, for browsers\n"

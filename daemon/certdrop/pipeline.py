@@ -54,9 +54,10 @@ from .fsutil import (
     read_limited,
     sanitize_name,
     sync_filesystem,
+    write_staged,
 )
 from .lint import Linter
-from .request import ParsedRequest, parse_request
+from .request import ParsedRequest, parse_many
 from .spool import Spool, archive_path, move, place_rejected, remove_quietly
 from .store import CertRecord, NewCertificate, PendingRecord, Store
 
@@ -134,7 +135,6 @@ class _Prepared:
     index: int
     claim: _Claim
     req: ParsedRequest
-    csr: x509.CertificateSigningRequest | None
 
 
 @dataclass
@@ -155,10 +155,15 @@ class _Signed:
     plan: _Plan
     cert: x509.Certificate
     serial: str
+    subject: str
     password: str = ""
 
 
 RECOVERY_BATCH = 256
+
+Parser = Callable[[Sequence[bytes]], list["ParsedRequest | RequestError"]]
+"""Parses a batch of dropped files (in this process or in a pool)."""
+
 
 Signer = Callable[[Sequence[IssueSpec], "Linter | None"], list["x509.Certificate | LintError"]]
 """Signs a batch of specs (in this process or in a pool): a certificate or a LintError each."""
@@ -191,6 +196,7 @@ class Pipeline:
         self.hooks = hooks or PipelineHooks()
         self.max_bytes = settings.watch.max_request_bytes
         self.signer: Signer = self._sign_here
+        self.parser: Parser = parse_many
         self.crashpoint: Callable[[str], None] = no_crash
 
     def _sign_here(
@@ -365,23 +371,29 @@ class Pipeline:
     def _process(self, claims: list[_Claim], *, approved: bool = False) -> list[Result]:
         """Parse, decide, sign, record and deliver a batch of claimed requests."""
         results: dict[int, Result] = {}
-        prepared: list[_Prepared] = []
+        readable: list[tuple[int, _Claim]] = []
         for i, claim in enumerate(claims):
             try:
                 problem = self._unsafe(claim.st)
                 if problem:
                     raise RequestError(problem)
                 claim.data = self._read(claim.path, claim.st)
-                req, csr = parse_request(claim.data)
-                if req.kind == "enrollment":
-                    # one enrollment file asks for one new key; the same text dropped again
-                    # later is a new request, while a crash-restart sees the same inode
-                    st = claim.st
-                    ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
-                    req = replace(req, fingerprint=hashlib.sha256(claim.data + ident).hexdigest())
-                prepared.append(_Prepared(i, claim, req, csr))
+                readable.append((i, claim))
             except CertdropError as exc:
                 results[i] = self._reject(claim, [str(exc)])
+        prepared: list[_Prepared] = []
+        parsed = self.parser([claim.data for _, claim in readable])
+        for (i, claim), req in zip(readable, parsed, strict=True):
+            if isinstance(req, RequestError):
+                results[i] = self._reject(claim, [str(req)])
+                continue
+            if req.kind == "enrollment":
+                # one enrollment file asks for one new key; the same text dropped again
+                # later is a new request, while a crash-restart sees the same inode
+                st = claim.st
+                ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
+                req = replace(req, fingerprint=hashlib.sha256(claim.data + ident).hexdigest())
+            prepared.append(_Prepared(i, claim, req))
         self.crashpoint("after-parse")
         if prepared:
             now = self.clock.now()
@@ -422,7 +434,7 @@ class Pipeline:
         now: dt.datetime,
         approved: bool,
     ) -> Result | _Plan:
-        claim, req, csr = p.claim, p.req, p.csr
+        claim, req = p.claim, p.req
         profile = self.settings.profiles[claim.profile]
         for rec in previous.get(req.fingerprint, ()):
             if rec.status == "revoked":
@@ -463,8 +475,7 @@ class Pipeline:
                     ],
                 )
             subject_key = self._read_key(claim)
-            assert csr is not None
-            if not subject_key_matches(subject_key, csr.public_key()):
+            if not subject_key_matches(subject_key, req.spki):
                 return self._reject(
                     claim,
                     [
@@ -491,8 +502,7 @@ class Pipeline:
             subject_key = generate_key(req.enrollment_key_type or profile.key_type)
             public_key = subject_key.public_key()
         else:
-            assert csr is not None
-            public_key = csr.public_key()
+            public_key = req.spki  # the CSR's key, as DER: the signer loads it
         assert decision.not_before is not None and decision.not_after is not None
         spec = IssueSpec(
             subject=decision.subject,
@@ -567,13 +577,7 @@ class Pipeline:
         staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
         staged_p12 = self.spool.staged(claim.profile, claim.name, ".p12")
         remove_quietly(staged_p12)
-        atomic_write(
-            staged_cer,
-            cert.public_bytes(serialization.Encoding.PEM),
-            0o644,
-            owner=owner,
-            durable=False,
-        )
+        write_staged(staged_cer, cert.public_bytes(serialization.Encoding.PEM), 0o644, owner)
         password = ""
         if plan.subject_key is not None:
             password = new_password()
@@ -585,8 +589,10 @@ class Pipeline:
                 password,
                 self.settings.profile_pkcs12_encryption(claim.profile),
             )
-            atomic_write(staged_p12, p12, p12_mode(claim.owner), owner=owner, durable=False)
-        return _Signed(plan, cert, serial_hex(cert.serial_number), password)
+            write_staged(staged_p12, p12, p12_mode(claim.owner), owner)
+        return _Signed(
+            plan, cert, serial_hex(cert.serial_number), subject_text(cert.subject), password
+        )
 
     def _record(self, ready: list[_Signed], now: dt.datetime) -> None:
         """One index transaction for the whole batch: the point of no return."""
@@ -597,7 +603,7 @@ class Pipeline:
             records.append(
                 NewCertificate(
                     serial=item.serial,
-                    subject=subject_text(cert.subject),
+                    subject=item.subject,
                     common_name=next((v for n, v in decision.subject if n == "CN"), ""),
                     email=decision.emails[0] if decision.emails else "",
                     not_before=cert.not_valid_before_utc,
@@ -619,7 +625,12 @@ class Pipeline:
                     # durable before (file) or inside (mail queue) the commit: a crash
                     # can never leave a delivered p12 whose password is lost
                     self.password_channel(
-                        conn, item.plan.claim.name, record.email, item.serial, item.password
+                        conn,
+                        item.plan.claim.name,
+                        record.email,
+                        item.serial,
+                        item.password,
+                        item.plan.claim.notes,
                     )
                     wrote_password = True
             self.store.add_certificates(conn, records)
@@ -654,7 +665,7 @@ class Pipeline:
     def _announce(self, item: _Signed) -> Result:
         claim, decision = item.plan.claim, item.plan.decision
         notes = list(decision.notes) + claim.notes
-        subject = subject_text(item.cert.subject)
+        subject = item.subject
         log.info(
             "issued %s.req serial=%s profile=%s subject=%s%s",
             claim.name,
@@ -696,9 +707,19 @@ class Pipeline:
                 0o644,
                 owner=output_owner(claim.owner),
             )
+        key_problem = ""
+        if (
+            claim.key_path is not None
+            and not key_generated
+            and not self.spool.staged(claim.profile, claim.name, ".p12").exists()
+        ):
+            # the same request again, now with its key: the p12 for the certificate it got
+            key_problem = self._bundle_for_existing(claim, serial, der)
         self._publish_outputs(claim)
         if claim.key_path is not None:
             remove_quietly(claim.key_path)
+        if key_problem:
+            self._key_refusal_reason(claim.name, claim.profile, key_problem, now)
         with self.store.begin() as conn:
             self.store.log(
                 conn, now, claim.name, "redelivered", profile=claim.profile, serial=serial
@@ -886,6 +907,20 @@ class Pipeline:
         claim = _Claim(
             path=claimed, name=stem, profile=profile, owner=_owner_of(st), st=st, key_path=claimed
         )
+        problem = self._bundle_for_existing(claim, serial, der)
+        remove_quietly(claimed)
+        if problem:
+            return self._key_refusal_reason(stem, profile, problem, now)
+        log.info("delivered %s.p12 for serial=%s (key dropped after its request)", stem, serial)
+        return Result(Outcome.REDELIVERED, stem, serial=serial)
+
+    def _bundle_for_existing(self, claim: _Claim, serial: str, der: bytes) -> str:
+        """Deliver NAME.p12 for a certificate already issued, from the key in claim.key_path.
+
+        Returns "" when done, else why not (the key does not belong, cannot be read).
+        """
+        now = self.clock.now()
+        stem, profile = claim.name, claim.profile
         try:
             key = self._read_key(claim)
             cert = x509.load_der_x509_certificate(der)
@@ -895,8 +930,7 @@ class Pipeline:
                     "the key was deleted"
                 )
         except CertdropError as exc:
-            remove_quietly(claimed)
-            return self._key_refusal_reason(stem, profile, str(exc), now)
+            return str(exc)
         password = new_password()
         cn = next((a.value for a in cert.subject if a.oid == x509.NameOID.COMMON_NAME), stem)
         p12 = self.ca.pkcs12_bundle(
@@ -908,16 +942,14 @@ class Pipeline:
             (str(a.value) for a in cert.subject if a.oid == x509.NameOID.EMAIL_ADDRESS), ""
         )
         with self.store.begin() as conn:
-            self.password_channel(conn, stem, email, serial, password)
+            self.password_channel(conn, stem, email, serial, password, claim.notes)
             sync = getattr(self.password_channel, "sync", None)
             if sync is not None:
                 sync()
             self.store.log(conn, now, stem, "p12", profile=profile, serial=serial)
         os.rename(staged, self.spool.outbox / f"{stem}.p12")
         fsync_dir(self.spool.outbox)
-        remove_quietly(claimed)
-        log.info("delivered %s.p12 for serial=%s (key dropped after its request)", stem, serial)
-        return Result(Outcome.REDELIVERED, stem, serial=serial)
+        return ""
 
     def _refuse_key(self, path: Path, stem: str, reason: str) -> Result:
         remove_quietly(path)  # a private key is never kept in rejected/ or archive/
@@ -988,6 +1020,13 @@ class Pipeline:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise RequestError("it is a symbolic link, not a regular file") from None
+            if exc.errno == errno.EACCES:
+                # certdrop runs unprivileged (systemd unit): a file it may not read is
+                # refused with a reason instead of being retried for ever
+                raise RequestError(
+                    "certdrop may not read it (permission denied); drop a copy that the "
+                    "certdrop service can read"
+                ) from None
             raise
         if len(data) > self.max_bytes:
             raise RequestError(f"it grew beyond {self.max_bytes} bytes while being read")

@@ -12,6 +12,7 @@ import hashlib
 import re
 import tomllib
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,7 @@ class ParsedRequest:
     extensions: tuple[RequestedExtension, ...] = ()
     multi_valued_rdn: bool = False
     der: bytes = b""  # the CSR DER (empty for enrollments)
+    spki: bytes = b""  # the CSR's SubjectPublicKeyInfo DER (empty for enrollments)
     enrollment_key_type: str = ""  # optional key type asked for by an enrollment
     problems: tuple[str, ...] = field(default=())  # non-fatal parse findings for the policy
 
@@ -146,6 +148,17 @@ def parse_request(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningRe
         "the file is neither a certificate signing request (PEM '-----BEGIN CERTIFICATE "
         "REQUEST-----' or DER) nor a key-generation request (TOML with a [subject] table)"
     )
+
+
+def parse_many(datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
+    """Parse several dropped files; a RequestError in place of each one refused."""
+    out: list[ParsedRequest | RequestError] = []
+    for data in datas:
+        try:
+            out.append(parse_request(data)[0])
+        except RequestError as exc:
+            out.append(exc)
+    return out
 
 
 def _parse_csr_pem(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningRequest]:
@@ -310,9 +323,10 @@ def _from_csr(csr: x509.CertificateSigningRequest) -> ParsedRequest:
             powers, detail = True, "nameConstraints"
         extensions.append(RequestedExtension(oid, name, ext.critical, powers, detail))
 
+    der = csr.public_bytes(serialization.Encoding.DER)
     return ParsedRequest(
         kind="csr",
-        fingerprint=hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        fingerprint=hashlib.sha256(der).hexdigest(),
         subject=tuple(subject),
         key=key,
         signature_hash=signature_hash,
@@ -321,7 +335,10 @@ def _from_csr(csr: x509.CertificateSigningRequest) -> ParsedRequest:
         san_other=tuple(san_other),
         extensions=tuple(extensions),
         multi_valued_rdn=multi,
-        der=csr.public_bytes(serialization.Encoding.DER),
+        der=der,
+        spki=public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
     )
 
 

@@ -9,6 +9,7 @@ takes the lock and runs the same operations itself.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import logging
 import os
@@ -16,21 +17,23 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .audit import AuditLog, operator_actor
 from .ca import CertificateAuthority, read_passphrase
 from .clock import Clock
 from .config import Settings, load_settings
-from .errors import CertdropError, LockError
+from .errors import CertdropError, ConfigError, LockError
 from .expiry import SweepConfig, SweepReport, announce_pending, sweep
 from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
-from .mail import FlushReport, Mailer, choose_password_channel
+from .mail import FlushReport, Mailer, choose_password_channel, queue_admin_alert
 from .pipeline import Outcome, Pipeline, PipelineHooks, Result
+from .publish import CRL_CHECK_SECONDS, Publisher, build_publisher
 from .scheduler import Scheduler
 from .signpool import SigningPool
 from .spool import Spool
@@ -41,6 +44,7 @@ log = logging.getLogger("certdrop.service")
 LOCK_FILE = "certdrop.lock"
 CONTROL_POLL_SECONDS = 0.5
 BATCH_SIZE = 256  # requests taken off the queue and committed together
+STALL_SECONDS = 120.0  # one task of the worker longer than this (and WatchdogSec) is a hang
 
 
 class StateLock:
@@ -100,6 +104,27 @@ class Notifier:
     def enabled(self) -> bool:
         return self._addr is not None
 
+    @staticmethod
+    def watchdog_usec(environ: dict[str, str] | None = None) -> int:
+        """$WATCHDOG_USEC when the service manager wants pings from this process, else 0.
+
+        Like sd_watchdog_enabled(3): $WATCHDOG_PID, when set, must be our pid (a child
+        that inherited the variables must not ping in our name).
+        """
+        env = os.environ if environ is None else environ
+        try:
+            usec = int(env.get("WATCHDOG_USEC", "0"))
+        except ValueError:
+            return 0
+        pid = env.get("WATCHDOG_PID", "")
+        if pid:
+            try:
+                if int(pid) != os.getpid():
+                    return 0
+            except ValueError:
+                return 0
+        return max(usec, 0)
+
     def notify(self, *fields: str) -> None:
         if self._addr is None:
             return
@@ -133,7 +158,7 @@ class Runtime:
     linter: Linter | None
     hooks: PipelineHooks = field(default_factory=PipelineHooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
-
+    publisher: Publisher | None = None
     pool: SigningPool | None = None
 
     @classmethod
@@ -169,13 +194,23 @@ class Runtime:
             ),
             hooks=hooks,
         )
-        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer)
+        publisher = build_publisher(settings, store, ca, clock, linter)
+        if publisher is not None and settings.mail.enabled:
+
+            def alert(subject: str, body: str) -> None:
+                queue_admin_alert(store, settings.mail, subject, body, clock.now())
+
+            publisher.on_failure = alert
+        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer, publisher)
         if signing_pool and (os.cpu_count() or 1) > 1:
             rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
             pipeline.signer = rt.pool.sign
+            pipeline.parser = rt.pool.parse
         return rt
 
     def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()  # a debounced Apache publication still waiting is done now
         if self.pool is not None:
             self.pool.close()
         self.store.close()
@@ -194,9 +229,39 @@ def _deny(rt: Runtime, payload: dict[str, Any]) -> str:
     return _describe(res)
 
 
+def _publisher(rt: Runtime) -> Publisher:
+    if rt.publisher is None:
+        raise CertdropError("CRL publication is not available in this runtime")
+    return rt.publisher
+
+
+def _revoke(rt: Runtime, payload: dict[str, Any]) -> str:
+    pub = _publisher(rt)
+    return "ok: " + pub.revoke(str(payload["ref"]), str(payload.get("reason") or "unspecified"))
+
+
+def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
+    pub = _publisher(rt)
+    facts = pub.regenerate_crl("requested by the operator")
+    line = (
+        f"ok: CRL {facts.number} published in {pub.crl_pem_path} and {pub.crl_der_path} "
+        f"({facts.revoked} revoked, next update {facts.next_update:%Y-%m-%d %H:%M} UTC)"
+    )
+    if rt.settings.apache.enabled:
+        pub.flush()  # the operator asked for it now: no debounce
+        outcome = pub.last_apache_outcome()
+        if outcome is not None:
+            if not outcome.ok:
+                return f"error: {line[4:]}; but Apache publication failed: {outcome.text()}"
+            line += f"; Apache: {outcome.text()}"
+    return line
+
+
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
     "approve": _approve,
     "deny": _deny,
+    "revoke": _revoke,
+    "crl": _crl,
 }
 
 
@@ -216,11 +281,40 @@ def execute_control(rt: Runtime, kind: str, payload: dict[str, Any]) -> str:
     """Run one operator command; the result line starts with 'ok:' or 'error:'."""
     handler = CONTROL_HANDLERS.get(kind)
     if handler is None:
-        return f"error: unknown command {kind!r}"
-    try:
-        return handler(rt, payload)
-    except CertdropError as exc:
-        return f"error: {exc}"
+        result = f"error: unknown command {kind!r}"
+    else:
+        try:
+            result = handler(rt, payload)
+        except CertdropError as exc:
+            result = f"error: {exc}"
+        except Exception:
+            # a bug must not take the worker down with it; the operator sees an error
+            log.exception("internal error in operator command %s %s", kind, payload)
+            result = f"error: internal error while running {kind}; see the certdrop log"
+    _audit_operator(rt, kind, payload, result)
+    return result
+
+
+def _audit_operator(rt: Runtime, kind: str, payload: dict[str, Any], result: str) -> None:
+    """Every operator command is in the audit log, with who asked and what came of it."""
+    if rt.hooks.audit is None:
+        return
+    args = {k: v for k, v in payload.items() if k != "actor"}
+    event: dict[str, Any] = {
+        "event": "operator",
+        "command": kind,
+        "args": args,
+        "ok": not result.startswith("error:"),
+        "result": result.split("\n", 1)[0].removeprefix("ok:").removeprefix("error:").strip(),
+    }
+    if payload.get("actor"):
+        event["actor"] = str(payload["actor"])
+    rt.hooks.audit(event)
+
+
+def operator_hooks(settings: Settings, clock: Clock) -> PipelineHooks:
+    """Hooks for a Runtime that the CLI runs itself: audited under the operator's name."""
+    return PipelineHooks(audit=AuditLog.in_state(settings.state, clock, actor=operator_actor()))
 
 
 class Daemon:
@@ -232,6 +326,7 @@ class Daemon:
         config_path: Path | None = None,
         notifier: Notifier | None = None,
         install_signals: bool = True,
+        watchdog_usec: int | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -249,10 +344,27 @@ class Daemon:
         self.inbox: Inbox | None = None
         self.scheduler: Scheduler | None = None
         self.counts: dict[str, int] = {o.value: 0 for o in Outcome}
+        self.crl_check_seconds = CRL_CHECK_SECONDS
         self.last_error = ""
         self._had_activity = False
         self.sweeps = 0  # expiry sweeps completed
         self.last_mail_error = ""
+        # systemd integration: watchdog pings only while every thread is alive
+        self.watchdog_usec = (
+            Notifier.watchdog_usec() if watchdog_usec is None else max(watchdog_usec, 0)
+        )
+        if not self.notifier.enabled:
+            self.watchdog_usec = 0
+        self.watchdog_pings = 0
+        self.health_checks = 0
+        self.exit_code = 0
+        self.audit = AuditLog.in_state(settings.state, clock, actor="daemon")
+        self.last_reload: tuple[dt.datetime, bool, str] | None = None
+        self.metrics_server: Any = None  # metrics.MetricsServer when [metrics] listen is set
+        self._swap_lock = threading.RLock()  # held while the inbox/runtime are swapped
+        self._busy_since: float | None = None  # the worker's current task began (monotonic)
+        self._stall_logged = False
+        self._sent_status = ""
 
     # --- signals: handlers only set flags ---------------------------------------------------------
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -281,15 +393,23 @@ class Daemon:
                 signal.signal(signal.SIGTERM, self._on_term)
                 signal.signal(signal.SIGINT, self._on_term)
                 signal.signal(signal.SIGHUP, self._on_hup)
-            self._start()
             try:
+                try:
+                    self._start()
+                except CertdropError as exc:
+                    self.exit_code = 1
+                    self.notifier.notify(f"STATUS=cannot start: {exc}")
+                    raise
                 self._main_loop()
             finally:
                 self._shutdown()
-        return 0
+        return self.exit_code
 
     def _start(self) -> None:
         self.rt = Runtime.build(self.settings, self.clock, self._hooks(), signing_pool=True)
+        self._start_publisher(self.rt)
+        self.metrics_server = self._start_metrics(self.settings)
+        self.audit({"event": "daemon-start", "pid": os.getpid(), "config": str(self.config_path)})
         self.notifier.notify("STATUS=recovering interrupted work")
         for res in self.rt.pipeline.recover():
             self._count(res)
@@ -314,6 +434,7 @@ class Daemon:
         assert self.scheduler is not None and self.inbox is not None
         self.scheduler.every("rescan", self.settings.watch.rescan_seconds, self._rescan)
         self._schedule_mail_jobs()
+        self.scheduler.every("crl", self.crl_check_seconds, self.crl_job, run_now=True)
 
     # --- mail: the expiry sweep and the mail queue ----------------------------------------------------
     mail_flush_seconds = 5.0  # the queue is also flushed right after something is queued
@@ -382,40 +503,145 @@ class Daemon:
         except Exception:  # the next expiry sweep announces it again
             log.exception("could not queue the alert for pending request %s", name)
 
+    def _start_publisher(self, rt: Runtime) -> None:
+        """A stale or missing CRL is made before anything else; Apache follows, debounced."""
+        if rt.publisher is None:
+            return
+        rt.publisher.start_background()
+        self.notifier.notify("STATUS=checking the CRL")
+        rt.publisher.check()
+
+    def crl_job(self) -> None:
+        """Scheduled: renew the CRL when due (by the injected clock), fix the Apache files."""
+        rt = self.rt
+        if rt is not None and rt.publisher is not None:
+            rt.publisher.check()
+
     def _rescan(self) -> None:
         if self.inbox is not None:
             self.inbox.scan()
 
     def _hooks(self) -> PipelineHooks:
-        return PipelineHooks(on_issued=self._on_issued, on_pending=self._on_pending)
+        return PipelineHooks(
+            on_issued=self._on_issued, on_pending=self._on_pending, audit=self.audit
+        )
 
     def _main_loop(self) -> None:
+        """The main thread: signals, health checks, STATUS= updates and watchdog pings."""
+        interval = self.watchdog_usec / 2e6  # sd_watchdog_enabled(3): ping at half the timeout
+        tick = min(1.0, interval / 2) if interval else 1.0
+        next_ping = 0.0
+        if interval:
+            log.info("systemd watchdog: pinging every %.3g s", interval)
         while not self.stop_requested.is_set():
-            self._wake.wait(timeout=1.0)
+            self._wake.wait(timeout=tick)
             self._wake.clear()
-            if self._worker is not None and not self._worker.is_alive():
-                log.error(
-                    "the worker thread died; stopping so that the service manager restarts us"
-                )
-                self.stop_requested.set()
+            if self.stop_requested.is_set():
                 break
+            problems = self.health()
+            self.health_checks += 1
+            if problems and not self.stop_requested.is_set():
+                self._fail(problems)
+                break
+            self._send_status()
+            if interval and time.monotonic() >= next_ping:
+                stalled = self._stalled()
+                if stalled:
+                    if not self._stall_logged:
+                        log.warning("%s; withholding the watchdog ping", stalled)
+                        self.notifier.notify(f"STATUS={stalled}")
+                        self._stall_logged = True
+                    continue
+                if self._stall_logged:
+                    log.info("the worker is making progress again")
+                    self._stall_logged = False
+                self.notifier.notify("WATCHDOG=1")
+                self.watchdog_pings += 1
+                next_ping = time.monotonic() + interval
+
+    def health(self) -> list[str]:
+        """What is wrong with the daemon's threads ([] when the observer, the worker and
+        the scheduler are all alive)."""
+        problems: list[str] = []
+        with self._swap_lock:
+            if self._worker is None or not self._worker.is_alive():
+                problems.append("the worker thread is not running")
+            if self.inbox is None or not self.inbox.is_alive():
+                problems.append("the inbox observer thread is not running")
+            if self.scheduler is None or not self.scheduler.is_alive():
+                problems.append("the scheduler is not running")
+        return problems
+
+    def _stalled(self) -> str:
+        """Why the worker looks hung ('' when it does not): one task running longer than
+        the watchdog timeout, and at least STALL_SECONDS (a slow task is not a hang)."""
+        since = self._busy_since
+        if since is None or not self.watchdog_usec:
+            return ""
+        busy = time.monotonic() - since
+        if busy <= max(self.watchdog_usec / 1e6, STALL_SECONDS):
+            return ""
+        return f"the worker has been busy with one task for {busy:.0f} s"
+
+    def _fail(self, problems: list[str]) -> None:
+        """A thread died: no more watchdog pings; stop with an error so systemd restarts us."""
+        msg = "; ".join(problems)
+        log.error(
+            "%s: stopping with exit status 1 so that the service manager restarts certdrop", msg
+        )
+        self.last_error = msg
+        self.exit_code = 1
+        self.notifier.notify(f"STATUS=failed: {msg}")
+        self.audit({"event": "daemon-failed", "problems": problems})
+        self.stop_requested.set()
+
+    def _send_status(self) -> None:
+        line = self.status_line()
+        if line != self._sent_status:
+            self._sent_status = line
+            self.notifier.notify(f"STATUS={line}")
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        self._busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy_since = None
 
     def _shutdown(self) -> None:
-        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        self.notifier.notify("STOPPING=1", "STATUS=stopping: finishing the request in hand")
         log.info("stopping: finishing the request in hand")
+        self.stop_requested.set()
         if self.inbox is not None:
             self.inbox.stop()
         self.queue.close()
         if self._worker is not None:
             self._worker.join(timeout=60)
+            if self._worker.is_alive():
+                log.error("the worker did not finish within 60 s; exiting anyway")
+                self.exit_code = 1
         if self.scheduler is not None:
             self.scheduler.shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
         if self.rt is not None:
             self.rt.close()
-        log.info("stopped")
+        self.audit(
+            {"event": "daemon-stop", "pid": os.getpid(), "exit_code": self.exit_code, **self.counts}
+        )
+        log.info("stopped (%s)", self.status_line())
 
     # --- the worker: the only thread that changes spool and index state ----------------------------------
     def _work_loop(self) -> None:
+        try:
+            self._work()
+        except Exception:
+            # the main thread sees the dead worker, stops the watchdog pings and exits 1
+            log.exception("the worker thread died (this is a bug in certdrop)")
+
+    def _work(self) -> None:
         assert self.rt is not None and self.inbox is not None
         self.inbox.scan()
         self._drain_initial()
@@ -426,19 +652,23 @@ class Daemon:
         while not self.stop_requested.is_set():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
-                self._reload()
+                with self._busy():
+                    self._reload()
             items = self.queue.get_batch(BATCH_SIZE, timeout=0.25)
-            now_mono = time.monotonic()
-            if not items or now_mono - last_control >= 1.0:
-                self._poll_controls()
-                last_control = now_mono
-            if not items:
-                if self._had_activity:
-                    # inotify drops events when its queue overflows: look again after a burst
-                    self._had_activity = False
-                    self.inbox.scan()
-                continue
-            self._handle(items)
+            if self.stop_requested.is_set():
+                break  # SIGTERM: no new work; what was taken stays in the inbox for next time
+            with self._busy():
+                now_mono = time.monotonic()
+                if not items or now_mono - last_control >= 1.0:
+                    self._poll_controls()
+                    last_control = now_mono
+                if not items:
+                    if self._had_activity:
+                        # inotify drops events when its queue overflows: look again after a burst
+                        self._had_activity = False
+                        self.inbox.scan()
+                    continue
+                self._handle(items)
 
     def _drain_initial(self) -> None:
         """Process what the first scan found before declaring READY (bounded by time).
@@ -457,7 +687,8 @@ class Daemon:
                     break
                 continue
             self._only_waiting_keys = all(i.path.name.endswith(".key") for i in items)
-            self._handle(items)
+            with self._busy():
+                self._handle(items)
 
     _only_waiting_keys = False
 
@@ -537,33 +768,118 @@ class Daemon:
                 self.rt.store.finish_control(conn, control_id, result, self.clock.now())
 
     def _reload(self) -> None:
+        """SIGHUP: re-read configuration and policy; a bad new file changes nothing."""
         if self.config_path is None:
             log.warning("SIGHUP: no configuration file to re-read")
             return
-        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self.notifier.notify(
+            "RELOADING=1",
+            f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+            "STATUS=reloading the configuration",
+        )
+        log.info("SIGHUP: re-reading %s", self.config_path)
+        new_metrics: Any = None
+        rt: Runtime | None = None
         try:
             new = load_settings(self.config_path)
             if new.paths != self.settings.paths:
                 raise CertdropError("[paths] cannot change on reload; restart certdrop instead")
             rt = Runtime.build(new, self.clock, self._hooks(), signing_pool=True)
-        except CertdropError as exc:
-            log.error("SIGHUP: the new configuration is refused, keeping the old one: %s", exc)
-            self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")
+            if new.metrics.listen != self.settings.metrics.listen:
+                new_metrics = self._start_metrics(new)
+        except (CertdropError, OSError) as exc:
+            if rt is not None:
+                rt.close()
+            reason = str(exc)
+            log.error("SIGHUP: the new configuration is refused, keeping the old one: %s", reason)
+            self._reload_done(False, reason)
+            self.notifier.notify("READY=1", f"STATUS=reload refused: {reason}")
             return
         old_rt = self.rt
-        assert self.inbox is not None
-        self.inbox.stop()
-        self.settings = new
-        self.rt = rt
-        self.inbox = self._make_inbox(new)
-        self.inbox.start()
+        old_metrics = self.metrics_server
+        listen_changed = new.metrics.listen != self.settings.metrics.listen
+        with self._swap_lock:
+            assert self.inbox is not None
+            self.inbox.stop()
+            self.settings = new
+            self.rt = rt
+            if listen_changed:
+                self.metrics_server = new_metrics
+            if rt.publisher is not None:
+                rt.publisher.start_background()
+            self.inbox = self._make_inbox(new)
+            self.inbox.start()
+        if listen_changed and old_metrics is not None:
+            old_metrics.stop()
         if old_rt is not None:
             old_rt.close()
         assert self.scheduler is not None
         self._schedule_jobs()
         self.inbox.scan()
-        log.info("configuration reloaded from %s", self.config_path)
+        log.info(
+            "configuration reloaded from %s (profiles: %s)",
+            self.config_path,
+            ", ".join(sorted(new.profiles)),
+        )
+        self._reload_done(True, "")
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def _reload_done(self, ok: bool, reason: str) -> None:
+        self.last_reload = (self.clock.now(), ok, reason)
+        event: dict[str, Any] = {"event": "reload", "ok": ok, "config": str(self.config_path)}
+        if reason:
+            event["error"] = reason
+        self.audit(event)
+
+    # --- metrics (optional: prometheus_client is an extra) ---------------------------------------
+    def _start_metrics(self, settings: Settings) -> Any:
+        if not settings.metrics.listen:
+            return None
+        try:
+            from . import metrics
+        except ImportError:
+            raise ConfigError(
+                f"[metrics] listen = {settings.metrics.listen!r} needs the Python package "
+                "prometheus_client; install certdrop with the 'metrics' extra, or set listen = \"\""
+            ) from None
+        server = metrics.MetricsServer(settings.metrics.listen, self._metrics_snapshot)
+        server.start()
+        log.info("metrics on http://%s/metrics", settings.metrics.listen)
+        return server
+
+    def _metrics_snapshot(self) -> Any:
+        from . import metrics
+
+        rt = self.rt
+        now = self.clock.now()
+        ready, delayed = self.queue.depth()
+        certs: dict[str, int] = {}
+        pending = expiring = 0
+        crl_next: dt.datetime | None = None
+        if rt is not None:
+            with rt.store.begin() as conn:
+                certs = rt.store.counts(conn, now)
+                pending = len(rt.store.list_pending(conn))
+                expiring = len(
+                    rt.store.list_certs(
+                        conn, now=now, expiring_within=dt.timedelta(days=metrics.EXPIRING_DAYS)
+                    )
+                )
+            published = rt.publisher.published_crl() if rt.publisher is not None else None
+            crl_next = published.next_update_utc if published is not None else None
+        return metrics.Snapshot(
+            now=now,
+            requests=dict(self.counts),
+            certificates=certs,
+            pending=pending,
+            queue_ready=ready,
+            queue_delayed=delayed,
+            expiring=expiring,
+            crl_next_update=crl_next,
+            last_reload=self.last_reload,
+            ready=self.ready.is_set(),
+            healthy=not self.health(),
+        )
 
     def _count(self, res: Result) -> None:
         self.counts[res.outcome.value] = self.counts.get(res.outcome.value, 0) + 1
@@ -599,7 +915,7 @@ def direct_runtime(settings: Settings, clock: Clock) -> Any:
         yield None
         return
     try:
-        rt = Runtime.build(settings, clock)
+        rt = Runtime.build(settings, clock, operator_hooks(settings, clock))
         try:
             yield rt
         finally:

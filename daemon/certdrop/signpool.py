@@ -22,8 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .ca import CertificateAuthority, IssueSpec, public_key_bytes
-from .errors import LintError
+from .errors import LintError, RequestError
 from .lint import Linter
+from .request import ParsedRequest, parse_many, parse_request
 
 log = logging.getLogger("certdrop.signpool")
 
@@ -89,6 +90,19 @@ def _sign_chunk(chunk: list[_Plain], lint: bool) -> list[tuple[bytes, str]]:
     return out
 
 
+def _parse_chunk(chunk: list[bytes]) -> list[ParsedRequest | str]:
+    """A ParsedRequest, or the RequestError's message."""
+    out: list[ParsedRequest | str] = []
+    for data in chunk:
+        try:
+            out.append(parse_request(data)[0])
+        except RequestError as exc:
+            out.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - never lose a batch to one odd file
+            out.append(f"the request cannot be parsed ({exc.__class__.__name__})")
+    return out
+
+
 def _ping() -> bool:
     return _worker_ca is not None
 
@@ -149,6 +163,26 @@ class SigningPool:
             log.error("signing pool failed (%s); signing in the daemon process from now on", exc)
             self._broken = True
             return self._sign_here(specs, linter)
+        return out
+
+    def parse(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
+        """Parse (and verify the signatures of) dropped requests on every processor."""
+        if len(datas) < MIN_POOL_BATCH or not self.ready:
+            return parse_many(datas)
+        items = list(datas)
+        n = min(self.workers * 2, len(items))
+        size = -(-len(items) // n)
+        futures = [
+            self._pool.submit(_parse_chunk, items[i : i + size]) for i in range(0, len(items), size)
+        ]
+        out: list[ParsedRequest | RequestError] = []
+        try:
+            for fut in futures:
+                out += [RequestError(r) if isinstance(r, str) else r for r in fut.result()]
+        except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
+            log.error("parsing pool failed (%s); parsing in the daemon process from now on", exc)
+            self._broken = True
+            return parse_many(datas)
         return out
 
     def _sign_here(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from .fsutil import atomic_write, ensure_dir, fsync_dir, unique_path
@@ -29,33 +28,27 @@ FOLDER_MODES = {
 }
 
 
-@dataclass(frozen=True)
 class Spool:
-    root: Path
+    """The spool's folders (paths computed once: they are used for every request)."""
 
-    @property
-    def inbox(self) -> Path:
-        return self.root / "inbox"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.outbox = root / "outbox"
+        self.rejected = root / "rejected"
+        self.pending = root / "pending"
+        self.archive = root / "archive"
+        self.work = root / "work"
+        self._work_profiles: dict[str, Path] = {}
 
-    @property
-    def outbox(self) -> Path:
-        return self.root / "outbox"
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Spool) and other.root == self.root
 
-    @property
-    def rejected(self) -> Path:
-        return self.root / "rejected"
+    def __hash__(self) -> int:
+        return hash(self.root)
 
-    @property
-    def pending(self) -> Path:
-        return self.root / "pending"
-
-    @property
-    def archive(self) -> Path:
-        return self.root / "archive"
-
-    @property
-    def work(self) -> Path:
-        return self.root / "work"
+    def __repr__(self) -> str:
+        return f"Spool({self.root!r})"
 
     def create(self, profiles: list[str], default_profile: str, *, drop_box: bool = True) -> None:
         ensure_dir(self.root, 0o755)
@@ -70,12 +63,18 @@ class Spool:
     def exists(self) -> bool:
         return self.inbox.is_dir() and self.work.is_dir()
 
+    def work_for(self, profile: str) -> Path:
+        folder = self._work_profiles.get(profile)
+        if folder is None:
+            folder = self._work_profiles[profile] = self.work / profile
+        return folder
+
     def claimed_path(self, profile: str, filename: str) -> Path:
-        return self.work / profile / filename
+        return self.work_for(profile) / filename
 
     def staged(self, profile: str, name: str, suffix: str) -> Path:
         """Outputs written before the index commit, moved to outbox/ after it."""
-        return self.work / profile / f".{name}{suffix}.staged"
+        return self.work_for(profile) / f".{name}{suffix}.staged"
 
 
 def move(src: Path, dst: Path, *, durable: bool = True) -> None:

@@ -1,0 +1,107 @@
+"""The signing pool gives exactly what the daemon process would: same parses, same checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from certdrop.ca import CertificateAuthority, IssueSpec, random_serial
+from certdrop.errors import LintError, RequestError
+from certdrop.lint import shared_linter
+from certdrop.request import parse_many
+from certdrop.signpool import MIN_POOL_BATCH, SigningPool
+from conftest import CAEnv, lint_clean, wait_for
+
+
+def _csrs(n: int) -> list[bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    out = []
+    for i in range(n):
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pool {i}")]))
+            .sign(key, hashes.SHA256())
+        )
+        out.append(csr.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv) -> None:
+    ca = CertificateAuthority.load(ca_env.state)
+    pool = SigningPool(ca, ca_env.state, None, lint=True, workers=2)
+    try:
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        datas = _csrs(MIN_POOL_BATCH * 2)
+        datas[3] = datas[3][:100]  # truncated
+        datas[7] = b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+        here, there = parse_many(datas), pool.parse(datas)
+        assert len(there) == len(datas)
+        for a, b in zip(here, there, strict=True):
+            if isinstance(a, RequestError):
+                assert isinstance(b, RequestError) and str(a) == str(b)
+            else:
+                assert a == b
+        now = dt.datetime.now(dt.UTC)
+        specs = [
+            IssueSpec(
+                subject=list(p.subject),
+                public_key=p.spki,
+                not_before=now,
+                not_after=now + dt.timedelta(days=30),
+                key_usage=["digital_signature"],
+                extended_key_usage=["client_auth"],
+                serial=random_serial(),
+            )
+            for p in there
+            if not isinstance(p, RequestError)
+        ]
+        # one spec that lints badly: an e-mail without '@' (the policy would refuse it earlier)
+        specs.append(
+            IssueSpec(
+                subject=[("CN", "x")],
+                emails=["notanemail"],
+                public_key=specs[0].public_key,
+                not_before=now,
+                not_after=now + dt.timedelta(days=30),
+                key_usage=["digital_signature"],
+                extended_key_usage=["client_auth"],
+                serial=random_serial(),
+            )
+        )
+        signed = pool.sign(specs, shared_linter())
+        assert isinstance(signed[-1], LintError)
+        for spec, cert in zip(specs[:-1], signed[:-1], strict=True):
+            assert isinstance(cert, x509.Certificate)
+            cert.verify_directly_issued_by(ca.cert)
+            assert cert.serial_number == spec.serial
+            assert (
+                cert.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                == spec.public_key
+            )
+            assert lint_clean(cert.public_bytes(serialization.Encoding.DER)) == []
+        # the same LintError text the daemon process gives
+        try:
+            ca.issue(specs[-1], shared_linter().certificate)
+        except LintError as exc:
+            assert str(exc) == str(signed[-1])
+        else:
+            raise AssertionError("the bad e-mail linted clean in this process")
+    finally:
+        pool.close()
+
+
+def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
+    ca = CertificateAuthority.load(ca_env.state)
+    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
+    try:
+        datas = _csrs(2)
+        assert all(not isinstance(p, RequestError) for p in pool.parse(datas))
+    finally:
+        pool.close()
