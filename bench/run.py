@@ -43,6 +43,7 @@ def select_workloads(only: list[str]) -> list[str]:
     if not only:
         return list(WORKLOADS)
     aliases = {"p12-ec-aes256": "p12", "crl-100k": "crl", "startup-100k": "startup"}
+    aliases |= {"crl-100k-lint-off": "crl", "crl-100k-lint-on": "crl"}
     aliases |= {"idle-cpu": "idle", "memory": "startup", "latency-lint-on": "latency"}
     chosen: list[str] = []
     for item in (w.strip() for arg in only for w in arg.split(",")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import math
 import os
 import statistics
@@ -18,7 +19,7 @@ import ceiling
 import csrs
 import indexfill
 import peers
-from cd_daemon import CertdropDaemon, DaemonError, cli, tree_cpu_seconds, tree_memory_mb
+from cd_daemon import CertdropDaemon, DaemonError, tree_cpu_seconds, tree_memory_mb
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from inotify_watch import BenchWaitError, OutboxWatcher
@@ -26,6 +27,10 @@ from peers import Measure, PeerError
 from report import PEERS, Cell, Row
 
 from certdrop.ca import CertificateAuthority
+from certdrop.clock import SystemClock
+from certdrop.config import load_settings
+from certdrop.errors import CertdropError
+from certdrop.lint import shared_linter
 from certdrop.store import Store
 
 # workload ids, in run order (--only takes these, or a prefix of them)
@@ -476,11 +481,19 @@ class Bench:
         if key is None or cert is None:
             raise DaemonError(f"{name}.p12 lacks its key or certificate")
 
-    def crl(self) -> Row:
+    def crl(self) -> list[Row]:
         p = self.params
-        row = Row(
-            id="crl-100k" if p.crl_n == 100_000 else f"crl-{p.crl_n}",
-            label=f"CRL regeneration, {p.crl_n:,} revoked",
+        size = "100k" if p.crl_n == 100_000 else str(p.crl_n)
+        off = Row(
+            id=f"crl-{size}-lint-off",
+            label=f"CRL regeneration, {p.crl_n:,} revoked, lint off",
+            unit="seconds",
+            target="<= 0.5 s",
+            target_value=0.5,
+        )
+        on = Row(
+            id=f"crl-{size}-lint-on",
+            label=f"CRL regeneration, {p.crl_n:,} revoked, lint on",
             unit="seconds",
             target="<= 0.5 s",
             target_value=0.5,
@@ -494,12 +507,13 @@ class Bench:
                     f"sqlite:///{d.database}", d.state, p.crl_n, revoked=True
                 )
                 self.log(f"  index filled with {p.crl_n:,} revoked in {fill_s:.1f} s")
-                seconds, details = self._certdrop_crl(d, p.crl_n)
-                row.cells["certdrop"] = Cell(seconds, note="index read + build_crl + DER")
-                row.details["certdrop"] = details
-                self.log(f"  certdrop: {seconds:.2f} s ({details})")
-            except (DaemonError, PeerError, OSError, RuntimeError) as exc:
-                row.cells["certdrop"] = Cell(error=str(exc))
+                t_off, t_on, how, details = self._certdrop_crl(d, p.crl_n)
+                off.cells["certdrop"] = Cell(t_off, note=how)
+                on.cells["certdrop"] = Cell(t_on, note=how + ", pkilint on the CRL")
+                off.details["certdrop"] = on.details["certdrop"] = details
+                self.log(f"  certdrop: {t_off:.2f} s, with lint {t_on:.2f} s ({details})")
+            except (DaemonError, PeerError, OSError, RuntimeError, CertdropError) as exc:
+                off.cells["certdrop"] = on.cells["certdrop"] = Cell(error=str(exc))
         if self.wants("openssl-ca"):
             try:
                 ca = self.peer_ca("ec-p256")
@@ -507,9 +521,9 @@ class Bench:
                 peers.openssl_index_revoked(oca.folder / "index.txt", p.crl_n)
                 t0 = time.perf_counter()
                 oca.gencrl()
-                row.cells["openssl-ca"] = Cell(time.perf_counter() - t0, note="openssl ca -gencrl")
+                off.cells["openssl-ca"] = Cell(time.perf_counter() - t0, note="openssl ca -gencrl")
             except (PeerError, OSError) as exc:
-                row.cells["openssl-ca"] = Cell(error=str(exc))
+                off.cells["openssl-ca"] = Cell(error=str(exc))
         if self.wants("ceiling"):
             ca = self.peer_ca("ec-p256")
             if not entries:
@@ -520,54 +534,64 @@ class Bench:
             bulk = ceiling.crl_bulk_seconds(ca.cert_pem, ca.key_pem, entries)
             loop_n = min(p.crl_n, 10_000)
             loop = ceiling.crl_loop_seconds(ca.cert_pem, ca.key_pem, entries[:loop_n])
-            row.cells["ceiling"] = Cell(
+            off.cells["ceiling"] = Cell(
                 bulk,
-                note=f"bulk builder; add_revoked_certificate in a loop: {loop:.2f} s "
-                f"for {loop_n:,} (quadratic)",
+                note=f"bulk builder, build+sign+DER; add_revoked_certificate in a loop: "
+                f"{loop:.2f} s for {loop_n:,} (quadratic)",
             )
-        return row
+        return [off, on]
 
     @staticmethod
-    def _certdrop_crl(d: CertdropDaemon, n: int) -> tuple[float, dict[str, Any]]:
-        """The regeneration path: revoked entries from the index, build_crl, DER."""
+    def _certdrop_crl(d: CertdropDaemon, n: int) -> tuple[float, float, str, dict[str, Any]]:
+        """certdrop's CRL regeneration, without and with lint: (off, on, what, details).
+
+        With `certdrop.publish` (the daemon's path): `Publisher.regenerate_crl` — index
+        read, build_crl, lint when given a linter, crl.der + crl.pem written atomically.
+        Without it: the index read, `CertificateAuthority.build_crl`, DER (+ lint).
+        """
+        settings = load_settings(d.config)
         ca = CertificateAuthority.load(d.state)
-        store = Store(f"sqlite:///{d.database}").open()
+        store = Store(settings.database_url).open()
+        details: dict[str, Any] = {}
         try:
             now = dt.datetime.now(dt.UTC)
             t0 = time.perf_counter()
             with store.begin() as conn:
                 revoked = list(store.revoked_entries(conn))
-                number = store.next_crl_number(conn)
             t1 = time.perf_counter()
-            crl = ca.build_crl(revoked, number, now, now + dt.timedelta(days=7))
+            crl = ca.build_crl(revoked, 1, now, now + dt.timedelta(days=7))
             der = crl.public_bytes(serialization.Encoding.DER)
             t2 = time.perf_counter()
+            if len(revoked) != n:
+                raise DaemonError(f"the index has {len(revoked)} revoked entries, expected {n}")
+            details |= {
+                "index_read_seconds": round(t1 - t0, 3),
+                "build_crl_der_seconds": round(t2 - t1, 3),
+                "crl_bytes": len(der),
+            }
+            try:
+                publish: Any = importlib.import_module("certdrop.publish")
+            except ImportError:
+                publish = None
+            if publish is not None and hasattr(publish, "build_publisher"):
+                times = []
+                for linter in (None, shared_linter()):
+                    pub = publish.build_publisher(settings, store, ca, SystemClock(), linter)
+                    t = time.perf_counter()
+                    facts = pub.regenerate_crl("bench")
+                    times.append(time.perf_counter() - t)
+                    if facts.revoked != n:
+                        raise DaemonError(f"the published CRL has {facts.revoked} entries, not {n}")
+                details["publisher_seconds"] = [round(x, 3) for x in times]
+                return times[0], times[1], "Publisher.regenerate_crl", details
+            t3 = time.perf_counter()
+            findings = shared_linter().crl(der)
+            lint_s = time.perf_counter() - t3
+            if findings:
+                raise DaemonError(f"the CRL does not lint clean: {findings[:3]}")
+            return t2 - t0, t2 - t0 + lint_s, "index read + build_crl + DER", details
         finally:
             store.close()
-        if len(revoked) != n:
-            raise DaemonError(f"the index has {len(revoked)} revoked entries, expected {n}")
-        details: dict[str, Any] = {
-            "index_read_seconds": round(t1 - t0, 3),
-            "build_crl_seconds": round(t2 - t1, 3),
-            "crl_bytes": len(der),
-        }
-        # the user-visible command, when this certdrop has it (includes Python start-up,
-        # measured with `certdrop --version` right after)
-        cli(d.config, "--version")  # warm the page cache first
-        t3 = time.perf_counter()
-        res = cli(d.config, "crl")
-        t4 = time.perf_counter()
-        if res.returncode == 0:
-            t5 = time.perf_counter()
-            cli(d.config, "--version")
-            startup = time.perf_counter() - t5
-            details["cli_crl_seconds"] = round(t4 - t3, 3)
-            details["cli_startup_seconds"] = round(startup, 3)
-        elif "No such command" in res.stderr + res.stdout:
-            details["cli_crl"] = "no 'certdrop crl' command in this version"
-        else:
-            details["cli_crl_error"] = (res.stderr or res.stdout).strip()[-300:]
-        return t2 - t0, details
 
     def startup(self) -> list[Row]:
         p = self.params
@@ -712,7 +736,7 @@ def run_workload(bench: Bench, workload: str) -> list[Row]:
     if workload == "p12":
         return [bench.p12()]
     if workload == "crl":
-        return [bench.crl()]
+        return bench.crl()
     if workload == "startup":
         return bench.startup()
     if workload == "idle":
