@@ -1,16 +1,19 @@
 """certdrop as the bench runs it: a real daemon subprocess on a temp config.
 
 `python -m certdrop.cli --config CFG run` with NOTIFY_SOCKET pointing at a datagram
-socket the bench binds, so READY=1 is seen exactly when certdrop sends it.
+socket the bench binds, so READY=1 is seen exactly when certdrop sends it; the socket
+is then read all along, as systemd reads it.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -166,6 +169,9 @@ class CertdropDaemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "daemon.log"
         self._sock: socket.socket | None = None
+        self._drainer: threading.Thread | None = None
+        self._stop_drain = threading.Event()
+        self.notifications: collections.deque[str] = collections.deque(maxlen=200)
         self.leftovers = 0  # processes still alive after a clean stop (killed by the bench)
 
     # --- paths ------------------------------------------------------------------------------
@@ -243,8 +249,23 @@ class CertdropDaemon:
                         f"certdrop exited with {self.proc.returncode} before READY=1; {self.tail()}"
                     ) from None
                 continue
+            self.notifications.append(msg.decode(errors="replace"))
             if b"READY=1" in msg.split(b"\n"):
-                return time.perf_counter() - t0
+                ready = time.perf_counter() - t0
+                # keep reading, as systemd does: a full socket would block the daemon
+                self._drainer = threading.Thread(target=self._drain, args=(sock,), daemon=True)
+                self._drainer.start()
+                return ready
+
+    def _drain(self, sock: socket.socket) -> None:
+        sock.settimeout(0.2)
+        while not self._stop_drain.is_set():
+            try:
+                self.notifications.append(sock.recv(4096).decode(errors="replace"))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM, as systemd stops it; worker processes left behind are killed (and counted)."""
@@ -272,9 +293,14 @@ class CertdropDaemon:
         self._close_sock()
 
     def _close_sock(self) -> None:
+        self._stop_drain.set()
+        if self._drainer is not None:
+            self._drainer.join()
+            self._drainer = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._stop_drain.clear()
 
     def __enter__(self) -> CertdropDaemon:
         return self

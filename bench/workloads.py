@@ -132,10 +132,13 @@ class Bench:
         except BaseException:
             d.kill()
             raise
-        else:
+        try:
             d.stop()
-            if d.leftovers:
-                self.log(f"  certdrop left {d.leftovers} process(es) running after SIGTERM")
+        except BaseException:
+            d.kill()
+            raise
+        if d.leftovers:
+            self.log(f"  certdrop left {d.leftovers} process(es) running after SIGTERM")
 
     def _stage(self, d: CertdropDaemon, files: Sequence[tuple[str, bytes]]) -> list[Drop]:
         """Prepare the drops (untimed): staged files for the rename modes."""
