@@ -78,10 +78,15 @@ def check_invariants(env: CAEnv, names: list[str]) -> None:
     assert len(serials) == len(set(serials))
     ca = x509.load_pem_x509_certificate(env.ca_cert.read_bytes())
     index = {r.request_name: r for r in records}
+    ders = {r.der for r in records}
     for name in outbox:
         cert = x509.load_pem_x509_certificate((env.outbox / f"{name}.cer").read_bytes())
         cert.verify_directly_issued_by(ca)
-        assert cert.public_bytes(serialization.Encoding.DER) == index[name].der
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if name in index:
+            assert der == index[name].der, name
+        else:  # a re-delivery: the same request dropped under another name
+            assert der in ders, name
 
 
 def test_kill9_during_burst(ca_env: CAEnv, tmp_path: Path) -> None:

@@ -259,18 +259,28 @@ class CertificateAuthority:
         return builder
 
     def issue(self, spec: IssueSpec, linter: Linter | None = None) -> x509.Certificate:
-        """Build, lint (before the CA key signs anything), sign and double-check."""
-        builder = self._builder(spec)
-        linted_tbs: bytes | None = None
-        if linter is not None:
-            draft = builder.sign(self._throwaway_key(), self._hash)  # type: ignore[arg-type]
-            findings = linter(draft.public_bytes(serialization.Encoding.DER))
-            if findings:
-                raise LintError(
-                    "the certificate would not be standards-compliant: " + "; ".join(findings)
-                )
-            linted_tbs = draft.tbs_certificate_bytes
-        cert = builder.sign(self.__key, self._hash)  # type: ignore[arg-type]
+        """Build, lint (before the CA key signs anything), sign and double-check.
+
+        With a linter, the to-be-signed certificate is first signed with a throwaway key
+        of the CA key's algorithm and linted; any finding refuses it (LintError) and the
+        CA key signs nothing. After the real signing: the TBS must be the linted one, the
+        public key the requested one, and the signature must verify under the CA.
+        """
+        try:
+            builder = self._builder(spec)
+            linted_tbs: bytes | None = None
+            if linter is not None:
+                draft = builder.sign(self._throwaway_key(), self._hash)  # type: ignore[arg-type]
+                findings = linter(draft.public_bytes(serialization.Encoding.DER))
+                if findings:
+                    raise LintError(
+                        "the certificate would not be standards-compliant: " + "; ".join(findings)
+                    )
+                linted_tbs = draft.tbs_certificate_bytes
+            # a value the encoder refuses fails while the TBS is built, before any signing
+            cert = builder.sign(self.__key, self._hash)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
+            raise LintError(f"the certificate cannot be encoded: {exc}") from None
         if linted_tbs is not None and cert.tbs_certificate_bytes != linted_tbs:
             raise CAError(
                 "internal check failed: the signed certificate differs from the linted one"

@@ -32,6 +32,13 @@ class StoreError(CertdropError):
     """The index cannot be opened or is in an unexpected state."""
 
 
+class IndexUnavailable(StoreError):
+    """The index cannot be read or written right now (disk full, I/O error, locked).
+
+    Transient: the work in hand is kept and tried again later, never refused.
+    """
+
+
 class LockError(CertdropError):
     """Another certdrop daemon holds the state folder."""
 

@@ -5,7 +5,10 @@ The worker (in the service) takes items off the queue and runs the pipeline.
 
 * events mode (inotify): a close-write or a move into the inbox means the file is
   complete; a creation is only interesting for things that never get a close-write
-  (symlinks, FIFOs, devices, hard links, directories).
+  (symlinks, FIFOs, devices, hard links, directories). A regular file whose creation
+  was seen but not its close-write is still being written: a scan that finds it
+  waits for the close-write (or, if that event was lost, for WRITING_GRACE seconds
+  without a change), however long the writer pauses.
 * polling mode (network shares): a file is taken once its size and mtime have been
   stable for `settle_seconds`.
 * a full scan runs at start, periodically, and whenever the queue drains after a
@@ -36,7 +39,6 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -44,6 +46,10 @@ from .config import WatchSettings
 from .fsutil import is_ignored_name
 
 log = logging.getLogger("certdrop.inbox")
+
+# events mode: how long a file created but never seen closed may stay unchanged before
+# it is taken anyway (its close-write event may have been lost in a queue overflow)
+WRITING_GRACE = 60.0
 
 
 class _StopRaceFilter(logging.Filter):
@@ -150,7 +156,8 @@ class _Handler(FileSystemEventHandler):
             if isinstance(event, FileClosedEvent):
                 self.inbox.offer(Path(os.fsdecode(event.src_path)), complete=True)
             elif isinstance(event, FileMovedEvent | DirMovedEvent):
-                self.inbox.offer(Path(os.fsdecode(event.dest_path)), complete=True)
+                if event.dest_path:  # "" when moved out of the inbox (our own claims)
+                    self.inbox.offer(Path(os.fsdecode(event.dest_path)), complete=True)
             elif isinstance(event, FileCreatedEvent | DirCreatedEvent):
                 self.inbox.offer_created(Path(os.fsdecode(event.src_path)))
             elif isinstance(event, FileModifiedEvent):
@@ -179,6 +186,8 @@ class Inbox:
         self._observer: BaseObserver | None = None
         # polling mode: last (size, mtime_ns) seen per path, for the settle check
         self._seen: dict[Path, tuple[int, int, float]] = {}
+        # events mode: files created (opened for writing) whose close-write is not seen yet
+        self._writing: dict[Path, float] = {}
 
     @staticmethod
     def _choose_mode(mode: str) -> str:
@@ -216,7 +225,11 @@ class Inbox:
             observer: BaseObserver = PollingObserver(timeout=self.settings.poll_seconds)
             event_filter = None
         else:
-            observer = Observer()
+            from watchdog.observers.inotify import InotifyObserver
+
+            # full events: a file moved in from outside the inbox is a move (complete),
+            # not a creation (still being written)
+            observer = InotifyObserver(generate_full_events=True)
             event_filter = [
                 FileClosedEvent,
                 FileMovedEvent,
@@ -251,6 +264,8 @@ class Inbox:
             return
         if self.mode == "polling":
             complete = False  # network shares: only a stable size and mtime say "complete"
+        elif complete:
+            self._writing.pop(path, None)  # closed after writing, or moved in whole
         self.queue.put(WorkItem(path, profile, complete))
 
     def offer_created(self, path: Path) -> None:
@@ -262,15 +277,21 @@ class Inbox:
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             if self.mode == "polling":
                 self.offer(path, complete=False)
+            elif not is_ignored_name(path.name) and self.profile_for(path) is not None:
+                self._writing[path] = time.time()
             return  # wait for close-write
         self.offer(path, complete=True)
 
     def scan(self) -> int:
         """Queue everything in the inbox folders (found, not announced: settle first)."""
         n = 0
+        found: set[Path] = set()
         for path, profile in self._entries():
             self.queue.put(WorkItem(path, profile, complete=False))
+            found.add(path)
             n += 1
+        for path in [p for p in list(self._writing) if p not in found]:
+            self._writing.pop(path, None)  # gone (renamed away, deleted) before its close
         return n
 
     def _entries(self) -> Iterator[tuple[Path, str]]:
@@ -298,6 +319,7 @@ class Inbox:
             st = os.lstat(item.path)
         except FileNotFoundError:
             self._seen.pop(item.path, None)
+            self._writing.pop(item.path, None)
             return 0.0  # gone: the pipeline will skip it
         if not stat.S_ISREG(st.st_mode):
             return 0.0  # refused without reading; nothing to wait for
@@ -315,4 +337,14 @@ class Inbox:
             return 0.0
         if age < settle:
             return max(settle - age, 0.05)
+        if item.path in self._writing:
+            # created, not yet closed: a writer that pauses; wait for its close-write
+            if age < WRITING_GRACE:
+                return max(settle, 0.5)
+            log.warning(
+                "%r was never seen closed and has not changed for %.0f s; taking it",
+                item.path.name,
+                age,
+            )
+            self._writing.pop(item.path, None)
         return 0.0

@@ -44,7 +44,8 @@ from .ca import (
 from .clock import Clock
 from .config import Settings
 from .delivery import Owner, PasswordChannel, new_password, output_owner, p12_mode
-from .errors import CAError, CertdropError, LintError, RequestError
+from .errors import CAError, CertdropError, IndexUnavailable, LintError, RequestError
+from .faults import Crashpoint, no_crash
 from .fsutil import (
     atomic_write,
     fsync_dir,
@@ -169,10 +170,6 @@ Signer = Callable[[Sequence[IssueSpec], "Linter | None"], list["x509.Certificate
 """Signs a batch of specs (in this process or in a pool): a certificate or a LintError each."""
 
 
-def no_crash(point: str) -> None:
-    """The production crash point: nothing happens (tests inject a killer)."""
-
-
 class Pipeline:
     def __init__(
         self,
@@ -197,7 +194,8 @@ class Pipeline:
         self.max_bytes = settings.watch.max_request_bytes
         self.signer: Signer = self._sign_here
         self.parser: Parser = parse_many
-        self.crashpoint: Callable[[str], None] = no_crash
+        # fault injection for the crash tests (faults.py); does nothing in production
+        self.crashpoint: Crashpoint = no_crash
 
     def _sign_here(
         self, specs: Sequence[IssueSpec], linter: Linter | None
@@ -253,6 +251,15 @@ class Pipeline:
             return Result(Outcome.SKIPPED, filename)
         if filename.endswith(".key") and stat.S_ISREG(st.st_mode):
             return self._handle_key(path, profile, st)
+        if filename.endswith(".key") and filename != ".key":
+            # a symlink, FIFO, device, ... named like a key: moved aside as it is, unopened
+            return self._reject_unclaimed(
+                path,
+                sanitize_name(filename),
+                st,
+                f"{filename!r} is {_describe_type(st.st_mode)}, not a regular file; "
+                "drop the key file itself (PEM, mode 0600)",
+            )
         stem = filename[:-4] if filename.endswith(".req") else filename
         if not filename.endswith(".req") or filename == ".req":
             if stat.S_ISDIR(st.st_mode):
@@ -312,6 +319,7 @@ class Pipeline:
             return Result(Outcome.SKIPPED, stem)
         touched.add(target.parent)
         touched.add(path.parent)
+        self.crashpoint("mid-claim")
         # the key beside it, if any, is claimed with it
         key_src = path.with_name(stem + ".key")
         key_dst = target.with_name(stem + ".key")
@@ -349,7 +357,7 @@ class Pipeline:
                     if claim is not None:
                         claims.append(claim)
             for start in range(0, len(claims), RECOVERY_BATCH):
-                results += self._process(claims[start : start + RECOVERY_BATCH])
+                results += self._recover_batch(claims[start : start + RECOVERY_BATCH])
             # keys whose request is gone: their request was finished; drop them
             for entry in sorted(profile_dir.iterdir()):
                 if (
@@ -359,6 +367,26 @@ class Pipeline:
                     remove_quietly(entry)
                 elif entry.name.endswith((".staged", ".latekey")):
                     remove_quietly(entry)
+        return results
+
+    def _recover_batch(self, claims: list[_Claim]) -> list[Result]:
+        """A batch of work/; after an unexpected error, its requests one by one, so that
+        one request hitting a bug neither blocks the others nor the daemon's start."""
+        try:
+            return self._process(claims)
+        except (OSError, IndexUnavailable):
+            raise  # the disk or the index: stop here, all of it is tried later
+        except Exception:  # isolated below, request by request
+            if len(claims) == 1:
+                log.exception(
+                    "internal error while recovering %s; it stays in work/", claims[0].path
+                )
+                return []
+        results: list[Result] = []
+        for claim in claims:
+            fresh = self._load_claim(claim.path, claim.profile)
+            if fresh is not None:
+                results += self._recover_batch([fresh])
         return results
 
     def process_claimed(self, path: Path, profile_name: str, *, approved: bool = False) -> Result:
@@ -394,6 +422,17 @@ class Pipeline:
                 ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
                 req = replace(req, fingerprint=hashlib.sha256(claim.data + ident).hexdigest())
             prepared.append(_Prepared(i, claim, req))
+        # the very same request twice in one batch (dropped under two names): the second
+        # waits until the first is decided and recorded, and is then re-delivered its
+        # certificate (or refused the same way), exactly as if it had come later
+        firsts: dict[str, _Prepared] = {}
+        repeats: list[int] = []
+        for p in prepared:
+            if p.req.fingerprint in firsts:
+                repeats.append(p.index)
+            else:
+                firsts[p.req.fingerprint] = p
+        prepared = list(firsts.values())
         self.crashpoint("after-parse")
         if prepared:
             now = self.clock.now()
@@ -414,6 +453,8 @@ class Pipeline:
             for p in prepared:
                 try:
                     got = self._decide(p, previous, pending, seen, now, approved)
+                except IndexUnavailable:
+                    raise  # the server's trouble, not the request's: kept, tried again later
                 except CertdropError as exc:
                     got = self._reject(p.claim, [str(exc)])
                 if isinstance(got, Result):
@@ -423,6 +464,10 @@ class Pipeline:
             if plans:
                 for plan, res in zip(plans, self._issue(plans, now), strict=True):
                     results[plan.index] = res
+        if repeats:
+            again = self._process([claims[i] for i in repeats], approved=approved)
+            for i, res in zip(repeats, again, strict=True):
+                results[i] = res
         return [results[i] for i in range(len(claims))]
 
     def _decide(
@@ -691,6 +736,8 @@ class Pipeline:
             staged = self.spool.staged(claim.profile, claim.name, suffix)
             if staged.exists():
                 os.rename(staged, self.spool.outbox / f"{claim.name}{suffix}")
+                if suffix == ".p12":
+                    self.crashpoint("mid-deliver")
         if durable:
             fsync_dir(self.spool.outbox)
             fsync_dir(claim.path.parent)
@@ -715,6 +762,7 @@ class Pipeline:
         ):
             # the same request again, now with its key: the p12 for the certificate it got
             key_problem = self._bundle_for_existing(claim, serial, der)
+        self.crashpoint("after-redeliver-stage")
         self._publish_outputs(claim)
         if claim.key_path is not None:
             remove_quietly(claim.key_path)
@@ -739,7 +787,15 @@ class Pipeline:
             remove_quietly(self.spool.staged(claim.profile, claim.name, suffix))
         if claim.key_path is not None:
             remove_quietly(claim.key_path)  # a key is never kept in rejected/
-        place_rejected(self.spool, claim.path, claim.name, text, now)
+        place_rejected(
+            self.spool,
+            claim.path,
+            claim.name,
+            text,
+            now,
+            before_move=lambda: self.crashpoint("mid-reject"),
+        )
+        self.crashpoint("after-reject")
         with self.store.begin() as conn:
             self.store.log(
                 conn, now, claim.name, "rejected", profile=claim.profile, detail=" | ".join(reasons)
@@ -759,7 +815,7 @@ class Pipeline:
             return Result(Outcome.SKIPPED, name)
         with self.store.begin() as conn:
             self.store.log(conn, now, name, "rejected", detail=reason)
-        log.info("rejected %s: %s", path.name, reason)
+        log.info("rejected %r: %s", path.name, reason)
         if self.hooks.audit:
             self.hooks.audit(
                 {"event": "rejected", "name": name, "reasons": [reason], "uid": st.st_uid}
@@ -789,6 +845,7 @@ class Pipeline:
             self.store.log(
                 conn, now, claim.name, "pending", profile=claim.profile, fingerprint=req.fingerprint
             )
+        self.crashpoint("mid-pending")
         move(claim.path, target)
         log.info(
             "pending %s.req profile=%s subject=%s: waiting for 'certdrop approve %s'",
@@ -1045,9 +1102,16 @@ class Pipeline:
             )
 
 
+MAX_REASONS = 20  # a hostile request can have thousands of problems; the first are enough
+MAX_REASON_CHARS = 600
+
+
 def _reason_text(name: str, profile: str, reasons: list[str]) -> str:
     lines = [f"certdrop refused {name}.req" + (f" (profile {profile})" if profile else "") + ":"]
-    lines += [f"- {r}" for r in reasons]
+    for r in reasons[:MAX_REASONS]:
+        lines.append(f"- {r if len(r) <= MAX_REASON_CHARS else r[:MAX_REASON_CHARS] + ' [...]'}")
+    if len(reasons) > MAX_REASONS:
+        lines.append(f"- ... and {len(reasons) - MAX_REASONS} more problems of the same kinds")
     lines.append("")
     lines.append("Fix what is listed above and drop the request again (a new file in the inbox).")
     return "\n".join(lines) + "\n"

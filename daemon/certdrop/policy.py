@@ -35,6 +35,12 @@ MAX_LENGTHS = {
     "postalCode": 40,
 }
 REPEATABLE = frozenset({"OU", "DC", "street"})
+MAX_REPEATED = 10  # values of one repeatable attribute
+MAX_SAN_ENTRIES = 100  # e-mail addresses and DNS names together
+# attributes whose upper bound is checked in UTF-8 bytes, as the certificate library does
+BYTE_LIMITED = frozenset({"CN"})
+# PrintableString (X.680): the only characters a serialNumber can carry
+_PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
 BACKDATE = dt.timedelta(minutes=5)
 
 _EMAIL = re.compile(
@@ -203,6 +209,16 @@ def evaluate(req: ParsedRequest, profile: Profile, ctx: PolicyContext) -> Decisi
             reasons.append(
                 f"{name} is {len(value)} characters long; at most {MAX_LENGTHS[name]} are allowed"
             )
+        elif name in BYTE_LIMITED and len(value.encode("utf-8")) > MAX_LENGTHS[name]:
+            reasons.append(
+                f"{name} is {len(value.encode('utf-8'))} bytes long in UTF-8 ({len(value)} "
+                f"characters); at most {MAX_LENGTHS[name]} bytes are allowed, so shorten it"
+            )
+        if name == "serialNumber" and not _PRINTABLE.fullmatch(value):
+            reasons.append(
+                f"serialNumber {value!r} may only contain ASCII letters, digits, spaces and "
+                "' ( ) + , - . / : = ?"
+            )
         if name == "emailAddress" and not _email_ok(value):
             reasons.append(f"emailAddress {value!r} is not a valid e-mail address")
         if name == "DC" and not re.fullmatch(r"[A-Za-z0-9\-]{1,63}", value):
@@ -210,12 +226,21 @@ def evaluate(req: ParsedRequest, profile: Profile, ctx: PolicyContext) -> Decisi
     for name, n in counts.items():
         if n > 1 and name not in REPEATABLE:
             reasons.append(f"the subject has {n} {name} attributes; give exactly one")
+        elif n > MAX_REPEATED:
+            reasons.append(
+                f"the subject has {n} {name} attributes; at most {MAX_REPEATED} are allowed"
+            )
     for name, rule in profile.subject.items():
         _check_rule(name, req.attribute_values(name), rule, reasons)
     if not req.subject and not req.emails and not req.san_dns:
         reasons.append("the request has an empty subject; give at least a CN")
 
     # --- e-mail addresses (subject and SAN) -----------------------------------------------
+    san_total = len(req.san_emails) + len(req.san_dns) + len(req.san_other)
+    if san_total > MAX_SAN_ENTRIES:
+        reasons.append(
+            f"the subjectAltName has {san_total} entries; at most {MAX_SAN_ENTRIES} are allowed"
+        )
     emails = req.emails
     for addr in req.san_emails:
         if has_control_characters(addr) or not _email_ok(addr):

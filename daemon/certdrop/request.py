@@ -12,6 +12,7 @@ import hashlib
 import re
 import tomllib
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,7 +282,14 @@ def _from_csr(csr: x509.CertificateSigningRequest) -> ParsedRequest:
 
     subject: list[tuple[str, str]] = []
     multi = False
-    for rdn in csr.subject.rdns:
+    with warnings.catch_warnings():
+        # an over-long value is the policy's to refuse, with a reason; not a warning on stderr
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            rdns = list(csr.subject.rdns)
+        except ValueError as exc:
+            raise RequestError(f"the request's subject cannot be parsed ({exc})") from None
+    for rdn in rdns:
         attrs = list(rdn)
         if len(attrs) > 1:
             multi = True
@@ -343,12 +351,13 @@ def _from_csr(csr: x509.CertificateSigningRequest) -> ParsedRequest:
 
 
 _ENROLLMENT_KEYS = {"subject", "key_type", "san"}
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # shown as is; anything else quoted
 
 
 def parse_enrollment(data: bytes) -> ParsedRequest:
     """A server-side key generation request: TOML with a [subject] table."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix("\ufeff")  # Notepad's byte-order mark
     except UnicodeDecodeError:
         raise RequestError("the key-generation request is not UTF-8 text") from None
     try:
@@ -357,8 +366,11 @@ def parse_enrollment(data: bytes) -> ParsedRequest:
         raise RequestError(f"the key-generation request is not valid TOML ({exc})") from None
     unknown = sorted(set(doc) - _ENROLLMENT_KEYS)
     if unknown:
+        shown = ", ".join(k if _PLAIN_KEY.fullmatch(k) else repr(k[:64]) for k in unknown[:5])
+        if len(unknown) > 5:
+            shown += f" and {len(unknown) - 5} more"
         raise RequestError(
-            f"the key-generation request has unknown keys {', '.join(unknown)}; "
+            f"the key-generation request has unknown keys {shown}; "
             "allowed: [subject], key_type, [san]"
         )
     subj = doc.get("subject")
@@ -371,7 +383,7 @@ def parse_enrollment(data: bytes) -> ParsedRequest:
     for name in subj:
         if name not in ATTRIBUTE_OIDS:
             raise RequestError(
-                f"[subject] {name} is not a subject attribute certdrop knows; "
+                f"[subject] {name[:64]!r} is not a subject attribute certdrop knows; "
                 f"allowed: {', '.join(ATTRIBUTE_OIDS)}"
             )
     for name in ENROLLMENT_ORDER:

@@ -27,8 +27,9 @@ from .audit import AuditLog, operator_actor
 from .ca import CertificateAuthority, read_passphrase
 from .clock import Clock
 from .config import Settings, load_settings
-from .errors import CertdropError, ConfigError, LockError
+from .errors import CertdropError, ConfigError, IndexUnavailable, LockError
 from .expiry import SweepConfig, SweepReport, announce_pending, sweep
+from .faults import crashpoint_from_environment
 from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
 from .mail import FlushReport, Mailer, choose_password_channel, queue_admin_alert
@@ -44,6 +45,9 @@ log = logging.getLogger("certdrop.service")
 LOCK_FILE = "certdrop.lock"
 CONTROL_POLL_SECONDS = 0.5
 BATCH_SIZE = 256  # requests taken off the queue and committed together
+# after a full disk or an unusable index: first retry of work/, and the longest wait
+RECOVER_FIRST_DELAY = 5.0
+RECOVER_MAX_DELAY = 300.0
 STALL_SECONDS = 120.0  # one task of the worker longer than this (and WatchdogSec) is a hang
 
 
@@ -365,6 +369,8 @@ class Daemon:
         self._busy_since: float | None = None  # the worker's current task began (monotonic)
         self._stall_logged = False
         self._sent_status = ""
+        # fault injection for the crash tests: read once, inert unless CERTDROP_CRASH_AT is set
+        self._crashpoint = crashpoint_from_environment(os.environ)
 
     # --- signals: handlers only set flags ---------------------------------------------------------
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -407,12 +413,19 @@ class Daemon:
 
     def _start(self) -> None:
         self.rt = Runtime.build(self.settings, self.clock, self._hooks(), signing_pool=True)
+        self.rt.pipeline.crashpoint = self._crashpoint
         self._start_publisher(self.rt)
         self.metrics_server = self._start_metrics(self.settings)
         self.audit({"event": "daemon-start", "pid": os.getpid(), "config": str(self.config_path)})
         self.notifier.notify("STATUS=recovering interrupted work")
-        for res in self.rt.pipeline.recover():
-            self._count(res)
+        try:
+            for res in self.rt.pipeline.recover():
+                self._count(res)
+        except (OSError, IndexUnavailable) as exc:
+            # a full disk at start: start anyway, and try work/ again later
+            self.last_error = f"recovery of work/: {exc}"
+            log.error("recovery of work/ failed: %s; will retry", exc)
+            self._retry_work_later()
         self.inbox = self._make_inbox(self.settings)
         self.inbox.start()
         self.scheduler = Scheduler()
@@ -706,12 +719,13 @@ class Daemon:
             return
         try:
             results = self.rt.pipeline.handle_batch([(i.path, i.profile) for i in ready])
-        except CertdropError as exc:
+        except (OSError, IndexUnavailable) as exc:
+            # a full disk, a vanished share, an index that cannot be written: nothing is
+            # lost (each request stays where it is, in inbox/ or work/), and it is tried
+            # again later
             self._failed(ready, str(exc), 5.0)
             return
-        except OSError as exc:
-            # a full disk, a vanished share: nothing is lost (each request stays where it
-            # is, in inbox/ or work/), and it is tried again later
+        except CertdropError as exc:
             self._failed(ready, str(exc), 5.0)
             return
         except Exception:
@@ -740,10 +754,18 @@ class Daemon:
         self._retry_work_later()
 
     def _retry_work_later(self) -> None:
-        """After an I/O error mid-way, re-run recovery of work/ a little later."""
-        self._recover_at = time.monotonic() + 5.0
+        """After an I/O error mid-way, re-run recovery of work/ a little later.
+
+        The delay doubles each time the recovery itself fails (5 s up to 5 min), so
+        that a disk full for hours neither spins nor floods the log; further failures
+        while a recovery is scheduled do not postpone it.
+        """
+        at = time.monotonic() + self._recover_delay
+        if self._recover_at is None or at < self._recover_at:
+            self._recover_at = at
 
     _recover_at: float | None = None
+    _recover_delay = RECOVER_FIRST_DELAY
 
     def _poll_controls(self) -> None:
         assert self.rt is not None
@@ -752,9 +774,17 @@ class Daemon:
             try:
                 for res in self.rt.pipeline.recover():
                     self._count(res)
-            except OSError as exc:
-                log.error("recovery of work/ failed again: %s; retrying in 5 s", exc)
+            except (OSError, IndexUnavailable) as exc:
+                self.last_error = f"recovery of work/: {exc}"
+                self._recover_delay = min(self._recover_delay * 2, RECOVER_MAX_DELAY)
+                log.error(
+                    "recovery of work/ failed again: %s; next try in %.0f s",
+                    exc,
+                    self._recover_delay,
+                )
                 self._retry_work_later()
+            else:
+                self._recover_delay = RECOVER_FIRST_DELAY
         try:
             with self.rt.store.begin() as conn:
                 todo = self.rt.store.open_controls(conn)
@@ -785,6 +815,7 @@ class Daemon:
             if new.paths != self.settings.paths:
                 raise CertdropError("[paths] cannot change on reload; restart certdrop instead")
             rt = Runtime.build(new, self.clock, self._hooks(), signing_pool=True)
+            rt.pipeline.crashpoint = self._crashpoint
             if new.metrics.listen != self.settings.metrics.listen:
                 new_metrics = self._start_metrics(new)
         except (CertdropError, OSError) as exc:

@@ -13,6 +13,8 @@ import datetime as dt
 import logging
 import multiprocessing
 import os
+import select
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -70,8 +72,30 @@ def _from_plain(p: _Plain) -> IssueSpec:
     )
 
 
-def _init_worker(state: str, passphrase: bytes | None, lint: bool) -> None:
+def _exit_with_daemon(daemon_pid: int) -> None:
+    """End this worker when the daemon that made the pool is gone.
+
+    A daemon killed with SIGKILL runs no shutdown, and the workers (children of the
+    pool's fork server, which they keep alive) would otherwise wait forever on a
+    queue nobody writes to, each holding the CA key in memory.
+    """
+    try:
+        pidfd = os.pidfd_open(daemon_pid)
+    except ProcessLookupError:  # gone already, before this worker even started
+        os._exit(0)
+    except (OSError, AttributeError):  # not Linux >= 5.3: the service manager cleans up
+        return
+
+    def watch() -> None:
+        select.select([pidfd], [], [])  # readable when the daemon has exited
+        os._exit(0)
+
+    threading.Thread(target=watch, name="certdrop-daemon-watch", daemon=True).start()
+
+
+def _init_worker(state: str, passphrase: bytes | None, lint: bool, daemon_pid: int) -> None:
     global _worker_ca, _worker_linter
+    _exit_with_daemon(daemon_pid)
     _worker_ca = CertificateAuthority.load(Path(state), passphrase)
     _worker_linter = Linter() if lint else None
 
@@ -127,7 +151,7 @@ class SigningPool:
             max_workers=self.workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(str(state), passphrase, lint),
+            initargs=(str(state), passphrase, lint, os.getpid()),
         )
         # start the workers now (loading pkilint takes a moment), without waiting
         self._warm: list[Future[bool]] = [self._pool.submit(_ping) for _ in range(self.workers)]

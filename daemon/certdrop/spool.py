@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from .fsutil import atomic_write, ensure_dir, fsync_dir, unique_path
@@ -104,6 +105,7 @@ def place_rejected(
     reason: str,
     now: dt.datetime,
     owner: tuple[int, int] | None = None,
+    before_move: Callable[[], None] | None = None,
 ) -> Path:
     """Move `src` to rejected/NAME.req with rejected/NAME.reason beside it.
 
@@ -118,6 +120,8 @@ def place_rejected(
             os.rename(old, archive_path(spool, f"rejected-{old.name}", now))
     text = reason.rstrip("\n") + "\n"
     atomic_write(reason_path, text.encode("utf-8"), 0o644, owner=owner)
+    if before_move is not None:
+        before_move()
     move(src, target)
     return target
 

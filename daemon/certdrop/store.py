@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from .errors import NotFoundError, StoreError
+from .errors import IndexUnavailable, NotFoundError, StoreError
 
 SCHEMA_VERSION = 2  # 2: mail_queue, expiry_warnings
 
@@ -306,8 +306,15 @@ class Store:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        """One transaction; a full disk or an I/O error becomes `IndexUnavailable`."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise IndexUnavailable(
+                f"the index {self.engine.url.render_as_string(hide_password=True)} cannot be "
+                f"used right now: {exc.orig}"
+            ) from None
 
     def integrity_check(self) -> list[str]:
         """SQLite's integrity and foreign-key checks; [] when consistent."""
