@@ -1,23 +1,18 @@
-"""A request moved into inbox/ from another folder (`mv ~/x.req spool/inbox/`)."""
+"""A request moved into inbox/ from another folder (`mv ~/x.req spool/inbox/`).
+
+watchdog reports a file moved in from an unwatched folder as a creation unless the
+observer generates full events; a creation in events mode waits for a close-write
+that never comes, so the request would wait for the periodic rescan.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import pytest
-
 from conftest import DaemonThread, make_env, openssl_csr, openssl_verify, wait_result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inbox.py: watchdog reports a file moved in from an unwatched folder as "
-    "FileCreatedEvent, and events mode waits for a close-write that never comes; the "
-    "request waits for the periodic rescan ([watch] rescan_seconds, 60 s by default). "
-    "Observer(generate_full_events=True) turns it into a FileMovedEvent. Remove this "
-    "marker once fixed.",
-)
 def test_request_moved_in_from_another_folder_is_issued_before_any_rescan(
     tmp_path: Path,
 ) -> None:
