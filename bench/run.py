@@ -1,0 +1,247 @@
+"""certdrop's benchmark suite: certdrop and its peers, same machine, same run, one table.
+
+    bench/run                      # everything (about 10 minutes on 2 cores)
+    bench/run --quick              # small sizes, a smoke run (about a minute)
+    bench/run --only folder-burst-ec-lint-off --n 2000 --json out.json
+
+Rows are workloads, columns are tools; every cell carries certdrop's advantage over
+that tool. See docs/performance.md for what each row measures and recorded figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import csrs  # noqa: E402
+import peers  # noqa: E402
+from report import COLUMNS, Row, render_markdown, render_text  # noqa: E402
+from workloads import WORKLOADS, Bench, Params, run_workload  # noqa: E402
+
+T_START = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.perf_counter() - T_START:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def select_workloads(only: list[str]) -> list[str]:
+    if not only:
+        return list(WORKLOADS)
+    aliases = {"p12-ec-aes256": "p12", "crl-100k": "crl", "startup-100k": "startup"}
+    aliases |= {"crl-100k-lint-off": "crl", "crl-100k-lint-on": "crl"}
+    aliases |= {"idle-cpu": "idle", "memory": "startup", "latency-lint-on": "latency"}
+    chosen: list[str] = []
+    for item in (w.strip() for arg in only for w in arg.split(",")):
+        if not item:
+            continue
+        item = aliases.get(item, item)
+        matches = [w for w in WORKLOADS if w == item or w.startswith(item)]
+        if not matches:
+            raise SystemExit(
+                f"bench/run: unknown workload {item!r}; choose from: {', '.join(WORKLOADS)}"
+            )
+        chosen += [m for m in matches if m not in chosen]
+    return [w for w in WORKLOADS if w in chosen]
+
+
+def select_tools(tools: str | None) -> tuple[str, ...]:
+    known = [c for c, _ in COLUMNS]
+    if not tools:
+        return tuple(known)
+    chosen = tuple(t.strip() for t in tools.split(",") if t.strip())
+    bad = [t for t in chosen if t not in known]
+    if bad:
+        raise SystemExit(f"bench/run: unknown tool {bad[0]!r}; choose from: {', '.join(known)}")
+    return chosen
+
+
+def install_peers(tools: tuple[str, ...]) -> None:
+    """apt-get the peers that are missing (Debian packages easy-rsa, golang-cfssl)."""
+    want = set()
+    have = peers.available()
+    if "easy-rsa" in tools and not have["easy-rsa"]:
+        want.add(peers.DEB_PEERS["easy-rsa"])
+    if any(t.startswith("cfssl") for t in tools) and not have["cfssl"]:
+        want.add(peers.DEB_PEERS["cfssl"])
+    if any(t.startswith("openssl") for t in tools) and not have["openssl"]:
+        want.add(peers.DEB_PEERS["openssl"])
+    if not want:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        log(f"peers not installed and cannot install them here: {', '.join(sorted(want))}")
+        return
+    log(f"installing Debian packages: {', '.join(sorted(want))}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)
+    res = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *sorted(want)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        log(f"apt-get install failed: {res.stderr.strip()[-300:]}")
+    peers.refresh_paths()
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    except OSError:
+        return "not installed"
+    text = (res.stdout + res.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import cryptography
+
+    deb = {}
+    for pkg in ("easy-rsa", "golang-cfssl"):
+        deb[pkg] = _version(["dpkg-query", "-W", "-f", "${Version}", pkg])
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cryptography": cryptography.__version__,
+        "openssl": _version([peers.OPENSSL, "version"]),
+        "easy-rsa": deb["easy-rsa"],
+        "cfssl": deb["golang-cfssl"],
+        "filesystem": _version(["stat", "-f", "-c", "%T", str(BENCH)]),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    # unwind like Ctrl-C: the daemons and servers started so far are stopped on the way out
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    ap = argparse.ArgumentParser(
+        prog="bench/run", description="Benchmark certdrop against its peers in one run."
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run (~1 min)")
+    ap.add_argument("--n", type=int, help="CSRs per folder burst (default 5000; quick 100)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="WORKLOAD",
+        help=f"run only these workloads (comma-separated, prefixes work): {', '.join(WORKLOADS)}",
+    )
+    ap.add_argument(
+        "--tools", help="only these columns (comma-separated): " + ",".join(c for c, _ in COLUMNS)
+    )
+    ap.add_argument("--peer-seconds", type=float, help="time cap per peer and workload")
+    ap.add_argument("--latency-drops", type=int, help="single drops timed (default 200)")
+    ap.add_argument(
+        "--latency-gap", type=float, help="seconds between single drops (default 0: back to back)"
+    )
+    ap.add_argument("--p12-n", type=int, help="enrollments in the p12 burst (default 1000)")
+    ap.add_argument("--crl-n", type=int, help="revoked entries for the CRL (default 100000)")
+    ap.add_argument("--index-n", type=int, help="certificates in the index at start-up (100000)")
+    ap.add_argument("--idle-seconds", type=float, help="idle CPU window (default 5)")
+    ap.add_argument(
+        "--drop",
+        choices=["outside", "inside", "copy"],
+        default="outside",
+        help="how requests are dropped: written to a staging folder beside the spool and "
+        "renamed into inbox/ (outside, default); written as hidden .NAME.req in inbox/ and "
+        "renamed to NAME.req (inside); or written straight into inbox/ like cp (copy)",
+    )
+    ap.add_argument("--json", type=Path, help="write all results (with details) to this file")
+    ap.add_argument("--markdown", type=Path, help="write the table as Markdown to this file")
+    ap.add_argument("--no-install", action="store_true", help="do not apt-get missing peers")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder under bench/out/")
+    args = ap.parse_args(argv)
+
+    params = Params.quick() if args.quick else Params()
+    for opt in ("n", "peer_seconds", "latency_drops", "p12_n", "crl_n", "index_n", "idle_seconds"):
+        value = getattr(args, opt)
+        if value is not None:
+            if value <= 0:
+                raise SystemExit(f"bench/run: --{opt.replace('_', '-')} must be positive")
+            setattr(params, opt, value)
+    if args.latency_gap is not None:
+        params.latency_gap = max(0.0, args.latency_gap)
+    params.drop = args.drop
+    params.tools = select_tools(args.tools)
+    params.keep = args.keep
+    workloads = select_workloads(args.only)
+
+    if not args.no_install:
+        install_peers(params.tools)
+    info = machine()
+    log(f"machine: {info['cpu']}, {info['cores']} cores, load {info['loadavg_start']}")
+    log(f"workloads: {', '.join(workloads)}; tools: {', '.join(params.tools)}")
+
+    csrs.OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=csrs.OUT))
+    rows: list[Row] = []
+    try:
+        bench = Bench(params, work, log)
+        for w in workloads:
+            log(f"{w} ...")
+            t0 = time.perf_counter()
+            rows += run_workload(bench, w)
+            log(f"{w} done in {time.perf_counter() - t0:.1f} s")
+    finally:
+        if params.keep:
+            log(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    info["loadavg_end"] = os.getloadavg()
+    info["bench_seconds"] = round(time.perf_counter() - T_START, 1)
+
+    print()
+    print(
+        f"certdrop bench — {info['date']} — {info['cpu']}, {info['cores']} cores, "
+        f"load {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}, "
+        f"drop mode {params.drop}, {info['bench_seconds']:.0f} s"
+    )
+    print()
+    print(render_text(rows), end="")
+    if args.markdown:
+        args.markdown.write_text(render_markdown(rows))
+    if args.json:
+        doc = {
+            "machine": info,
+            "params": {k: v for k, v in vars(params).items()},
+            "workloads": workloads,
+            "rows": [r.as_json() for r in rows],
+        }
+        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

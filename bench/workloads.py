@@ -1,0 +1,748 @@
+"""The workloads (rows of the table) and how each tool (column) is measured on them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ceiling
+import csrs
+import indexfill
+import peers
+from cd_daemon import CertdropDaemon, DaemonError, tree_cpu_seconds, tree_memory_mb
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from inotify_watch import BenchWaitError, OutboxWatcher
+from peers import Measure, PeerError
+from report import PEERS, Cell, Row
+
+from certdrop.ca import CertificateAuthority
+from certdrop.clock import SystemClock
+from certdrop.config import load_settings
+from certdrop.errors import CertdropError
+from certdrop.lint import shared_linter
+from certdrop.store import Store
+
+# workload ids, in run order (--only takes these, or a prefix of them)
+WORKLOADS = [
+    "folder-burst-ec-lint-off",
+    "folder-burst-ec-lint-on",
+    "folder-burst-rsa-lint-off",
+    "latency",
+    "p12",
+    "crl",
+    "startup",
+    "idle",
+]
+
+
+@dataclass
+class Params:
+    n: int = 5000  # CSRs per folder burst
+    peer_seconds: float = 12.0  # time cap per peer and workload (sequential tools)
+    latency_drops: int = 200
+    latency_gap: float = 0.0  # pause between single drops (0: one right after the other)
+    warmup: int = 10
+    p12_n: int = 1000
+    crl_n: int = 100_000
+    index_n: int = 100_000
+    idle_seconds: float = 5.0
+    # "outside": staged in another folder, renamed into inbox/; "inside": staged as
+    # inbox/.NAME.req, renamed to NAME.req; "copy": written straight into inbox/
+    drop: str = "outside"
+    stall_seconds: float = 30.0
+    tools: tuple[str, ...] = ("certdrop", *PEERS)
+    keep: bool = False
+
+    @classmethod
+    def quick(cls) -> Params:
+        return cls(
+            n=100,
+            peer_seconds=2.0,
+            latency_drops=20,
+            warmup=3,
+            p12_n=40,
+            crl_n=10_000,
+            index_n=10_000,
+            idle_seconds=2.0,
+        )
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One request dropped into inbox/: renamed from where it was staged, or written."""
+
+    src: Path | None  # None: written straight into inbox/ (like cp)
+    dst: Path
+    data: bytes
+
+    def do(self) -> None:
+        if self.src is None:
+            with open(self.dst, "wb") as f:
+                f.write(self.data)
+        else:
+            os.rename(self.src, self.dst)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Bench:
+    params: Params
+    work: Path
+    log: Callable[[str], None]
+    peer_cas: dict[str, csrs.PeerCA] = field(default_factory=dict)
+    _peer_runs: dict[tuple[str, str], Measure | Exception] = field(default_factory=dict)
+    _cfssl_idle: dict[str, float] | Exception | None = None
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.pool = csrs.pool(max(p.n, p.latency_drops + p.warmup))
+
+    def wants(self, tool: str) -> bool:
+        return tool in self.params.tools
+
+    def peer_ca(self, key_type: str) -> csrs.PeerCA:
+        if key_type not in self.peer_cas:
+            self.peer_cas[key_type] = csrs.make_peer_ca(key_type)
+        return self.peer_cas[key_type]
+
+    # --- certdrop ---------------------------------------------------------------------------------
+    @contextmanager
+    def daemon(self, label: str, key_type: str, lint: bool) -> Iterator[CertdropDaemon]:
+        d = CertdropDaemon(self.work / f"certdrop-{label}", key_type=key_type, lint=lint)
+        d.init()
+        try:
+            yield d
+        except BaseException:
+            d.kill()
+            raise
+        try:
+            d.stop()
+        except BaseException:
+            d.kill()
+            raise
+        if d.leftovers:
+            self.log(f"  certdrop left {d.leftovers} process(es) running after SIGTERM")
+
+    def _stage(self, d: CertdropDaemon, files: Sequence[tuple[str, bytes]]) -> list[Drop]:
+        """Prepare the drops (untimed): staged files for the rename modes."""
+        mode = self.params.drop
+        staging = d.inbox if mode == "inside" else d.root / "staging"
+        staging.mkdir(exist_ok=True)
+        drops = []
+        for name, data in files:
+            dst = d.inbox / f"{name}.req"
+            if mode == "copy":
+                drops.append(Drop(None, dst, data))
+                continue
+            # inside: hidden names certdrop ignores, renamed in place;
+            # outside: another folder on the same filesystem, renamed into inbox/
+            src = staging / (f".{name}.req" if mode == "inside" else f"{name}.req")
+            src.write_bytes(data)
+            drops.append(Drop(src, dst, data))
+        return drops
+
+    def _wait(
+        self,
+        d: CertdropDaemon,
+        watcher: OutboxWatcher,
+        names: Sequence[str],
+        t_drop: float,
+        stall: float,
+    ) -> float:
+        """Wait for NAME.cer of every name; fail fast when certdrop picks nothing up."""
+        pickup_deadline = min(10.0, stall)
+
+        def check() -> None:
+            d.check_healthy()
+            if (
+                not watcher.seen
+                and time.perf_counter() - t_drop > pickup_deadline
+                and all((d.inbox / f"{n}.req").exists() for n in names)
+            ):
+                raise DaemonError(
+                    f"certdrop picked up none of the {len(names)} requests dropped into inbox/ "
+                    f"within {pickup_deadline:.0f} s (drop mode '{self.params.drop}')"
+                )
+
+        try:
+            return watcher.wait_all([f"{n}.cer" for n in names], stall_seconds=stall, check=check)
+        except BenchWaitError as exc:
+            raise DaemonError(f"{exc}; {d.tail(5)}") from None
+
+    def _burst(
+        self, d: CertdropDaemon, files: Sequence[tuple[str, bytes]]
+    ) -> tuple[float, dict[str, Any]]:
+        """Drop all files at once; seconds from the first drop to the last NAME.cer."""
+        drops = self._stage(d, files)
+        names = [name for name, _ in files]
+        time.sleep(0.2)  # let the staging writes' events (inside mode) pass
+        with OutboxWatcher(d.outbox) as watcher:
+            cpu0 = d.cpu_seconds()
+            t0 = time.perf_counter()
+            for drop in drops:
+                drop.do()
+            t_dropped = time.perf_counter()
+            t_last = self._wait(d, watcher, names, t0, self.params.stall_seconds)
+            cpu = d.cpu_seconds() - cpu0
+            first = min(watcher.seen[f"{n}.cer"] for n in names)
+        seconds = t_last - t0
+        sample = [d.outbox / f"{n}.cer" for n in (names[0], names[len(names) // 2], names[-1])]
+        peers.verify(d.ca_cert, sample)
+        return seconds, {
+            "n": len(files),
+            "seconds": round(seconds, 4),
+            "drop_seconds": round(t_dropped - t0, 4),
+            "first_cert_ms": round((first - t0) * 1000, 1),
+            "daemon_cpu_seconds": round(cpu, 3),  # with its worker processes
+            "daemon_cores_used": round(cpu / seconds, 2) if seconds > 0 else None,
+            "daemon_peak_rss_mb": round(d.peak_rss_mb(), 1),  # the main process
+            "daemon_tree": d.memory(),
+        }
+
+    def certdrop_burst(self, label: str, key_type: str, lint: bool) -> tuple[Cell, dict[str, Any]]:
+        files = self.pool[: self.params.n]
+        with self.daemon(label, key_type, lint) as d:
+            ready = d.start()
+            seconds, details = self._burst(d, files)
+        details["ready_seconds"] = round(ready, 3)
+        rate = len(files) / seconds
+        self.log(f"  certdrop: {len(files)} certificates in {seconds:.2f} s = {rate:,.0f}/s")
+        return Cell(rate), details
+
+    # --- peers ------------------------------------------------------------------------------------
+    def peer_measure(self, column: str, key_type: str) -> Measure:
+        """One peer on the CSR pool with the time cap (cached per column and CA key type)."""
+        key = (column, key_type)
+        if key not in self._peer_runs:
+            try:
+                self._peer_runs[key] = self._run_peer(column, key_type)
+            except (PeerError, OSError) as exc:
+                self._peer_runs[key] = exc
+        result = self._peer_runs[key]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _run_peer(self, column: str, key_type: str) -> Measure:
+        ca = self.peer_ca(key_type)
+        folder = self.work / f"{column}-{key_type}"
+        items = self.pool[: self.params.n]
+        cap = self.params.peer_seconds
+        ca_cert = folder / "ca.cer"
+        m: Measure
+        if column == "openssl-x509":
+            m = peers.OpensslX509(ca, folder).run(items, cap)
+        elif column == "openssl-ca":
+            m = peers.OpensslCA(ca, folder).run(items, cap)
+        elif column == "easy-rsa":
+            e = peers.EasyRSA(key_type, folder)
+            ca_cert = e.ca_cert
+            m = e.run(items, cap)
+        elif column == "cfssl-sign":
+            m = peers.CfsslSign(ca, folder).run(items, cap)
+        elif column in ("cfssl-serve-1", "cfssl-serve-2"):
+            with peers.CfsslServe(ca, folder) as serve:
+                m = serve.run(items, cap, clients=int(column[-1]))
+        else:
+            raise ValueError(column)
+        peers.verify(ca_cert, [m.outputs[0], m.outputs[-1]] if m.outputs else [])
+        self.log(f"  {column} ({key_type}): {m.done} in {m.seconds:.2f} s = {m.rate:,.1f}/s")
+        return m
+
+    def peer_cells(self, key_type: str, cells: dict[str, Cell]) -> None:
+        for column in ("openssl-x509", "openssl-ca", "easy-rsa", "cfssl-sign"):
+            if self.wants(column):
+                cells[column] = self._rate_cell(column, key_type)
+        for column in ("cfssl-serve-1", "cfssl-serve-2"):
+            if self.wants(column):
+                cells[column] = self._rate_cell(column, key_type)
+
+    def _rate_cell(self, column: str, key_type: str) -> Cell:
+        if not self._installed(column):
+            return Cell(note="not installed")
+        try:
+            m = self.peer_measure(column, key_type)
+        except (PeerError, OSError) as exc:
+            return Cell(error=str(exc))
+        note = ""
+        if m.done < self.params.n:
+            note = f"{m.done} of {self.params.n} CSRs in the {self.params.peer_seconds:g} s cap"
+        return Cell(m.rate, note=note)
+
+    def _installed(self, column: str) -> bool:
+        have = peers.available()
+        if column.startswith("openssl"):
+            return have["openssl"]
+        if column == "easy-rsa":
+            return have["easy-rsa"]
+        if column.startswith("cfssl"):
+            return have["cfssl"]
+        return True
+
+    # --- the workloads ------------------------------------------------------------------------------
+    def folder_burst(self, key_type: str, lint: bool) -> Row:
+        kt = "EC P-256" if key_type == "ec-p256" else "RSA-2048"
+        n = self.params.n
+        row = Row(
+            id=f"folder-burst-{key_type.split('-')[0]}-lint-{'on' if lint else 'off'}",
+            label=f"folder burst {n:,} CSRs, {kt} CA, lint {'on' if lint else 'off'}",
+            unit="rate",
+        )
+        if self.wants("certdrop"):
+            try:
+                row.cells["certdrop"], row.details["certdrop"] = self.certdrop_burst(
+                    row.id, key_type, lint
+                )
+            except (DaemonError, PeerError, OSError) as exc:
+                row.cells["certdrop"] = Cell(error=str(exc))
+        if not lint:
+            self.peer_cells(key_type, row.cells)
+        if self.wants("ceiling"):
+            ca = self.peer_ca(key_type)
+            pems = [pem for _, pem in self.pool[: min(n, 5000)]]
+            if lint:
+                two = ceiling.lint_rate(ca.cert_pem, ca.key_pem, pems[:1000], processes=2)
+                one = ceiling.sign_rate(ca.cert_pem, ca.key_pem, pems[:300], True, processes=1)
+                row.cells["ceiling"] = Cell(
+                    two.rate,
+                    note=f"pkilint alone on 2 processes; build+sign+lint in 1 process {one.rate:,.0f}/s",
+                )
+                row.target = f">= 80% of pkilint alone ({0.8 * two.rate:,.0f}/s)"
+                row.target_value = 0.8 * two.rate
+            else:
+                one = ceiling.sign_rate(ca.cert_pem, ca.key_pem, pems, False, processes=1)
+                two = ceiling.sign_rate(ca.cert_pem, ca.key_pem, pems, False, processes=2)
+                row.cells["ceiling"] = Cell(
+                    two.rate, note=f"2 processes; 1 process {one.rate:,.0f}/s"
+                )
+            self.log(f"  ceiling: {row.cells['ceiling'].value:,.0f}/s")
+        if not lint:
+            row.target_value = 2000.0 if key_type == "ec-p256" else 1200.0
+            row.target = f">= {row.target_value:,.0f}/s"
+        return row
+
+    def latency(self) -> list[Row]:
+        p = self.params
+        p50 = Row(
+            id="latency-p50", label=f"single drop -> .cer, lint on{self._gap()}: p50", unit="ms"
+        )
+        p99 = Row(
+            id="latency-p99", label=f"single drop -> .cer, lint on{self._gap()}: p99", unit="ms"
+        )
+        p50.target, p50.target_value = "<= 10 ms", 10.0
+        p99.target, p99.target_value = "<= 50 ms", 50.0
+        if self.wants("certdrop"):
+            try:
+                samples = self.certdrop_latency()
+                p50.cells["certdrop"] = Cell(percentile(samples, 50))
+                p99.cells["certdrop"] = Cell(percentile(samples, 99))
+                p50.details["certdrop"] = {
+                    "drops": len(samples),
+                    "warmup_drops": p.warmup,
+                    "gap_seconds": p.latency_gap,
+                    "mean_ms": round(statistics.fmean(samples), 2),
+                    "max_ms": round(max(samples), 2),
+                }
+                self.log(
+                    f"  certdrop: p50 {p50.value('certdrop'):.1f} ms, p99 {p99.value('certdrop'):.1f} ms"
+                )
+            except (DaemonError, PeerError, OSError) as exc:
+                p50.cells["certdrop"] = Cell(error=str(exc))
+                p99.cells["certdrop"] = Cell(error=str(exc))
+        # peers: the per-CSR times of their EC runs (one request, one certificate)
+        for column in ("openssl-x509", "openssl-ca", "easy-rsa", "cfssl-sign", "cfssl-serve-1"):
+            if not self.wants(column):
+                continue
+            if not self._installed(column):
+                p50.cells[column] = p99.cells[column] = Cell(note="not installed")
+                continue
+            try:
+                m = self.peer_measure(column, "ec-p256")
+            except (PeerError, OSError) as exc:
+                p50.cells[column] = p99.cells[column] = Cell(error=str(exc))
+                continue
+            ms = [d * 1000 for d in m.durations]
+            p50.cells[column] = Cell(percentile(ms, 50))
+            p99.cells[column] = Cell(percentile(ms, 99), note=f"{len(ms)} requests, no lint")
+        if self.wants("ceiling"):
+            ca = self.peer_ca("ec-p256")
+            pems = [pem for _, pem in self.pool[: min(p.n, 300)]]
+            m = ceiling.sign_rate(ca.cert_pem, ca.key_pem, pems, True, processes=1)
+            ms = [d * 1000 for d in m.durations]
+            p50.cells["ceiling"] = Cell(percentile(ms, 50))
+            p99.cells["ceiling"] = Cell(percentile(ms, 99), note="build+sign+lint in-process")
+        return [p50, p99]
+
+    def _gap(self) -> str:
+        gap = self.params.latency_gap
+        return f", {gap:g} s apart" if gap else ""
+
+    def certdrop_latency(self) -> list[float]:
+        p = self.params
+        files = self.pool[: p.warmup + p.latency_drops]
+        samples: list[float] = []
+        with self.daemon("latency", "ec-p256", lint=True) as d:
+            d.start()
+            with OutboxWatcher(d.outbox) as watcher:
+                for i, (name, data) in enumerate(files):
+                    [drop] = self._stage(d, [(name, data)])
+                    t0 = time.perf_counter()
+                    drop.do()
+                    t1 = self._wait(d, watcher, [name], t0, min(15.0, p.stall_seconds))
+                    if p.latency_gap:
+                        time.sleep(p.latency_gap)
+                    if i >= p.warmup:
+                        samples.append((t1 - t0) * 1000)
+            peers.verify(d.ca_cert, [d.outbox / f"{files[-1][0]}.cer"])
+        return samples
+
+    def p12(self) -> Row:
+        p = self.params
+        row = Row(
+            id="p12-ec-aes256",
+            label=f"p12, server-side EC keygen, aes256, lint on ({p.p12_n:,})",
+            unit="rate",
+            target=">= 250/s",
+            target_value=250.0,
+        )
+        if self.wants("certdrop"):
+            try:
+                files = [(f"p{i:05d}", csrs.enrollment(i)) for i in range(p.p12_n)]
+                with self.daemon("p12", "ec-p256", lint=True) as d:
+                    d.start()
+                    seconds, details = self._burst(d, files)
+                    missing = [n for n, _ in files if not (d.outbox / f"{n}.p12").exists()]
+                    if missing:
+                        raise DaemonError(f"{len(missing)} p12 files missing, e.g. {missing[0]}")
+                    self._check_p12(d, files[-1][0])
+                rate = len(files) / seconds
+                row.cells["certdrop"] = Cell(rate)
+                row.details["certdrop"] = details
+                self.log(f"  certdrop: {len(files)} p12 in {seconds:.2f} s = {rate:,.0f}/s")
+            except (DaemonError, PeerError, OSError) as exc:
+                row.cells["certdrop"] = Cell(error=str(exc))
+        cap = p.peer_seconds
+        for column in ("openssl-x509", "openssl-ca", "easy-rsa"):
+            if not self.wants(column):
+                continue
+            if not self._installed(column):
+                row.cells[column] = Cell(note="not installed")
+                continue
+            try:
+                ca = self.peer_ca("ec-p256")
+                folder = self.work / f"{column}-p12"
+                runner: peers.OpensslP12 | peers.EasyRSAP12
+                if column == "openssl-x509":
+                    runner = peers.OpensslP12(peers.OpensslX509(ca, folder))
+                elif column == "openssl-ca":
+                    runner = peers.OpensslP12(peers.OpensslCA(ca, folder))
+                else:
+                    runner = peers.EasyRSAP12(peers.EasyRSA("ec-p256", folder))
+                m = runner.run(p.p12_n, cap)
+                note = "genpkey+req, sign, pkcs12 -export: 3 processes per p12"
+                if column == "easy-rsa":
+                    note = "build-client-full + export-p12"
+                if m.done < p.p12_n:
+                    note += f"; {m.done} of {p.p12_n} in the {cap:g} s cap"
+                row.cells[column] = Cell(m.rate, note=note)
+                self.log(f"  {column}: {m.done} p12 in {m.seconds:.2f} s = {m.rate:,.1f}/s")
+            except (PeerError, OSError) as exc:
+                row.cells[column] = Cell(error=str(exc))
+        if self.wants("ceiling"):
+            ca = self.peer_ca("ec-p256")
+            n = min(p.p12_n, 600)
+            two = ceiling.p12_rate(ca.cert_pem, ca.key_pem, n, True, processes=2)
+            one = ceiling.p12_rate(ca.cert_pem, ca.key_pem, max(n // 2, 1), True, processes=1)
+            row.cells["ceiling"] = Cell(
+                two.rate, note=f"keygen+sign+lint+p12, 2 processes; 1 process {one.rate:,.0f}/s"
+            )
+        return row
+
+    @staticmethod
+    def _check_p12(d: CertdropDaemon, name: str) -> None:
+        lines = (d.state / "passwords" / f"{name}.txt").read_text().splitlines()
+        key, cert, _ = pkcs12.load_key_and_certificates(
+            (d.outbox / f"{name}.p12").read_bytes(), lines[1].strip().encode()
+        )
+        if key is None or cert is None:
+            raise DaemonError(f"{name}.p12 lacks its key or certificate")
+
+    def crl(self) -> list[Row]:
+        p = self.params
+        size = "100k" if p.crl_n == 100_000 else str(p.crl_n)
+        off = Row(
+            id=f"crl-{size}-lint-off",
+            label=f"CRL regeneration, {p.crl_n:,} revoked, lint off",
+            unit="seconds",
+            target="<= 0.5 s",
+            target_value=0.5,
+        )
+        on = Row(
+            id=f"crl-{size}-lint-on",
+            label=f"CRL regeneration, {p.crl_n:,} revoked, lint on",
+            unit="seconds",
+            target="<= 0.5 s",
+            target_value=0.5,
+        )
+        entries: list[tuple[int, dt.datetime]] = []
+        if self.wants("certdrop"):
+            try:
+                d = CertdropDaemon(self.work / "certdrop-crl")
+                d.init()
+                fill_s, entries = indexfill.fill(
+                    f"sqlite:///{d.database}", d.state, p.crl_n, revoked=True
+                )
+                self.log(f"  index filled with {p.crl_n:,} revoked in {fill_s:.1f} s")
+                t_off, t_on, how, details = self._certdrop_crl(d, p.crl_n)
+                off.cells["certdrop"] = Cell(t_off, note=how)
+                on.cells["certdrop"] = Cell(t_on, note=how + ", pkilint on the CRL")
+                off.details["certdrop"] = on.details["certdrop"] = details
+                self.log(f"  certdrop: {t_off:.2f} s, with lint {t_on:.2f} s ({details})")
+            except (DaemonError, PeerError, OSError, RuntimeError, CertdropError) as exc:
+                off.cells["certdrop"] = on.cells["certdrop"] = Cell(error=str(exc))
+        if self.wants("openssl-ca"):
+            try:
+                ca = self.peer_ca("ec-p256")
+                oca = peers.OpensslCA(ca, self.work / "openssl-ca-crl")
+                peers.openssl_index_revoked(oca.folder / "index.txt", p.crl_n)
+                t0 = time.perf_counter()
+                oca.gencrl()
+                off.cells["openssl-ca"] = Cell(time.perf_counter() - t0, note="openssl ca -gencrl")
+            except (PeerError, OSError) as exc:
+                off.cells["openssl-ca"] = Cell(error=str(exc))
+        if self.wants("ceiling"):
+            ca = self.peer_ca("ec-p256")
+            if not entries:
+                now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+                entries = [
+                    (int.from_bytes(os.urandom(16), "big") >> 1, now) for _ in range(p.crl_n)
+                ]
+            bulk = ceiling.crl_bulk_seconds(ca.cert_pem, ca.key_pem, entries)
+            loop_n = min(p.crl_n, 10_000)
+            loop = ceiling.crl_loop_seconds(ca.cert_pem, ca.key_pem, entries[:loop_n])
+            off.cells["ceiling"] = Cell(
+                bulk,
+                note=f"bulk builder, build+sign+DER; add_revoked_certificate in a loop: "
+                f"{loop:.2f} s for {loop_n:,} (quadratic)",
+            )
+        return [off, on]
+
+    @staticmethod
+    def _certdrop_crl(d: CertdropDaemon, n: int) -> tuple[float, float, str, dict[str, Any]]:
+        """certdrop's CRL regeneration, without and with lint: (off, on, what, details).
+
+        With `certdrop.publish` (the daemon's path): `Publisher.regenerate_crl` — index
+        read, build_crl, lint when given a linter, crl.der + crl.pem written atomically.
+        Without it: the index read, `CertificateAuthority.build_crl`, DER (+ lint).
+        """
+        settings = load_settings(d.config)
+        ca = CertificateAuthority.load(d.state)
+        store = Store(settings.database_url).open()
+        details: dict[str, Any] = {}
+        try:
+            now = dt.datetime.now(dt.UTC)
+            t0 = time.perf_counter()
+            with store.begin() as conn:
+                revoked = list(store.revoked_entries(conn))
+            t1 = time.perf_counter()
+            crl = ca.build_crl(revoked, 1, now, now + dt.timedelta(days=7))
+            der = crl.public_bytes(serialization.Encoding.DER)
+            t2 = time.perf_counter()
+            if len(revoked) != n:
+                raise DaemonError(f"the index has {len(revoked)} revoked entries, expected {n}")
+            details |= {
+                "index_read_seconds": round(t1 - t0, 3),
+                "build_crl_der_seconds": round(t2 - t1, 3),
+                "crl_bytes": len(der),
+            }
+            try:
+                publish: Any = importlib.import_module("certdrop.publish")
+            except ImportError:
+                publish = None
+            if publish is not None and hasattr(publish, "build_publisher"):
+                times = []
+                for linter in (None, shared_linter()):
+                    pub = publish.build_publisher(settings, store, ca, SystemClock(), linter)
+                    t = time.perf_counter()
+                    facts = pub.regenerate_crl("bench")
+                    times.append(time.perf_counter() - t)
+                    if facts.revoked != n:
+                        raise DaemonError(f"the published CRL has {facts.revoked} entries, not {n}")
+                details["publisher_seconds"] = [round(x, 3) for x in times]
+                return times[0], times[1], "Publisher.regenerate_crl", details
+            t3 = time.perf_counter()
+            findings = shared_linter().crl(der)
+            lint_s = time.perf_counter() - t3
+            if findings:
+                raise DaemonError(f"the CRL does not lint clean: {findings[:3]}")
+            return t2 - t0, t2 - t0 + lint_s, "index read + build_crl + DER", details
+        finally:
+            store.close()
+
+    def startup(self) -> list[Row]:
+        p = self.params
+        start = Row(
+            id="startup-100k" if p.index_n == 100_000 else f"startup-{p.index_n}",
+            label=f"start-up to READY=1, {p.index_n:,} certs in index",
+            unit="seconds",
+            target="<= 2 s",
+            target_value=2.0,
+        )
+        rss = Row(
+            id="memory-after-start",
+            label="memory after start (PSS, with workers)",
+            unit="mb",
+            target="<= 100 MB",
+            target_value=100.0,
+        )
+        if self.wants("certdrop"):
+            try:
+                with self.daemon("startup-empty", "ec-p256", lint=True) as d:
+                    empty = d.start()
+                    _settle(d.pid)
+                    empty_mem = d.memory()
+                with self.daemon("startup", "ec-p256", lint=True) as d:
+                    fill_s, _ = indexfill.fill(
+                        f"sqlite:///{d.database}", d.state, p.index_n, revoked=False
+                    )
+                    self.log(f"  index filled with {p.index_n:,} certificates in {fill_s:.1f} s")
+                    ready = d.start()
+                    settle_s, settle_cpu = _settle(d.pid)  # worker processes finish loading
+                    main_mb = d.rss_mb()
+                    mem = d.memory()
+                start.cells["certdrop"] = Cell(ready, note=f"empty index: {empty:.2f} s")
+                start.details["certdrop"] = {
+                    "ready_seconds_empty_index": round(empty, 3),
+                    "after_ready_settle_seconds": round(settle_s, 2),
+                    "after_ready_cpu_seconds": round(settle_cpu, 2),
+                }
+                rss.cells["certdrop"] = Cell(
+                    mem["pss_mb"],
+                    note=f"{p.index_n:,} certs in index; {mem['processes']:.0f} processes; RSS of "
+                    f"the main process {main_mb:.0f} MB, RSS summed over all "
+                    f"{mem['rss_sum_mb']:.0f} MB (counts shared pages once per process)",
+                )
+                rss.details["certdrop"] = {
+                    "main_rss_mb": round(main_mb, 1),
+                    **mem,
+                    "empty_index": empty_mem,
+                }
+                self.log(
+                    f"  certdrop: READY in {ready:.2f} s (empty index {empty:.2f} s), "
+                    f"RSS {main_mb:.0f} MB main, {mem['rss_sum_mb']:.0f} MB with workers"
+                )
+            except (DaemonError, OSError, RuntimeError) as exc:
+                start.cells["certdrop"] = Cell(error=str(exc))
+                rss.cells["certdrop"] = Cell(error=str(exc))
+        cf = self.cfssl_idle()
+        if isinstance(cf, Exception):
+            rss.cells["cfssl-serve-1"] = Cell(error=str(cf))
+        elif cf:
+            rss.cells["cfssl-serve-1"] = Cell(cf["pss_mb"], note="no index; after start")
+        return [start, rss]
+
+    def idle(self) -> Row:
+        p = self.params
+        row = Row(
+            id="idle-cpu",
+            label=f"idle CPU over {p.idle_seconds:g} s, with worker processes",
+            unit="cpu",
+            target="~0 (< 1%)",
+            target_value=1.0,
+        )
+        if self.wants("certdrop"):
+            try:
+                with self.daemon("idle", "ec-p256", lint=True) as d:
+                    d.start()
+                    settle_s, settle_cpu = _settle(d.pid)
+                    pct = _idle_cpu(d.pid, p.idle_seconds)
+                row.cells["certdrop"] = Cell(
+                    pct,
+                    note=f"measured once start-up work after READY was over "
+                    f"({settle_cpu:.2f} CPU-s in the {settle_s:.1f} s after READY)",
+                )
+                self.log(f"  certdrop: {pct:.2f}% CPU idle")
+            except (DaemonError, OSError) as exc:
+                row.cells["certdrop"] = Cell(error=str(exc))
+        cf = self.cfssl_idle()
+        if isinstance(cf, Exception):
+            row.cells["cfssl-serve-1"] = Cell(error=str(cf))
+        elif cf:
+            row.cells["cfssl-serve-1"] = Cell(cf["cpu_pct"])
+        return row
+
+    def cfssl_idle(self) -> dict[str, float] | Exception | None:
+        """cfssl serve's memory (PSS) after start and its idle CPU (once per run)."""
+        if not (self.wants("cfssl-serve-1") and self._installed("cfssl-serve-1")):
+            return None
+        if self._cfssl_idle is None:
+            try:
+                serve = peers.CfsslServe(self.peer_ca("ec-p256"), self.work / "cfssl-idle")
+                with serve:
+                    _settle(serve.pid)
+                    rss_mb = tree_memory_mb(serve.pid)["pss_mb"]
+                    pct = _idle_cpu(serve.pid, self.params.idle_seconds)
+                self._cfssl_idle = {"pss_mb": rss_mb, "cpu_pct": pct}
+            except (PeerError, OSError) as exc:
+                self._cfssl_idle = exc
+        return self._cfssl_idle
+
+
+def _settle(pid: int, limit: float = 15.0) -> tuple[float, float]:
+    """Wait until start-up work after READY (worker processes loading) is over.
+
+    Returns (seconds waited, CPU seconds used meanwhile): done when one second passes
+    with under 2% CPU, or after `limit` seconds.
+    """
+    t0, c0 = time.perf_counter(), tree_cpu_seconds(pid)
+    while time.perf_counter() - t0 < limit:
+        c = tree_cpu_seconds(pid)
+        time.sleep(1.0)
+        if tree_cpu_seconds(pid) - c < 0.02:
+            break
+    return time.perf_counter() - t0, tree_cpu_seconds(pid) - c0
+
+
+def _idle_cpu(pid: int, seconds: float) -> float:
+    """CPU % of a process and its descendants over `seconds`."""
+    c0 = tree_cpu_seconds(pid)
+    time.sleep(seconds)
+    return (tree_cpu_seconds(pid) - c0) / seconds * 100
+
+
+def run_workload(bench: Bench, workload: str) -> list[Row]:
+    if workload == "folder-burst-ec-lint-off":
+        return [bench.folder_burst("ec-p256", lint=False)]
+    if workload == "folder-burst-ec-lint-on":
+        return [bench.folder_burst("ec-p256", lint=True)]
+    if workload == "folder-burst-rsa-lint-off":
+        return [bench.folder_burst("rsa-2048", lint=False)]
+    if workload == "latency":
+        return bench.latency()
+    if workload == "p12":
+        return [bench.p12()]
+    if workload == "crl":
+        return bench.crl()
+    if workload == "startup":
+        return bench.startup()
+    if workload == "idle":
+        return [bench.idle()]
+    print(f"unknown workload {workload}", file=sys.stderr)
+    return []

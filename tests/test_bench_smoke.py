@@ -1,0 +1,50 @@
+"""The benchmark suite runs end to end (tiny sizes; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_bench_quick_run_prints_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [
+            str(REPO / "bench" / "run"),
+            "--quick",
+            "--only",
+            "folder-burst-ec-lint-off",
+            "--n",
+            "5",
+            "--tools",
+            "certdrop,openssl-x509,ceiling",
+            "--peer-seconds",
+            "1",
+            "--drop",
+            "copy",
+            "--no-install",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("workload"))
+    for column in ("certdrop", "openssl x509 -req", "cryptography ceiling", "target"):
+        assert column in header
+    row = next(line for line in lines if line.startswith("folder burst 5 CSRs, EC P-256 CA"))
+    assert "ERR" not in row, res.stdout
+    doc = json.loads(out.read_text())
+    [data] = doc["rows"]
+    assert data["id"] == "folder-burst-ec-lint-off"
+    # every tool asked for produced a figure (certificates were issued and verified)
+    for tool in ("certdrop", "openssl-x509", "ceiling"):
+        assert data["cells"][tool]["value"] > 0, data["cells"][tool]
+    assert data["details"]["certdrop"]["n"] == 5
+    assert "openssl-x509" in data["advantage"]
