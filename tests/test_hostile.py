@@ -920,6 +920,7 @@ def test_hostile_bytes_through_the_worker_pool(tmp_path: Path) -> None:
             '[subject]\nCN = "\ud800"\n'.encode("utf-8", "surrogatepass"),
         ]
         datas += [bytes([i]) * (i + 1) for i in range(MIN_POOL_BATCH)]
+        pool.parse(datas)  # the first big batch starts the pool (and is parsed here)
         wait_for(lambda: pool.ready, 60, what="the pool started")
         out = pool.parse(datas)
         assert pool.ready, "a hostile file broke the pool"

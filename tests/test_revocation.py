@@ -545,3 +545,48 @@ debounce_seconds = 0.1
         )
     finally:
         d.stop()
+
+
+def test_a_large_crl_is_linted_through_a_sample_of_its_shape(ca_env: CAEnv) -> None:
+    """Thousands of revoked entries: the published CRL lists them all and lints clean."""
+    from certdrop.publish import LINT_FULL_CRL_MAX
+    from certdrop.service import Runtime
+    from certdrop.store import NewCertificate
+
+    rt = Runtime.build(ca_env.settings, ca_env.clock)
+    try:
+        now = ca_env.clock.now()
+        reasons = ["keyCompromise", "affiliationChanged", "superseded", "unspecified"]
+        n = LINT_FULL_CRL_MAX + 500
+        certs = [
+            NewCertificate(
+                serial=f"{0x1000 + i:X}",
+                subject=f"CN=r{i}",
+                common_name=f"r{i}",
+                email="",
+                not_before=now - dt.timedelta(days=10),
+                not_after=now + dt.timedelta(days=300),
+                profile="client",
+                request_name=f"r{i}",
+                request_fingerprint=f"{i:064x}",
+                issued_at=now - dt.timedelta(days=10),
+                der=b"\x30\x00",
+                status="revoked",
+                revoked_at=now - dt.timedelta(minutes=i),
+                revocation_reason=reasons[i % 4],
+            )
+            for i in range(n)
+        ]
+        with rt.store.begin() as conn:
+            rt.store.add_certificates(conn, certs)
+        assert rt.publisher is not None
+        rt.publisher.regenerate_crl("test")
+    finally:
+        rt.close()
+    der = (ca_env.state / "crl.der").read_bytes()
+    crl = x509.load_der_x509_crl(der)
+    assert len(crl) == n
+    assert {r.serial_number for r in crl} == {0x1000 + i for i in range(n)}
+    from certdrop.lint import shared_linter
+
+    assert shared_linter().crl(der) == []  # the whole CRL, as the sample promised

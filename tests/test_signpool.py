@@ -35,8 +35,10 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv) -> None:
     ca = CertificateAuthority.load(ca_env.state)
     pool = SigningPool(ca, ca_env.state, None, lint=True, workers=2)
     try:
-        wait_for(lambda: pool.ready, 60, what="pool workers")
         datas = _csrs(MIN_POOL_BATCH * 2)
+        assert not pool.ready  # started lazily: the first big batch starts it ...
+        pool.parse(datas)  # ... and is itself parsed in this process
+        wait_for(lambda: pool.ready, 60, what="pool workers")
         datas[3] = datas[3][:100]  # truncated
         datas[7] = b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
         here, there = parse_many(datas), pool.parse(datas)
@@ -103,5 +105,25 @@ def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
     try:
         datas = _csrs(2)
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))
+    finally:
+        pool.close()
+
+
+def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
+    import multiprocessing
+
+    ca = CertificateAuthority.load(ca_env.state)
+    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
+    try:
+        datas = _csrs(MIN_POOL_BATCH)
+        pool.parse(datas)
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        assert multiprocessing.active_children()
+        assert not pool.stop_if_idle(3600)  # used just now
+        assert pool.stop_if_idle(0)
+        assert not pool.ready and not multiprocessing.active_children()
+        assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # here, restarting
+        wait_for(lambda: pool.ready, 60, what="pool workers again")
+        assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # there
     finally:
         pool.close()

@@ -45,6 +45,7 @@ log = logging.getLogger("certdrop.service")
 LOCK_FILE = "certdrop.lock"
 CONTROL_POLL_SECONDS = 0.5
 BATCH_SIZE = 256  # requests taken off the queue and committed together
+POOL_IDLE_SECONDS = 60.0  # the signing processes stop after this long without a burst
 # after a full disk or an unusable index: first retry of work/, and the longest wait
 RECOVER_FIRST_DELAY = 5.0
 RECOVER_MAX_DELAY = 300.0
@@ -138,7 +139,8 @@ class Notifier:
                     self._sock = socket.socket(
                         socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                     )
-                self._sock.sendto("\n".join(fields).encode(), self._addr)
+                # never block: a service manager that stops reading must not freeze us
+                self._sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self._addr)
             except OSError as exc:
                 log.debug("sd_notify failed: %s", exc)
 
@@ -680,6 +682,8 @@ class Daemon:
                         # inotify drops events when its queue overflows: look again after a burst
                         self._had_activity = False
                         self.inbox.scan()
+                    elif self.rt.pool is not None:
+                        self.rt.pool.stop_if_idle(POOL_IDLE_SECONDS)
                     continue
                 self._handle(items)
 
@@ -718,7 +722,8 @@ class Daemon:
         if not ready:
             return
         try:
-            results = self.rt.pipeline.handle_batch([(i.path, i.profile) for i in ready])
+            with self.audit.batch():
+                results = self.rt.pipeline.handle_batch([(i.path, i.profile) for i in ready])
         except (OSError, IndexUnavailable) as exc:
             # a full disk, a vanished share, an index that cannot be written: nothing is
             # lost (each request stays where it is, in inbox/ or work/), and it is tried

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import select
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -146,33 +147,64 @@ class SigningPool:
         self.ca = ca
         self.lint_enabled = lint
         self.workers = workers or max(1, os.cpu_count() or 1)
-        ctx = multiprocessing.get_context("forkserver")
+        self._initargs = (str(state), passphrase, lint, os.getpid())
+        self._pool: ProcessPoolExecutor | None = None
+        self._warm: list[Future[bool]] = []
+        self._broken = False
+        self._last_used = time.monotonic()
+
+    def _start(self) -> None:
+        """Start the workers (they load the CA and pkilint) without waiting for them.
+
+        The pool is started on the first batch big enough to need it, and stopped
+        again after a quiet spell: an idle CA keeps one small process.
+        """
+        if self._pool is not None or self._broken:
+            return
         self._pool = ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=ctx,
+            mp_context=multiprocessing.get_context("forkserver"),
             initializer=_init_worker,
-            initargs=(str(state), passphrase, lint, os.getpid()),
+            initargs=self._initargs,
         )
-        # start the workers now (loading pkilint takes a moment), without waiting
-        self._warm: list[Future[bool]] = [self._pool.submit(_ping) for _ in range(self.workers)]
-        self._broken = False
+        self._warm = [self._pool.submit(_ping) for _ in range(self.workers)]
+        log.info("started %d signing processes", self.workers)
 
     @property
     def ready(self) -> bool:
-        return not self._broken and all(f.done() for f in self._warm)
+        return self._pool is not None and not self._broken and all(f.done() for f in self._warm)
+
+    def _use(self, n: int) -> ProcessPoolExecutor | None:
+        """The pool if it should take a batch of `n` now; else None (do it here)."""
+        if n < MIN_POOL_BATCH or self._broken:
+            return None
+        self._last_used = time.monotonic()
+        if not self.ready:
+            self._start()  # this batch is done here; the next ones go to the workers
+            return None
+        return self._pool
+
+    def stop_if_idle(self, idle_seconds: float) -> bool:
+        """Stop the workers when no batch needed them for `idle_seconds`."""
+        if self._pool is None or time.monotonic() - self._last_used < idle_seconds:
+            return False
+        pool, self._pool, self._warm = self._pool, None, []
+        pool.shutdown(wait=True, cancel_futures=True)
+        log.info("stopped the signing processes (idle for %g s)", idle_seconds)
+        return True
 
     def sign(
         self, specs: Sequence[IssueSpec], linter: Linter | None
     ) -> list[x509.Certificate | LintError]:
         lint = linter is not None
-        if len(specs) < MIN_POOL_BATCH or not self.ready or lint != self.lint_enabled:
+        pool = self._use(len(specs)) if lint == self.lint_enabled else None
+        if pool is None:
             return self._sign_here(specs, linter)
         plain = [_to_plain(s) for s in specs]
         n = min(self.workers * 2, len(plain))
         size = -(-len(plain) // n)
         futures = [
-            self._pool.submit(_sign_chunk, plain[i : i + size], lint)
-            for i in range(0, len(plain), size)
+            pool.submit(_sign_chunk, plain[i : i + size], lint) for i in range(0, len(plain), size)
         ]
         out: list[x509.Certificate | LintError] = []
         try:
@@ -191,13 +223,14 @@ class SigningPool:
 
     def parse(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
         """Parse (and verify the signatures of) dropped requests on every processor."""
-        if len(datas) < MIN_POOL_BATCH or not self.ready:
+        pool = self._use(len(datas))
+        if pool is None:
             return parse_many(datas)
         items = list(datas)
         n = min(self.workers * 2, len(items))
         size = -(-len(items) // n)
         futures = [
-            self._pool.submit(_parse_chunk, items[i : i + size]) for i in range(0, len(items), size)
+            pool.submit(_parse_chunk, items[i : i + size]) for i in range(0, len(items), size)
         ]
         out: list[ParsedRequest | RequestError] = []
         try:
@@ -221,7 +254,9 @@ class SigningPool:
         return out
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def describe(pool: Any) -> str:
