@@ -200,13 +200,7 @@ class Pipeline:
     def _sign_here(
         self, specs: Sequence[IssueSpec], linter: Linter | None
     ) -> list[x509.Certificate | LintError]:
-        out: list[x509.Certificate | LintError] = []
-        for spec in specs:
-            try:
-                out.append(self.ca.issue(spec, linter.certificate if linter else None))
-            except LintError as exc:
-                out.append(exc)
-        return out
+        return self.ca.issue_many(specs, linter.certificate if linter else None)
 
     # --- entry points --------------------------------------------------------------------------
     def handle_inbox_file(self, path: Path, profile: str) -> Result:
