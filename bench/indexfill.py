@@ -2,11 +2,8 @@
 
 One pre-made certificate DER stands in for every row, with distinct serials, request
 fingerprints and subjects: what the measurement needs (the index's size) without
-signing 100,000 certificates first. The first row goes in through
-`Store.add_certificate`; the rest are bulk-inserted into the same tables with the same
-column values (about 50 times faster than one `add_certificate` call per row, which
-costs a savepoint each). If the table's columns ever stop matching what the bulk
-insert writes, the fill falls back to `add_certificate` for every row.
+signing 100,000 certificates first. The rows go in through `Store.add_certificates`,
+the bulk insert the daemon's pipeline uses for a batch.
 """
 
 from __future__ import annotations
@@ -16,14 +13,12 @@ import hashlib
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
-import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certdrop.ca import CertificateAuthority, IssueSpec, random_serial, serial_hex
-from certdrop.store import NewCertificate, Store, cert_attrs, certificates, to_epoch
+from certdrop.store import NewCertificate, Store
 
 
 def sample_der(state: Path, now: dt.datetime) -> bytes:
@@ -85,22 +80,7 @@ def fill(
     t0 = time.perf_counter()
     try:
         with store.begin() as conn:
-            if records:
-                store.add_certificate(conn, records[0])
-            rest = records[1:]
-            if rest and _same_columns(conn, records[0]):
-                conn.execute(sa.insert(certificates), [_row(r) for r in rest])
-                conn.execute(
-                    sa.insert(cert_attrs),
-                    [
-                        {"serial": r.serial, "attr": a, "value": v.casefold()}
-                        for r in rest
-                        for a, v in r.attrs
-                    ],
-                )
-            else:
-                for r in rest:
-                    store.add_certificate(conn, r)
+            store.add_certificates(conn, records)  # the daemon's own bulk insert
         with store.begin() as conn:
             total = store.counts(conn, now)["total"]
         if total != n:
@@ -108,40 +88,3 @@ def fill(
     finally:
         store.close()
     return time.perf_counter() - t0, entries
-
-
-def _row(c: NewCertificate) -> dict[str, Any]:
-    """The certificates row `Store.add_certificate` writes for `c`."""
-    return {
-        "serial": c.serial,
-        "subject": c.subject,
-        "common_name": c.common_name,
-        "email": c.email,
-        "not_before": to_epoch(c.not_before),
-        "not_after": to_epoch(c.not_after),
-        "profile": c.profile,
-        "request_name": c.request_name,
-        "request_fingerprint": c.request_fingerprint,
-        "status": c.status,
-        "revoked_at": to_epoch(c.revoked_at) if c.revoked_at else None,
-        "revocation_reason": c.revocation_reason,
-        "issued_at": to_epoch(c.issued_at),
-        "owner": c.owner,
-        "source": c.source,
-        "key_generated": c.key_generated,
-        "der": c.der,
-    }
-
-
-def _same_columns(conn: Any, first: NewCertificate) -> bool:
-    """Did add_certificate write exactly the columns (and values) the bulk insert writes?"""
-    row = (
-        conn.execute(sa.select(certificates).where(certificates.c.serial == first.serial))
-        .one()
-        ._mapping
-    )
-    mine = _row(first)
-    written = {k: v for k, v in row.items() if v is not None or k in mine}
-    return set(written) <= set(mine) | {"superseded_by"} and all(
-        row[k] == v or (k == "key_generated" and bool(row[k]) == v) for k, v in mine.items()
-    )
