@@ -19,7 +19,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -614,32 +614,6 @@ def adopt_ca(
         )
     atomic_write(state / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, warnings
-
-
-def verify_rsa_or_ec(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True if `issuer` signed `cert` (any supported algorithm)."""
-    pub = issuer.public_key()
-    try:
-        if isinstance(pub, rsa.RSAPublicKey):
-            assert cert.signature_hash_algorithm is not None
-            pub.verify(
-                cert.signature,
-                cert.tbs_certificate_bytes,
-                padding.PKCS1v15(),
-                cert.signature_hash_algorithm,
-            )
-        elif isinstance(pub, ec.EllipticCurvePublicKey):
-            assert cert.signature_hash_algorithm is not None
-            pub.verify(
-                cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
-            )
-        elif isinstance(pub, ed25519.Ed25519PublicKey):
-            pub.verify(cert.signature, cert.tbs_certificate_bytes)
-        else:
-            return False
-    except (InvalidSignature, AssertionError):
-        return False
-    return True
 
 
 def read_passphrase(path: str) -> bytes | None:

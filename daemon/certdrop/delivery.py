@@ -31,12 +31,6 @@ def new_password() -> str:
     return "-".join(groups)
 
 
-def password_bits() -> float:
-    import math
-
-    return PASSWORD_GROUPS * PASSWORD_GROUP_LEN * math.log2(len(PASSWORD_ALPHABET))
-
-
 @dataclass(frozen=True)
 class Owner:
     uid: int

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
@@ -70,7 +70,7 @@ _PEM_BLOCK = re.compile(
     rb"-----END (NEW )?CERTIFICATE REQUEST-----"
 )
 
-_WEAK_HASHES = {"md5", "sha1", "sha224"}
+WEAK_HASHES = frozenset({"md5", "sha1", "sha224"})
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ def _from_csr(csr: x509.CertificateSigningRequest) -> ParsedRequest:
 
     # a weak hash is refused by the policy (with its own reason); OpenSSL 3 would not
     # even verify such a signature, so it is not checked here
-    if key.kind in ("rsa", "ec", "ed25519", "ed448", "dsa") and signature_hash not in _WEAK_HASHES:
+    if key.kind in ("rsa", "ec", "ed25519", "ed448", "dsa") and signature_hash not in WEAK_HASHES:
         try:
             valid = csr.is_signature_valid
         except (ValueError, UnsupportedAlgorithm):
@@ -427,10 +427,3 @@ def parse_enrollment(data: bytes) -> ParsedRequest:
 def has_control_characters(value: str) -> bool:
     """NUL, control, format (bidi overrides, zero-width) and unassigned characters."""
     return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value)
-
-
-def hash_name(algorithm: hashes.HashAlgorithm | None) -> str:
-    return "" if algorithm is None else algorithm.name
-
-
-WEAK_HASHES = frozenset(_WEAK_HASHES)

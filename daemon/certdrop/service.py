@@ -43,7 +43,6 @@ from .store import Store
 log = logging.getLogger("certdrop.service")
 
 LOCK_FILE = "certdrop.lock"
-CONTROL_POLL_SECONDS = 0.5
 BATCH_SIZE = 256  # requests taken off the queue and committed together
 POOL_IDLE_SECONDS = 60.0  # the signing processes stop after this long without a burst
 # after a full disk or an unusable index: first retry of work/, and the longest wait

@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -251,11 +250,3 @@ class SigningPool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-def describe(pool: Any) -> str:
-    return (
-        f"{pool.workers} signing processes"
-        if isinstance(pool, SigningPool)
-        else "in-process signing"
-    )

@@ -61,9 +61,6 @@ class Spool:
             if profile != default_profile:
                 ensure_dir(self.inbox / profile, INBOX_MODE if drop_box else 0o755)
 
-    def exists(self) -> bool:
-        return self.inbox.is_dir() and self.work.is_dir()
-
     def work_for(self, profile: str) -> Path:
         folder = self._work_profiles.get(profile)
         if folder is None:
