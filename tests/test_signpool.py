@@ -100,11 +100,14 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv) -> None:
 
 
 def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
+    import multiprocessing
+
     ca = CertificateAuthority.load(ca_env.state)
     pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
     try:
         datas = _csrs(2)
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))
+        assert not pool.ready and not multiprocessing.active_children()  # no pool started
     finally:
         pool.close()
 
