@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +160,6 @@ def _drop_box_observer() -> BaseObserver:
       know what arrives, so moved-out events are not even asked from the kernel
       (which also halves the events a burst puts in inotify's queue).
     """
-    from dataclasses import dataclass as watch_group, field
-
     from watchdog.observers.inotify import (
         InotifyFullEmitter,
         InotifyObserver,
@@ -183,7 +181,7 @@ def _drop_box_observer() -> BaseObserver:
         def get_queued_moved_from_event(self, cookie: int) -> Any:
             return None
 
-    @watch_group
+    @dataclass
     class DropBoxWatchGroup(InotifyWatchGroup):
         _move_event_grouper: InotifyMoveEventGrouper = field(
             default_factory=ArrivalsOnly, init=False
