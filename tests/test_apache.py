@@ -432,7 +432,12 @@ debounce_seconds = 0.2
         blocks = setup.crl_file.read_text().split("-----END X509 CRL-----")[:-1]
         crls = [x509.load_pem_x509_crl((b + "-----END X509 CRL-----\n").encode()) for b in blocks]
         assert [c.issuer for c in crls] == [inter.subject, root.subject]
-        assert "warning" not in env.cli("status", "--json")[1]
+        # the status is recorded just after the reload that let alice in
+        wait_for(
+            lambda: "warning" not in env.cli("status", "--json")[1],
+            timeout=30,
+            what="status without the warning",
+        )
 
         # a certificate the root issued directly (or another issuing CA under it) passes
         # mod_ssl's chain check but not the issuer test of the Require expr
