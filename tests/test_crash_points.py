@@ -514,3 +514,59 @@ def test_the_same_request_twice_in_one_batch_is_issued_once(
             assert sorted(r.request_name for r in rt.store.list_certs(conn)) == ["first", "other"]
     finally:
         rt.close()
+
+
+def test_batches_in_flight_decide_as_if_one_after_the_other(tmp_path: Path) -> None:
+    """The daemon starts batch 2 while batch 1 is being signed: what batch 2 shares with
+    batch 1 (the same request, the same unique CN) waits until batch 1 is recorded."""
+    from certdrop.clock import SystemClock
+    from certdrop.pipeline import Outcome
+    from certdrop.service import Runtime
+
+    env = make_env(tmp_path / "ca")
+    rt = Runtime.build(env.settings, SystemClock())
+    try:
+        alice, _ = _csr("Alice Overlap")
+        alice_again, _ = _csr("Alice Overlap")  # another key, the same unique CN
+        files = {
+            "a": alice,
+            "b": _csr("Bob Overlap")[0],
+            "a2": alice,  # the very same request as a, in the next batch
+            "c": alice_again,
+            "d": _csr("Dana Overlap")[0],
+        }
+        for name, data in files.items():
+            (env.inbox / f"{name}.req").write_bytes(data)
+        p = rt.pipeline
+        first = p.start([(env.inbox / f"{n}.req", "client") for n in ("a", "b")])
+        second = p.start([(env.inbox / f"{n}.req", "client") for n in ("a2", "c", "d")])
+        work = env.spool / "work" / "client"
+        # a2 and c are claimed but wait; nothing is delivered before a batch is finished
+        assert {f.name for f in work.glob("*.req")} == {
+            "a.req",
+            "b.req",
+            "a2.req",
+            "c.req",
+            "d.req",
+        }
+        assert not list(env.outbox.iterdir()) and not list(env.rejected.iterdir())
+        with pytest.raises(RuntimeError):
+            p.handle_batch([])  # nothing synchronous while batches are in flight
+
+        done1 = {claim.name: res.outcome for claim, res in p.finish(first)}
+        assert done1 == {
+            "a": Outcome.ISSUED,
+            "b": Outcome.ISSUED,
+            "a2": Outcome.REDELIVERED,  # decided after a was recorded
+            "c": Outcome.REJECTED,  # CN already has a valid certificate: a's
+        }
+        assert "already has a valid certificate" in (env.rejected / "c.reason").read_text()
+        assert (env.outbox / "a.cer").read_bytes() == (env.outbox / "a2.cer").read_bytes()
+        assert {claim.name: res.outcome for claim, res in p.finish(second)} == {"d": Outcome.ISSUED}
+        assert not list(work.iterdir())
+        with rt.store.begin() as conn:
+            certs = rt.store.list_certs(conn)
+        assert sorted(c.request_name for c in certs) == ["a", "b", "d"]
+        assert len({c.serial for c in certs}) == 3
+    finally:
+        rt.close()

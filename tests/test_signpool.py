@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from certdrop.ca import CertificateAuthority, IssueSpec, random_serial
+from certdrop.ca import (
+    CertificateAuthority,
+    IssueSpec,
+    Staged,
+    Staging,
+    random_serial,
+    subject_text,
+)
 from certdrop.errors import LintError, RequestError
 from certdrop.lint import shared_linter
 from certdrop.request import parse_many
@@ -31,7 +40,7 @@ def _csrs(n: int) -> list[bytes]:
     return out
 
 
-def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv) -> None:
+def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: Path) -> None:
     ca = CertificateAuthority.load(ca_env.state)
     pool = SigningPool(ca, ca_env.state, None, lint=True, workers=2)
     try:
@@ -75,19 +84,46 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv) -> None:
                 serial=random_serial(),
             )
         )
-        signed = pool.sign(specs, shared_linter())
+        # the workers stage what they sign; the last good spec gets a key made there, in a p12
+        stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
+        stagings[-2] = replace(
+            stagings[-2],
+            p12_path=str(tmp_path / "made.p12"),
+            key_type="ec-p256",
+            password="pw-1",
+            friendly_name="pool 1",
+        )
+        signed = pool.sign(specs, stagings, shared_linter())()
         assert isinstance(signed[-1], LintError)
-        for spec, cert in zip(specs[:-1], signed[:-1], strict=True):
-            assert isinstance(cert, x509.Certificate)
+        assert not (tmp_path / f"{len(specs) - 1}.cer").exists()  # nothing staged for it
+        for i, (spec, staged) in enumerate(zip(specs[:-1], signed[:-1], strict=True)):
+            assert isinstance(staged, Staged)
+            cert = x509.load_der_x509_certificate(staged.der)
+            assert (tmp_path / f"{i}.cer").read_bytes() == cert.public_bytes(
+                serialization.Encoding.PEM
+            )
             cert.verify_directly_issued_by(ca.cert)
             assert cert.serial_number == spec.serial
-            assert (
-                cert.public_key().public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-                == spec.public_key
+            assert staged.subject == subject_text(cert.subject)
+            assert staged.not_after == cert.not_valid_after_utc
+            assert lint_clean(staged.der) == []
+            spki = cert.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
-            assert lint_clean(cert.public_bytes(serialization.Encoding.DER)) == []
+            if i < len(specs) - 2:
+                assert spki == spec.public_key and not staged.p12
+            else:  # the key made in the worker: only inside the p12, with its certificate
+                assert spki != spec.public_key and staged.p12
+                key, p12_cert, _ = pkcs12.load_key_and_certificates(
+                    (tmp_path / "made.p12").read_bytes(), b"pw-1"
+                )
+                assert p12_cert == cert and key is not None
+                assert (
+                    key.public_key().public_bytes(
+                        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                    )
+                    == spki
+                )
         # the same LintError text the daemon process gives
         try:
             ca.issue(specs[-1], shared_linter().certificate)

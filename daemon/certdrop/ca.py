@@ -7,6 +7,7 @@ the subject key a user dropped, which goes in and comes out only inside a p12).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -26,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .clock import utc_seconds
 from .config import CASettings
 from .errors import CAError, LintError
-from .fsutil import atomic_write, ensure_dir
+from .fsutil import atomic_write, ensure_dir, write_staged
 from .request import ATTRIBUTE_OIDS
 
 CA_KEY = "ca.key"
@@ -115,6 +116,33 @@ class IssueSpec:
     dns_names: Sequence[str] = ()
     serial: int = 0
     crl_distribution_point: str = ""
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Where the certificate about to be signed is staged (PEM, not yet durable), and,
+    for a key made here (server-side key generation), the PKCS#12 made with it."""
+
+    cer_path: str
+    owner: tuple[int, int] | None = None  # chown target (running as root)
+    cer_mode: int = 0o644
+    p12_path: str = ""  # removed when no p12 is made (a stale one from a crash)
+    p12_mode: int = 0o600
+    key_type: str = ""  # make the subject's key here; the spec's public key is unused
+    password: str = ""
+    friendly_name: str = ""
+    p12_preset: str = "aes256"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A certificate signed and staged (with its p12 when the key was made here)."""
+
+    der: bytes
+    subject: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    p12: bool = False
 
 
 def subject_text(name: x509.Name) -> str:
@@ -290,16 +318,49 @@ class CertificateAuthority:
         self.verify_signed_by_me(cert)
         return cert
 
-    def issue_many(
-        self, specs: Sequence[IssueSpec], linter: Linter | None = None
-    ) -> list[x509.Certificate | LintError]:
-        """`issue` for each spec; a refusal by the linter takes the certificate's place."""
-        out: list[x509.Certificate | LintError] = []
-        for spec in specs:
+    def issue_and_stage(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> list[Staged | LintError]:
+        """`issue` each spec and write its outputs where its Staging says.
+
+        This is the whole per-certificate work of a batch, in one place for the daemon
+        process and the signing pool: a key made for a p12 exists only here, in memory,
+        and leaves only inside the encrypted bundle.
+        """
+        out: list[Staged | LintError] = []
+        for spec, staging in zip(specs, stagings, strict=True):
+            key: PrivateKey | None = None
+            if staging.key_type:
+                key = generate_key(staging.key_type)
+                spec = replace(spec, public_key=key.public_key())
             try:
-                out.append(self.issue(spec, linter))
+                cert = self.issue(spec, linter)
             except LintError as exc:
                 out.append(exc)
+                continue
+            write_staged(
+                Path(staging.cer_path),
+                cert.public_bytes(serialization.Encoding.PEM),
+                staging.cer_mode,
+                staging.owner,
+            )
+            if key is not None:
+                p12 = self.pkcs12_bundle(
+                    key, cert, staging.friendly_name, staging.password, staging.p12_preset
+                )
+                write_staged(Path(staging.p12_path), p12, staging.p12_mode, staging.owner)
+            elif staging.p12_path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staging.p12_path)
+            out.append(
+                Staged(
+                    der=cert.public_bytes(serialization.Encoding.DER),
+                    subject=subject_text(cert.subject),
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                    p12=key is not None,
+                )
+            )
         return out
 
     def verify_signed_by_me(self, cert: x509.Certificate) -> None:

@@ -34,12 +34,12 @@ from .ca import (
     CertificateAuthority,
     IssueSpec,
     PrivateKey,
-    generate_key,
+    Staged,
+    Staging,
     load_subject_key,
     random_serial,
     serial_hex,
     subject_key_matches,
-    subject_text,
 )
 from .clock import Clock
 from .config import Settings
@@ -147,16 +147,17 @@ class _Plan:
     req: ParsedRequest
     decision: policy.Decision
     spec: IssueSpec
-    subject_key: PrivateKey | None
+    subject_key: PrivateKey | None  # dropped beside the request
     was_pending: bool = False
+    key_type: str = ""  # a key to make with the certificate (server-side generation)
+    password: str = ""  # for the p12 of a key made here
 
 
 @dataclass
 class _Signed:
     plan: _Plan
-    cert: x509.Certificate
+    staged: Staged
     serial: str
-    subject: str
     password: str = ""
 
 
@@ -165,9 +166,40 @@ RECOVERY_BATCH = 256
 Parser = Callable[[Sequence[bytes]], list["ParsedRequest | RequestError"]]
 """Parses a batch of dropped files (in this process or in a pool)."""
 
+Signed = list["Staged | LintError"]
 
-Signer = Callable[[Sequence[IssueSpec], "Linter | None"], list["x509.Certificate | LintError"]]
-"""Signs a batch of specs (in this process or in a pool): a certificate or a LintError each."""
+Signer = Callable[[Sequence[IssueSpec], Sequence[Staging], "Linter | None"], Callable[[], Signed]]
+"""Starts signing and staging a batch of specs (in this process or in a pool) and
+returns the way to wait for the outcome: a Staged or a LintError each."""
+
+Done = list[tuple[_Claim, Result]]
+
+
+@dataclass
+class _Batch:
+    """Claimed requests between `_begin` (decided; signing started) and `_finish`."""
+
+    done: Done = field(default_factory=list)
+    plans: list[_Plan] = field(default_factory=list)
+    signing: Callable[[], Signed] | None = None
+    now: dt.datetime | None = None
+    approved: bool = False
+    # the same request twice in this batch, and requests of later batches that touch
+    # what this one is issuing: decided once this batch is recorded
+    after: list[_Claim] = field(default_factory=list)
+    # what this batch may still change in the index: request fingerprints, unique keys
+    fingerprints: set[str] = field(default_factory=set)
+    keys: set[tuple[str, str]] = field(default_factory=set)
+    serials: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Ticket:
+    """A batch of inbox files handed to `Pipeline.start`."""
+
+    immediate: list[tuple[int, Result]]  # index in the items: not claimed (skipped, retry, ...)
+    claimed: dict[int, int]  # id(claim) -> index in the items
+    batch: _Batch | None
 
 
 class Pipeline:
@@ -196,11 +228,15 @@ class Pipeline:
         self.parser: Parser = parse_many
         # fault injection for the crash tests (faults.py); does nothing in production
         self.crashpoint: Crashpoint = no_crash
+        # batches begun and not finished yet, oldest first (at most two in the daemon)
+        self._inflight: list[_Batch] = []
 
     def _sign_here(
-        self, specs: Sequence[IssueSpec], linter: Linter | None
-    ) -> list[x509.Certificate | LintError]:
-        return self.ca.issue_many(specs, linter.certificate if linter else None)
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> Callable[[], Signed]:
+        return lambda: self.ca.issue_and_stage(
+            specs, stagings, linter.certificate if linter else None
+        )
 
     # --- entry points --------------------------------------------------------------------------
     def handle_inbox_file(self, path: Path, profile: str) -> Result:
@@ -208,7 +244,7 @@ class Pipeline:
         return self.handle_batch([(path, profile)])[0]
 
     def handle_batch(self, items: Sequence[tuple[Path, str]]) -> list[Result]:
-        """Files seen in the inbox, processed together.
+        """Files seen in the inbox, processed together: one result per item, in order.
 
         Claims are renamed first (their folders fsynced once), requests are parsed and
         decided one by one, certificates are signed, staged and made durable together
@@ -216,24 +252,47 @@ class Pipeline:
         with one fsync per folder. A crash anywhere leaves each request in inbox/,
         work/ (processed again at start) or its final place.
         """
-        results: list[Result | None] = []
+        self.flush_check()
+        ticket = self.start(items)
+        results: dict[int, Result] = dict(ticket.immediate)
+        for claim, res in self.finish(ticket):
+            results[ticket.claimed[id(claim)]] = res
+        return [results[i] for i in range(len(items))]
+
+    def start(self, items: Sequence[tuple[Path, str]]) -> Ticket:
+        """Claim, read, parse and decide a batch, and start signing it (in the pool).
+
+        The daemon starts the next batch while the pool signs this one, and finishes
+        this one while the pool signs the next: `finish` records and delivers it.
+        Requests of the new batch that touch what a batch in flight is issuing (the
+        same request, the same unique subject) wait until that batch is recorded, so
+        every decision sees the index as if the batches had run one after the other.
+        """
+        immediate: list[tuple[int, Result]] = []
         claims: list[tuple[int, _Claim]] = []
         touched: set[Path] = set()
-        for path, profile in items:
+        for i, (path, profile) in enumerate(items):
             got = self._precheck_and_claim(path, profile, touched)
             if isinstance(got, _Claim):
-                claims.append((len(results), got))
-                results.append(None)
+                claims.append((i, got))
             else:
-                results.append(got)
+                immediate.append((i, got))
         for folder in touched:
             fsync_dir(folder)
+        batch = None
         if claims:
             self.crashpoint("after-claim")
-            processed = self._process([c for _, c in claims])
-            for (i, _), res in zip(claims, processed, strict=True):
-                results[i] = res
-        return [r for r in results if r is not None]
+            batch = self._begin([c for _, c in claims])
+        return Ticket(immediate, {id(c): i for i, c in claims}, batch)
+
+    def finish(self, ticket: Ticket) -> Done:
+        """Record and deliver a started batch: (claim, result) for its requests and for
+        the requests of other batches that waited for it."""
+        return self._finish(ticket.batch) if ticket.batch is not None else []
+
+    def flush_check(self) -> None:
+        if self._inflight:
+            raise RuntimeError("a batch is still in flight; finish it first")
 
     def _precheck_and_claim(self, path: Path, profile: str, touched: set[Path]) -> Result | _Claim:
         filename = path.name
@@ -338,6 +397,7 @@ class Pipeline:
 
     def recover(self) -> list[Result]:
         """Process everything left in work/ by an interrupted run."""
+        self.flush_check()  # a batch in flight has its claims in work/ too
         results: list[Result] = []
         if not self.spool.work.is_dir():
             return results
@@ -367,7 +427,7 @@ class Pipeline:
         """A batch of work/; after an unexpected error, its requests one by one, so that
         one request hitting a bug neither blocks the others nor the daemon's start."""
         try:
-            return self._process(claims)
+            return [res for _, res in self._process(claims)]
         except (OSError, IndexUnavailable):
             raise  # the disk or the index: stop here, all of it is tried later
         except Exception:  # isolated below, request by request
@@ -384,30 +444,38 @@ class Pipeline:
         return results
 
     def process_claimed(self, path: Path, profile_name: str, *, approved: bool = False) -> Result:
+        self.flush_check()
         claim = self._load_claim(path, profile_name)
         if claim is None:
             return Result(Outcome.SKIPPED, path.name[:-4])
-        return self._process([claim], approved=approved)[0]
+        return self._process([claim], approved=approved)[0][1]
 
     # --- the main path --------------------------------------------------------------------------
-    def _process(self, claims: list[_Claim], *, approved: bool = False) -> list[Result]:
-        """Parse, decide, sign, record and deliver a batch of claimed requests."""
-        results: dict[int, Result] = {}
-        readable: list[tuple[int, _Claim]] = []
-        for i, claim in enumerate(claims):
+    def _process(self, claims: list[_Claim], *, approved: bool = False) -> Done:
+        """Begin and finish a batch of claimed requests. With no other batch in flight,
+        every claim gets its result here; else those that must wait for a batch in
+        flight get theirs when that batch is finished."""
+        return self._finish(self._begin(claims, approved=approved))
+
+    def _begin(self, claims: list[_Claim], *, approved: bool = False) -> _Batch:
+        """Read, parse and decide; start signing what the policy accepted."""
+        batch = _Batch(approved=approved)
+        done = batch.done
+        readable: list[_Claim] = []
+        for claim in claims:
             try:
                 problem = self._unsafe(claim.st)
                 if problem:
                     raise RequestError(problem)
                 claim.data = self._read(claim.path, claim.st)
-                readable.append((i, claim))
+                readable.append(claim)
             except CertdropError as exc:
-                results[i] = self._reject(claim, [str(exc)])
+                done.append((claim, self._reject(claim, [str(exc)])))
         prepared: list[_Prepared] = []
-        parsed = self.parser([claim.data for _, claim in readable])
-        for (i, claim), req in zip(readable, parsed, strict=True):
+        parsed = self.parser([claim.data for claim in readable])
+        for claim, req in zip(readable, parsed, strict=True):
             if isinstance(req, RequestError):
-                results[i] = self._reject(claim, [str(req)])
+                done.append((claim, self._reject(claim, [str(req)])))
                 continue
             if req.kind == "enrollment":
                 # one enrollment file asks for one new key; the same text dropped again
@@ -415,54 +483,80 @@ class Pipeline:
                 st = claim.st
                 ident = f"|{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}".encode()
                 req = replace(req, fingerprint=hashlib.sha256(claim.data + ident).hexdigest())
-            prepared.append(_Prepared(i, claim, req))
+            prepared.append(_Prepared(len(prepared), claim, req))
         # the very same request twice in one batch (dropped under two names): the second
         # waits until the first is decided and recorded, and is then re-delivered its
         # certificate (or refused the same way), exactly as if it had come later
+        unique = {
+            id(p): policy.unique_keys(p.req, self.settings.profiles[p.claim.profile])
+            for p in prepared
+        }
         firsts: dict[str, _Prepared] = {}
-        repeats: list[int] = []
         for p in prepared:
             if p.req.fingerprint in firsts:
-                repeats.append(p.index)
+                batch.after.append(p.claim)
+                batch.fingerprints.add(p.req.fingerprint)
+                batch.keys.update(unique[id(p)])
             else:
                 firsts[p.req.fingerprint] = p
         prepared = list(firsts.values())
         self.crashpoint("after-parse")
         if prepared:
-            now = self.clock.now()
+            now = batch.now = self.clock.now()
+            # what batches in flight may still issue: a request touching it waits for them
+            busy_fps = {f for b in self._inflight for f in b.fingerprints}
+            busy_keys = {k for b in self._inflight for k in b.keys}
+            if busy_fps or busy_keys:
+                free = []
+                for p in prepared:
+                    if p.req.fingerprint in busy_fps or busy_keys.intersection(unique[id(p)]):
+                        last = self._inflight[-1]
+                        last.after.append(p.claim)
+                        last.fingerprints.add(p.req.fingerprint)
+                        last.keys.update(unique[id(p)])
+                    else:
+                        free.append(p)
+                prepared = free
             with self.store.begin() as conn:
                 previous = self.store.by_fingerprints(conn, [p.req.fingerprint for p in prepared])
                 pending = self.store.pending_by_names(conn, [p.claim.name for p in prepared])
-                keys = {
-                    k
-                    for p in prepared
-                    for k in policy.unique_keys(p.req, self.settings.profiles[p.claim.profile])
-                }
+                keys = {k for p in prepared for k in unique[id(p)]}
                 existing = self.store.existing_valid(conn, keys, now)
             seen: dict[tuple[str, str], list[policy.ExistingCert]] = {
                 k: [policy.ExistingCert(r.serial, r.not_after, r.profile, r.subject) for r in v]
                 for k, v in existing.items()
             }
-            plans: list[_Plan] = []
             for p in prepared:
                 try:
-                    got = self._decide(p, previous, pending, seen, now, approved)
+                    got = self._decide(p, previous, pending, seen, now, batch.approved)
                 except IndexUnavailable:
                     raise  # the server's trouble, not the request's: kept, tried again later
                 except CertdropError as exc:
                     got = self._reject(p.claim, [str(exc)])
                 if isinstance(got, Result):
-                    results[p.index] = got
+                    done.append((p.claim, got))
                 else:
-                    plans.append(got)
-            if plans:
-                for plan, res in zip(plans, self._issue(plans, now), strict=True):
-                    results[plan.index] = res
-        if repeats:
-            again = self._process([claims[i] for i in repeats], approved=approved)
-            for i, res in zip(repeats, again, strict=True):
-                results[i] = res
-        return [results[i] for i in range(len(claims))]
+                    batch.plans.append(got)
+                    batch.fingerprints.add(p.req.fingerprint)
+                    batch.keys.update(unique[id(p)])
+            if batch.plans:
+                self._start_signing(batch)
+        self._inflight.append(batch)
+        return batch
+
+    def _finish(self, batch: _Batch) -> Done:
+        """Record and deliver a begun batch, then decide the requests that waited for it."""
+        try:
+            done = batch.done
+            if batch.plans:
+                assert batch.now is not None
+                for plan, res in zip(batch.plans, self._issue(batch), strict=True):
+                    done.append((plan.claim, res))
+        finally:
+            self._inflight.remove(batch)
+        if batch.after:
+            done += self._process(batch.after, approved=batch.approved)
+        return done
 
     def _decide(
         self,
@@ -536,10 +630,11 @@ class Pipeline:
         if decision.needs_approval:
             return self._to_pending(claim, req, now)
 
-        public_key: Any
+        public_key: Any = None  # an enrollment's key is made by the signer
+        key_type = password = ""
         if req.kind == "enrollment":
-            subject_key = generate_key(req.enrollment_key_type or profile.key_type)
-            public_key = subject_key.public_key()
+            key_type = req.enrollment_key_type or profile.key_type
+            password = new_password()
         else:
             public_key = req.spki  # the CSR's key, as DER: the signer loads it
         assert decision.not_before is not None and decision.not_after is not None
@@ -563,19 +658,52 @@ class Pipeline:
         for serial in decision.supersedes:  # a renewed certificate is renewed once
             for lst in seen.values():
                 lst[:] = [e for e in lst if e.serial != serial]
-        return _Plan(p.index, claim, req, decision, spec, subject_key, was_pending=pend is not None)
+        return _Plan(
+            p.index,
+            claim,
+            req,
+            decision,
+            spec,
+            subject_key,
+            was_pending=pend is not None,
+            key_type=key_type,
+            password=password,
+        )
 
-    def _issue(self, plans: list[_Plan], now: dt.datetime) -> list[Result]:
-        # serials: random, and checked against the index in one query
+    def _start_signing(self, batch: _Batch) -> None:
+        plans = batch.plans
+        # serials: random, checked against the index in one query and against the
+        # batches in flight
         with self.store.begin() as conn:
             taken = self.store.existing_serials(conn, [serial_hex(p.spec.serial) for p in plans])
-        used: set[int] = set()
+        used: set[int] = {n for b in self._inflight for n in b.serials}
         for plan in plans:
             while serial_hex(plan.spec.serial) in taken or plan.spec.serial in used:
                 plan.spec = replace(plan.spec, serial=random_serial())
             used.add(plan.spec.serial)
+            batch.serials.add(plan.spec.serial)
+        stagings = []
+        for plan in plans:
+            claim = plan.claim
+            cn = next((v for n, v in plan.decision.subject if n == "CN"), claim.name)
+            stagings.append(
+                Staging(
+                    cer_path=str(self.spool.staged(claim.profile, claim.name, ".cer")),
+                    owner=output_owner(claim.owner),
+                    p12_path=str(self.spool.staged(claim.profile, claim.name, ".p12")),
+                    p12_mode=p12_mode(claim.owner),
+                    key_type=plan.key_type,
+                    password=plan.password,
+                    friendly_name=cn,
+                    p12_preset=self.settings.profile_pkcs12_encryption(claim.profile),
+                )
+            )
+        batch.signing = self.signer([p.spec for p in plans], stagings, self.linter)
 
-        signed = self.signer([p.spec for p in plans], self.linter)
+    def _issue(self, batch: _Batch) -> list[Result]:
+        plans, now = batch.plans, batch.now
+        assert batch.signing is not None and now is not None
+        signed = batch.signing()
         self.crashpoint("after-sign")
         results: dict[int, Result] = {}
         ready: list[_Signed] = []
@@ -583,7 +711,7 @@ class Pipeline:
             if isinstance(out, LintError):
                 results[plan.index] = self._reject(plan.claim, [str(out)])
                 continue
-            ready.append(self._stage(plan, out))
+            ready.append(self._staged(plan, out))
         if ready:
             sync_filesystem(self.spool.root)
             self.crashpoint("after-stage")
@@ -609,49 +737,49 @@ class Pipeline:
                 results[item.plan.index] = self._announce(item)
         return [results[p.index] for p in plans]
 
-    def _stage(self, plan: _Plan, cert: x509.Certificate) -> _Signed:
-        """Write the outputs into work/ (not yet durable: one syncfs covers the batch)."""
-        claim = plan.claim
-        owner = output_owner(claim.owner)
-        staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
-        staged_p12 = self.spool.staged(claim.profile, claim.name, ".p12")
-        remove_quietly(staged_p12)
-        write_staged(staged_cer, cert.public_bytes(serialization.Encoding.PEM), 0o644, owner)
-        password = ""
+    def _staged(self, plan: _Plan, staged: Staged) -> _Signed:
+        """The signer staged the .cer (and the p12 of a key it made); a key dropped
+        beside the request is bundled here (not yet durable: one syncfs covers the batch)."""
+        password = plan.password
         if plan.subject_key is not None:
+            claim = plan.claim
             password = new_password()
             cn = next((v for n, v in plan.decision.subject if n == "CN"), claim.name)
             p12 = self.ca.pkcs12_bundle(
                 plan.subject_key,
-                cert,
+                x509.load_der_x509_certificate(staged.der),
                 cn,
                 password,
                 self.settings.profile_pkcs12_encryption(claim.profile),
             )
-            write_staged(staged_p12, p12, p12_mode(claim.owner), owner)
-        return _Signed(
-            plan, cert, serial_hex(cert.serial_number), subject_text(cert.subject), password
-        )
+            write_staged(
+                self.spool.staged(claim.profile, claim.name, ".p12"),
+                p12,
+                p12_mode(claim.owner),
+                output_owner(claim.owner),
+            )
+        plan.password = ""
+        return _Signed(plan, staged, serial_hex(plan.spec.serial), password)
 
     def _record(self, ready: list[_Signed], now: dt.datetime) -> None:
         """One index transaction for the whole batch: the point of no return."""
         records: list[NewCertificate] = []
         for item in ready:
-            plan, cert = item.plan, item.cert
+            plan, staged = item.plan, item.staged
             decision = plan.decision
             records.append(
                 NewCertificate(
                     serial=item.serial,
-                    subject=item.subject,
+                    subject=staged.subject,
                     common_name=next((v for n, v in decision.subject if n == "CN"), ""),
                     email=decision.emails[0] if decision.emails else "",
-                    not_before=cert.not_valid_before_utc,
-                    not_after=cert.not_valid_after_utc,
+                    not_before=staged.not_before,
+                    not_after=staged.not_after,
                     profile=plan.claim.profile,
                     request_name=plan.claim.name,
                     request_fingerprint=plan.req.fingerprint,
                     issued_at=now,
-                    der=cert.public_bytes(serialization.Encoding.DER),
+                    der=staged.der,
                     attrs=list(decision.subject),
                     owner=plan.claim.owner.name or str(plan.claim.owner.uid),
                     key_generated=plan.req.kind == "enrollment",
@@ -704,7 +832,7 @@ class Pipeline:
     def _announce(self, item: _Signed) -> Result:
         claim, decision = item.plan.claim, item.plan.decision
         notes = list(decision.notes) + claim.notes
-        subject = item.subject
+        subject = item.staged.subject
         log.info(
             "issued %s.req serial=%s profile=%s subject=%s%s",
             claim.name,
@@ -719,7 +847,7 @@ class Pipeline:
             serial=item.serial,
             subject=subject,
             supersedes=list(decision.supersedes),
-            p12=item.plan.subject_key is not None,
+            p12=item.staged.p12 or item.plan.subject_key is not None,
         )
         if self.hooks.on_issued is not None:
             self.hooks.on_issued(item.serial, list(decision.supersedes))

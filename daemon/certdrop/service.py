@@ -33,7 +33,7 @@ from .faults import crashpoint_from_environment
 from .inbox import Inbox, WorkItem, WorkQueue
 from .lint import Linter, shared_linter
 from .mail import FlushReport, Mailer, choose_password_channel, queue_admin_alert
-from .pipeline import Outcome, Pipeline, PipelineHooks, Result
+from .pipeline import Outcome, Pipeline, PipelineHooks, Result, Ticket
 from .publish import CRL_CHECK_SECONDS, Publisher, build_publisher
 from .scheduler import Scheduler
 from .signpool import SigningPool
@@ -667,13 +667,17 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 with self._busy():
+                    self._flush()
                     self._reload()
-            items = self.queue.get_batch(BATCH_SIZE, timeout=0.25)
+            # with a batch in flight, only what is already queued is taken: else that
+            # batch is finished right away (a single drop waits for nothing)
+            items = self.queue.get_batch(BATCH_SIZE, timeout=0.0 if self._started else 0.25)
             if self.stop_requested.is_set():
                 break  # SIGTERM: no new work; what was taken stays in the inbox for next time
             with self._busy():
                 now_mono = time.monotonic()
                 if not items or now_mono - last_control >= 1.0:
+                    self._flush()
                     self._poll_controls()
                     last_control = now_mono
                 if not items:
@@ -685,6 +689,8 @@ class Daemon:
                         self.rt.pool.stop_if_idle(POOL_IDLE_SECONDS)
                     continue
                 self._handle(items)
+        with self._busy():
+            self._flush()  # the batch in flight is claimed and signed: record and deliver it
 
     def _drain_initial(self) -> None:
         """Process what the first scan found before declaring READY (bounded by time).
@@ -705,10 +711,22 @@ class Daemon:
             self._only_waiting_keys = all(i.path.name.endswith(".key") for i in items)
             with self._busy():
                 self._handle(items)
+        with self._busy():
+            self._flush()
 
     _only_waiting_keys = False
 
+    # the batch started and not finished: its ticket and the work items it came from
+    _started: tuple[Ticket, list[WorkItem]] | None = None
+
     def _handle(self, items: list[WorkItem]) -> None:
+        """Start a batch, then finish the one started before it.
+
+        Two batches overlap: while the signing pool signs the one just started, this
+        thread records and delivers the previous one (and next time claims, reads and
+        decides the next one). The pipeline makes requests that touch a batch in flight
+        wait for it.
+        """
         assert self.rt is not None and self.inbox is not None
         now_wall = time.time()
         ready: list[WorkItem] = []
@@ -720,30 +738,59 @@ class Daemon:
                 ready.append(item)
         if not ready:
             return
+        previous, self._started = self._started, None
+        try:
+            try:
+                with self.audit.batch():
+                    ticket = self.rt.pipeline.start([(i.path, i.profile) for i in ready])
+            except Exception as exc:  # noqa: BLE001 - sorted out in _failed_batch
+                self._failed_batch(ready, exc)
+                return
+            for i, res in ticket.immediate:
+                self._count(res)
+                if res.outcome is Outcome.RETRY:
+                    self.queue.put_later(ready[i], max(res.retry_after, 0.05))
+                elif res.outcome is not Outcome.SKIPPED:
+                    self._had_activity = True
+            if ticket.batch is not None:
+                self._started = (ticket, ready)
+        finally:
+            if previous is not None:
+                self._finish(previous)
+
+    def _flush(self) -> None:
+        """Finish the batch in flight, if any."""
+        previous, self._started = self._started, None
+        if previous is not None:
+            self._finish(previous)
+
+    def _finish(self, started: tuple[Ticket, list[WorkItem]]) -> None:
+        assert self.rt is not None
+        ticket, items = started
         try:
             with self.audit.batch():
-                results = self.rt.pipeline.handle_batch([(i.path, i.profile) for i in ready])
-        except (OSError, IndexUnavailable) as exc:
+                done = self.rt.pipeline.finish(ticket)
+        except Exception as exc:  # noqa: BLE001 - sorted out in _failed_batch
+            self._failed_batch([items[i] for i in ticket.claimed.values()], exc)
+            return
+        for _, res in done:
+            self._count(res)
+            if res.outcome is not Outcome.SKIPPED:
+                self._had_activity = True
+
+    def _failed_batch(self, items: list[WorkItem], exc: Exception) -> None:
+        if isinstance(exc, OSError | IndexUnavailable | CertdropError):
             # a full disk, a vanished share, an index that cannot be written: nothing is
             # lost (each request stays where it is, in inbox/ or work/), and it is tried
             # again later
-            self._failed(ready, str(exc), 5.0)
-            return
-        except CertdropError as exc:
-            self._failed(ready, str(exc), 5.0)
-            return
-        except Exception:
-            log.exception(
-                "internal error while processing %d request(s); will retry in 30 s", len(ready)
+            self._failed(items, str(exc), 5.0)
+        else:
+            log.error(
+                "internal error while processing %d request(s); will retry in 30 s",
+                len(items),
+                exc_info=exc,
             )
-            self._failed(ready, "internal error", 30.0, logged=True)
-            return
-        for item, res in zip(ready, results, strict=True):
-            self._count(res)
-            if res.outcome is Outcome.RETRY:
-                self.queue.put_later(item, max(res.retry_after, 0.05))
-            elif res.outcome is not Outcome.SKIPPED:
-                self._had_activity = True
+            self._failed(items, "internal error", 30.0, logged=True)
 
     def _failed(
         self, items: list[WorkItem], error: str, delay: float, logged: bool = False

@@ -17,15 +17,14 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .ca import CertificateAuthority, IssueSpec, public_key_bytes
+from .ca import CertificateAuthority, IssueSpec, Staged, Staging, public_key_bytes
 from .errors import LintError, RequestError
 from .lint import Linter
 from .request import ParsedRequest, parse_many, parse_request
@@ -46,7 +45,7 @@ _Plain = tuple[
 def _to_plain(spec: IssueSpec) -> _Plain:
     return (
         list(spec.subject),
-        public_key_bytes(spec.public_key),
+        public_key_bytes(spec.public_key) if spec.public_key is not None else b"",
         spec.not_before.timestamp(),
         spec.not_after.timestamp(),
         list(spec.key_usage),
@@ -62,7 +61,7 @@ def _from_plain(p: _Plain) -> IssueSpec:
     subject, spki, nb, na, ku, eku, emails, dns, serial, dp = p
     return IssueSpec(
         subject=subject,
-        public_key=serialization.load_der_public_key(spki),
+        public_key=serialization.load_der_public_key(spki) if spki else None,
         not_before=dt.datetime.fromtimestamp(nb, dt.UTC),
         not_after=dt.datetime.fromtimestamp(na, dt.UTC),
         key_usage=ku,
@@ -102,18 +101,13 @@ def _init_worker(state: str, passphrase: bytes | None, lint: bool, daemon_pid: i
     _worker_linter = Linter() if lint else None
 
 
-def _sign_chunk(chunk: list[_Plain], lint: bool) -> list[tuple[bytes, str]]:
-    """(DER, "") for a signed certificate, (b"", reason) for a lint refusal."""
+def _sign_chunk(chunk: list[tuple[_Plain, Staging]], lint: bool) -> list[Staged | str]:
+    """Sign and stage; the reason instead for a lint refusal."""
     assert _worker_ca is not None
     linter = _worker_linter.certificate if (lint and _worker_linter is not None) else None
-    out: list[tuple[bytes, str]] = []
-    for plain in chunk:
-        try:
-            cert = _worker_ca.issue(_from_plain(plain), linter)
-            out.append((cert.public_bytes(serialization.Encoding.DER), ""))
-        except LintError as exc:
-            out.append((b"", str(exc)))
-    return out
+    specs = [_from_plain(plain) for plain, _ in chunk]
+    done = _worker_ca.issue_and_stage(specs, [st for _, st in chunk], linter)
+    return [str(d) if isinstance(d, LintError) else d for d in done]
 
 
 def _parse_chunk(chunk: list[bytes]) -> list[ParsedRequest | str]:
@@ -143,12 +137,12 @@ def _forkserver_context() -> Any:
     (`certdrop.cli` or the `certdrop` script): preloaded too, so that this is cheap.
     """
     ctx = multiprocessing.get_context("forkserver")
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    preload = ["__main__", __name__]
-    if spec is not None and spec.name and not spec.name.endswith("__main__"):
-        preload.append(spec.name)
-    ctx.set_forkserver_preload(preload)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    main_name = spec.name if spec is not None else ""
+    # not the main module itself when it was started by name (python -m certdrop.cli):
+    # each worker runs it again as __mp_main__, and runpy warns when it is already loaded
+    ours = [n for n in sys.modules if n.startswith("certdrop.") and n != main_name]
+    ctx.set_forkserver_preload(["__main__", __name__, *sorted(ours)])
     return ctx
 
 
@@ -185,30 +179,54 @@ class SigningPool:
         self.workers = workers or max(1, os.cpu_count() or 1)
         self._initargs = (str(state), passphrase, lint, os.getpid())
         self._pool: ProcessPoolExecutor | None = None
-        self._warm: list[Future[bool]] = []
+        self._starter: threading.Thread | None = None
         self._broken = False
         self._last_used = time.monotonic()
 
     def _start(self) -> None:
-        """Start the workers (they load the CA and pkilint) without waiting for them.
+        """Start the workers in the background; batches are signed here until they are up.
 
         The pool is started on the first batch big enough to need it, and stopped
-        again after a quiet spell: an idle CA keeps one small process.
+        again after a quiet spell: an idle CA keeps one small process. Starting takes
+        the fork server's imports (most of a second), so it runs in its own thread.
         """
-        if self._pool is not None or self._broken:
+        if self._pool is not None or self._broken or self._starter is not None:
             return
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=_forkserver_context(),
-            initializer=_init_worker,
-            initargs=self._initargs,
+        self._starter = threading.Thread(
+            target=self._start_workers, name="certdrop-pool-start", daemon=True
         )
-        self._warm = [self._pool.submit(_ping) for _ in range(self.workers)]
+        self._starter.start()
+
+    def _start_workers(self) -> None:
+        pool = None
+        try:
+            pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=_forkserver_context(),
+                initializer=_init_worker,
+                initargs=self._initargs,
+            )
+            for fut in [pool.submit(_ping) for _ in range(self.workers)]:
+                fut.result()
+        except Exception as exc:  # noqa: BLE001 - the daemon process signs everything then
+            log.error(
+                "the signing processes did not start (%s); signing in the daemon process", exc
+            )
+            self._broken = True
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            return
+        self._pool = pool
         log.info("started %d signing processes", self.workers)
+
+    def _join_starter(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
+            self._starter = None
 
     @property
     def ready(self) -> bool:
-        return self._pool is not None and not self._broken and all(f.done() for f in self._warm)
+        return self._pool is not None and not self._broken
 
     def _use(self, n: int) -> ProcessPoolExecutor | None:
         """The pool if it should take a batch of `n` now; else None (do it here)."""
@@ -224,39 +242,74 @@ class SigningPool:
         """Stop the workers when no batch needed them for `idle_seconds`."""
         if self._pool is None or time.monotonic() - self._last_used < idle_seconds:
             return False
-        pool, self._pool, self._warm = self._pool, None, []
+        self._join_starter()
+        pool, self._pool = self._pool, None
         pool.shutdown(wait=True, cancel_futures=True)
         _stop_forkserver()
         log.info("stopped the signing processes (idle for %g s)", idle_seconds)
         return True
 
     def sign(
-        self, specs: Sequence[IssueSpec], linter: Linter | None
-    ) -> list[x509.Certificate | LintError]:
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> Callable[[], list[Staged | LintError]]:
+        """Start signing and staging `specs`; the returned function waits for the outcome.
+
+        In the pool, the work starts now (the daemon goes on with other work meanwhile);
+        in this process (a small batch, a pool not ready yet), it runs when asked for.
+        """
         lint = linter is not None
-        pool = self._use(len(specs)) if lint == self.lint_enabled else None
+        if lint != self.lint_enabled:
+            return lambda: self._sign_here(specs, stagings, linter)
+        pool = self._use(len(specs))
         if pool is None:
-            return self._sign_here(specs, linter)
-        plain = [_to_plain(s) for s in specs]
-        n = min(self.workers * 2, len(plain))
-        size = -(-len(plain) // n)
-        futures = [
-            pool.submit(_sign_chunk, plain[i : i + size], lint) for i in range(0, len(plain), size)
-        ]
-        out: list[x509.Certificate | LintError] = []
-        try:
-            for fut in futures:
-                for der, reason in fut.result():
-                    if reason:
-                        out.append(LintError(reason))
-                    else:
-                        # the worker ran the same post-sign checks as CertificateAuthority.issue
-                        out.append(x509.load_der_x509_certificate(der))
-        except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
-            log.error("signing pool failed (%s); signing in the daemon process from now on", exc)
-            self._broken = True
-            return self._sign_here(specs, linter)
+            if len(specs) < MIN_POOL_BATCH or self._broken:
+                return lambda: self._sign_here(specs, stagings, linter)
+            return lambda: self._sign_until_ready(specs, stagings, linter)
+        return self._submit(pool, specs, stagings, linter)
+
+    def _sign_until_ready(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> list[Staged | LintError]:
+        """Sign here, a few at a time, and hand what is left to the pool once it is up."""
+        out: list[Staged | LintError] = []
+        step = MIN_POOL_BATCH
+        for i in range(0, len(specs), step):
+            pool = self._pool
+            if pool is not None and not self._broken and len(specs) - i >= step:
+                return out + self._submit(pool, specs[i:], stagings[i:], linter)()
+            out += self._sign_here(specs[i : i + step], stagings[i : i + step], linter)
         return out
+
+    def _submit(
+        self,
+        pool: ProcessPoolExecutor,
+        specs: Sequence[IssueSpec],
+        stagings: Sequence[Staging],
+        linter: Linter | None,
+    ) -> Callable[[], list[Staged | LintError]]:
+        lint = linter is not None
+        jobs = [(_to_plain(s), st) for s, st in zip(specs, stagings, strict=True)]
+        n = min(self.workers * 2, len(jobs))
+        size = -(-len(jobs) // n)
+        futures = [
+            pool.submit(_sign_chunk, jobs[i : i + size], lint) for i in range(0, len(jobs), size)
+        ]
+
+        def outcome() -> list[Staged | LintError]:
+            out: list[Staged | LintError] = []
+            try:
+                for fut in futures:
+                    # the worker ran the same checks as in this process (CertificateAuthority.issue)
+                    out += [LintError(d) if isinstance(d, str) else d for d in fut.result()]
+            except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
+                log.error(
+                    "signing pool failed (%s); signing in the daemon process from now on", exc
+                )
+                self._broken = True
+                return self._sign_here(specs, stagings, linter)
+            return out
+
+        return outcome
 
     def parse(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
         """Parse (and verify the signatures of) dropped requests on every processor."""
@@ -280,11 +333,12 @@ class SigningPool:
         return out
 
     def _sign_here(
-        self, specs: Sequence[IssueSpec], linter: Linter | None
-    ) -> list[x509.Certificate | LintError]:
-        return self.ca.issue_many(specs, linter.certificate if linter else None)
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> list[Staged | LintError]:
+        return self.ca.issue_and_stage(specs, stagings, linter.certificate if linter else None)
 
     def close(self) -> None:
+        self._join_starter()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
