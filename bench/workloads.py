@@ -550,7 +550,8 @@ class Bench:
 
         With `certdrop.publish` (the daemon's path): `Publisher.regenerate_crl` — index
         read, build_crl, lint when given a linter, crl.der + crl.pem written atomically.
-        Without it: the index read, `CertificateAuthority.build_crl`, DER (+ lint).
+        Without it: the index read, `CertificateAuthority.build_crl_der` (older certdrop:
+        `build_crl` + DER) (+ lint).
         """
         settings = load_settings(d.config)
         ca = CertificateAuthority.load(d.state)
@@ -562,8 +563,11 @@ class Bench:
             with store.begin() as conn:
                 revoked = list(store.revoked_entries(conn))
             t1 = time.perf_counter()
-            crl = ca.build_crl(revoked, 1, now, now + dt.timedelta(days=7))
-            der = crl.public_bytes(serialization.Encoding.DER)
+            if hasattr(ca, "build_crl_der"):
+                der = ca.build_crl_der(revoked, 1, now, now + dt.timedelta(days=7))
+            else:
+                crl = ca.build_crl(revoked, 1, now, now + dt.timedelta(days=7))
+                der = crl.public_bytes(serialization.Encoding.DER)
             t2 = time.perf_counter()
             if len(revoked) != n:
                 raise DaemonError(f"the index has {len(revoked)} revoked entries, expected {n}")

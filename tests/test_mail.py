@@ -442,6 +442,7 @@ def test_bad_mail_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
 
 # --- the index schema ---------------------------------------------------------------------------------
 def test_a_version_1_index_migrates(tmp_path: Path) -> None:
+    """Schema 1 (no mail tables, no CRL index) is brought to the current schema."""
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = sa.create_engine(url)
     v1_tables = [
@@ -449,6 +450,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
     ]
     with engine.begin() as conn:
         metadata.create_all(conn, tables=v1_tables)
+        conn.execute(sa.text("DROP INDEX ix_certificates_crl"))  # schema 3
         conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('schema_version', '1')"))
         conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('crl_number', '7')"))
         conn.execute(
@@ -464,8 +466,15 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
     try:
         insp = sa.inspect(store.engine)
         assert insp.has_table("mail_queue") and insp.has_table("expiry_warnings")
+        assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "2"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "3"
+            # the CRL reads the revoked certificates from that index alone
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
+                "certificates WHERE status = 'revoked' ORDER BY revoked_at"
+            ).all()
+            assert "COVERING INDEX ix_certificates_crl" in str(plan)
             assert store.get_meta(conn, "crl_number") == "7"
             assert store.outcome_counts(conn) == {"issued": 1}
         mail = settings(25)

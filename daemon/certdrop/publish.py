@@ -37,7 +37,15 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .ca import CA_CERT, CA_CHAIN, REVOCATION_REASONS, CertificateAuthority, subject_text
+from .ca import (
+    CA_CERT,
+    CA_CHAIN,
+    REVOCATION_REASONS,
+    CertificateAuthority,
+    CrlEntry,
+    pem_armor,
+    subject_text,
+)
 from .clock import Clock
 from .config import ApacheSettings, CRLSettings, Profile, Settings
 from .errors import CAError, CertdropError, LintError, NotFoundError, PublishError
@@ -271,12 +279,11 @@ class Publisher:
     def published_crl(self) -> x509.CertificateRevocationList | None:
         """The CRL in <state>/crl.der if it is one of this CA's, else None."""
         try:
-            crl = x509.load_der_x509_crl(self.crl_der_path.read_bytes())
+            der = self.crl_der_path.read_bytes()
+            crl = x509.load_der_x509_crl(der)
         except (OSError, ValueError):
             return None
-        if crl.issuer != self.ca.subject or not crl.is_signature_valid(
-            self.ca.cert.public_key()  # type: ignore[arg-type]
-        ):
+        if crl.issuer != self.ca.subject or not self.ca.signed_this_crl(der):
             return None
         try:
             CrlFacts.of(crl)
@@ -350,18 +357,18 @@ class Publisher:
             entries = list(self.store.revoked_entries(conn))
         this_update = now
         next_update = now + dt.timedelta(days=self.crl_settings.validity_days)
-        crl = self.ca.build_crl(entries, number, this_update, next_update)
-        der = crl.public_bytes(serialization.Encoding.DER)
+        der = self.ca.build_crl_der(entries, number, this_update, next_update)
         if self.linter is not None:
             lint_der = der
             if len(entries) > LINT_FULL_CRL_MAX:
                 # pkilint takes ~0.3 ms per entry: a large CRL is linted as a CRL of the
-                # same shape (same issuer, number, dates, extensions) holding its first
-                # and last entries and one of every reason code: every kind of entry
-                # the real one has, at a constant cost
-                lint_der = self.ca.build_crl(
+                # same frame (same issuer, number, dates, extensions) holding its first
+                # and last entries and one entry of every other shape (serial length,
+                # time type, reason): every kind of entry the real one has, at a
+                # nearly constant cost
+                lint_der = self.ca.build_crl_der(
                     _lint_sample(entries), number, this_update, next_update
-                ).public_bytes(serialization.Encoding.DER)
+                )
             findings = self.linter.crl(lint_der)
             if findings:
                 raise LintError(
@@ -369,9 +376,9 @@ class Publisher:
                 )
         # DER first, PEM last; both are complete or absent (atomic renames)
         atomic_write(self.crl_der_path, der, FILE_MODE)
-        atomic_write(self.crl_pem_path, crl.public_bytes(serialization.Encoding.PEM), FILE_MODE)
+        atomic_write(self.crl_pem_path, pem_armor("X509 CRL", der), FILE_MODE)
         self._set_meta(META_CRL_NEXT_UPDATE, next_update.isoformat())
-        facts = CrlFacts.of(crl)
+        facts = CrlFacts.of(x509.load_der_x509_crl(der))
         log.info(
             "published CRL %d (%d revoked, next update %s UTC): %s",
             facts.number,
@@ -952,18 +959,32 @@ def status_extra(store: Store, conn: Any, settings: Settings, now: dt.datetime) 
     return {"crl": crl_doc, "apache": apache_doc}
 
 
-LINT_FULL_CRL_MAX = 2000  # larger CRLs are linted through a sample of the same shape
+LINT_FULL_CRL_MAX = 100  # larger CRLs are linted through a sample of the same shape
+_Y2050 = 2524608000  # 2050-01-01 UTC: revocation times from here on are GeneralizedTime
 
 
-def _lint_sample(
-    entries: list[tuple[int, dt.datetime, str | None]],
-) -> list[tuple[int, dt.datetime, str | None]]:
+def _lint_sample(entries: Sequence[CrlEntry]) -> list[CrlEntry]:
+    """The first and last entries, and the first of every other entry shape.
+
+    An entry's encoding depends only on its shape: the serial's length in octets, the
+    time's type (UTCTime until 2049, GeneralizedTime after) and the reason code; the
+    sample holds each shape the CRL has, so linting it lints every kind of entry.
+    """
     half = LINT_FULL_CRL_MAX // 2
-    sample = entries[:half] + entries[-half:]
-    seen = {reason for _s, _t, reason in sample}
+    sample = [*entries[:half], *entries[-half:]]
+
+    def shape(e: CrlEntry) -> tuple[int, bool, str | None]:
+        when = e[1] if isinstance(e[1], int) else int(e[1].timestamp())
+        return e[0].bit_length() // 8, when >= _Y2050, e[2]
+
+    seen = {shape(e) for e in sample}
     for entry in entries[half:-half]:
-        if entry[2] not in seen:
-            seen.add(entry[2])
+        serial, when, reason = entry
+        if isinstance(when, int) and (serial.bit_length() // 8, when >= _Y2050, reason) in seen:
+            continue  # the common case, without a function call
+        key = shape(entry)
+        if key not in seen:
+            seen.add(key)
             sample.append(entry)
     return sample
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .errors import IndexUnavailable, NotFoundError, StoreError
 
-SCHEMA_VERSION = 2  # 2: mail_queue, expiry_warnings
+SCHEMA_VERSION = 3  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl
 
 metadata = sa.MetaData()
 
@@ -52,6 +52,16 @@ certificates = sa.Table(
     sa.Column("source", sa.String(16), nullable=False, default="issued"),
     sa.Column("key_generated", sa.Boolean, nullable=False, default=False),
     sa.Column("der", sa.LargeBinary, nullable=False),
+)
+
+# the CRL reads every revoked certificate: from this index alone, not from the table's rows
+# (which hold the DER): 100,000 entries in tens of milliseconds instead of a table scan
+crl_index = sa.Index(
+    "ix_certificates_crl",
+    certificates.c.status,
+    certificates.c.revoked_at,
+    certificates.c.serial,
+    certificates.c.revocation_reason,
 )
 
 cert_attrs = sa.Table(
@@ -300,6 +310,8 @@ class Store:
 
     def _migrate(self, conn: Connection, version: int) -> None:
         metadata.create_all(conn)  # new tables; column changes get explicit steps here
+        if version < 3:
+            crl_index.create(conn, checkfirst=True)  # create_all skips existing tables' indexes
         conn.execute(
             sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
         )
@@ -555,21 +567,29 @@ class Store:
         )
         return rec
 
-    def revoked_entries(self, conn: Connection) -> Iterator[tuple[int, dt.datetime, str | None]]:
-        """(serial, revocation time, reason) of every revoked certificate, for the CRL.
+    def revoked_entries(self, conn: Connection) -> list[tuple[int, int, str | None]]:
+        """(serial, revocation time in UTC epoch seconds, reason) of every revoked
+        certificate, for the CRL (`CertificateAuthority.build_crl` takes the epoch as is).
 
         Expired certificates stay on the CRL: small CAs issue few, and dropping them
         would need the expiredCertsOnCRL extension to stay correct.
         """
-        rows = conn.execute(
+        stmt = (
             sa.select(
                 certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason
             )
-            .where(certificates.c.status == "revoked")
+            .where(certificates.c.status == sa.literal_column("'revoked'"))
             .order_by(certificates.c.revoked_at)
         )
-        for serial, at, reason in rows:
-            yield int(serial, 16), from_epoch(at), reason  # type: ignore[misc]
+        # straight from the driver's cursor, in this transaction: 100,000 rows without
+        # SQLAlchemy's per-row work (the statement has no parameters: any paramstyle)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(str(stmt.compile(dialect=conn.dialect)))
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        return [(int(serial, 16), int(at), reason) for serial, at, reason in rows]
 
     def counts(self, conn: Connection, now: dt.datetime) -> dict[str, int]:
         t = to_epoch(now)
