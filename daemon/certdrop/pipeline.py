@@ -109,12 +109,18 @@ def _describe_type(mode: int) -> str:
     return "not a regular file"
 
 
-def _owner_of(st: os.stat_result) -> Owner:
+def _owner_of(st: os.stat_result, names: dict[int, str | None] | None = None) -> Owner:
+    """Who dropped the file; `names` caches user names for one batch."""
+    uid = st.st_uid
+    if names is not None and uid in names:
+        return Owner(uid=uid, gid=st.st_gid, name=names[uid])
     try:
-        name: str | None = pwd.getpwuid(st.st_uid).pw_name
+        name: str | None = pwd.getpwuid(uid).pw_name
     except KeyError:
         name = None
-    return Owner(uid=st.st_uid, gid=st.st_gid, name=name)
+    if names is not None:
+        names[uid] = name
+    return Owner(uid=uid, gid=st.st_gid, name=name)
 
 
 @dataclass
@@ -271,8 +277,9 @@ class Pipeline:
         immediate: list[tuple[int, Result]] = []
         claims: list[tuple[int, _Claim]] = []
         touched: set[Path] = set()
+        names: dict[int, str | None] = {}  # user names by uid, looked up once a batch
         for i, (path, profile) in enumerate(items):
-            got = self._precheck_and_claim(path, profile, touched)
+            got = self._precheck_and_claim(path, profile, touched, names)
             if isinstance(got, _Claim):
                 claims.append((i, got))
             else:
@@ -294,7 +301,9 @@ class Pipeline:
         if self._inflight:
             raise RuntimeError("a batch is still in flight; finish it first")
 
-    def _precheck_and_claim(self, path: Path, profile: str, touched: set[Path]) -> Result | _Claim:
+    def _precheck_and_claim(
+        self, path: Path, profile: str, touched: set[Path], names: dict[int, str | None]
+    ) -> Result | _Claim:
         filename = path.name
         if is_ignored_name(filename):
             return Result(Outcome.SKIPPED, filename)
@@ -382,14 +391,18 @@ class Pipeline:
                 os.rename(key_src, key_dst)
         except FileNotFoundError:
             pass
-        return self._load_claim(target, profile) or Result(Outcome.SKIPPED, stem)
+        return self._load_claim(target, profile, names) or Result(Outcome.SKIPPED, stem)
 
-    def _load_claim(self, path: Path, profile: str) -> _Claim | None:
+    def _load_claim(
+        self, path: Path, profile: str, names: dict[int, str | None] | None = None
+    ) -> _Claim | None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        claim = _Claim(path=path, name=path.name[:-4], profile=profile, owner=_owner_of(st), st=st)
+        claim = _Claim(
+            path=path, name=path.name[:-4], profile=profile, owner=_owner_of(st, names), st=st
+        )
         key_path = path.with_name(claim.name + ".key")
         if os.path.lexists(key_path):
             claim.key_path = key_path
@@ -718,7 +731,8 @@ class Pipeline:
             self._record(ready, now)
             self.crashpoint("after-record")
             for item in ready:
-                self._publish_outputs(item.plan.claim, durable=False)
+                p12 = item.staged.p12 or item.plan.subject_key is not None
+                self._publish_outputs(item.plan.claim, durable=False, p12=p12)
             fsync_dir(self.spool.outbox)
             self.crashpoint("after-deliver")
             folders: set[Path] = set()
@@ -853,10 +867,19 @@ class Pipeline:
             self.hooks.on_issued(item.serial, list(decision.supersedes))
         return Result(Outcome.ISSUED, claim.name, serial=item.serial)
 
-    def _publish_outputs(self, claim: _Claim, *, durable: bool = True) -> None:
-        for suffix in (".p12", ".cer"):  # the .cer last: it signals "done" to watchers
+    def _publish_outputs(
+        self, claim: _Claim, *, durable: bool = True, p12: bool | None = None
+    ) -> None:
+        """Move the staged outputs to outbox/: the .cer and the .p12 if there is one (`p12`
+        says whether, when known; else it is looked for), the .cer last: it signals
+        "done" to watchers."""
+        for suffix in (".p12", ".cer"):
             staged = self.spool.staged(claim.profile, claim.name, suffix)
-            if staged.exists():
+            if p12 is None:
+                there = staged.exists()
+            else:
+                there = suffix == ".cer" or p12
+            if there:
                 os.rename(staged, self.spool.outbox / f"{claim.name}{suffix}")
                 if suffix == ".p12":
                     self.crashpoint("mid-deliver")
