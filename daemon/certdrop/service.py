@@ -676,8 +676,9 @@ class Daemon:
                 break  # SIGTERM: no new work; what was taken stays in the inbox for next time
             with self._busy():
                 now_mono = time.monotonic()
+                if not items:
+                    self._flush()  # nothing more queued: finish the batch in flight now
                 if not items or now_mono - last_control >= 1.0:
-                    self._flush()
                     self._poll_controls()
                     last_control = now_mono
                 if not items:
@@ -819,9 +820,12 @@ class Daemon:
     _recover_delay = RECOVER_FIRST_DELAY
 
     def _poll_controls(self) -> None:
+        """Recovery of work/ when due, and operator commands; a batch in flight is
+        finished first only when there is something to do."""
         assert self.rt is not None
         if self._recover_at is not None and time.monotonic() >= self._recover_at:
             self._recover_at = None
+            self._flush()
             try:
                 for res in self.rt.pipeline.recover():
                     self._count(res)
@@ -842,6 +846,8 @@ class Daemon:
         except Exception:
             log.exception("cannot read the control table")
             return
+        if todo:
+            self._flush()
         for control_id, kind, payload in todo:
             result = execute_control(self.rt, kind, payload)
             log.info("operator command %s %s: %s", kind, payload, result.splitlines()[0])
