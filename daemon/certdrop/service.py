@@ -675,9 +675,12 @@ class Daemon:
             if self.stop_requested.is_set():
                 break  # SIGTERM: no new work; what was taken stays in the inbox for next time
             with self._busy():
+                if not items and self._started is not None:
+                    # nothing more queued: finish the batch in flight now, then wait for
+                    # the next drop as usual (the idle work below is for idle times)
+                    self._flush()
+                    continue
                 now_mono = time.monotonic()
-                if not items:
-                    self._flush()  # nothing more queued: finish the batch in flight now
                 if not items or now_mono - last_control >= 1.0:
                     self._poll_controls()
                     last_control = now_mono
