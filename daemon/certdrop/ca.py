@@ -447,7 +447,7 @@ class CertificateAuthority:
                 out.append(exc)
                 continue
             write_staged(
-                Path(staging.cer_path),
+                staging.cer_path,
                 cert.public_bytes(serialization.Encoding.PEM),
                 staging.cer_mode,
                 staging.owner,
@@ -456,7 +456,7 @@ class CertificateAuthority:
                 p12 = self.pkcs12_bundle(
                     key, cert, staging.friendly_name, staging.password, staging.p12_preset
                 )
-                write_staged(Path(staging.p12_path), p12, staging.p12_mode, staging.owner)
+                write_staged(staging.p12_path, p12, staging.p12_mode, staging.owner)
             elif staging.p12_path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(staging.p12_path)

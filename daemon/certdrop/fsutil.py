@@ -85,7 +85,9 @@ def atomic_write(
         fsync_dir(path.parent)
 
 
-def write_staged(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+def write_staged(
+    path: str | Path, data: bytes, mode: int, owner: tuple[int, int] | None = None
+) -> None:
     """Write a private temporary file that a later rename publishes.
 
     This is the first half of an atomic write, for batches: the caller makes many

@@ -432,8 +432,16 @@ class Pipeline:
                     and not entry.with_name(entry.name[:-4] + ".req").exists()
                 ):
                     remove_quietly(entry)
-                elif entry.name.endswith((".staged", ".latekey")):
+                elif entry.name.endswith(
+                    (".staged", ".latekey")
+                ):  # .staged: where earlier versions staged
                     remove_quietly(entry)
+            # outputs staged for requests that are finished now (or were never recorded)
+            staging = self.spool.staging_for(profile_dir.name)
+            if staging.is_dir():
+                for entry in sorted(staging.iterdir()):
+                    if entry.name.endswith(".staged"):
+                        remove_quietly(entry)
         return results
 
     def _recover_batch(self, claims: list[_Claim]) -> list[Result]:

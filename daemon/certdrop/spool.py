@@ -2,6 +2,7 @@
 
     inbox/NAME.req, inbox/PROFILE/NAME.req   dropped by users (a drop-box, mode 1733)
     work/PROFILE/NAME.req                    claimed, being processed (0700)
+    work/.staged/PROFILE/                    outputs written before the index commit
     outbox/ rejected/ pending/ archive/      results
 
 A request is claimed by renaming it into work/PROFILE/, so the profile survives a
@@ -41,6 +42,7 @@ class Spool:
         self.archive = root / "archive"
         self.work = root / "work"
         self._work_profiles: dict[str, Path] = {}
+        self._staging: dict[str, Path] = {}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Spool) and other.root == self.root
@@ -58,6 +60,7 @@ class Spool:
             ensure_dir(self.root / name, mode)
         for profile in profiles:
             ensure_dir(self.work / profile, 0o700)
+            ensure_dir(self.staging_for(profile), 0o700)
             if profile != default_profile:
                 ensure_dir(self.inbox / profile, INBOX_MODE if drop_box else 0o755)
 
@@ -70,9 +73,18 @@ class Spool:
     def claimed_path(self, profile: str, filename: str) -> Path:
         return self.work_for(profile) / filename
 
+    def staging_for(self, profile: str) -> Path:
+        """Where a profile's outputs are staged: not work/PROFILE/ itself, whose entries
+        are renamed in and out all through a burst; files created in a folder that is
+        renamed in at the same time take ten times as long (the folder's lock)."""
+        folder = self._staging.get(profile)
+        if folder is None:
+            folder = self._staging[profile] = self.work / ".staged" / profile
+        return folder
+
     def staged(self, profile: str, name: str, suffix: str) -> Path:
         """Outputs written before the index commit, moved to outbox/ after it."""
-        return self.work_for(profile) / f".{name}{suffix}.staged"
+        return self.staging_for(profile) / f".{name}{suffix}.staged"
 
 
 def move(src: Path, dst: Path, *, durable: bool = True) -> None:
