@@ -709,9 +709,9 @@ class Pipeline:
             cn = next((v for n, v in plan.decision.subject if n == "CN"), claim.name)
             stagings.append(
                 Staging(
-                    cer_path=str(self.spool.staged(claim.profile, claim.name, ".cer")),
+                    cer_path=self.spool.staged_path(claim.profile, claim.name, ".cer"),
                     owner=output_owner(claim.owner),
-                    p12_path=str(self.spool.staged(claim.profile, claim.name, ".p12")),
+                    p12_path=self.spool.staged_path(claim.profile, claim.name, ".p12"),
                     p12_mode=p12_mode(claim.owner),
                     key_type=plan.key_type,
                     password=plan.password,
@@ -882,13 +882,13 @@ class Pipeline:
         says whether, when known; else it is looked for), the .cer last: it signals
         "done" to watchers."""
         for suffix in (".p12", ".cer"):
-            staged = self.spool.staged(claim.profile, claim.name, suffix)
+            staged = self.spool.staged_path(claim.profile, claim.name, suffix)
             if p12 is None:
-                there = staged.exists()
+                there = os.path.exists(staged)
             else:
                 there = suffix == ".cer" or p12
             if there:
-                os.rename(staged, self.spool.outbox / f"{claim.name}{suffix}")
+                os.rename(staged, self.spool.outbox_path(claim.name + suffix))
                 if suffix == ".p12":
                     self.crashpoint("mid-deliver")
         if durable:

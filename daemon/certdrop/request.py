@@ -426,4 +426,6 @@ def parse_enrollment(data: bytes) -> ParsedRequest:
 
 def has_control_characters(value: str) -> bool:
     """NUL, control, format (bidi overrides, zero-width) and unassigned characters."""
+    if value.isascii() and value.isprintable():
+        return False  # the common case: no character of those categories is printable ASCII
     return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value)

@@ -84,7 +84,14 @@ class Spool:
 
     def staged(self, profile: str, name: str, suffix: str) -> Path:
         """Outputs written before the index commit, moved to outbox/ after it."""
-        return self.staging_for(profile) / f".{name}{suffix}.staged"
+        return Path(self.staged_path(profile, name, suffix))
+
+    def staged_path(self, profile: str, name: str, suffix: str) -> str:
+        """`staged` as a string (no Path objects for every file of a burst)."""
+        return f"{self.staging_for(profile)}/.{name}{suffix}.staged"
+
+    def outbox_path(self, filename: str) -> str:
+        return f"{self.outbox}/{filename}"
 
 
 def move(src: Path, dst: Path, *, durable: bool = True) -> None:
