@@ -13,30 +13,21 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from cryptography.hazmat.primitives import hashes
 
-from . import __version__, publish
-from .audit import operator_actor
-from .ca import (
-    adopt_ca,
-    create_ca,
-    load_ca_certificate,
-    public_key_algorithm,
-    read_passphrase,
-    subject_text,
-)
+from . import __version__
 from .clock import Clock, SystemClock
-from .config import Settings, effective_values, load_settings
 from .errors import CertdropError
-from .lint import shared_linter
-from .mail import status_extra as mail_status_extra
-from .ownership import check_invoking_user, hand_over
-from .service import Daemon, StateLock, direct_runtime, execute_control, wait_for_control
-from .spool import Spool
-from .store import CertRecord, Store
+from .reasons import REASONS, parse_reason
+
+# The rest of certdrop is imported by the commands that use it: `certdrop status` does
+# not load the daemon, and the daemon's signing workers (which multiprocessing starts by
+# re-running this module) do not load what only the CLI needs.
+if TYPE_CHECKING:
+    from .config import Settings
+    from .store import CertRecord, Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +43,9 @@ class Context:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from .config import load_settings
+            from .ownership import check_invoking_user
+
             self._settings = load_settings(self.config_path)
             check_invoking_user(self._settings.state, click.get_current_context().info_name or "")
         return self._settings
@@ -161,6 +155,14 @@ def _add_syslog_priority(record: logging.LogRecord) -> bool:
 )
 def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> None:
     """Create the CA (or adopt ca.cer + ca.key) and the folders; never overwrites a CA."""
+    from cryptography.hazmat.primitives import hashes
+
+    from .ca import adopt_ca, create_ca, read_passphrase, subject_text
+    from .lint import shared_linter
+    from .ownership import hand_over
+    from .spool import Spool
+    from .store import Store
+
     c = _ctx()
     s = c.settings
     if (ca_cert is None) != (ca_key is None):
@@ -193,6 +195,8 @@ def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> No
 @config_option
 def run() -> None:
     """Run the daemon in the foreground (systemd runs this)."""
+    from .service import Daemon
+
     c = _ctx()
     daemon = Daemon(c.settings, c.clock, config_path=c.resolved_config_path)
     sys.exit(daemon.run())
@@ -204,6 +208,8 @@ def run() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the effective values as JSON.")
 def check_config(as_json: bool) -> None:
     """Validate the configuration and policy and print the effective values."""
+    from .config import effective_values
+
     c = _ctx()
     values = effective_values(c.settings)
     if as_json:
@@ -265,10 +271,14 @@ def _to_toml(values: dict[str, Any]) -> str:
 
 # --- status / list / show ---------------------------------------------------------------------------------
 def _open_store(s: Settings) -> Store:
+    from .store import Store
+
     return Store(s.database_url).open()
 
 
 def _daemon_state(s: Settings) -> dict[str, Any]:
+    from .service import StateLock
+
     lock = StateLock(s.state)
     if not s.state.is_dir():
         return {"running": False}
@@ -284,6 +294,8 @@ def _daemon_state(s: Settings) -> dict[str, Any]:
 @click.option("--days", default=30, show_default=True, help="Show expiries within this many days.")
 def status(as_json: bool, days: int) -> None:
     """CA, counts, pending requests, CRL and upcoming expiries."""
+    from .ca import load_ca_certificate, public_key_algorithm, subject_text
+
     c = _ctx()
     s = c.settings
     now = c.clock.now()
@@ -396,14 +408,19 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         click.echo(fmt.format(*row).rstrip())
 
 
-StatusExtra = Callable[[Store, Any, Settings, dt.datetime], dict[str, Any]]
-STATUS_EXTRAS: list[StatusExtra] = []
-STATUS_EXTRAS.append(mail_status_extra)
+StatusExtra = Callable[["Store", Any, "Settings", dt.datetime], dict[str, Any]]
+STATUS_EXTRAS: list[StatusExtra] | None = None  # None: mail's and publish's (loaded on use)
 
 
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:
+    extras = STATUS_EXTRAS
+    if extras is None:
+        from .mail import status_extra as mail_extra
+        from .publish import status_extra as publish_extra
+
+        extras = [mail_extra, publish_extra]
     out: dict[str, Any] = {}
-    for fn in STATUS_EXTRAS:
+    for fn in extras:
         out.update(fn(store, conn, s, now))
     return out
 
@@ -475,7 +492,7 @@ def list_cmd(as_json: bool, status_filter: str, expiring: int | None) -> None:
 def show(ref: str, as_json: bool, pem: bool) -> None:
     """One certificate by serial, or every certificate of a request NAME."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import hashes, serialization
 
     c = _ctx()
     s = c.settings
@@ -538,6 +555,9 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
 # --- approve / deny ----------------------------------------------------------------------------------------
 def _operator_command(kind: str, payload: dict[str, Any], timeout: float = 30.0) -> None:
     """Run an operator command directly, or hand it to the running daemon and wait."""
+    from .audit import operator_actor
+    from .service import direct_runtime, execute_control, wait_for_control
+
     c = _ctx()
     s = c.settings
     with direct_runtime(s, c.clock) as rt:
@@ -596,11 +616,11 @@ def deny(name: str, reason: str) -> None:
     "--reason",
     default="unspecified",
     show_default=True,
-    help="RFC 5280 reason: " + ", ".join(publish.REASONS) + ".",
+    help="RFC 5280 reason: " + ", ".join(REASONS) + ".",
 )
 def revoke(ref: str, reason: str) -> None:
     """Revoke a certificate by serial (hex) or request NAME; the CRL follows at once."""
-    canonical = publish.parse_reason(reason)  # refuse a bad reason before anything else
+    canonical = parse_reason(reason)  # refuse a bad reason before anything else
     _operator_command("revoke", {"ref": ref.removesuffix(".req"), "reason": canonical})
 
 
@@ -621,6 +641,8 @@ def crl() -> None:
 )
 def apache_config(log_file: str) -> None:
     """Print the mod_ssl configuration that matches this setup."""
+    from . import publish
+
     c = _ctx()
     s = c.settings
     ca_cert, chain = publish.load_ca_certificates(s.state)
@@ -630,9 +652,6 @@ def apache_config(log_file: str) -> None:
         ),
         nl=False,
     )
-
-
-STATUS_EXTRAS.append(publish.status_extra)
 
 
 # --- import ---------------------------------------------------------------------------------------------------
@@ -660,9 +679,10 @@ def import_cmd(
     certificate folder, or a folder of .cer files signed by this CA."""
     from cryptography import x509
 
-    from .audit import AuditLog
+    from .audit import AuditLog, operator_actor
     from .ca import CA_CERT
     from .importer import Importer, candidates_for, iter_report_lines
+    from .ownership import hand_over
 
     c = _ctx()
     s = c.settings

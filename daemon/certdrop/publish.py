@@ -52,6 +52,7 @@ from .errors import CAError, CertdropError, LintError, NotFoundError, PublishErr
 from .executor import CommandResult, run_command
 from .fsutil import atomic_write
 from .lint import Linter
+from .reasons import REASONS, parse_reason
 from .store import CertRecord, Store
 
 log = logging.getLogger("certdrop.publish")
@@ -74,37 +75,7 @@ META_APPLIED = "publish.apache_applied"
 # The reasons `certdrop revoke --reason` accepts (RFC 5280, 5.3.1). certificateHold is
 # left out on purpose: certdrop has no way to take a certificate off hold again, and
 # aACompromise is about attribute certificates, which certdrop does not issue.
-REASONS: tuple[str, ...] = (
-    "unspecified",
-    "keyCompromise",
-    "cACompromise",
-    "affiliationChanged",
-    "superseded",
-    "cessationOfOperation",
-    "privilegeWithdrawn",
-)
-_REFUSED_REASONS = {
-    "certificatehold": "certificateHold is not offered: certdrop cannot take a certificate "
-    "off hold again, so a hold would be a revocation in disguise",
-    "removefromcrl": "removeFromCRL is only meaningful in delta CRLs, which certdrop does not make",
-    "aacompromise": "aACompromise applies to attribute certificates, which certdrop does not issue",
-}
-
 CommandRunner = Callable[[Sequence[str], float], CommandResult]
-
-
-def parse_reason(text: str) -> str:
-    """The canonical RFC 5280 name for `text` (any case, '-' or '_' allowed)."""
-    key = re.sub(r"[\s_\-]", "", text).lower()
-    for name in REASONS:
-        if name.lower() == key:
-            return name
-    allowed = ", ".join(REASONS)
-    if key in _REFUSED_REASONS:
-        raise CertdropError(f"--reason {text}: {_REFUSED_REASONS[key]}; allowed: {allowed}")
-    raise CertdropError(
-        f"--reason {text!r} is not an RFC 5280 revocation reason; allowed: {allowed}"
-    )
 
 
 def _iso(when: dt.datetime | None) -> str | None:

@@ -14,7 +14,6 @@ import logging
 import multiprocessing
 import os
 import select
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -130,19 +129,15 @@ def _ping() -> bool:
 def _forkserver_context() -> Any:
     """The forkserver context, with what the workers need imported once in the fork server.
 
-    Without a preload every worker imports cryptography, pkilint and certdrop itself on
-    its own (about 0.9 s of CPU each, on the first burst, competing with the daemon for
-    the processors); with it the fork server imports them once and the workers are
+    Without a preload every worker imports cryptography, pkilint and the signing code on
+    its own (most of a second of CPU each, on the first burst, competing with the daemon
+    for the processors); with it the fork server imports them once and the workers are
     forked ready. multiprocessing also re-runs the daemon's main module in each worker
-    (`certdrop.cli` or the `certdrop` script): preloaded too, so that this is cheap.
+    (`certdrop.cli`, or the `certdrop` script that imports it): it imports little at the
+    top (click; the commands import what they use), so that costs nothing much either.
     """
     ctx = multiprocessing.get_context("forkserver")
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    main_name = spec.name if spec is not None else ""
-    # not the main module itself when it was started by name (python -m certdrop.cli):
-    # each worker runs it again as __mp_main__, and runpy warns when it is already loaded
-    ours = [n for n in sys.modules if n.startswith("certdrop.") and n != main_name]
-    ctx.set_forkserver_preload(["__main__", __name__, *sorted(ours)])
+    ctx.set_forkserver_preload(["__main__", __name__, "click"])
     return ctx
 
 
