@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -136,7 +138,6 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: 
 
 
 def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
-    import multiprocessing
 
     ca = CertificateAuthority.load(ca_env.state)
     pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
@@ -149,7 +150,6 @@ def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
 
 
 def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
-    import multiprocessing
 
     ca = CertificateAuthority.load(ca_env.state)
     pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
@@ -164,5 +164,58 @@ def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # here, restarting
         wait_for(lambda: pool.ready, 60, what="pool workers again")
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # there
+    finally:
+        pool.close()
+
+
+def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
+    ca_env: CAEnv, tmp_path: Path
+) -> None:
+    """A big batch that arrives before the workers are up is signed here a few at a
+    time; once they are up, the rest goes to them: the same outputs, in order."""
+    ca = CertificateAuthority.load(ca_env.state)
+    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
+    try:
+        now = dt.datetime.now(dt.UTC)
+        parsed = [
+            p for p in parse_many(_csrs(MIN_POOL_BATCH * 3)) if not isinstance(p, RequestError)
+        ]
+        specs = [
+            IssueSpec(
+                subject=list(p.subject),
+                public_key=p.spki,
+                not_before=now,
+                not_after=now + dt.timedelta(days=30),
+                key_usage=["digital_signature"],
+                extended_key_usage=["client_auth"],
+                serial=random_serial(),
+            )
+            for p in parsed
+        ]
+        stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
+        signed_here: list[int] = []
+        sign_here = pool._sign_here
+
+        def counting(*args: Any) -> Any:
+            signed_here.append(len(args[0]))
+            return sign_here(*args)
+
+        pool._sign_here = counting  # type: ignore[method-assign]
+        # no pool yet: all of it here, a few at a time
+        here = pool._sign_until_ready(specs, stagings, None)
+        assert not multiprocessing.active_children()
+        assert signed_here == [MIN_POOL_BATCH] * 3
+        pool.parse(_csrs(MIN_POOL_BATCH))  # starts the workers
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        # the pool is up: all of it handed over at the first step
+        signed_here.clear()
+        there = pool._sign_until_ready(specs, stagings, None)
+        assert signed_here == []
+        for spec, a, b in zip(specs, here, there, strict=True):
+            assert isinstance(a, Staged) and isinstance(b, Staged)
+            for staged in (a, b):
+                cert = x509.load_der_x509_certificate(staged.der)
+                assert cert.serial_number == spec.serial
+                cert.verify_directly_issued_by(ca.cert)
     finally:
         pool.close()

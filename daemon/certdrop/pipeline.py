@@ -172,9 +172,11 @@ RECOVERY_BATCH = 256
 Parser = Callable[[Sequence[bytes]], list["ParsedRequest | RequestError"]]
 """Parses a batch of dropped files (in this process or in a pool)."""
 
-Signed = list["Staged | LintError"]
+SignOutcome = list["Staged | LintError"]
 
-Signer = Callable[[Sequence[IssueSpec], Sequence[Staging], "Linter | None"], Callable[[], Signed]]
+Signer = Callable[
+    [Sequence[IssueSpec], Sequence[Staging], "Linter | None"], Callable[[], SignOutcome]
+]
 """Starts signing and staging a batch of specs (in this process or in a pool) and
 returns the way to wait for the outcome: a Staged or a LintError each."""
 
@@ -187,7 +189,7 @@ class _Batch:
 
     done: Done = field(default_factory=list)
     plans: list[_Plan] = field(default_factory=list)
-    signing: Callable[[], Signed] | None = None
+    signing: Callable[[], SignOutcome] | None = None
     now: dt.datetime | None = None
     approved: bool = False
     # the same request twice in this batch, and requests of later batches that touch
@@ -239,7 +241,7 @@ class Pipeline:
 
     def _sign_here(
         self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
-    ) -> Callable[[], Signed]:
+    ) -> Callable[[], SignOutcome]:
         return lambda: self.ca.issue_and_stage(
             specs, stagings, linter.certificate if linter else None
         )
