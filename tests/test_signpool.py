@@ -24,7 +24,7 @@ from certdrop.ca import (
 )
 from certdrop.errors import LintError, RequestError
 from certdrop.lint import shared_linter
-from certdrop.request import parse_many
+from certdrop.request import ParsedRequest, parse_many
 from certdrop.signpool import MIN_POOL_BATCH, SigningPool
 from conftest import CAEnv, lint_clean, wait_for
 
@@ -40,6 +40,23 @@ def _csrs(n: int) -> list[bytes]:
         )
         out.append(csr.public_bytes(serialization.Encoding.PEM))
     return out
+
+
+def _specs(parsed: list[ParsedRequest | RequestError], now: dt.datetime) -> list[IssueSpec]:
+    """A client certificate for each request that parsed."""
+    return [
+        IssueSpec(
+            subject=list(p.subject),
+            public_key=p.spki,
+            not_before=now,
+            not_after=now + dt.timedelta(days=30),
+            key_usage=["digital_signature"],
+            extended_key_usage=["client_auth"],
+            serial=random_serial(),
+        )
+        for p in parsed
+        if not isinstance(p, RequestError)
+    ]
 
 
 def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: Path) -> None:
@@ -60,19 +77,7 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: 
             else:
                 assert a == b
         now = dt.datetime.now(dt.UTC)
-        specs = [
-            IssueSpec(
-                subject=list(p.subject),
-                public_key=p.spki,
-                not_before=now,
-                not_after=now + dt.timedelta(days=30),
-                key_usage=["digital_signature"],
-                extended_key_usage=["client_auth"],
-                serial=random_serial(),
-            )
-            for p in there
-            if not isinstance(p, RequestError)
-        ]
+        specs = _specs(there, now)
         # one spec that lints badly: an e-mail without '@' (the policy would refuse it earlier)
         specs.append(
             IssueSpec(
@@ -176,22 +181,8 @@ def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
     ca = CertificateAuthority.load(ca_env.state)
     pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
     try:
-        now = dt.datetime.now(dt.UTC)
-        parsed = [
-            p for p in parse_many(_csrs(MIN_POOL_BATCH * 3)) if not isinstance(p, RequestError)
-        ]
-        specs = [
-            IssueSpec(
-                subject=list(p.subject),
-                public_key=p.spki,
-                not_before=now,
-                not_after=now + dt.timedelta(days=30),
-                key_usage=["digital_signature"],
-                extended_key_usage=["client_auth"],
-                serial=random_serial(),
-            )
-            for p in parsed
-        ]
+        specs = _specs(parse_many(_csrs(MIN_POOL_BATCH * 3)), dt.datetime.now(dt.UTC))
+        assert len(specs) == MIN_POOL_BATCH * 3
         stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
         signed_here: list[int] = []
         sign_here = pool._sign_here
