@@ -531,9 +531,22 @@ class Daemon:
         if rt is not None and rt.publisher is not None:
             rt.publisher.check()
 
+    _last_scan = 0.0  # time.monotonic() of the last full scan of the inbox
+
     def _rescan(self) -> None:
-        if self.inbox is not None:
-            self.inbox.scan()
+        """The periodic full scan (inotify drops events when its queue overflows).
+
+        During a burst the worker scans anyway once the queue drains, and a scan now
+        would queue every file of the burst a second time: it is skipped then, unless
+        the daemon has been busy without a pause for ten scan intervals.
+        """
+        if self.inbox is None:
+            return
+        busy_for = time.monotonic() - self._last_scan
+        if self._had_activity and busy_for < 10 * self.settings.watch.rescan_seconds:
+            return
+        self._last_scan = time.monotonic()
+        self.inbox.scan()
 
     def _hooks(self) -> PipelineHooks:
         return PipelineHooks(
@@ -657,6 +670,7 @@ class Daemon:
 
     def _work(self) -> None:
         assert self.rt is not None and self.inbox is not None
+        self._last_scan = time.monotonic()
         self.inbox.scan()
         self._drain_initial()
         self.ready.set()
@@ -688,6 +702,7 @@ class Daemon:
                     if self._had_activity:
                         # inotify drops events when its queue overflows: look again after a burst
                         self._had_activity = False
+                        self._last_scan = time.monotonic()
                         self.inbox.scan()
                     elif self.rt.pool is not None:
                         self.rt.pool.stop_if_idle(POOL_IDLE_SECONDS)
