@@ -8,6 +8,7 @@ Times are stored as integer seconds since the epoch (UTC).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -416,19 +417,7 @@ class Store:
         out: dict[tuple[str, str], list[CertRecord]] = {}
         for start in range(0, len(wanted), 400):
             chunk = wanted[start : start + 400]
-            rows = conn.execute(
-                sa.select(
-                    certificates,
-                    cert_attrs.c.attr.label("_attr"),
-                    cert_attrs.c.value.label("_value"),
-                )
-                .join(cert_attrs, cert_attrs.c.serial == certificates.c.serial)
-                .where(
-                    sa.tuple_(cert_attrs.c.attr, cert_attrs.c.value).in_(chunk),
-                    certificates.c.status == "valid",
-                    certificates.c.not_after > to_epoch(now),
-                )
-            )
+            rows = conn.execute(_VALID_WITH_ATTRS, {"keys": chunk, "now": to_epoch(now)})
             for r in rows:
                 out.setdefault((r._mapping["_attr"], r._mapping["_value"]), []).append(_record(r))
         return out
@@ -439,11 +428,7 @@ class Store:
         wanted = list(dict.fromkeys(fingerprints))
         out: dict[str, list[CertRecord]] = {}
         for start in range(0, len(wanted), 500):
-            rows = conn.execute(
-                sa.select(certificates)
-                .where(certificates.c.request_fingerprint.in_(wanted[start : start + 500]))
-                .order_by(certificates.c.issued_at.desc())
-            )
+            rows = conn.execute(_BY_FINGERPRINTS, {"fps": wanted[start : start + 500]})
             for r in rows:
                 rec = _record(r)
                 out.setdefault(rec.request_fingerprint, []).append(rec)
@@ -454,11 +439,7 @@ class Store:
         found: set[str] = set()
         for start in range(0, len(wanted), 500):
             found.update(
-                conn.execute(
-                    sa.select(certificates.c.serial).where(
-                        certificates.c.serial.in_(wanted[start : start + 500])
-                    )
-                ).scalars()
+                conn.execute(_EXISTING_SERIALS, {"serials": wanted[start : start + 500]}).scalars()
             )
         return found
 
@@ -718,9 +699,7 @@ class Store:
         wanted = list(dict.fromkeys(names))
         out: dict[str, PendingRecord] = {}
         for start in range(0, len(wanted), 500):
-            for r in conn.execute(
-                sa.select(pending).where(pending.c.name.in_(wanted[start : start + 500]))
-            ):
+            for r in conn.execute(_PENDING_BY_NAMES, {"names": wanted[start : start + 500]}):
                 rec = _pending(r)
                 out[rec.name] = rec
         return out
@@ -799,6 +778,31 @@ def _pending(row: Any) -> PendingRecord:
     )
 
 
+# The statements the pipeline runs for every batch, built once: building a select
+# is most of the cost of a small query (SQLAlchemy caches the compiled form by a key
+# it computes from the statement object, once for an object that is reused).
+_VALID_WITH_ATTRS = (
+    sa.select(certificates, cert_attrs.c.attr.label("_attr"), cert_attrs.c.value.label("_value"))
+    .join(cert_attrs, cert_attrs.c.serial == certificates.c.serial)
+    .where(
+        sa.tuple_(cert_attrs.c.attr, cert_attrs.c.value).in_(sa.bindparam("keys", expanding=True)),
+        certificates.c.status == "valid",
+        certificates.c.not_after > sa.bindparam("now"),
+    )
+)
+_BY_FINGERPRINTS = (
+    sa.select(certificates)
+    .where(certificates.c.request_fingerprint.in_(sa.bindparam("fps", expanding=True)))
+    .order_by(certificates.c.issued_at.desc())
+)
+_EXISTING_SERIALS = sa.select(certificates.c.serial).where(
+    certificates.c.serial.in_(sa.bindparam("serials", expanding=True))
+)
+_PENDING_BY_NAMES = sa.select(pending).where(
+    pending.c.name.in_(sa.bindparam("names", expanding=True))
+)
+
+
 def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """INSERT many rows with one executemany straight to the driver.
 
@@ -806,14 +810,23 @@ def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, 
     thousands; the values here are plain ints, strings and bytes already, which every
     driver takes as they are. The statement is still compiled for the dialect.
     """
-    keys = list(rows[0])
-    compiled = sa.insert(table).compile(dialect=conn.dialect, column_keys=keys)
-    if compiled.positional:
-        order = compiled.positiontup or []
+    sql, order = _insert_sql(table, tuple(rows[0]), conn.dialect)
+    if order is not None:
         params: list[Any] = [tuple(r[k] for k in order) for r in rows]
     else:
         params = [dict(r) for r in rows]
-    conn.exec_driver_sql(str(compiled), params)
+    conn.exec_driver_sql(sql, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(
+    table: sa.Table, keys: tuple[str, ...], dialect: Any
+) -> tuple[str, tuple[str, ...] | None]:
+    """The INSERT for these columns in the dialect's SQL, and the order of positional
+    parameters (None: named parameters)."""
+    compiled = sa.insert(table).compile(dialect=dialect, column_keys=list(keys))
+    order = tuple(compiled.positiontup or ()) if compiled.positional else None
+    return str(compiled), order
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
