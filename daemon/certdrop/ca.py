@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,10 +27,12 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .clock import utc_seconds
-from .config import CASettings
 from .errors import CAError, LintError
 from .fsutil import atomic_write, ensure_dir, write_staged
 from .request import ATTRIBUTE_OIDS
+
+if TYPE_CHECKING:  # settings are pydantic models: not needed to sign
+    from .config import CASettings
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.cer"

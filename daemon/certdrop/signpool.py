@@ -19,14 +19,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 
 from .ca import CertificateAuthority, IssueSpec, Staged, Staging, public_key_bytes
 from .errors import LintError, RequestError
-from .lint import Linter
 from .request import ParsedRequest, parse_many, parse_request
+
+if TYPE_CHECKING:  # pkilint is loaded only when certificates are linted
+    from .lint import Linter
 
 log = logging.getLogger("certdrop.signpool")
 
@@ -97,7 +99,10 @@ def _init_worker(state: str, passphrase: bytes | None, lint: bool, daemon_pid: i
     global _worker_ca, _worker_linter
     _exit_with_daemon(daemon_pid)
     _worker_ca = CertificateAuthority.load(Path(state), passphrase)
-    _worker_linter = Linter() if lint else None
+    if lint:
+        from .lint import Linter
+
+        _worker_linter = Linter()
 
 
 def _sign_chunk(chunk: list[tuple[_Plain, Staging]], lint: bool) -> list[Staged | str]:
@@ -126,7 +131,7 @@ def _ping() -> bool:
     return _worker_ca is not None
 
 
-def _forkserver_context() -> Any:
+def _forkserver_context(lint: bool) -> Any:
     """The forkserver context, with what the workers need imported once in the fork server.
 
     Without a preload every worker imports cryptography, pkilint and the signing code on
@@ -137,7 +142,8 @@ def _forkserver_context() -> Any:
     top (click; the commands import what they use), so that costs nothing much either.
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", __name__, "click"])
+    linting = ["certdrop.lint"] if lint else []
+    ctx.set_forkserver_preload(["__main__", __name__, *linting, "click"])
     return ctx
 
 
@@ -197,7 +203,7 @@ class SigningPool:
         try:
             pool = ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=_forkserver_context(),
+                mp_context=_forkserver_context(self.lint_enabled),
                 initializer=_init_worker,
                 initargs=self._initargs,
             )
