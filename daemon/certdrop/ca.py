@@ -509,7 +509,7 @@ class CertificateAuthority:
 
         cryptography makes and signs the CRL's frame (version, algorithm, issuer, dates,
         CRL number, authority key identifier) without entries; the entries are DER-encoded
-        here (about 1.5 us each, against 10 us through x509.RevokedCertificateBuilder),
+        here (about 1.7 us each, against about 9 us through x509.RevokedCertificateBuilder),
         spliced into the TBS, and the TBS is signed with the CA key; the signature is
         verified with the CA certificate before anyone sees it.
         """

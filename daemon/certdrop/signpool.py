@@ -17,7 +17,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,11 +290,7 @@ class SigningPool:
     ) -> Callable[[], list[Staged | LintError]]:
         lint = linter is not None
         jobs = [(_to_plain(s), st) for s, st in zip(specs, stagings, strict=True)]
-        n = min(self.workers * 2, len(jobs))
-        size = -(-len(jobs) // n)
-        futures = [
-            pool.submit(_sign_chunk, jobs[i : i + size], lint) for i in range(0, len(jobs), size)
-        ]
+        futures = self._spread(pool, _sign_chunk, jobs, lint)
 
         def outcome() -> list[Staged | LintError]:
             out: list[Staged | LintError] = []
@@ -317,12 +313,7 @@ class SigningPool:
         pool = self._use(len(datas))
         if pool is None:
             return parse_many(datas)
-        items = list(datas)
-        n = min(self.workers * 2, len(items))
-        size = -(-len(items) // n)
-        futures = [
-            pool.submit(_parse_chunk, items[i : i + size]) for i in range(0, len(items), size)
-        ]
+        futures = self._spread(pool, _parse_chunk, list(datas))
         out: list[ParsedRequest | RequestError] = []
         try:
             for fut in futures:
@@ -332,6 +323,13 @@ class SigningPool:
             self._broken = True
             return parse_many(datas)
         return out
+
+    def _spread(
+        self, pool: ProcessPoolExecutor, fn: Callable[..., Any], items: list[Any], *args: Any
+    ) -> list[Future[Any]]:
+        """`fn(chunk, *args)` in the pool for two chunks of `items` per worker, in order."""
+        size = -(-len(items) // min(self.workers * 2, len(items)))
+        return [pool.submit(fn, items[i : i + size], *args) for i in range(0, len(items), size)]
 
     def _sign_here(
         self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
