@@ -280,7 +280,7 @@ class DaemonThread:
     def __init__(self, env: CAEnv, clock: Clock | None = None) -> None:
         self.env = env
         self.daemon = Daemon(
-            env.settings, clock or env.clock, config_path=env.config, install_signals=False
+            env.settings, clock or env.clock, config_path=env.config, own_process=False
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None

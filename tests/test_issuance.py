@@ -55,6 +55,8 @@ def test_howto_rsa_request_is_issued_and_verifies(
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     assert aki.key_identifier == ca_ski
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())  # RFC 5280 method 1
     assert cert.not_valid_after_utc <= ca.not_valid_after_utc
     # request archived, nothing left in the inbox or work folders
     assert (ca_env.archive / "client.req").read_bytes() == req.read_bytes()
@@ -80,6 +82,8 @@ def test_ec_and_der_requests(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path
         assert lint_clean(cert.public_bytes(serialization.Encoding.DER)) == []
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         assert ku.digital_signature and not ku.key_encipherment  # no encipherment for EC keys
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        assert ski == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
 
 
 def test_csr_extensions_are_not_copied(ca_env: CAEnv, daemon: DaemonThread, tmp_path: Path) -> None:

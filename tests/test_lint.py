@@ -219,6 +219,15 @@ def test_a_certificate_for_another_key_is_not_released(ca_dir: Path) -> None:
         ca.issue(spec(), shared_linter().certificate)
 
 
+def test_a_certificate_naming_another_issuer_is_not_released(ca_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    create_ca(other, CASettings(common_name="Another CA"), dt.datetime.now(dt.UTC))
+    ca = CertificateAuthority.load(ca_dir)
+    ca.cert = load_cert(other / "ca.cer")  # what a bug could do: the builder names that one
+    with pytest.raises(CAError, match="names another issuer"):
+        ca.issue(spec(), shared_linter().certificate)
+
+
 def test_a_signature_that_does_not_verify_is_not_released(ca_dir: Path, tmp_path: Path) -> None:
     # the key of this CA, the certificate of another: what a mixed-up adoption would give
     other = tmp_path / "other"

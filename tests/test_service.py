@@ -239,7 +239,7 @@ def test_dead_thread_stops_watchdog_pings(
         env.clock,
         config_path=env.config,
         notifier=Notifier(str(notify.path)),
-        install_signals=False,
+        own_process=False,
         watchdog_usec=100_000,
     )
     run = _Run(daemon)
@@ -292,7 +292,7 @@ def test_a_hung_worker_gets_no_pings_until_it_moves_again(
         env.clock,
         config_path=env.config,
         notifier=Notifier(str(notify.path)),
-        install_signals=False,
+        own_process=False,
         watchdog_usec=100_000,
     )
     run = _Run(daemon)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import functools
+import hashlib
 import os
 import secrets
 import stat
@@ -205,6 +207,20 @@ def _der_children(content: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+def _spki_key_bits(spki: bytes) -> bytes:
+    """The subjectPublicKey BIT STRING's contents without its unused-bits octet: the key
+    itself (an RSAPublicKey DER, an EC point, an Ed25519 key)."""
+    _algorithm, bits = _der_children(_der_value(spki))
+    return _der_value(bits[1])[1:]
+
+
+def _tbs_issuer_and_spki(tbs: bytes) -> tuple[bytes, bytes]:
+    """The issuer Name and the SubjectPublicKeyInfo (DER) of a TBSCertificate."""
+    fields = _der_children(_der_value(tbs))
+    first = 1 if fields[0][0] == 0xA0 else 0  # [0] version (absent in v1)
+    return fields[first + 2][1], fields[first + 5][1]
+
+
 def _der_time(epoch: int) -> bytes:
     """RFC 5280 Time: UTCTime through 2049, GeneralizedTime from 2050."""
     t = time.gmtime(epoch)
@@ -264,6 +280,44 @@ def build_name(attrs: Iterable[tuple[str, str]]) -> x509.Name:
     return x509.Name([x509.NameAttribute(ATTRIBUTE_OIDS[n], v) for n, v in attrs])
 
 
+_END_ENTITY = x509.BasicConstraints(ca=False, path_length=None)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_usage(usages: frozenset[str], rsa_key: bool, ec_key: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature="digital_signature" in usages,
+        content_commitment="content_commitment" in usages,
+        # encipherment is meaningful for RSA keys only (RFC 5480 / RFC 8813)
+        key_encipherment="key_encipherment" in usages and rsa_key,
+        data_encipherment="data_encipherment" in usages and rsa_key,
+        key_agreement="key_agreement" in usages and ec_key,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _extended_key_usage(usages: tuple[str, ...]) -> x509.ExtendedKeyUsage:
+    return x509.ExtendedKeyUsage([EKU_OIDS[e] for e in usages])
+
+
+@functools.lru_cache(maxsize=16)
+def _crl_distribution_points(url: str) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(url)],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+        ]
+    )
+
+
 class CertificateAuthority:
     """A loaded CA: its certificate, the chain above it, and its private key."""
 
@@ -274,6 +328,8 @@ class CertificateAuthority:
         self.chain = tuple(chain)
         self.__key = key
         self._hash = _hash_for(key)
+        self._public_key: Any = cert.public_key()  # checks every signature made here
+        self._issuer_der = cert.subject.public_bytes()
         self._throwaway: PrivateKey | None = None
         try:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
@@ -336,42 +392,37 @@ class CertificateAuthority:
         if spec.serial <= 0:
             raise CAError("a certificate needs a positive serial number")
         if isinstance(spec.public_key, bytes):  # SubjectPublicKeyInfo DER
-            spec = replace(spec, public_key=serialization.load_der_public_key(spec.public_key))
+            spki, public_key = spec.public_key, serialization.load_der_public_key(spec.public_key)
+        else:
+            spki, public_key = public_key_bytes(spec.public_key), spec.public_key
         subject = build_name(spec.subject)
-        is_rsa = isinstance(spec.public_key, rsa.RSAPublicKey)
-        ku = set(spec.key_usage)
-        key_usage = x509.KeyUsage(
-            digital_signature="digital_signature" in ku,
-            content_commitment="content_commitment" in ku,
-            # encipherment is meaningful for RSA keys only (RFC 5480 / RFC 8813)
-            key_encipherment="key_encipherment" in ku and is_rsa,
-            data_encipherment="data_encipherment" in ku and is_rsa,
-            key_agreement="key_agreement" in ku
-            and isinstance(spec.public_key, ec.EllipticCurvePublicKey),
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
+        key_usage = _key_usage(
+            frozenset(spec.key_usage),
+            isinstance(public_key, rsa.RSAPublicKey),
+            isinstance(public_key, ec.EllipticCurvePublicKey),
         )
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
-            .public_key(spec.public_key)
+            .public_key(public_key)  # type: ignore[arg-type]
             .serial_number(spec.serial)
             .not_valid_before(utc_seconds(spec.not_before))
             .not_valid_after(utc_seconds(min(spec.not_after, self.not_after)))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_END_ENTITY, critical=True)
             .add_extension(key_usage, critical=True)
+            # RFC 5280 4.2.1.2 method 1, as SubjectKeyIdentifier.from_public_key computes it
             .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(spec.public_key), critical=False
+                x509.SubjectKeyIdentifier(
+                    hashlib.sha1(_spki_key_bits(spki), usedforsecurity=False).digest()
+                ),
+                critical=False,
             )
             .add_extension(self._aki, critical=False)
         )
         if spec.extended_key_usage:
             builder = builder.add_extension(
-                x509.ExtendedKeyUsage([EKU_OIDS[e] for e in spec.extended_key_usage]),
-                critical=False,
+                _extended_key_usage(tuple(spec.extended_key_usage)), critical=False
             )
         names: list[x509.GeneralName] = [x509.RFC822Name(e) for e in spec.emails]
         names += [x509.DNSName(d) for d in spec.dns_names]
@@ -382,17 +433,7 @@ class CertificateAuthority:
             )
         if spec.crl_distribution_point:
             builder = builder.add_extension(
-                x509.CRLDistributionPoints(
-                    [
-                        x509.DistributionPoint(
-                            full_name=[x509.UniformResourceIdentifier(spec.crl_distribution_point)],
-                            relative_name=None,
-                            reasons=None,
-                            crl_issuer=None,
-                        )
-                    ]
-                ),
-                critical=False,
+                _crl_distribution_points(spec.crl_distribution_point), critical=False
             )
         return builder
 
@@ -423,9 +464,17 @@ class CertificateAuthority:
             raise CAError(
                 "internal check failed: the signed certificate differs from the linted one"
             )
-        if public_key_bytes(cert.public_key()) != public_key_bytes(spec.public_key):
+        tbs = cert.tbs_certificate_bytes
+        issuer, spki = _tbs_issuer_and_spki(tbs)
+        if spki != public_key_bytes(spec.public_key):
             raise CAError("internal check failed: the certificate carries a different public key")
-        self.verify_signed_by_me(cert)
+        if issuer != self._issuer_der:
+            raise CAError("internal check failed: the certificate names another issuer")
+        if not self._signature_valid(cert.signature, tbs):
+            raise CAError(
+                "certificate was not issued by this CA (its signature does not verify under "
+                "the CA certificate)"
+            )
         return cert
 
     def issue_and_stage(
@@ -534,7 +583,8 @@ class CertificateAuthority:
         tbs = _der_tlv(0x30, head + _der_tlv(0x30, entries) + fields[5][1])
         outer = _der_children(_der_value(frame.public_bytes(serialization.Encoding.DER)))
         signature = self._sign_bytes(tbs)
-        self._verify_bytes(signature, tbs)
+        if not self._signature_valid(signature, tbs):
+            raise CAError("internal check failed: the CRL does not verify under the CA")
         return _der_tlv(0x30, tbs + outer[1][1] + _der_tlv(0x03, b"\x00" + signature))
 
     def signed_this_crl(self, der: bytes) -> bool:
@@ -542,25 +592,26 @@ class CertificateAuthority:
         cryptography's is_signature_valid re-encodes a large CRL first)."""
         try:
             tbs, _algorithm, signature = (e for _, e in _der_children(_der_value(der)))
-            self._verify_bytes(_der_value(signature)[1:], tbs)  # BIT STRING: no unused bits
+            # BIT STRING: no unused bits
+            return self._signature_valid(_der_value(signature)[1:], tbs)
         except (CAError, ValueError, IndexError):
             return False
-        return True
 
-    def _verify_bytes(self, signature: bytes, data: bytes) -> None:
-        """Check a signature of `_sign_bytes` with the CA certificate's public key."""
-        pub: Any = self.cert.public_key()
+    def _signature_valid(self, signature: bytes, data: bytes) -> bool:
+        """Whether `signature` (as `_sign_bytes` makes it) verifies under the CA certificate."""
+        pub = self._public_key
         try:
             if isinstance(pub, ed25519.Ed25519PublicKey):
                 pub.verify(signature, data)
-                return
+                return True
             assert self._hash is not None
             if isinstance(pub, ec.EllipticCurvePublicKey):
                 pub.verify(signature, data, ec.ECDSA(self._hash))
             else:
                 pub.verify(signature, data, padding.PKCS1v15(), self._hash)
         except InvalidSignature:
-            raise CAError("internal check failed: the CRL does not verify under the CA") from None
+            return False
+        return True
 
     def _sign_bytes(self, data: bytes) -> bytes:
         """The CA key's signature over `data`, as the certificate and CRL builders make it."""

@@ -113,6 +113,10 @@ def _setup_logging(level: str) -> None:
             fmt = "%(asctime)s " + fmt
         handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
         root.addHandler(handler)
+        # this format shows neither where a line was logged from nor which thread or
+        # process: skip collecting that for every record (the logging HOWTO's "Optimization")
+        logging._srcfile = None
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -36,7 +36,7 @@ from .mail import FlushReport, Mailer, choose_password_channel, queue_admin_aler
 from .pipeline import Outcome, Pipeline, PipelineHooks, Result, Ticket
 from .publish import CRL_CHECK_SECONDS, Publisher, build_publisher
 from .scheduler import Scheduler
-from .signpool import SigningPool
+from .signpool import SigningPool, settle_heap
 from .spool import Spool
 from .store import Store
 
@@ -330,14 +330,16 @@ class Daemon:
         *,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
-        install_signals: bool = True,
+        own_process: bool = True,
         watchdog_usec: int | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.config_path = config_path
         self.notifier = notifier or Notifier()
-        self.install_signals = install_signals
+        # the daemon is the process (not a thread of a test): it installs the signal
+        # handlers and tunes the garbage collector
+        self.own_process = own_process
         self.queue = WorkQueue()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
@@ -396,7 +398,7 @@ class Daemon:
                 f"the state folder {settings.state} does not exist; run 'certdrop init'"
             )
         with lock:
-            if self.install_signals:
+            if self.own_process:
                 signal.signal(signal.SIGTERM, self._on_term)
                 signal.signal(signal.SIGINT, self._on_term)
                 signal.signal(signal.SIGHUP, self._on_hup)
@@ -427,6 +429,8 @@ class Daemon:
             self.last_error = f"recovery of work/: {exc}"
             log.error("recovery of work/ failed: %s; will retry", exc)
             self._retry_work_later()
+        if self.own_process:
+            settle_heap()
         self.inbox = self._make_inbox(self.settings)
         self.inbox.start()
         self.scheduler = Scheduler()

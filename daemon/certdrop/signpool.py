@@ -10,6 +10,7 @@ only add latency to a single drop.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import multiprocessing
 import os
@@ -20,8 +21,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from cryptography.hazmat.primitives import serialization
 
 from .ca import CertificateAuthority, IssueSpec, Staged, Staging, public_key_bytes
 from .errors import LintError, RequestError
@@ -34,6 +33,9 @@ log = logging.getLogger("certdrop.signpool")
 
 # below this many certificates a batch is signed in the calling process
 MIN_POOL_BATCH = 16
+
+# the cyclic garbage collector's thresholds once start-up is over (Python's: 700, 10, 10)
+GC_THRESHOLDS = (50_000, 20, 100)
 
 _worker_ca: CertificateAuthority | None = None
 _worker_linter: Linter | None = None
@@ -62,7 +64,7 @@ def _from_plain(p: _Plain) -> IssueSpec:
     subject, spki, nb, na, ku, eku, emails, dns, serial, dp = p
     return IssueSpec(
         subject=subject,
-        public_key=serialization.load_der_public_key(spki) if spki else None,
+        public_key=spki or None,  # DER: the builder loads it, the checks compare it
         not_before=dt.datetime.fromtimestamp(nb, dt.UTC),
         not_after=dt.datetime.fromtimestamp(na, dt.UTC),
         key_usage=ku,
@@ -72,6 +74,21 @@ def _from_plain(p: _Plain) -> IssueSpec:
         serial=serial,
         crl_distribution_point=dp,
     )
+
+
+def settle_heap(*, collect: bool = True) -> None:
+    """Once a process has loaded what it keeps (modules, CA, settings, linter): exempt
+    that from the cyclic garbage collector and let it run less often.
+
+    With Python's thresholds a 5,000-CSR burst ran ~420 young and 3 full collections in
+    the daemon process (0.13-0.17 s of CPU; every full one walked everything loaded at
+    start); frozen and with these thresholds it runs none during the burst. Almost all
+    garbage here is freed by reference counting; cycles still get collected, later.
+    """
+    if collect:
+        gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _exit_with_daemon(daemon_pid: int) -> None:
@@ -103,6 +120,7 @@ def _init_worker(state: str, passphrase: bytes | None, lint: bool, daemon_pid: i
         from .lint import Linter
 
         _worker_linter = Linter()
+    settle_heap(collect=False)  # a collection would touch (copy) the fork server's pages
 
 
 def _sign_chunk(chunk: list[tuple[_Plain, Staging]], lint: bool) -> list[Staged | str]:
