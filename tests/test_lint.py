@@ -194,6 +194,82 @@ def test_post_sign_checks_pass_for_a_normal_certificate(ca_dir: Path) -> None:
     assert ca.issued_this(cert) and not ca.issued_this(rec.drafts[0])
 
 
+def test_the_certificate_is_the_one_cryptographys_setters_build(ca_dir: Path) -> None:
+    """certdrop makes its CertificateBuilder in one call: the TBS is byte for byte the one
+    the documented chain of setters gives for the same values (RSA and EC subject keys,
+    e-mail and DNS names, a CRL distribution point, no subject)."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ca = CertificateAuthority.load(ca_dir)
+    key = ca._CertificateAuthority__key  # type: ignore[attr-defined]
+    for subject, public_key, emails, dns in (
+        ([("CN", "Chain"), ("emailAddress", "c@example.org")], None, ["c@example.org"], []),
+        ([], rsa.generate_private_key(65537, 2048).public_key(), [], ["a.example", "b.example"]),
+    ):
+        s = spec(subject=subject, emails=emails, dns_names=dns, serial=(1 << 158) + 7)
+        s = IssueSpec(
+            **{
+                **s.__dict__,
+                "public_key": public_key or s.public_key,
+                "key_usage": ["digital_signature", "key_encipherment"],
+                "crl_distribution_point": "http://ca.example/crl.der",
+            }
+        )
+        ours = ca._builder(s).sign(key, ca._hash)
+        names = [x509.RFC822Name(e) for e in emails] + [x509.DNSName(d) for d in dns]
+        spki = s.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        theirs = (
+            x509.CertificateBuilder()
+            .subject_name(ours.subject)
+            .issuer_name(ca.cert.subject)
+            .public_key(serialization.load_der_public_key(spki))  # type: ignore[arg-type]
+            .serial_number(s.serial)
+            .not_valid_before(s.not_before.replace(microsecond=0))
+            .not_valid_after(s.not_after.replace(microsecond=0))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=public_key is not None,  # the RSA key only
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(s.public_key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                    ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+                ),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=not subject)
+            .add_extension(
+                x509.CRLDistributionPoints(
+                    [
+                        x509.DistributionPoint(
+                            [x509.UniformResourceIdentifier("http://ca.example/crl.der")],
+                            None,
+                            None,
+                            None,
+                        )
+                    ]
+                ),
+                critical=False,
+            )
+            .sign(key, ca._hash)
+        )
+        assert ours.tbs_certificate_bytes == theirs.tbs_certificate_bytes
+
+
 def test_a_tbs_other_than_the_linted_one_is_not_released(ca_dir: Path) -> None:
     class SkewedCA(CertificateAuthority):
         # a throwaway of another algorithm: the linted TBS names another signature algorithm

@@ -154,6 +154,20 @@ def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
         pool.close()
 
 
+def test_workers_start_when_a_burst_is_queued(ca_env: CAEnv) -> None:
+    """The first events of a burst make a small batch: the queue's depth starts the pool."""
+    ca = CertificateAuthority.load(ca_env.state)
+    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
+    try:
+        pool.expect(MIN_POOL_BATCH - 1)
+        assert not pool.ready and not multiprocessing.active_children()
+        pool.expect(MIN_POOL_BATCH)
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        assert all(not isinstance(p, RequestError) for p in pool.parse(_csrs(2)))
+    finally:
+        pool.close()
+
+
 def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
 
     ca = CertificateAuthority.load(ca_env.state)

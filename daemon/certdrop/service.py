@@ -761,6 +761,8 @@ class Daemon:
                 ready.append(item)
         if not ready:
             return
+        if self.rt.pool is not None:  # a burst under way: the signing processes start now
+            self.rt.pool.expect(len(ready) + len(self.queue))
         previous, self._started = self._started, None
         try:
             try:

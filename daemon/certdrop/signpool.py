@@ -257,6 +257,13 @@ class SigningPool:
             return None
         return self._pool
 
+    def expect(self, n: int) -> None:
+        """`n` requests are waiting: start the workers now if that many need them, so that
+        they are up sooner (the batch at hand may be small: the first events of a burst)."""
+        if n >= MIN_POOL_BATCH and not self._broken:
+            self._last_used = time.monotonic()
+            self._start()
+
     def stop_if_idle(self, idle_seconds: float) -> bool:
         """Stop the workers when no batch needed them for `idle_seconds`."""
         if self._pool is None or time.monotonic() - self._last_used < idle_seconds:
