@@ -539,7 +539,11 @@ def test_batches_in_flight_decide_as_if_one_after_the_other(tmp_path: Path) -> N
             (env.inbox / f"{name}.req").write_bytes(data)
         p = rt.pipeline
         first = p.start([(env.inbox / f"{n}.req", "client") for n in ("a", "b")])
+        with pytest.raises(RuntimeError):
+            p.handle_batch([])  # claimed and being parsed: in flight already
+        p.decide(first)
         second = p.start([(env.inbox / f"{n}.req", "client") for n in ("a2", "c", "d")])
+        p.decide(second)  # while the first is being signed
         work = env.spool / "work" / "client"
         # a2 and c are claimed but wait; nothing is delivered before a batch is finished
         assert {f.name for f in work.glob("*.req")} == {
@@ -568,5 +572,36 @@ def test_batches_in_flight_decide_as_if_one_after_the_other(tmp_path: Path) -> N
             certs = rt.store.list_certs(conn)
         assert sorted(c.request_name for c in certs) == ["a", "b", "d"]
         assert len({c.serial for c in certs}) == 3
+    finally:
+        rt.close()
+
+
+def test_a_batch_decided_after_the_one_before_is_recorded_sees_it(tmp_path: Path) -> None:
+    """The daemon's order: start batch 2 (claim, read, parse), finish batch 1, then
+    decide batch 2: its decisions see batch 1 in the index, nothing has to wait."""
+    from certdrop.clock import SystemClock
+    from certdrop.pipeline import Outcome
+    from certdrop.service import Runtime
+
+    env = make_env(tmp_path / "ca")
+    rt = Runtime.build(env.settings, SystemClock())
+    try:
+        alice, _ = _csr("Alice Next")
+        files = {"a": alice, "a2": alice, "c": _csr("Alice Next")[0], "d": _csr("Dan Next")[0]}
+        for name, data in files.items():
+            (env.inbox / f"{name}.req").write_bytes(data)
+        p = rt.pipeline
+        first = p.start([(env.inbox / "a.req", "client")])
+        p.decide(first)
+        second = p.start([(env.inbox / f"{n}.req", "client") for n in ("a2", "c", "d")])
+        assert {claim.name: res.outcome for claim, res in p.finish(first)} == {"a": Outcome.ISSUED}
+        p.decide(second)
+        assert second.batch is not None and not second.batch.after  # nothing deferred
+        assert {claim.name: res.outcome for claim, res in p.finish(second)} == {
+            "a2": Outcome.REDELIVERED,
+            "c": Outcome.REJECTED,
+            "d": Outcome.ISSUED,
+        }
+        assert (env.outbox / "a.cer").read_bytes() == (env.outbox / "a2.cer").read_bytes()
     finally:
         rt.close()

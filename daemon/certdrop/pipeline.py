@@ -169,8 +169,11 @@ class _Signed:
 
 RECOVERY_BATCH = 256
 
-Parser = Callable[[Sequence[bytes]], list["ParsedRequest | RequestError"]]
-"""Parses a batch of dropped files (in this process or in a pool)."""
+ParseOutcome = list["ParsedRequest | RequestError"]
+
+Parser = Callable[[Sequence[bytes]], Callable[[], ParseOutcome]]
+"""Starts parsing a batch of dropped files (in this process or in a pool); the returned
+function waits for the outcome."""
 
 SignOutcome = list["Staged | LintError"]
 
@@ -185,9 +188,12 @@ Done = list[tuple[_Claim, Result]]
 
 @dataclass
 class _Batch:
-    """Claimed requests between `_begin` (decided; signing started) and `_finish`."""
+    """Claimed requests from `_begin` (read; parsing started) through `_decide` (decided;
+    signing started) to `_finish`."""
 
     done: Done = field(default_factory=list)
+    readable: list[_Claim] = field(default_factory=list)
+    parsing: Callable[[], ParseOutcome] | None = None  # None once decided
     plans: list[_Plan] = field(default_factory=list)
     signing: Callable[[], SignOutcome] | None = None
     now: dt.datetime | None = None
@@ -233,10 +239,12 @@ class Pipeline:
         self.hooks = hooks or PipelineHooks()
         self.max_bytes = settings.watch.max_request_bytes
         self.signer: Signer = self._sign_here
-        self.parser: Parser = parse_many
+        self.parser: Parser = lambda datas: lambda: parse_many(datas)
         # fault injection for the crash tests (faults.py); does nothing in production
         self.crashpoint: Crashpoint = no_crash
-        # batches begun and not finished yet, oldest first (at most two in the daemon)
+        # batches begun and not decided yet (being parsed), and batches decided and not
+        # finished yet (being signed), oldest first (at most two in the daemon)
+        self._parsing: list[_Batch] = []
         self._inflight: list[_Batch] = []
 
     def _sign_here(
@@ -268,13 +276,14 @@ class Pipeline:
         return [results[i] for i in range(len(items))]
 
     def start(self, items: Sequence[tuple[Path, str]]) -> Ticket:
-        """Claim, read, parse and decide a batch, and start signing it (in the pool).
+        """Claim and read a batch, and start parsing it (in the pool).
 
-        The daemon starts the next batch while the pool signs this one, and finishes
-        this one while the pool signs the next: `finish` records and delivers it.
-        Requests of the new batch that touch what a batch in flight is issuing (the
-        same request, the same unique subject) wait until that batch is recorded, so
-        every decision sees the index as if the batches had run one after the other.
+        Then `decide` decides it and starts signing it, and `finish` records and
+        delivers it; meanwhile the caller may start, decide and finish other batches
+        (the daemon keeps three in flight: Daemon._handle). Requests of a batch decided
+        while another one is being signed that touch what that one is issuing (the
+        same request, the same unique subject) wait until it is recorded, so every
+        decision sees the index as if the batches had run one after the other.
         """
         immediate: list[tuple[int, Result]] = []
         claims: list[tuple[int, _Claim]] = []
@@ -294,13 +303,22 @@ class Pipeline:
             batch = self._begin([c for _, c in claims])
         return Ticket(immediate, {id(c): i for i, c in claims}, batch)
 
+    def decide(self, ticket: Ticket) -> None:
+        """Decide a started batch and start signing what the policy accepted (once)."""
+        if ticket.batch is not None and ticket.batch.parsing is not None:
+            self._decide_batch(ticket.batch)
+
     def finish(self, ticket: Ticket) -> Done:
-        """Record and deliver a started batch: (claim, result) for its requests and for
-        the requests of other batches that waited for it."""
-        return self._finish(ticket.batch) if ticket.batch is not None else []
+        """Record and deliver a started batch (deciding it first if that is still to do):
+        (claim, result) for its requests and for the requests of other batches that
+        waited for it."""
+        if ticket.batch is None:
+            return []
+        self.decide(ticket)
+        return self._finish(ticket.batch)
 
     def flush_check(self) -> None:
-        if self._inflight:
+        if self._inflight or self._parsing:
             raise RuntimeError("a batch is still in flight; finish it first")
 
     def _precheck_and_claim(
@@ -478,25 +496,35 @@ class Pipeline:
         """Begin and finish a batch of claimed requests. With no other batch in flight,
         every claim gets its result here; else those that must wait for a batch in
         flight get theirs when that batch is finished."""
-        return self._finish(self._begin(claims, approved=approved))
+        return self._finish(self._decide_batch(self._begin(claims, approved=approved)))
 
     def _begin(self, claims: list[_Claim], *, approved: bool = False) -> _Batch:
-        """Read, parse and decide; start signing what the policy accepted."""
+        """Read; start parsing."""
         batch = _Batch(approved=approved)
-        done = batch.done
-        readable: list[_Claim] = []
         for claim in claims:
             try:
                 problem = self._unsafe(claim.st)
                 if problem:
                     raise RequestError(problem)
                 claim.data = self._read(claim.path, claim.st)
-                readable.append(claim)
+                batch.readable.append(claim)
             except CertdropError as exc:
-                done.append((claim, self._reject(claim, [str(exc)])))
+                batch.done.append((claim, self._reject(claim, [str(exc)])))
+        batch.parsing = self.parser([claim.data for claim in batch.readable])
+        self._parsing.append(batch)
+        return batch
+
+    def _decide_batch(self, batch: _Batch) -> _Batch:
+        """Decide; start signing what the policy accepted."""
+        assert batch.parsing is not None
+        try:
+            parsed = batch.parsing()
+        finally:
+            batch.parsing = None
+            self._parsing.remove(batch)  # on an error its claims stay in work/
+        done = batch.done
         prepared: list[_Prepared] = []
-        parsed = self.parser([claim.data for claim in readable])
-        for claim, req in zip(readable, parsed, strict=True):
+        for claim, req in zip(batch.readable, parsed, strict=True):
             if isinstance(req, RequestError):
                 done.append((claim, self._reject(claim, [str(req)])))
                 continue

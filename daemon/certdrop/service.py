@@ -210,7 +210,7 @@ class Runtime:
         if signing_pool and (os.cpu_count() or 1) > 1:
             rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
             pipeline.signer = rt.pool.sign
-            pipeline.parser = rt.pool.parse
+            pipeline.parser = rt.pool.parse_later
         return rt
 
     def close(self) -> None:
@@ -341,6 +341,8 @@ class Daemon:
         # handlers and tunes the garbage collector
         self.own_process = own_process
         self.queue = WorkQueue()
+        # batches started and not finished, oldest first: ticket and their work items
+        self._started: list[tuple[Ticket, list[WorkItem]]] = []
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.ready = threading.Event()
@@ -693,7 +695,7 @@ class Daemon:
             if self.stop_requested.is_set():
                 break  # SIGTERM: no new work; what was taken stays in the inbox for next time
             with self._busy():
-                if not items and self._started is not None:
+                if not items and self._started:
                     # nothing more queued: finish the batch in flight now, then wait for
                     # the next drop as usual (the idle work below is for idle times)
                     self._flush()
@@ -713,7 +715,7 @@ class Daemon:
                     continue
                 self._handle(items)
         with self._busy():
-            self._flush()  # the batch in flight is claimed and signed: record and deliver it
+            self._flush()  # the batches in flight are claimed: decide, record and deliver them
 
     def _drain_initial(self) -> None:
         """Process what the first scan found before declaring READY (bounded by time).
@@ -739,16 +741,14 @@ class Daemon:
 
     _only_waiting_keys = False
 
-    # the batch started and not finished: its ticket and the work items it came from
-    _started: tuple[Ticket, list[WorkItem]] | None = None
-
     def _handle(self, items: list[WorkItem]) -> None:
-        """Start a batch, then finish the one started before it.
+        """Start a batch, decide the one before it, finish the one before that.
 
-        Two batches overlap: while the signing pool signs the one just started, this
-        thread records and delivers the previous one (and next time claims, reads and
-        decides the next one). The pipeline makes requests that touch a batch in flight
-        wait for it.
+        Three batches are in flight, so that neither this thread nor the signing pool
+        waits for the other: while the pool signs batch N-2 (and then parses batch N
+        and signs batch N-1), this thread claims and reads batch N (its parsing
+        starts), decides batch N-1 (its signing starts; requests touching what N-2 is
+        issuing wait for it) and records and delivers batch N-2.
         """
         assert self.rt is not None and self.inbox is not None
         now_wall = time.time()
@@ -763,7 +763,6 @@ class Daemon:
             return
         if self.rt.pool is not None:  # a burst under way: the signing processes start now
             self.rt.pool.expect(len(ready) + len(self.queue))
-        previous, self._started = self._started, None
         try:
             try:
                 with self.audit.batch():
@@ -778,16 +777,27 @@ class Daemon:
                 elif res.outcome is not Outcome.SKIPPED:
                     self._had_activity = True
             if ticket.batch is not None:
-                self._started = (ticket, ready)
+                self._started.append((ticket, ready))
         finally:
-            if previous is not None:
-                self._finish(previous)
+            for started in self._started[:-1]:  # all but the newest, being parsed
+                self._decide(started)
+            while len(self._started) > 2:
+                self._finish(self._started.pop(0))
+
+    def _decide(self, started: tuple[Ticket, list[WorkItem]]) -> None:
+        assert self.rt is not None
+        ticket, items = started
+        try:
+            with self.audit.batch():
+                self.rt.pipeline.decide(ticket)  # nothing to do once decided
+        except Exception as exc:  # noqa: BLE001 - sorted out in _failed_batch
+            self._started.remove(started)  # its claims stay in work/: recovery takes them
+            self._failed_batch([items[i] for i in ticket.claimed.values()], exc)
 
     def _flush(self) -> None:
-        """Finish the batch in flight, if any."""
-        previous, self._started = self._started, None
-        if previous is not None:
-            self._finish(previous)
+        """Finish the batches in flight, oldest first."""
+        while self._started:
+            self._finish(self._started.pop(0))
 
     def _finish(self, started: tuple[Ticket, list[WorkItem]]) -> None:
         assert self.rt is not None

@@ -335,19 +335,31 @@ class SigningPool:
 
     def parse(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
         """Parse (and verify the signatures of) dropped requests on every processor."""
+        return self.parse_later(datas)()
+
+    def parse_later(
+        self, datas: Sequence[bytes]
+    ) -> Callable[[], list[ParsedRequest | RequestError]]:
+        """Start parsing; the returned function waits for the outcome (as `sign`)."""
         pool = self._use(len(datas))
         if pool is None:
-            return parse_many(datas)
+            return lambda: parse_many(datas)
         futures = self._spread(pool, _parse_chunk, list(datas))
-        out: list[ParsedRequest | RequestError] = []
-        try:
-            for fut in futures:
-                out += [RequestError(r) if isinstance(r, str) else r for r in fut.result()]
-        except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
-            log.error("parsing pool failed (%s); parsing in the daemon process from now on", exc)
-            self._broken = True
-            return parse_many(datas)
-        return out
+
+        def outcome() -> list[ParsedRequest | RequestError]:
+            out: list[ParsedRequest | RequestError] = []
+            try:
+                for fut in futures:
+                    out += [RequestError(r) if isinstance(r, str) else r for r in fut.result()]
+            except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
+                log.error(
+                    "parsing pool failed (%s); parsing in the daemon process from now on", exc
+                )
+                self._broken = True
+                return parse_many(datas)
+            return out
+
+        return outcome
 
     def _spread(
         self, pool: ProcessPoolExecutor, fn: Callable[..., Any], items: list[Any], *args: Any
