@@ -224,3 +224,43 @@ def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
                 cert.verify_directly_issued_by(ca.cert)
     finally:
         pool.close()
+
+
+def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path: Path) -> None:
+    """A worker killed (the OOM killer, an operator): what was in flight and everything
+    after it is parsed and signed in this process, not retried against a dead pool."""
+    import os
+    import signal
+
+    ca = CertificateAuthority.load(ca_env.state)
+    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
+    try:
+        pool.expect(MIN_POOL_BATCH)
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        (worker,) = multiprocessing.active_children()
+        datas = _csrs(MIN_POOL_BATCH)
+        parsing = pool.parse_later(datas)  # submitted to the worker, then it is killed
+        os.kill(worker.pid or 0, signal.SIGKILL)
+        parsed = parsing()
+        assert all(isinstance(p, ParsedRequest) for p in parsed)
+        specs = _specs(parsed, dt.datetime.now(dt.UTC))
+        stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
+        signed = pool.sign(specs, stagings, None)()  # the pool is known broken: signed here
+        assert [x509.load_der_x509_certificate(s.der).serial_number for s in signed] == [  # type: ignore[union-attr]
+            s.serial for s in specs
+        ]
+        assert all((tmp_path / f"{i}.cer").exists() for i in range(len(specs)))
+        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+    finally:
+        pool.close()
+    # killed while idle: the executor knows it is broken before anything is submitted
+    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
+    try:
+        pool.expect(MIN_POOL_BATCH)
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        (worker,) = multiprocessing.active_children()
+        os.kill(worker.pid or 0, signal.SIGKILL)
+        wait_for(lambda: bool(getattr(pool._pool, "_broken", False)), 30, what="broken pool")
+        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+    finally:
+        pool.close()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .ca import CertificateAuthority, IssueSpec, Staged, Staging, public_key_bytes
 from .errors import LintError, RequestError
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pkilint is loaded only when certificates are linted
     from .lint import Linter
 
 log = logging.getLogger("certdrop.signpool")
+T = TypeVar("T")
 
 # below this many certificates a batch is signed in the calling process
 MIN_POOL_BATCH = 16
@@ -315,23 +316,16 @@ class SigningPool:
     ) -> Callable[[], list[Staged | LintError]]:
         lint = linter is not None
         jobs = [(_to_plain(s), st) for s, st in zip(specs, stagings, strict=True)]
-        futures = self._spread(pool, _sign_chunk, jobs, lint)
-
-        def outcome() -> list[Staged | LintError]:
-            out: list[Staged | LintError] = []
-            try:
-                for fut in futures:
-                    # the worker ran the same checks as in this process (CertificateAuthority.issue)
-                    out += [LintError(d) if isinstance(d, str) else d for d in fut.result()]
-            except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
-                log.error(
-                    "signing pool failed (%s); signing in the daemon process from now on", exc
-                )
-                self._broken = True
-                return self._sign_here(specs, stagings, linter)
-            return out
-
-        return outcome
+        # the worker runs the same checks as this process (CertificateAuthority.issue)
+        return self._run(
+            pool,
+            _sign_chunk,
+            jobs,
+            (lint,),
+            lambda d: LintError(d) if isinstance(d, str) else d,
+            lambda: self._sign_here(specs, stagings, linter),
+            "signing",
+        )
 
     def parse(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
         """Parse (and verify the signatures of) dropped requests on every processor."""
@@ -344,19 +338,48 @@ class SigningPool:
         pool = self._use(len(datas))
         if pool is None:
             return lambda: parse_many(datas)
-        futures = self._spread(pool, _parse_chunk, list(datas))
+        return self._run(
+            pool,
+            _parse_chunk,
+            list(datas),
+            (),
+            lambda r: RequestError(r) if isinstance(r, str) else r,
+            lambda: parse_many(datas),
+            "parsing",
+        )
 
-        def outcome() -> list[ParsedRequest | RequestError]:
-            out: list[ParsedRequest | RequestError] = []
+    def _run(
+        self,
+        pool: ProcessPoolExecutor,
+        fn: Callable[..., list[Any]],
+        items: list[Any],
+        args: tuple[Any, ...],
+        convert: Callable[[Any], T],
+        fallback: Callable[[], list[T]],
+        what: str,
+    ) -> Callable[[], list[T]]:
+        """Start `fn` on `items` in the pool; the returned function waits for the results
+        (in order, each passed through `convert`). If the pool is broken (a worker was
+        killed, ...), this process does the work instead (`fallback`), from then on."""
+
+        def broken(exc: Exception) -> list[T]:
+            log.error("%s pool failed (%s); %s in the daemon process from now on", what, exc, what)
+            self._broken = True
+            return fallback()
+
+        try:
+            futures = self._spread(pool, fn, items, *args)
+        except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, a pool shut down, ...
+            failure = exc
+            return lambda: broken(failure)
+
+        def outcome() -> list[T]:
+            out: list[T] = []
             try:
                 for fut in futures:
-                    out += [RequestError(r) if isinstance(r, str) else r for r in fut.result()]
+                    out += [convert(r) for r in fut.result()]
             except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
-                log.error(
-                    "parsing pool failed (%s); parsing in the daemon process from now on", exc
-                )
-                self._broken = True
-                return parse_many(datas)
+                return broken(exc)
             return out
 
         return outcome
