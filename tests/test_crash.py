@@ -131,38 +131,3 @@ def test_kill9_during_burst(ca_env: CAEnv, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     check_invariants(ca_env, names)
-
-
-def _forkservers_of(pid: int) -> list[int]:
-    """The fork servers (for signing processes) started by process `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and b"multiprocessing.forkserver" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def test_the_fork_server_is_ready_before_a_burst_and_gone_after_stop(
-    ca_env: CAEnv, tmp_path: Path
-) -> None:
-    """After READY the daemon starts the fork server of its signing processes (so that a
-    burst only forks them); it stops it when it stops: nothing is left running."""
-    log = tmp_path / "daemon.log"
-    proc = start_daemon(ca_env, log)
-    try:
-        wait_for(lambda: "ready" in log.read_text(), 30)
-        wait_for(lambda: len(_forkservers_of(proc.pid)) == 1, 30, what="the fork server")
-        (server,) = _forkservers_of(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        wait_for(lambda: not Path(f"/proc/{server}").exists(), 30, what="the fork server to exit")
-    finally:
-        if proc.poll() is None:
-            proc.kill()

@@ -682,8 +682,6 @@ class Daemon:
         self.ready.set()
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
         log.info("ready: %s", self.status_line())
-        if self.own_process and self.rt.pool is not None:
-            self.rt.pool.prepare()  # in the background: the first burst finds it running
         last_control = 0.0
         while not self.stop_requested.is_set():
             if self.reload_requested.is_set():

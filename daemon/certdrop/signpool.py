@@ -167,7 +167,7 @@ def _forkserver_context(lint: bool) -> Any:
 
 
 def _stop_forkserver() -> None:
-    """Stop the fork server (when the pool is closed): it holds the preloaded modules.
+    """Stop the fork server with the workers: it holds the preloaded modules in memory.
 
     multiprocessing has no public way to do this; without one (another Python), the fork
     server stays and is reused by the next pool.
@@ -265,24 +265,6 @@ class SigningPool:
             self._last_used = time.monotonic()
             self._start()
 
-    def prepare(self) -> None:
-        """Start the fork server now, so that a burst only has to fork the workers.
-
-        The fork server imports what the workers need (cryptography, the signing code,
-        pkilint when linting): 0.1-0.45 s of CPU that a burst would otherwise wait for,
-        competing with the daemon for the processors. It stays when idle workers are
-        stopped (14-19 MB): only the workers come and go.
-        """
-        if self._broken:
-            return
-        _forkserver_context(self.lint_enabled)
-        from multiprocessing import forkserver
-
-        try:
-            forkserver.ensure_running()
-        except OSError as exc:  # the first burst starts it then, or signs here
-            log.warning("could not start the fork server for the signing processes: %s", exc)
-
     def stop_if_idle(self, idle_seconds: float) -> bool:
         """Stop the workers when no batch needed them for `idle_seconds`."""
         if self._pool is None or time.monotonic() - self._last_used < idle_seconds:
@@ -290,6 +272,7 @@ class SigningPool:
         self._join_starter()
         pool, self._pool = self._pool, None
         pool.shutdown(wait=True, cancel_futures=True)
+        _stop_forkserver()
         log.info("stopped the signing processes (idle for %g s)", idle_seconds)
         return True
 
@@ -418,4 +401,4 @@ class SigningPool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        _stop_forkserver()
+            _stop_forkserver()
