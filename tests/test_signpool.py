@@ -264,3 +264,32 @@ def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path:
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
     finally:
         pool.close()
+
+
+def test_a_parse_asked_for_before_the_workers_are_up_goes_to_them_if_they_are_up_by_then(
+    ca_env: CAEnv, monkeypatch: Any
+) -> None:
+    import certdrop.signpool as signpool
+
+    here: list[int] = []
+    parse_here = signpool.parse_many
+
+    def counting(datas: Any) -> Any:
+        here.append(len(datas))
+        return parse_here(datas)
+
+    monkeypatch.setattr(signpool, "parse_many", counting)
+    ca = CertificateAuthority.load(ca_env.state)
+    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
+    try:
+        datas = _csrs(MIN_POOL_BATCH)
+        parsing = pool.parse_later(datas)  # starts the workers; not up yet
+        assert not pool.ready
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        assert all(isinstance(p, ParsedRequest) for p in parsing())
+        assert here == []  # parsed by the worker
+        pool.close()
+        assert all(isinstance(p, ParsedRequest) for p in pool.parse_later(datas)())
+        assert here == [MIN_POOL_BATCH]  # no workers: parsed here
+    finally:
+        pool.close()

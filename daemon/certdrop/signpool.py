@@ -337,7 +337,11 @@ class SigningPool:
         """Start parsing; the returned function waits for the outcome (as `sign`)."""
         pool = self._use(len(datas))
         if pool is None:
-            return lambda: parse_many(datas)
+            if len(datas) < MIN_POOL_BATCH or self._broken:
+                return lambda: parse_many(datas)
+            # the workers are starting: if they are up when the outcome is asked for,
+            # they parse it then
+            return lambda: self.parse(datas) if self.ready else parse_many(datas)
         return self._run(
             pool,
             _parse_chunk,
