@@ -382,7 +382,8 @@ class Pipeline:
         # claim, on what the rename actually moved into work/: judged here, a file
         # swapped in between would be moved to rejected/ under the other's reason.
         # a key being dropped beside the request right now: let it finish first
-        key_wait = self._key_still_arriving(path.with_name(stem + ".key"))
+        key_src = path.with_name(stem + ".key")
+        key_wait = self._key_still_arriving(key_src)
         if key_wait > 0:
             return Result(
                 Outcome.RETRY, stem, reason="its key is still arriving", retry_after=key_wait
@@ -399,16 +400,14 @@ class Pipeline:
             os.rename(path, target)
         except FileNotFoundError:
             return Result(Outcome.SKIPPED, stem)
-        touched.add(target.parent)
+        touched.add(self.spool.work_for(profile))
         touched.add(path.parent)
         self.crashpoint("mid-claim")
         # the key beside it, if any, is claimed with it
-        key_src = path.with_name(stem + ".key")
-        key_dst = target.with_name(stem + ".key")
         try:
             kst = os.lstat(key_src)
             if stat.S_ISREG(kst.st_mode):
-                os.rename(key_src, key_dst)
+                os.rename(key_src, self.spool.claimed_path(profile, stem + ".key"))
         except FileNotFoundError:
             pass
         return self._load_claim(target, profile, names) or Result(Outcome.SKIPPED, stem)
