@@ -243,7 +243,8 @@ class Pipeline:
         # fault injection for the crash tests (faults.py); does nothing in production
         self.crashpoint: Crashpoint = no_crash
         # batches begun and not decided yet (being parsed), and batches decided and not
-        # finished yet (being signed), oldest first (at most two in the daemon)
+        # finished yet (being signed), oldest first (in the daemon: one being parsed, at
+        # most two being signed)
         self._parsing: list[_Batch] = []
         self._inflight: list[_Batch] = []
 

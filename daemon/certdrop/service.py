@@ -761,7 +761,7 @@ class Daemon:
                 ready.append(item)
         if not ready:
             return
-        if self.rt.pool is not None:  # a burst under way: the signing processes start now
+        if self.rt.pool is not None:  # enough requests queued start the signing processes
             self.rt.pool.expect(len(ready) + len(self.queue))
         try:
             try:
