@@ -23,6 +23,7 @@ from certdrop.config import CASettings
 from certdrop.errors import CAError, LintError
 from certdrop.lint import Linter, shared_linter
 from certdrop.pipeline import Outcome
+from certdrop.request import ATTRIBUTE_OIDS
 from certdrop.service import Runtime
 from certdrop.store import Store
 from conftest import CAEnv, lint_clean, load_cert, make_env, openssl_csr
@@ -194,99 +195,148 @@ def test_post_sign_checks_pass_for_a_normal_certificate(ca_dir: Path) -> None:
     assert ca.issued_this(cert) and not ca.issued_this(rec.drafts[0])
 
 
-def test_the_certificate_is_the_one_cryptographys_setters_build(ca_dir: Path) -> None:
-    """certdrop makes its CertificateBuilder in one call: the TBS is byte for byte the one
-    the documented chain of setters gives for the same values (RSA and EC subject keys,
-    e-mail and DNS names, a CRL distribution point, no subject)."""
+def _reference_tbs(ca: CertificateAuthority, s: IssueSpec) -> bytes:
+    """The TBS cryptography's CertificateBuilder makes for `s`, set field by field."""
+    from cryptography.hazmat.primitives.asymmetric import ec as ec_keys
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    ca = CertificateAuthority.load(ca_dir)
     key = ca._CertificateAuthority__key  # type: ignore[attr-defined]
-    for subject, public_key, emails, dns in (
-        ([("CN", "Chain"), ("emailAddress", "c@example.org")], None, ["c@example.org"], []),
-        ([], rsa.generate_private_key(65537, 2048).public_key(), [], ["a.example", "b.example"]),
-    ):
-        s = spec(subject=subject, emails=emails, dns_names=dns, serial=(1 << 158) + 7)
-        s = IssueSpec(
-            **{
-                **s.__dict__,
-                "public_key": public_key or s.public_key,
-                "key_usage": ["digital_signature", "key_encipherment"],
-                "crl_distribution_point": "http://ca.example/crl.der",
-            }
+    public = s.public_key
+    names = [x509.RFC822Name(e) for e in s.emails] + [x509.DNSName(d) for d in s.dns_names]
+    usages = set(s.key_usage)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(ATTRIBUTE_OIDS[n], v) for n, v in s.subject]))
+        .issuer_name(ca.cert.subject)
+        .public_key(public)
+        .serial_number(s.serial)
+        .not_valid_before(s.not_before.replace(microsecond=0))
+        .not_valid_after(min(s.not_after, ca.cert.not_valid_after_utc).replace(microsecond=0))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature="digital_signature" in usages,
+                content_commitment=False,
+                key_encipherment="key_encipherment" in usages
+                and isinstance(public, rsa.RSAPublicKey),
+                data_encipherment=False,
+                key_agreement="key_agreement" in usages
+                and isinstance(public, ec_keys.EllipticCurvePublicKey),
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
         )
-        ours = ca._builder(s).sign(key, ca._hash)
-        names = [x509.RFC822Name(e) for e in emails] + [x509.DNSName(d) for d in dns]
-        spki = s.public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            ),
+            critical=False,
         )
-        theirs = (
-            x509.CertificateBuilder()
-            .subject_name(ours.subject)
-            .issuer_name(ca.cert.subject)
-            .public_key(serialization.load_der_public_key(spki))  # type: ignore[arg-type]
-            .serial_number(s.serial)
-            .not_valid_before(s.not_before.replace(microsecond=0))
-            .not_valid_after(s.not_after.replace(microsecond=0))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=public_key is not None,  # the RSA key only
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(s.public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                    ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(names), critical=not subject)
-            .add_extension(
-                x509.CRLDistributionPoints(
-                    [
-                        x509.DistributionPoint(
-                            [x509.UniformResourceIdentifier("http://ca.example/crl.der")],
-                            None,
-                            None,
-                            None,
-                        )
-                    ]
-                ),
-                critical=False,
-            )
-            .sign(key, ca._hash)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION]
+            ),
+            critical=False,
         )
-        assert ours.tbs_certificate_bytes == theirs.tbs_certificate_bytes
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=not s.subject)
+    if s.crl_distribution_point:
+        builder = builder.add_extension(
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        [x509.UniformResourceIdentifier(s.crl_distribution_point)], None, None, None
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    return builder.sign(key, ca._hash).tbs_certificate_bytes
 
 
-def test_a_tbs_other_than_the_linted_one_is_not_released(ca_dir: Path) -> None:
+def test_the_tbs_certdrop_encodes_is_the_one_cryptographys_builder_makes(
+    ca_dir: Path, tmp_path: Path
+) -> None:
+    """certdrop encodes the TBSCertificate itself: byte for byte what CertificateBuilder
+    makes for the same values, for EC P-256, P-384 and RSA CAs (signature algorithm
+    identifiers), EC and RSA subject keys (key usages, SKI), serials of every length,
+    UTCTime and GeneralizedTime (a CA valid past 2050), long names (long-form lengths),
+    e-mail and DNS names, an empty subject (critical SAN), a CRL distribution point."""
+    from cryptography.hazmat.primitives.asymmetric import ec as ec_keys
+
+    now = dt.datetime.now(dt.UTC)
+    cas = [CertificateAuthority.load(ca_dir)]
+    for kind in ("ec-p384", "rsa-2048"):
+        state = tmp_path / kind
+        create_ca(state, CASettings(key_type=kind, validity_days=40 * 365), now)
+        cas.append(CertificateAuthority.load(state))
+    long = "x" * 64
+    cases: list[dict[str, Any]] = [
+        {
+            "subject": [("CN", "Alice"), ("emailAddress", "a@example.org")],
+            "emails": ["a@example.org"],
+        },
+        {"subject": [], "dns_names": ["a.example", "b.example"], "serial": 1},
+        {
+            "subject": [("C", "BE"), ("O", long), ("OU", long), ("L", long), ("CN", long)],
+            "emails": ["long@example.org"],
+            "dns_names": ["c.example"],
+            "serial": (1 << 158) + 7,
+            "crl_distribution_point": "http://ca.example/crl.der",
+        },
+        {
+            "subject": [("CN", "Later")],
+            "not_after": now + dt.timedelta(days=30 * 365),
+            "serial": 1 << 63,
+        },
+        {"subject": [("CN", "Byte edge")], "serial": (1 << 127) - 1},
+    ]
+    keys = [
+        ec_keys.generate_private_key(ec_keys.SECP256R1()).public_key(),
+        ec_keys.generate_private_key(ec_keys.SECP384R1()).public_key(),
+        rsa.generate_private_key(65537, 2048).public_key(),
+    ]
+    for ca in cas:
+        for i, case in enumerate(cases):
+            s = spec(
+                public_key=keys[i % len(keys)],
+                key_usage=["digital_signature", "key_encipherment", "key_agreement"],
+                extended_key_usage=["client_auth", "email_protection"],
+                **case,
+            )
+            assert ca._tbs(s) == _reference_tbs(ca, s), (ca.cert.subject, case)
+            # the SPKI as DER (as the pipeline passes it) gives the same bytes
+            der = s.public_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            assert ca._tbs(IssueSpec(**{**s.__dict__, "public_key": der})) == ca._tbs(s)
+            cert = ca.issue(s, shared_linter().certificate)
+            assert lint_clean(cert.public_bytes(serialization.Encoding.DER)) == []
+
+
+def test_the_ca_key_signs_the_bytes_that_were_linted(ca_dir: Path) -> None:
     class SkewedCA(CertificateAuthority):
-        # a throwaway of another algorithm: the linted TBS names another signature algorithm
+        # a throwaway of another algorithm than the CA key's: the TBS stays the CA's
         def _throwaway_key(self) -> Any:
             return rsa.generate_private_key(65537, 2048)
 
     ca = SkewedCA.load(ca_dir)
-    with pytest.raises(CAError, match="differs from the linted one"):
-        ca.issue(spec(), shared_linter().certificate)
+    rec = RecordingLinter(shared_linter())
+    cert = ca.issue(spec(), rec.certificate)
+    assert rec.drafts[0].tbs_certificate_bytes == cert.tbs_certificate_bytes
 
 
 def test_a_certificate_for_another_key_is_not_released(ca_dir: Path) -> None:
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
 
     class SwappingCA(CertificateAuthority):
-        def _builder(self, s: IssueSpec) -> x509.CertificateBuilder:
-            return super()._builder(
+        def _tbs(self, s: IssueSpec) -> bytes:
+            return super()._tbs(
                 IssueSpec(**{**s.__dict__, "public_key": other})  # what a bug could do
             )
 
@@ -298,8 +348,17 @@ def test_a_certificate_for_another_key_is_not_released(ca_dir: Path) -> None:
 def test_a_certificate_naming_another_issuer_is_not_released(ca_dir: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     create_ca(other, CASettings(common_name="Another CA"), dt.datetime.now(dt.UTC))
-    ca = CertificateAuthority.load(ca_dir)
-    ca.cert = load_cert(other / "ca.cer")  # what a bug could do: the builder names that one
+    another = load_cert(other / "ca.cer").subject.public_bytes()
+
+    class MisnamingCA(CertificateAuthority):
+        def _tbs(self, s: IssueSpec) -> bytes:  # what a bug could do: name that one
+            mine, self._issuer_der = self._issuer_der, another
+            try:
+                return super()._tbs(s)
+            finally:
+                self._issuer_der = mine
+
+    ca = MisnamingCA.load(ca_dir)
     with pytest.raises(CAError, match="names another issuer"):
         ca.issue(spec(), shared_linter().certificate)
 
@@ -335,6 +394,7 @@ def test_values_the_encoder_refuses_are_a_refusal_not_a_crash(ca_dir: Path) -> N
     ca = CertificateAuthority.load(ca_dir)
     for subject in (
         [("CN", "x"), ("serialNumber", "under_score@")],  # not a PrintableString
+        [("CN", "x"), ("emailAddress", "j\u00e9@example.org")],  # not an IA5String
         [("CN", "é" * 40)],  # 40 characters, 80 bytes: more than the library's 64
     ):
         with pytest.raises(LintError, match="cannot be encoded"):

@@ -221,6 +221,27 @@ def _tbs_issuer_and_spki(tbs: bytes) -> tuple[bytes, bytes]:
     return fields[first + 2][1], fields[first + 5][1]
 
 
+_PRINTABLE = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
+)
+
+
+def _check_name_strings(name: bytes) -> None:
+    """Refuse a Name (DER) holding a PrintableString or IA5String its type does not allow.
+
+    cryptography's `Name.public_bytes` encodes such values as they are (its certificate
+    builder refuses them): e.g. serialNumber "a_b@" as a PrintableString.
+    """
+    for _, rdn in _der_children(_der_value(name)):
+        for _, atv in _der_children(_der_value(rdn)):
+            tag, value = _der_children(_der_value(atv))[1]
+            text = _der_value(value)
+            if tag == 0x13 and not _PRINTABLE.issuperset(text):
+                raise ValueError(f"{text.decode('utf-8', 'replace')!r} is not a PrintableString")
+            if tag == 0x16 and not text.isascii():
+                raise ValueError(f"{text.decode('utf-8', 'replace')!r} is not an IA5String")
+
+
 def _der_time(epoch: int) -> bytes:
     """RFC 5280 Time: UTCTime through 2049, GeneralizedTime from 2050."""
     t = time.gmtime(epoch)
@@ -280,47 +301,87 @@ def build_name(attrs: Iterable[tuple[str, str]]) -> x509.Name:
     return x509.Name([x509.NameAttribute(ATTRIBUTE_OIDS[n], v) for n, v in attrs])
 
 
-_END_ENTITY = x509.BasicConstraints(ca=False, path_length=None)
+def _extension_der(value: x509.ExtensionType, critical: bool) -> bytes:
+    """One Extension, DER: extnID, critical (only when true: DEFAULT FALSE), extnValue."""
+    prefix, _, arc = value.oid.dotted_string.rpartition(".")
+    if prefix != "2.5.29" or not 0 <= int(arc) < 128:  # every extension certdrop writes
+        raise CAError(f"internal error: no encoding for extension {value.oid.dotted_string}")
+    body = b"\x06\x03\x55\x1d" + bytes((int(arc),))
+    if critical:
+        body += b"\x01\x01\xff"
+    return _der_tlv(0x30, body + _der_tlv(0x04, value.public_bytes()))
+
+
+_END_ENTITY = _extension_der(x509.BasicConstraints(ca=False, path_length=None), True)
+_RSA_KEY = bytes.fromhex("06092a864886f70d010101")  # rsaEncryption, in an SPKI
+_EC_KEY = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey
 
 
 @functools.lru_cache(maxsize=64)
-def _key_usage(usages: frozenset[str], rsa_key: bool, ec_key: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature="digital_signature" in usages,
-        content_commitment="content_commitment" in usages,
-        # encipherment is meaningful for RSA keys only (RFC 5480 / RFC 8813)
-        key_encipherment="key_encipherment" in usages and rsa_key,
-        data_encipherment="data_encipherment" in usages and rsa_key,
-        key_agreement="key_agreement" in usages and ec_key,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
+def _key_usage(usages: frozenset[str], rsa_key: bool, ec_key: bool) -> bytes:
+    return _extension_der(
+        x509.KeyUsage(
+            digital_signature="digital_signature" in usages,
+            content_commitment="content_commitment" in usages,
+            # encipherment is meaningful for RSA keys only (RFC 5480 / RFC 8813)
+            key_encipherment="key_encipherment" in usages and rsa_key,
+            data_encipherment="data_encipherment" in usages and rsa_key,
+            key_agreement="key_agreement" in usages and ec_key,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        ),
+        True,
     )
 
 
 @functools.lru_cache(maxsize=64)
-def _extended_key_usage(usages: tuple[str, ...]) -> x509.ExtendedKeyUsage:
-    return x509.ExtendedKeyUsage([EKU_OIDS[e] for e in usages])
+def _extended_key_usage(usages: tuple[str, ...]) -> bytes:
+    return _extension_der(x509.ExtendedKeyUsage([EKU_OIDS[e] for e in usages]), False)
 
 
 @functools.lru_cache(maxsize=16)
-def _crl_distribution_points(url: str) -> x509.CRLDistributionPoints:
-    return x509.CRLDistributionPoints(
-        [
-            x509.DistributionPoint(
-                full_name=[x509.UniformResourceIdentifier(url)],
-                relative_name=None,
-                reasons=None,
-                crl_issuer=None,
-            )
-        ]
+def _crl_distribution_points(url: str) -> bytes:
+    return _extension_der(
+        x509.CRLDistributionPoints(
+            [
+                x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(url)],
+                    relative_name=None,
+                    reasons=None,
+                    crl_issuer=None,
+                )
+            ]
+        ),
+        False,
     )
 
 
-def _extension(value: x509.ExtensionType) -> x509.Extension[x509.ExtensionType]:
-    """A non-critical extension."""
-    return x509.Extension(value.oid, False, value)
+def _signature_algorithm(key: PrivateKey, hash_: hashes.HashAlgorithm | None) -> bytes:
+    """The signatureAlgorithm (AlgorithmIdentifier, DER) cryptography writes when `key`
+    signs with `hash_`: taken from a certificate it makes, not from a table."""
+    name = x509.Name([])
+    when = dt.datetime(2000, 1, 1)
+    sample = x509.CertificateBuilder(
+        issuer_name=name,
+        subject_name=name,
+        public_key=key.public_key(),
+        serial_number=1,
+        not_valid_before=when,
+        not_valid_after=when,
+    ).sign(key, hash_)  # type: ignore[arg-type]
+    return _der_children(_der_value(sample.public_bytes(serialization.Encoding.DER)))[1][1]
+
+
+def _sign_with(key: Any, data: bytes, hash_: hashes.HashAlgorithm | None) -> bytes:
+    """`key`'s signature over `data`, as the certificate and CRL builders make it."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)  # no separate hash
+    assert hash_ is not None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(hash_))
+    return bytes(key.sign(data, padding.PKCS1v15(), hash_))
 
 
 class CertificateAuthority:
@@ -343,6 +404,8 @@ class CertificateAuthority:
             )
         except x509.ExtensionNotFound:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+        self._aki_der = _extension_der(self._aki, False)
+        self._signature_algorithm = _signature_algorithm(key, self._hash)
 
     # --- loading ---------------------------------------------------------------------------
     @classmethod
@@ -394,94 +457,110 @@ class CertificateAuthority:
                 self._throwaway = ed25519.Ed25519PrivateKey.generate()
         return self._throwaway
 
-    def _builder(self, spec: IssueSpec) -> x509.CertificateBuilder:
-        """The builder of the end-entity certificate `spec` describes.
+    def _tbs(self, spec: IssueSpec) -> bytes:
+        """The TBSCertificate (DER) of the end-entity certificate `spec` describes.
 
-        It is made in one call with every field and extension: the chained setters
-        (`.subject_name(...).add_extension(...)`) copy the builder at every step, which
-        cost 15-20 us per certificate; what those setters check is checked here.
+        certdrop encodes it itself, as it does a CRL's entries, and the CA key signs these
+        bytes: cryptography's CertificateBuilder cost more in Python than the encoding
+        itself, and a certificate linted before signing had to be built and encoded
+        twice (the draft, then the real one); now the draft and the certificate share
+        one TBS. Names and extension values are encoded by cryptography (`public_bytes`,
+        which refuses values it cannot encode) and the name's strings are checked
+        against their types; the TBS is byte for byte the one CertificateBuilder makes
+        for the same values (tested for EC and RSA CAs and keys, every field's forms).
         """
         if not 0 < spec.serial < 1 << 159:  # RFC 5280 4.1.2.2: positive, at most 20 octets
             raise CAError("a certificate needs a positive serial number of at most 159 bits")
-        if isinstance(spec.public_key, bytes):  # SubjectPublicKeyInfo DER
-            spki, public_key = spec.public_key, serialization.load_der_public_key(spec.public_key)
-        else:
-            spki, public_key = public_key_bytes(spec.public_key), spec.public_key
-        not_before = utc_seconds(spec.not_before)
-        not_after = utc_seconds(min(spec.not_after, self.not_after))
+        spki = public_key_bytes(spec.public_key)  # DER as given, or the key object's
+        not_before = int(utc_seconds(spec.not_before).timestamp())
+        not_after = int(utc_seconds(min(spec.not_after, self.not_after)).timestamp())
         if not_after < not_before:
             raise CAError("the certificate would end before it begins (the CA ends before that)")
         subject = build_name(spec.subject)
-        key_usage = _key_usage(
-            frozenset(spec.key_usage),
-            isinstance(public_key, rsa.RSAPublicKey),
-            isinstance(public_key, ec.EllipticCurvePublicKey),
-        )
-        extensions: list[x509.Extension[x509.ExtensionType]] = [
-            x509.Extension(_END_ENTITY.oid, True, _END_ENTITY),
-            x509.Extension(key_usage.oid, True, key_usage),
+        subject_der = subject.public_bytes()
+        _check_name_strings(subject_der)
+        algorithm = _der_children(_der_value(spki))[0][1]  # the key's AlgorithmIdentifier
+        exts = [
+            _END_ENTITY,
+            _key_usage(
+                frozenset(spec.key_usage),
+                algorithm.startswith(_RSA_KEY, 2),
+                algorithm.startswith(_EC_KEY, 2),
+            ),
             # RFC 5280 4.2.1.2 method 1, as SubjectKeyIdentifier.from_public_key computes it
-            _extension(
+            _extension_der(
                 x509.SubjectKeyIdentifier(
                     hashlib.sha1(_spki_key_bits(spki), usedforsecurity=False).digest()
-                )
+                ),
+                False,
             ),
-            _extension(self._aki),
+            self._aki_der,
         ]
         if spec.extended_key_usage:
-            extensions.append(_extension(_extended_key_usage(tuple(spec.extended_key_usage))))
+            exts.append(_extended_key_usage(tuple(spec.extended_key_usage)))
         names: list[x509.GeneralName] = [x509.RFC822Name(e) for e in spec.emails]
         names += [x509.DNSName(d) for d in spec.dns_names]
         if names:
             # RFC 5280 4.2.1.6: critical when the subject is empty
-            san = x509.SubjectAlternativeName(names)
-            extensions.append(x509.Extension(san.oid, len(subject) == 0, san))
+            exts.append(_extension_der(x509.SubjectAlternativeName(names), len(subject) == 0))
         if spec.crl_distribution_point:
-            extensions.append(_extension(_crl_distribution_points(spec.crl_distribution_point)))
-        return x509.CertificateBuilder(
-            issuer_name=self.cert.subject,
-            subject_name=subject,
-            public_key=public_key,  # type: ignore[arg-type]
-            serial_number=spec.serial,
-            not_valid_before=not_before.replace(tzinfo=None),  # naive UTC, as the setters
-            not_valid_after=not_after.replace(tzinfo=None),
-            extensions=extensions,
+            exts.append(_crl_distribution_points(spec.crl_distribution_point))
+        serial = spec.serial.to_bytes(spec.serial.bit_length() // 8 + 1, "big")
+        return _der_tlv(
+            0x30,
+            b"\xa0\x03\x02\x01\x02"  # [0] version: v3
+            + _der_tlv(0x02, serial)
+            + self._signature_algorithm
+            + self._issuer_der
+            + _der_tlv(0x30, _der_time(not_before) + _der_time(not_after))
+            + subject_der
+            + spki
+            + _der_tlv(0xA3, _der_tlv(0x30, b"".join(exts))),
         )
 
+    def _certificate(self, tbs: bytes, signature: bytes) -> bytes:
+        """Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }"""
+        return _der_tlv(0x30, tbs + self._signature_algorithm + _der_tlv(0x03, b"\x00" + signature))
+
     def issue(self, spec: IssueSpec, linter: Linter | None = None) -> x509.Certificate:
-        """Build, lint (before the CA key signs anything), sign and double-check.
+        """Encode, lint (before the CA key signs anything), sign and double-check.
 
         With a linter, the to-be-signed certificate is first signed with a throwaway key
         of the CA key's algorithm and linted; any finding refuses it (LintError) and the
-        CA key signs nothing. After the real signing: the TBS must be the linted one, the
-        public key the requested one, and the signature must verify under the CA.
+        CA key signs nothing. The CA key then signs the very bytes that were linted.
+        After the signing: the certificate must parse, its TBS be the linted one, its
+        issuer the CA, its public key the requested one, and the signature must verify
+        under the CA certificate's key.
         """
         try:
-            builder = self._builder(spec)
-            linted_tbs: bytes | None = None
-            if linter is not None:
-                draft = builder.sign(self._throwaway_key(), self._hash)  # type: ignore[arg-type]
-                findings = linter(draft.public_bytes(serialization.Encoding.DER))
-                if findings:
-                    raise LintError(
-                        "the certificate would not be standards-compliant: " + "; ".join(findings)
-                    )
-                linted_tbs = draft.tbs_certificate_bytes
-            # a value the encoder refuses fails while the TBS is built, before any signing
-            cert = builder.sign(self.__key, self._hash)  # type: ignore[arg-type]
-        except (ValueError, TypeError) as exc:
+            tbs = self._tbs(spec)
+        except (ValueError, TypeError, IndexError) as exc:  # a value the encoder refuses
             raise LintError(f"the certificate cannot be encoded: {exc}") from None
-        if linted_tbs is not None and cert.tbs_certificate_bytes != linted_tbs:
+        if linter is not None:
+            draft = self._certificate(tbs, _sign_with(self._throwaway_key(), tbs, self._hash))
+            findings = linter(draft)
+            if findings:
+                raise LintError(
+                    "the certificate would not be standards-compliant: " + "; ".join(findings)
+                )
+        signature = self._sign_bytes(tbs)
+        try:
+            cert = x509.load_der_x509_certificate(self._certificate(tbs, signature))
+            signed_tbs = cert.tbs_certificate_bytes
+            issuer, spki = _tbs_issuer_and_spki(signed_tbs)
+        except (ValueError, IndexError) as exc:
+            raise CAError(
+                f"internal check failed: the certificate does not parse ({exc})"
+            ) from None
+        if signed_tbs != tbs:
             raise CAError(
                 "internal check failed: the signed certificate differs from the linted one"
             )
-        tbs = cert.tbs_certificate_bytes
-        issuer, spki = _tbs_issuer_and_spki(tbs)
         if spki != public_key_bytes(spec.public_key):
             raise CAError("internal check failed: the certificate carries a different public key")
         if issuer != self._issuer_der:
             raise CAError("internal check failed: the certificate names another issuer")
-        if not self._signature_valid(cert.signature, tbs):
+        if not self._signature_valid(cert.signature, signed_tbs):
             raise CAError(
                 "certificate was not issued by this CA (its signature does not verify under "
                 "the CA certificate)"
@@ -626,13 +705,7 @@ class CertificateAuthority:
 
     def _sign_bytes(self, data: bytes) -> bytes:
         """The CA key's signature over `data`, as the certificate and CRL builders make it."""
-        key: Any = self.__key
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            return key.sign(data)  # no separate hash
-        assert self._hash is not None
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return key.sign(data, ec.ECDSA(self._hash))
-        return bytes(key.sign(data, padding.PKCS1v15(), self._hash))
+        return _sign_with(self.__key, data, self._hash)
 
     # --- PKCS#12 -------------------------------------------------------------------------------
     def pkcs12_bundle(
