@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from certdrop import service
 from certdrop.audit import read_audit
 from certdrop.service import CONTROL_HANDLERS, Daemon, Notifier
 from certdrop.store import Store
@@ -401,3 +402,45 @@ def test_sigint_stops_like_sigterm(tmp_path: Path, notify: NotifySocket) -> None
     finally:
         d.kill()
     assert "Traceback" not in d.output() and "KeyboardInterrupt" not in d.output()
+
+
+def test_a_batch_that_fails_to_be_decided_is_recovered_from_work(
+    ca_env: CAEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index failing while a claimed batch is decided: the request stays in work/ and
+    the daemon's recovery issues it later, once; the worker thread goes on."""
+    from conftest import DaemonThread
+
+    lookup = Store.by_fingerprints
+    failures: list[int] = []
+
+    def failing_once(self: Store, conn: object, fingerprints: object) -> object:
+        if not failures:
+            failures.append(1)
+            raise OSError("injected: the index is unavailable")
+        return lookup(self, conn, fingerprints)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "by_fingerprints", failing_once)
+    monkeypatch.setattr(service, "BATCH_SIZE", 1)  # one batch each: one is decided while
+    # the next is started, and the failure hits that step (or the last flush)
+    d = DaemonThread(ca_env)
+    d.daemon._recover_delay = 0.2  # recovery of work/ soon after the failure
+    d.start()
+    try:
+        names = ["late1", "late2", "late3"]
+        reqs = [openssl_csr(tmp_path / n, n, subject=f"/CN=Decided {n}")[0] for n in names]
+        for req in reqs:
+            ca_env.drop(req)
+        for name in names:
+            assert wait_result(ca_env, name, timeout=30) == "outbox"
+        assert failures == [1]
+        assert not list((ca_env.spool / "work" / "client").glob("*.req"))
+        store = Store(ca_env.settings.database_url)
+        try:
+            with store.begin() as conn:
+                assert sorted(c.request_name for c in store.list_certs(conn)) == names
+        finally:
+            store.close()
+        assert d.alive()
+    finally:
+        d.stop()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from .audit import AuditLog, operator_actor
 from .ca import CertificateAuthority, read_passphrase
@@ -39,6 +39,8 @@ from .scheduler import Scheduler
 from .signpool import SigningPool, settle_heap
 from .spool import Spool
 from .store import Store
+
+T = TypeVar("T")
 
 log = logging.getLogger("certdrop.service")
 
@@ -784,15 +786,29 @@ class Daemon:
             while len(self._started) > 2:
                 self._finish(self._started.pop(0))
 
-    def _decide(self, started: tuple[Ticket, list[WorkItem]]) -> None:
-        assert self.rt is not None
+    def _step(
+        self, started: tuple[Ticket, list[WorkItem]], step: Callable[[Ticket], T]
+    ) -> T | None:
+        """`step(ticket)`, the batch's audit records written together; None if it failed
+        (its requests are then sorted out by _failed_batch)."""
         ticket, items = started
         try:
             with self.audit.batch():
-                self.rt.pipeline.decide(ticket)  # nothing to do once decided
+                return step(ticket)
         except Exception as exc:  # noqa: BLE001 - sorted out in _failed_batch
-            self._started.remove(started)  # its claims stay in work/: recovery takes them
             self._failed_batch([items[i] for i in ticket.claimed.values()], exc)
+            return None
+
+    def _decide(self, started: tuple[Ticket, list[WorkItem]]) -> None:
+        assert self.rt is not None
+        pipeline = self.rt.pipeline
+
+        def decide(ticket: Ticket) -> bool:
+            pipeline.decide(ticket)  # nothing to do once decided
+            return True
+
+        if self._step(started, decide) is None:
+            self._started.remove(started)  # its claims stay in work/: recovery takes them
 
     def _flush(self) -> None:
         """Finish the batches in flight, oldest first."""
@@ -801,12 +817,8 @@ class Daemon:
 
     def _finish(self, started: tuple[Ticket, list[WorkItem]]) -> None:
         assert self.rt is not None
-        ticket, items = started
-        try:
-            with self.audit.batch():
-                done = self.rt.pipeline.finish(ticket)
-        except Exception as exc:  # noqa: BLE001 - sorted out in _failed_batch
-            self._failed_batch([items[i] for i in ticket.claimed.values()], exc)
+        done = self._step(started, self.rt.pipeline.finish)
+        if done is None:
             return
         for _, res in done:
             self._count(res)
