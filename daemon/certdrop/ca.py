@@ -395,7 +395,7 @@ class CertificateAuthority:
         self.__key = key
         self._hash = _hash_for(key)
         self._public_key: Any = cert.public_key()  # checks every signature made here
-        self._not_after = cert.not_valid_after_utc  # every decision and builder reads it
+        self._not_after = cert.not_valid_after_utc  # every decision and every TBS reads it
         self._issuer_der = cert.subject.public_bytes()
         self._throwaway: PrivateKey | None = None
         try:

@@ -65,7 +65,7 @@ def _from_plain(p: _Plain) -> IssueSpec:
     subject, spki, nb, na, ku, eku, emails, dns, serial, dp = p
     return IssueSpec(
         subject=subject,
-        public_key=spki or None,  # DER: the builder loads it, the checks compare it
+        public_key=spki or None,  # DER: written into the TBS as it is, and compared after
         not_before=dt.datetime.fromtimestamp(nb, dt.UTC),
         not_after=dt.datetime.fromtimestamp(na, dt.UTC),
         key_usage=ku,
