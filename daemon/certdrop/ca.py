@@ -214,6 +214,12 @@ def _spki_key_bits(spki: bytes) -> bytes:
     return _der_value(bits[1])[1:]
 
 
+def _tbs_subject(tbs: bytes) -> bytes:
+    """The subject Name (DER) of a TBSCertificate, as it is encoded there."""
+    fields = _der_children(_der_value(tbs))
+    return fields[(1 if fields[0][0] == 0xA0 else 0) + 4][1]
+
+
 def _tbs_issuer_and_spki(tbs: bytes) -> tuple[bytes, bytes]:
     """The issuer Name and the SubjectPublicKeyInfo (DER) of a TBSCertificate."""
     fields = _der_children(_der_value(tbs))
@@ -396,7 +402,8 @@ class CertificateAuthority:
         self._hash = _hash_for(key)
         self._public_key: Any = cert.public_key()  # checks every signature made here
         self._not_after = cert.not_valid_after_utc  # every decision and every TBS reads it
-        self._issuer_der = cert.subject.public_bytes()
+        # the issuer of what this CA signs: its subject exactly as its certificate has it
+        self._issuer_der = _tbs_subject(cert.tbs_certificate_bytes)
         self._throwaway: PrivateKey | None = None
         try:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
