@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import multiprocessing
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,20 @@ def _csrs(n: int) -> list[bytes]:
         )
         out.append(csr.public_bytes(serialization.Encoding.PEM))
     return out
+
+
+@contextlib.contextmanager
+def one_worker(env: CAEnv, *, started: bool = False) -> Iterator[SigningPool]:
+    """A pool of one signing process on the test CA, lint off, closed afterwards;
+    `started`: wait until its worker is up."""
+    pool = SigningPool(CertificateAuthority.load(env.state), env.state, None, lint=False, workers=1)
+    try:
+        if started:
+            pool.expect(MIN_POOL_BATCH)
+            wait_for(lambda: pool.ready, 60, what="pool workers")
+        yield pool
+    finally:
+        pool.close()
 
 
 def _specs(parsed: list[ParsedRequest | RequestError], now: dt.datetime) -> list[IssueSpec]:
@@ -144,35 +160,25 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: 
 
 def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
 
-    ca = CertificateAuthority.load(ca_env.state)
-    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
-    try:
+    with one_worker(ca_env) as pool:
         datas = _csrs(2)
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))
         assert not pool.ready and not multiprocessing.active_children()  # no pool started
-    finally:
-        pool.close()
 
 
 def test_workers_start_when_a_burst_is_queued(ca_env: CAEnv) -> None:
     """The first events of a burst make a small batch: the queue's depth starts the pool."""
-    ca = CertificateAuthority.load(ca_env.state)
-    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
-    try:
+    with one_worker(ca_env) as pool:
         pool.expect(MIN_POOL_BATCH - 1)
         assert not pool.ready and not multiprocessing.active_children()
         pool.expect(MIN_POOL_BATCH)
         wait_for(lambda: pool.ready, 60, what="pool workers")
         assert all(not isinstance(p, RequestError) for p in pool.parse(_csrs(2)))
-    finally:
-        pool.close()
 
 
 def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
 
-    ca = CertificateAuthority.load(ca_env.state)
-    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
-    try:
+    with one_worker(ca_env) as pool:
         datas = _csrs(MIN_POOL_BATCH)
         pool.parse(datas)
         wait_for(lambda: pool.ready, 60, what="pool workers")
@@ -183,8 +189,6 @@ def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # here, restarting
         wait_for(lambda: pool.ready, 60, what="pool workers again")
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # there
-    finally:
-        pool.close()
 
 
 def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
@@ -192,9 +196,7 @@ def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
 ) -> None:
     """A big batch that arrives before the workers are up is signed here a few at a
     time; once they are up, the rest goes to them: the same outputs, in order."""
-    ca = CertificateAuthority.load(ca_env.state)
-    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
-    try:
+    with one_worker(ca_env) as pool:
         specs = _specs(parse_many(_csrs(MIN_POOL_BATCH * 3)), dt.datetime.now(dt.UTC))
         assert len(specs) == MIN_POOL_BATCH * 3
         stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
@@ -221,9 +223,7 @@ def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
             for staged in (a, b):
                 cert = x509.load_der_x509_certificate(staged.der)
                 assert cert.serial_number == spec.serial
-                cert.verify_directly_issued_by(ca.cert)
-    finally:
-        pool.close()
+                cert.verify_directly_issued_by(pool.ca.cert)
 
 
 def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path: Path) -> None:
@@ -232,15 +232,12 @@ def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path:
     import os
     import signal
 
-    ca = CertificateAuthority.load(ca_env.state)
-    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
-    try:
-        pool.expect(MIN_POOL_BATCH)
-        wait_for(lambda: pool.ready, 60, what="pool workers")
+    with one_worker(ca_env, started=True) as pool:
         (worker,) = multiprocessing.active_children()
+        assert worker.pid is not None
         datas = _csrs(MIN_POOL_BATCH)
         parsing = pool.parse_later(datas)  # submitted to the worker, then it is killed
-        os.kill(worker.pid or 0, signal.SIGKILL)
+        os.kill(worker.pid, signal.SIGKILL)
         parsed = parsing()
         assert all(isinstance(p, ParsedRequest) for p in parsed)
         specs = _specs(parsed, dt.datetime.now(dt.UTC))
@@ -251,19 +248,13 @@ def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path:
         ]
         assert all((tmp_path / f"{i}.cer").exists() for i in range(len(specs)))
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
-    finally:
-        pool.close()
     # killed while idle: the executor knows it is broken before anything is submitted
-    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
-    try:
-        pool.expect(MIN_POOL_BATCH)
-        wait_for(lambda: pool.ready, 60, what="pool workers")
+    with one_worker(ca_env, started=True) as pool:
         (worker,) = multiprocessing.active_children()
-        os.kill(worker.pid or 0, signal.SIGKILL)
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
         wait_for(lambda: bool(getattr(pool._pool, "_broken", False)), 30, what="broken pool")
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
-    finally:
-        pool.close()
 
 
 def test_a_parse_asked_for_before_the_workers_are_up_goes_to_them_if_they_are_up_by_then(
@@ -279,9 +270,7 @@ def test_a_parse_asked_for_before_the_workers_are_up_goes_to_them_if_they_are_up
         return parse_here(datas)
 
     monkeypatch.setattr(signpool, "parse_many", counting)
-    ca = CertificateAuthority.load(ca_env.state)
-    pool = SigningPool(ca, ca_env.state, None, lint=False, workers=1)
-    try:
+    with one_worker(ca_env) as pool:
         datas = _csrs(MIN_POOL_BATCH)
         parsing = pool.parse_later(datas)  # starts the workers; not up yet
         assert not pool.ready
@@ -291,5 +280,3 @@ def test_a_parse_asked_for_before_the_workers_are_up_goes_to_them_if_they_are_up
         pool.close()
         assert all(isinstance(p, ParsedRequest) for p in pool.parse_later(datas)())
         assert here == [MIN_POOL_BATCH]  # no workers: parsed here
-    finally:
-        pool.close()

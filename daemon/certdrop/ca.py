@@ -412,7 +412,6 @@ class CertificateAuthority:
         except x509.ExtensionNotFound:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
         self._aki_der = _extension_der(self._aki, False)
-        self._signature_algorithm = _signature_algorithm(key, self._hash)
 
     # --- loading ---------------------------------------------------------------------------
     @classmethod
@@ -463,6 +462,12 @@ class CertificateAuthority:
             else:
                 self._throwaway = ed25519.Ed25519PrivateKey.generate()
         return self._throwaway
+
+    @functools.cached_property
+    def _signature_algorithm_der(self) -> bytes:
+        """Made when first signing a certificate (one signature of the CA key): commands
+        that load the CA without issuing do not pay for it."""
+        return _signature_algorithm(self.__key, self._hash)
 
     def _tbs(self, spec: IssueSpec) -> bytes:
         """The TBSCertificate (DER) of the end-entity certificate `spec` describes.
@@ -517,7 +522,7 @@ class CertificateAuthority:
             0x30,
             b"\xa0\x03\x02\x01\x02"  # [0] version: v3
             + _der_tlv(0x02, serial)
-            + self._signature_algorithm
+            + self._signature_algorithm_der
             + self._issuer_der
             + _der_tlv(0x30, _der_time(not_before) + _der_time(not_after))
             + subject_der
@@ -527,7 +532,9 @@ class CertificateAuthority:
 
     def _certificate(self, tbs: bytes, signature: bytes) -> bytes:
         """Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }"""
-        return _der_tlv(0x30, tbs + self._signature_algorithm + _der_tlv(0x03, b"\x00" + signature))
+        return _der_tlv(
+            0x30, tbs + self._signature_algorithm_der + _der_tlv(0x03, b"\x00" + signature)
+        )
 
     def issue(self, spec: IssueSpec, linter: Linter | None = None) -> x509.Certificate:
         """Encode, lint (before the CA key signs anything), sign and double-check.
