@@ -1,4 +1,4 @@
-"""Lint before sign: pkilint sees a throwaway-signed draft; a finding refuses, nothing is signed.
+"""Lint before sign: pkilint sees a draft with a throwaway signature; a finding refuses, nothing is signed.
 
 The requests here are made by openssl; the profile settings are valid configuration.
 The post-sign checks (same TBS as linted, the CSR's public key, a signature that
@@ -16,8 +16,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 
-from certdrop.ca import CertificateAuthority, IssueSpec, create_ca, random_serial, serial_hex
+from certdrop.ca import (
+    CertificateAuthority,
+    IssueSpec,
+    Staged,
+    Staging,
+    create_ca,
+    random_serial,
+    serial_hex,
+)
 from certdrop.clock import SystemClock
 from certdrop.config import CASettings
 from certdrop.errors import CAError, LintError
@@ -193,6 +202,56 @@ def test_post_sign_checks_pass_for_a_normal_certificate(ca_dir: Path) -> None:
     assert rec.drafts[0].tbs_certificate_bytes == cert.tbs_certificate_bytes
     assert cert.public_key() == s.public_key
     assert ca.issued_this(cert) and not ca.issued_this(rec.drafts[0])
+
+
+def test_a_batch_lints_everything_first_and_refuses_only_what_pkilint_refuses(
+    ca_dir: Path, tmp_path: Path
+) -> None:
+    """issue_and_stage: all drafts are linted before the CA key signs the first; a
+    refused request in the middle of a batch stages nothing and leaves the others
+    (one with a key made here, as for a p12) issued in order, each from its draft."""
+    ca = CertificateAuthority.load(ca_dir)
+    signed_before: list[int] = []
+    rec = RecordingLinter(shared_linter())
+
+    def lint(der: bytes) -> list[str]:
+        signed_before.append(len(list(tmp_path.glob("*.cer"))))
+        return rec.certificate(der)
+
+    specs = [
+        spec(subject=[("CN", "First")]),
+        spec(subject=[("CN", "Second")], key_usage=[]),  # no keyUsage bit: pkilint refuses
+        spec(subject=[("CN", "Third")]),
+    ]
+    stagings = [
+        Staging(cer_path=str(tmp_path / "1.cer")),
+        Staging(cer_path=str(tmp_path / "2.cer")),
+        Staging(
+            cer_path=str(tmp_path / "3.cer"),
+            p12_path=str(tmp_path / "3.p12"),
+            key_type="ec-p256",
+            password="correct horse",
+            friendly_name="Third",
+        ),
+    ]
+    out = ca.issue_and_stage(specs, stagings, lint)
+    assert signed_before == [0, 0, 0]  # nothing signed and staged while linting
+    first, refused, third = out
+    assert isinstance(refused, LintError) and "would not be standards-compliant" in str(refused)
+    assert not (tmp_path / "2.cer").exists()
+    assert isinstance(first, Staged) and isinstance(third, Staged) and third.p12
+    for i, staged in ((1, first), (3, third)):
+        cert = load_cert(tmp_path / f"{i}.cer")
+        assert cert.public_bytes(serialization.Encoding.DER) == staged.der
+        assert ca.issued_this(cert)
+        assert cert.tbs_certificate_bytes == rec.drafts[i - 1].tbs_certificate_bytes
+        assert lint_clean(staged.der) == []
+    assert [d.subject.rfc4514_string() for d in rec.drafts] == ["CN=First", "CN=Second", "CN=Third"]
+    key, cert, _ = pkcs12.load_key_and_certificates(
+        (tmp_path / "3.p12").read_bytes(), b"correct horse"
+    )
+    assert key is not None and cert is not None
+    assert cert.public_key() == key.public_key() != specs[2].public_key
 
 
 def _reference_tbs(ca: CertificateAuthority, s: IssueSpec) -> bytes:

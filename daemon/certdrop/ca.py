@@ -404,7 +404,6 @@ class CertificateAuthority:
         self._not_after = cert.not_valid_after_utc  # every decision and every TBS reads it
         # the issuer of what this CA signs: its subject exactly as its certificate has it
         self._issuer_der = _tbs_subject(cert.tbs_certificate_bytes)
-        self._throwaway: PrivateKey | None = None
         try:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
                 cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -453,15 +452,19 @@ class CertificateAuthority:
 
     # --- signing -------------------------------------------------------------------------------
     def _throwaway_key(self) -> PrivateKey:
-        if self._throwaway is None:
-            key = self.__key
-            if isinstance(key, rsa.RSAPrivateKey):
-                self._throwaway = rsa.generate_private_key(65537, key.key_size)
-            elif isinstance(key, ec.EllipticCurvePrivateKey):
-                self._throwaway = ec.generate_private_key(key.curve)
-            else:
-                self._throwaway = ed25519.Ed25519PrivateKey.generate()
-        return self._throwaway
+        key = self.__key
+        if isinstance(key, rsa.RSAPrivateKey):
+            return rsa.generate_private_key(65537, key.key_size)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return ec.generate_private_key(key.curve)
+        return ed25519.Ed25519PrivateKey.generate()
+
+    @functools.cached_property
+    def _draft_signature(self) -> bytes:
+        """The signature value drafts carry: made once by a throwaway key of the CA key's
+        algorithm and size, over other bytes. pkilint reads a signature's form, never
+        verifies it; signing each draft anew cost ~35 us (EC) to ~1 ms (RSA-2048)."""
+        return _sign_with(self._throwaway_key(), b"certdrop lint draft", self._hash)
 
     @functools.cached_property
     def _signature_algorithm_der(self) -> bytes:
@@ -539,24 +542,32 @@ class CertificateAuthority:
     def issue(self, spec: IssueSpec, linter: Linter | None = None) -> x509.Certificate:
         """Encode, lint (before the CA key signs anything), sign and double-check.
 
-        With a linter, the to-be-signed certificate is first signed with a throwaway key
-        of the CA key's algorithm and linted; any finding refuses it (LintError) and the
-        CA key signs nothing. The CA key then signs the very bytes that were linted.
+        With a linter, the to-be-signed certificate is first linted as a draft that
+        carries a throwaway key's signature (`_draft_signature`); any finding refuses it
+        (LintError) and the CA key signs nothing. The CA key then signs the very bytes that were linted.
         After the signing: the certificate must parse, its TBS be the linted one, its
         issuer the CA, its public key the requested one, and the signature must verify
         under the CA certificate's key.
         """
+        return self._sign_checked(spec, self._linted_tbs(spec, linter))
+
+    def _linted_tbs(self, spec: IssueSpec, linter: Linter | None) -> bytes:
+        """The first half of `issue`: the TBSCertificate, linted (LintError if refused)."""
         try:
             tbs = self._tbs(spec)
         except (ValueError, TypeError, IndexError) as exc:  # a value the encoder refuses
             raise LintError(f"the certificate cannot be encoded: {exc}") from None
         if linter is not None:
-            draft = self._certificate(tbs, _sign_with(self._throwaway_key(), tbs, self._hash))
+            draft = self._certificate(tbs, self._draft_signature)
             findings = linter(draft)
             if findings:
                 raise LintError(
                     "the certificate would not be standards-compliant: " + "; ".join(findings)
                 )
+        return tbs
+
+    def _sign_checked(self, spec: IssueSpec, tbs: bytes) -> x509.Certificate:
+        """The second half of `issue`: the CA key signs `tbs`; then the checks."""
         signature = self._sign_bytes(tbs)
         try:
             cert = x509.load_der_x509_certificate(self._certificate(tbs, signature))
@@ -590,17 +601,26 @@ class CertificateAuthority:
         process and the signing pool: a key made for a p12 exists only here, in memory,
         and leaves only inside the encrypted bundle.
         """
-        out: list[Staged | LintError] = []
+        # In two passes, all encoding and linting first, then all signing and writing:
+        # pkilint then runs one certificate after the other as it does alone; between
+        # signatures and file writes it took ~6% longer (measured in one process).
+        todo: list[tuple[IssueSpec, bytes, PrivateKey | None] | LintError] = []
         for spec, staging in zip(specs, stagings, strict=True):
             key: PrivateKey | None = None
             if staging.key_type:
                 key = generate_key(staging.key_type)
                 spec = replace(spec, public_key=key.public_key())
             try:
-                cert = self.issue(spec, linter)
+                todo.append((spec, self._linted_tbs(spec, linter), key))
             except LintError as exc:
-                out.append(exc)
+                todo.append(exc)
+        out: list[Staged | LintError] = []
+        for item, staging in zip(todo, stagings, strict=True):
+            if isinstance(item, LintError):
+                out.append(item)
                 continue
+            spec, tbs, key = item
+            cert = self._sign_checked(spec, tbs)
             write_staged(
                 staging.cer_path,
                 cert.public_bytes(serialization.Encoding.PEM),
