@@ -257,6 +257,43 @@ def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path:
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
 
 
+def test_a_broken_pool_is_started_anew_after_a_while(ca_env: CAEnv, monkeypatch: Any) -> None:
+    """After a worker died, the daemon process works alone for `restart_after` seconds
+    (RESTART_BROKEN_SECONDS); the next batch after that starts new workers."""
+    import os
+    import signal
+
+    import certdrop.signpool as signpool
+
+    assert signpool.RESTART_BROKEN_SECONDS >= 60
+    here: list[int] = []
+    parse_here = signpool.parse_many
+
+    def counting(datas: Any) -> Any:
+        here.append(len(datas))
+        return parse_here(datas)
+
+    monkeypatch.setattr(signpool, "parse_many", counting)
+    datas = _csrs(MIN_POOL_BATCH)
+    with one_worker(ca_env, started=True) as pool:
+        (killed,) = multiprocessing.active_children()
+        assert killed.pid is not None
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.join(30)
+        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+        assert here == [MIN_POOL_BATCH] and not pool.ready  # broken: parsed here
+        pool.expect(MIN_POOL_BATCH)  # not yet due: still here
+        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+        assert here == [MIN_POOL_BATCH] * 2 and not pool.ready
+        pool.restart_after = 0.0  # as if RESTART_BROKEN_SECONDS had passed
+        pool.expect(MIN_POOL_BATCH)
+        wait_for(lambda: pool.ready, 60, what="new pool workers")
+        (worker,) = [w for w in multiprocessing.active_children() if w.pid != killed.pid]
+        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+        assert here == [MIN_POOL_BATCH] * 2  # parsed by the new worker
+        assert worker.is_alive()
+
+
 def test_a_parse_asked_for_before_the_workers_are_up_goes_to_them_if_they_are_up_by_then(
     ca_env: CAEnv, monkeypatch: Any
 ) -> None:

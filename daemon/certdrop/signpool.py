@@ -35,6 +35,10 @@ T = TypeVar("T")
 # below this many certificates a batch is signed in the calling process
 MIN_POOL_BATCH = 16
 
+# a pool found broken (a worker killed by the OOM killer or an operator, a failed start)
+# is started anew this long after, on the next batch that needs it
+RESTART_BROKEN_SECONDS = 300.0
+
 # the cyclic garbage collector's thresholds once start-up is over (Python's: 700, 10, 10)
 GC_THRESHOLDS = (50_000, 20, 100)
 
@@ -201,6 +205,8 @@ class SigningPool:
         self._pool: ProcessPoolExecutor | None = None
         self._starter: threading.Thread | None = None
         self._broken = False
+        self._broken_at = 0.0
+        self.restart_after = RESTART_BROKEN_SECONDS
         self._last_used = time.monotonic()
 
     def _start(self) -> None:
@@ -232,7 +238,7 @@ class SigningPool:
             log.error(
                 "the signing processes did not start (%s); signing in the daemon process", exc
             )
-            self._broken = True
+            self._mark_broken()
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
             return
@@ -248,8 +254,31 @@ class SigningPool:
     def ready(self) -> bool:
         return self._pool is not None and not self._broken
 
+    def _mark_broken(self) -> None:
+        self._broken = True
+        self._broken_at = time.monotonic()
+
+    def _restart_if_due(self) -> None:
+        """Put a broken pool away and allow a new one, `restart_after` seconds after it
+        broke: one killed worker must not leave the daemon signing alone until it is
+        restarted. Called before a batch that wants the pool, from the daemon's thread."""
+        if not self._broken or time.monotonic() - self._broken_at < self.restart_after:
+            return
+        self._join_starter()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # its processes are gone or ended
+        _stop_forkserver()
+        self._broken = False
+        log.info(
+            "starting the signing processes again (they failed %.0f s ago)",
+            time.monotonic() - self._broken_at,
+        )
+
     def _use(self, n: int) -> ProcessPoolExecutor | None:
         """The pool if it should take a batch of `n` now; else None (do it here)."""
+        if n >= MIN_POOL_BATCH:
+            self._restart_if_due()
         if n < MIN_POOL_BATCH or self._broken:
             return None
         self._last_used = time.monotonic()
@@ -261,6 +290,8 @@ class SigningPool:
     def expect(self, n: int) -> None:
         """`n` requests are waiting: start the workers now if that many need them, so that
         they are up sooner (the batch at hand may be small: the first events of a burst)."""
+        if n >= MIN_POOL_BATCH:
+            self._restart_if_due()
         if n >= MIN_POOL_BATCH and not self._broken:
             self._last_used = time.monotonic()
             self._start()
@@ -364,11 +395,19 @@ class SigningPool:
     ) -> Callable[[], list[T]]:
         """Start `fn` on `items` in the pool; the returned function waits for the results
         (in order, each passed through `convert`). If the pool is broken (a worker was
-        killed, ...), this process does the work instead (`fallback`), from then on."""
+        killed, ...), this process does the work instead (`fallback`), and all the work
+        until a new pool is started (`restart_after`)."""
 
         def broken(exc: Exception) -> list[T]:
-            log.error("%s pool failed (%s); %s in the daemon process from now on", what, exc, what)
-            self._broken = True
+            if self._pool is pool:  # not a pool put away since, nor its successor
+                log.error(
+                    "%s pool failed (%s); %s in the daemon process for the next %.0f s",
+                    what,
+                    exc,
+                    what,
+                    self.restart_after,
+                )
+                self._mark_broken()
             return fallback()
 
         try:
