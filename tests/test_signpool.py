@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -56,6 +57,22 @@ def one_worker(env: CAEnv, *, started: bool = False) -> Iterator[SigningPool]:
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def parsed_here(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the batches parsed in this process (not by a worker), in order."""
+    import certdrop.signpool as signpool
+
+    here: list[int] = []
+    parse_here = signpool.parse_many
+
+    def counting(datas: Any) -> Any:
+        here.append(len(datas))
+        return parse_here(datas)
+
+    monkeypatch.setattr(signpool, "parse_many", counting)
+    return here
 
 
 def _specs(parsed: list[ParsedRequest | RequestError], now: dt.datetime) -> list[IssueSpec]:
@@ -257,7 +274,7 @@ def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path:
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
 
 
-def test_a_broken_pool_is_started_anew_after_a_while(ca_env: CAEnv, monkeypatch: Any) -> None:
+def test_a_broken_pool_is_started_anew_after_a_while(ca_env: CAEnv, parsed_here: list[int]) -> None:
     """After a worker died, the daemon process works alone for `restart_after` seconds
     (RESTART_BROKEN_SECONDS); the next batch after that starts new workers."""
     import os
@@ -266,14 +283,6 @@ def test_a_broken_pool_is_started_anew_after_a_while(ca_env: CAEnv, monkeypatch:
     import certdrop.signpool as signpool
 
     assert signpool.RESTART_BROKEN_SECONDS >= 60
-    here: list[int] = []
-    parse_here = signpool.parse_many
-
-    def counting(datas: Any) -> Any:
-        here.append(len(datas))
-        return parse_here(datas)
-
-    monkeypatch.setattr(signpool, "parse_many", counting)
     datas = _csrs(MIN_POOL_BATCH)
     with one_worker(ca_env, started=True) as pool:
         (killed,) = multiprocessing.active_children()
@@ -281,39 +290,29 @@ def test_a_broken_pool_is_started_anew_after_a_while(ca_env: CAEnv, monkeypatch:
         os.kill(killed.pid, signal.SIGKILL)
         killed.join(30)
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
-        assert here == [MIN_POOL_BATCH] and not pool.ready  # broken: parsed here
+        assert parsed_here == [MIN_POOL_BATCH] and not pool.ready  # broken: parsed here
         pool.expect(MIN_POOL_BATCH)  # not yet due: still here
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
-        assert here == [MIN_POOL_BATCH] * 2 and not pool.ready
+        assert parsed_here == [MIN_POOL_BATCH] * 2 and not pool.ready
         pool.restart_after = 0.0  # as if RESTART_BROKEN_SECONDS had passed
         pool.expect(MIN_POOL_BATCH)
         wait_for(lambda: pool.ready, 60, what="new pool workers")
         (worker,) = [w for w in multiprocessing.active_children() if w.pid != killed.pid]
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
-        assert here == [MIN_POOL_BATCH] * 2  # parsed by the new worker
+        assert parsed_here == [MIN_POOL_BATCH] * 2  # parsed by the new worker
         assert worker.is_alive()
 
 
 def test_a_parse_asked_for_before_the_workers_are_up_goes_to_them_if_they_are_up_by_then(
-    ca_env: CAEnv, monkeypatch: Any
+    ca_env: CAEnv, parsed_here: list[int]
 ) -> None:
-    import certdrop.signpool as signpool
-
-    here: list[int] = []
-    parse_here = signpool.parse_many
-
-    def counting(datas: Any) -> Any:
-        here.append(len(datas))
-        return parse_here(datas)
-
-    monkeypatch.setattr(signpool, "parse_many", counting)
     with one_worker(ca_env) as pool:
         datas = _csrs(MIN_POOL_BATCH)
         parsing = pool.parse_later(datas)  # starts the workers; not up yet
         assert not pool.ready
         wait_for(lambda: pool.ready, 60, what="pool workers")
         assert all(isinstance(p, ParsedRequest) for p in parsing())
-        assert here == []  # parsed by the worker
+        assert parsed_here == []  # parsed by the worker
         pool.close()
         assert all(isinstance(p, ParsedRequest) for p in pool.parse_later(datas)())
-        assert here == [MIN_POOL_BATCH]  # no workers: parsed here
+        assert parsed_here == [MIN_POOL_BATCH]  # no workers: parsed here
