@@ -544,10 +544,10 @@ class CertificateAuthority:
 
         With a linter, the to-be-signed certificate is first linted as a draft that
         carries a throwaway key's signature (`_draft_signature`); any finding refuses it
-        (LintError) and the CA key signs nothing. The CA key then signs the very bytes that were linted.
-        After the signing: the certificate must parse, its TBS be the linted one, its
-        issuer the CA, its public key the requested one, and the signature must verify
-        under the CA certificate's key.
+        (LintError) and the CA key signs nothing. The CA key then signs the very bytes
+        that were linted. After the signing: the certificate must parse, its TBS be the
+        linted one, its issuer the CA, its public key the requested one, and the signature
+        must verify under the CA certificate's key.
         """
         return self._sign_checked(spec, self._linted_tbs(spec, linter))
 
