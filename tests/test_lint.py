@@ -460,3 +460,13 @@ def test_values_the_encoder_refuses_are_a_refusal_not_a_crash(ca_dir: Path) -> N
             ca.issue(spec(subject=subject), shared_linter().certificate)
         with pytest.raises(LintError, match="cannot be encoded"):
             ca.issue(spec(subject=subject), None)
+    for names in (  # subjectAltName values (the policy lets none of these through)
+        {"emails": ["j\u00e9@example.org"]},
+        {"emails": ["Joe <joe@example.org>"]},
+        {"emails": ["joe@example.org, eve@example.org"]},
+        {"emails": ["joe"]},
+        {"emails": ["joe@example.org\n"]},
+        {"dns_names": ["b\u00fccher.example"]},
+    ):
+        with pytest.raises(LintError, match="cannot be encoded"):
+            ca.issue(spec(**names), None)
