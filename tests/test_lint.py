@@ -243,6 +243,8 @@ def test_a_batch_lints_everything_first_and_refuses_only_what_pkilint_refuses(
     for i, staged in ((1, first), (3, third)):
         cert = load_cert(tmp_path / f"{i}.cer")
         assert cert.public_bytes(serialization.Encoding.DER) == staged.der
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        assert (tmp_path / f"{i}.cer").read_bytes() == pem  # as cryptography writes it
         assert ca.issued_this(cert)
         assert cert.tbs_certificate_bytes == rec.drafts[i - 1].tbs_certificate_bytes
         assert lint_clean(staged.der) == []

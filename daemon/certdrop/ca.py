@@ -580,7 +580,7 @@ class CertificateAuthority:
         linted one, its issuer the CA, its public key the requested one, and the signature
         must verify under the CA certificate's key.
         """
-        return self._sign_checked(spec, self._linted_tbs(spec, linter))
+        return self._sign_checked(spec, self._linted_tbs(spec, linter))[0]
 
     def _linted_tbs(self, spec: IssueSpec, linter: Linter | None) -> bytes:
         """The first half of `issue`: the TBSCertificate, linted (LintError if refused)."""
@@ -597,11 +597,13 @@ class CertificateAuthority:
                 )
         return tbs
 
-    def _sign_checked(self, spec: IssueSpec, tbs: bytes) -> x509.Certificate:
-        """The second half of `issue`: the CA key signs `tbs`; then the checks."""
+    def _sign_checked(self, spec: IssueSpec, tbs: bytes) -> tuple[x509.Certificate, bytes]:
+        """The second half of `issue`: the CA key signs `tbs`; then the checks. The
+        certificate, and its DER: the very bytes that were checked."""
         signature = self._sign_bytes(tbs)
+        der = self._certificate(tbs, signature)
         try:
-            cert = x509.load_der_x509_certificate(self._certificate(tbs, signature))
+            cert = x509.load_der_x509_certificate(der)
             signed_tbs = cert.tbs_certificate_bytes
             issuer, spki = _tbs_issuer_and_spki(signed_tbs)
         except (ValueError, IndexError) as exc:
@@ -621,7 +623,7 @@ class CertificateAuthority:
                 "certificate was not issued by this CA (its signature does not verify under "
                 "the CA certificate)"
             )
-        return cert
+        return cert, der
 
     def issue_and_stage(
         self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
@@ -651,10 +653,10 @@ class CertificateAuthority:
                 out.append(item)
                 continue
             spec, tbs, key = item
-            cert = self._sign_checked(spec, tbs)
+            cert, der = self._sign_checked(spec, tbs)
             write_staged(
                 staging.cer_path,
-                cert.public_bytes(serialization.Encoding.PEM),
+                pem_armor("CERTIFICATE", der),
                 staging.cer_mode,
                 staging.owner,
             )
@@ -668,7 +670,7 @@ class CertificateAuthority:
                     os.unlink(staging.p12_path)
             out.append(
                 Staged(
-                    der=cert.public_bytes(serialization.Encoding.DER),
+                    der=der,
                     subject=subject_text(cert.subject),
                     not_before=cert.not_valid_before_utc,
                     not_after=cert.not_valid_after_utc,
