@@ -11,6 +11,7 @@ that tool. See docs/performance.md for what each row measures and recorded figur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +167,27 @@ def ext4_journal(path: Path) -> bool | None:
     return any(Path("/proc/fs/jbd2").glob(f"{name}-*"))
 
 
+CLEANED = csrs.OUT / ".cleaned"  # when a run last deleted its work folder (epoch seconds)
+SETTLE_SECONDS = 75.0
+
+
+def settle_after_cleanup(log: Callable[[str], None]) -> None:
+    """Wait until the last run's cleanup is SETTLE_SECONDS old (see `ext4_journal`):
+    the first rows would otherwise measure the filesystem walking past its inodes."""
+    try:
+        ago = time.time() - float(CLEANED.read_text())
+    except (OSError, ValueError):
+        return
+    if 0 <= ago < SETTLE_SECONDS:
+        wait = SETTLE_SECONDS - ago
+        log(
+            f"waiting {wait:.0f} s: the last run deleted its work folder {ago:.0f} s ago, and "
+            "ext4 without a journal skips the inodes it freed for a minute (creating files "
+            "costs 10-40x more meanwhile)"
+        )
+        time.sleep(wait)
+
+
 def _terminate(signum: int, _frame: object) -> None:
     # unwind like Ctrl-C: the daemons and servers started so far are stopped on the way out
     raise KeyboardInterrupt(f"signal {signum}")
@@ -228,12 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         install_peers(params.tools)
     info = machine()
     log(f"machine: {info['cpu']}, {info['cores']} cores, load {info['loadavg_start']}")
-    if info["ext4_journal"] is False:
-        log(
-            "note: bench/out is on ext4 without a journal; for 1-6 minutes after many files "
-            "were deleted (as by the end of a run) creating files is slower: wait that long "
-            "between runs"
-        )
+    if info["ext4_journal"] is False and not args.quick:
+        settle_after_cleanup(log)
     log(f"workloads: {', '.join(workloads)}; tools: {', '.join(params.tools)}")
 
     csrs.OUT.mkdir(parents=True, exist_ok=True)
@@ -251,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+            if not args.quick:  # a smoke run deletes little
+                os.sync()  # the freed inodes' table blocks written: "recent" ends in 60 s
+                with contextlib.suppress(OSError):
+                    CLEANED.write_text(f"{time.time():.0f}\n")
     info["loadavg_end"] = os.getloadavg()
     info["bench_seconds"] = round(time.perf_counter() - T_START, 1)
 
