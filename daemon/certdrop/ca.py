@@ -512,10 +512,12 @@ class CertificateAuthority:
         bytes: cryptography's CertificateBuilder cost more in Python than the encoding
         itself, and a certificate linted before signing had to be built and encoded
         twice (the draft, then the real one); now the draft and the certificate share
-        one TBS. Names and extension values are encoded by cryptography (`public_bytes`,
-        which refuses values it cannot encode) and the name's strings are checked
-        against their types; the TBS is byte for byte the one CertificateBuilder makes
-        for the same values (tested for EC and RSA CAs and keys, every field's forms).
+        one TBS. Names and most extension values are encoded by cryptography
+        (`public_bytes`, which refuses values it cannot encode) and the name's strings
+        are checked against their types; the subjectAltName is encoded here
+        (`_subject_alt_name_der`). The TBS is byte for byte the one CertificateBuilder
+        makes for the same values (tested for EC and RSA CAs and keys, every field's
+        forms).
         """
         if not 0 < spec.serial < 1 << 159:  # RFC 5280 4.1.2.2: positive, at most 20 octets
             raise CAError("a certificate needs a positive serial number of at most 159 bits")
