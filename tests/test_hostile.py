@@ -597,6 +597,35 @@ def decoy(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.filterwarnings("ignore:Attribute's length must be")  # our own over-long CN
+def test_an_over_long_name_value_is_refused_without_a_warning_on_stderr(tmp_path: Path) -> None:
+    """cryptography warns when it reads a value over RFC 5280's bound; the daemon's
+    stderr (the journal) gets the policy's reason instead, never that warning."""
+    import subprocess
+    import sys
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([cn("C" * 65)]))
+        .sign(key, hashes.SHA256())
+    )
+    req = tmp_path / "long.req"
+    req.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    code = (
+        "import sys, pathlib; from certdrop.request import parse_request; "
+        "print(len(dict(parse_request(pathlib.Path(sys.argv[1]).read_bytes())[0].subject)['CN']))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code, str(req)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (0, "65\n", "")
+
+
 @pytest.mark.filterwarnings("ignore:Attribute's length must be")  # our own over-long CNs
 @pytest.mark.parametrize("mode", ["events", "polling"])
 def test_hostile_corpus(
