@@ -176,7 +176,6 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: 
 
 
 def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
-
     with one_worker(ca_env) as pool:
         datas = _csrs(2)
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))
@@ -194,7 +193,6 @@ def test_workers_start_when_a_burst_is_queued(ca_env: CAEnv) -> None:
 
 
 def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
-
     with one_worker(ca_env) as pool:
         datas = _csrs(MIN_POOL_BATCH)
         pool.parse(datas)
@@ -243,7 +241,9 @@ def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
                 cert.verify_directly_issued_by(pool.ca.cert)
 
 
-def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path: Path) -> None:
+def test_a_worker_killed_makes_this_process_do_the_work(
+    ca_env: CAEnv, tmp_path: Path, parsed_here: list[int]
+) -> None:
     """A worker killed (the OOM killer, an operator): what was in flight and everything
     after it is parsed and signed in this process, not retried against a dead pool."""
     import os
@@ -271,7 +271,9 @@ def test_a_worker_killed_makes_this_process_do_the_work(ca_env: CAEnv, tmp_path:
         assert worker.pid is not None
         os.kill(worker.pid, signal.SIGKILL)
         wait_for(lambda: bool(getattr(pool._pool, "_broken", False)), 30, what="broken pool")
+        parsed_here.clear()
         assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+        assert parsed_here == [MIN_POOL_BATCH]
 
 
 def test_a_broken_pool_is_started_anew_after_a_while(ca_env: CAEnv, parsed_here: list[int]) -> None:

@@ -255,6 +255,7 @@ class Inbox:
         self.queue = queue
         self.mode = self._choose_mode(settings.mode)
         self._observer: BaseObserver | None = None
+        self.last_scan = 0.0  # time.monotonic() of the last full scan
         # polling mode: last (size, mtime_ns) seen per path, for the settle check
         self._seen: dict[Path, tuple[int, int, float]] = {}
         # events mode: files created (opened for writing) whose close-write is not seen yet
@@ -351,6 +352,7 @@ class Inbox:
 
     def scan(self) -> int:
         """Queue everything in the inbox folders (found, not announced: settle first)."""
+        self.last_scan = time.monotonic()
         n = 0
         found: set[Path] = set()
         for path, profile in self._entries():

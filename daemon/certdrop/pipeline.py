@@ -304,10 +304,13 @@ class Pipeline:
             batch = self._begin([c for _, c in claims])
         return Ticket(immediate, {id(c): i for i, c in claims}, batch)
 
-    def decide(self, ticket: Ticket) -> None:
-        """Decide a started batch and start signing what the policy accepted (once)."""
-        if ticket.batch is not None and ticket.batch.parsing is not None:
-            self._decide_batch(ticket.batch)
+    def decide(self, ticket: Ticket) -> bool:
+        """Decide a started batch and start signing what the policy accepted; False if
+        there was nothing left to decide (decided before, or no batch)."""
+        if ticket.batch is None or ticket.batch.parsing is None:
+            return False
+        self._decide_batch(ticket.batch)
+        return True
 
     def finish(self, ticket: Ticket) -> Done:
         """Record and deliver a started batch (deciding it first if that is still to do):

@@ -539,8 +539,6 @@ class Daemon:
         if rt is not None and rt.publisher is not None:
             rt.publisher.check()
 
-    _last_scan = 0.0  # time.monotonic() of the last full scan of the inbox
-
     def _rescan(self) -> None:
         """The periodic full scan (inotify drops events when its queue overflows).
 
@@ -550,10 +548,9 @@ class Daemon:
         """
         if self.inbox is None:
             return
-        busy_for = time.monotonic() - self._last_scan
+        busy_for = time.monotonic() - self.inbox.last_scan
         if self._had_activity and busy_for < 10 * self.settings.watch.rescan_seconds:
             return
-        self._last_scan = time.monotonic()
         self.inbox.scan()
 
     def _hooks(self) -> PipelineHooks:
@@ -678,7 +675,6 @@ class Daemon:
 
     def _work(self) -> None:
         assert self.rt is not None and self.inbox is not None
-        self._last_scan = time.monotonic()
         self.inbox.scan()
         self._drain_initial()
         self.ready.set()
@@ -710,7 +706,6 @@ class Daemon:
                     if self._had_activity:
                         # inotify drops events when its queue overflows: look again after a burst
                         self._had_activity = False
-                        self._last_scan = time.monotonic()
                         self.inbox.scan()
                     elif self.rt.pool is not None:
                         self.rt.pool.stop_if_idle(POOL_IDLE_SECONDS)
@@ -801,13 +796,7 @@ class Daemon:
 
     def _decide(self, started: tuple[Ticket, list[WorkItem]]) -> None:
         assert self.rt is not None
-        pipeline = self.rt.pipeline
-
-        def decide(ticket: Ticket) -> bool:
-            pipeline.decide(ticket)  # nothing to do once decided
-            return True
-
-        if self._step(started, decide) is None:
+        if self._step(started, self.rt.pipeline.decide) is None:
             self._started.remove(started)  # its claims stay in work/: recovery takes them
 
     def _flush(self) -> None:

@@ -276,10 +276,12 @@ class SigningPool:
         )
 
     def _use(self, n: int) -> ProcessPoolExecutor | None:
-        """The pool if it should take a batch of `n` now; else None (do it here)."""
-        if n >= MIN_POOL_BATCH:
-            self._restart_if_due()
-        if n < MIN_POOL_BATCH or self._broken:
+        """The pool if it should take a batch of `n` now; else None (do it here). A
+        batch big enough starts the workers if they are not up (or, once due, again)."""
+        if n < MIN_POOL_BATCH:
+            return None
+        self._restart_if_due()
+        if self._broken:
             return None
         self._last_used = time.monotonic()
         if not self.ready:
@@ -290,11 +292,7 @@ class SigningPool:
     def expect(self, n: int) -> None:
         """`n` requests are waiting: start the workers now if that many need them, so that
         they are up sooner (the batch at hand may be small: the first events of a burst)."""
-        if n >= MIN_POOL_BATCH:
-            self._restart_if_due()
-        if n >= MIN_POOL_BATCH and not self._broken:
-            self._last_used = time.monotonic()
-            self._start()
+        self._use(n)
 
     def stop_if_idle(self, idle_seconds: float) -> bool:
         """Stop the workers when no batch needed them for `idle_seconds`."""
