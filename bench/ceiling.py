@@ -48,7 +48,8 @@ class Signer:
         self.key: Any = serialization.load_pem_private_key(ca_key_pem, None)
         public: Any = self.key.public_key()
         self.aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(public)
-        self.linter = Linter() if lint else None
+        # pkilint as it ships (its own walk of the document), not certdrop's dispatch
+        self.linter = Linter(fast=False) if lint else None
         self.now = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
     def build(self, subject: x509.Name, public_key: Any, email: str) -> x509.Certificate:
@@ -133,8 +134,9 @@ def _p12_worker(args: tuple[bytes, bytes, bool, Sequence[int]]) -> tuple[int, fl
     return len(indices), time.perf_counter() - t0, durations
 
 
-def _lint_worker(ders: Sequence[bytes]) -> tuple[int, float, list[float]]:
-    linter = Linter()
+def _lint_worker(args: tuple[bool, Sequence[bytes]]) -> tuple[int, float, list[float]]:
+    fast, ders = args
+    linter = Linter(fast=fast)
     linter.certificate(ders[0])  # warm-up
     durations = []
     t0 = time.perf_counter()
@@ -195,14 +197,17 @@ def p12_rate(ca_cert: bytes, ca_key: bytes, n: int, lint: bool, processes: int) 
     )
 
 
-def lint_rate(ca_cert: bytes, ca_key: bytes, pems: Sequence[bytes], processes: int) -> Measure:
-    """pkilint alone on certificates like certdrop's (made beforehand, untimed)."""
+def lint_rate(
+    ca_cert: bytes, ca_key: bytes, pems: Sequence[bytes], processes: int, fast: bool = False
+) -> Measure:
+    """pkilint alone on certificates like certdrop's (made beforehand, untimed): as pkilint
+    ships (its own walk of the document), or with `fast` through certdrop's dispatch."""
     signer = Signer(ca_cert, ca_key, lint=False)
     ders = [
         x509.load_pem_x509_certificate(signer.from_csr(p)).public_bytes(serialization.Encoding.DER)
         for p in pems
     ]
-    return _parallel(_lint_worker, list, ders, processes)
+    return _parallel(_lint_worker, lambda part: (fast, list(part)), ders, processes)
 
 
 # --- CRL --------------------------------------------------------------------------------------------

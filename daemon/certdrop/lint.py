@@ -1,4 +1,15 @@
-"""pkilint's RFC 5280 linters, built once and reused for every certificate and CRL."""
+"""pkilint's RFC 5280 linters, built once and reused for every certificate and CRL.
+
+pkilint walks a document's tree and, at every node, asks every validator of a container
+whether it matches that node (`NodeVisitor.match`: path, path pattern, ASN.1 type,
+predicate): ~3,500 such questions per certificate, of which ~50 say yes; the asking was
+a third of the time a certificate took to lint. `_Dispatch` answers the part of each
+question that depends only on the node's path and type once per (path, type) and then
+remembers it, and still asks whatever depends on the node's contents. It makes the same
+validator calls on the same nodes in the same order as pkilint, so the results are the
+same (tests/test_lint.py compares every result, findings or not, on good and broken
+certificates and CRLs); it cuts the time per certificate by about 30%.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +17,7 @@ import threading
 from typing import Any
 
 from pkilint import loader
+from pkilint.document import NodeVisitor
 from pkilint.pkix import (
     certificate,
     create_attribute_decoder,
@@ -14,16 +26,123 @@ from pkilint.pkix import (
     extension,
     name,
 )
-from pkilint.validation import ValidationFindingSeverity
+from pkilint.pkix.certificate.certificate_extension import ExtendedKeyUsageCriticalityValidator
+from pkilint.validation import (
+    TypeMatchingValidator,
+    ValidationFindingSeverity,
+    ValidatorContainer,
+)
 
 # findings at or above this severity refuse a certificate (FATAL=0 ... WARNING=2)
 THRESHOLD = ValidationFindingSeverity.WARNING
+
+# match() overrides that are `NodeVisitor.match(node) and <a test of the node's contents>`
+# (read in pkilint 0.13.3; pyproject keeps pkilint below 0.14): a node that fails the path and
+# type tests fails them too. Any other override is asked at every node, as pkilint does.
+_MATCH_AFTER_NODE_VISITOR = frozenset(
+    {
+        extension.ExtensionCriticalityValidator.match,
+        TypeMatchingValidator.match,
+        ExtendedKeyUsageCriticalityValidator.match,
+    }
+)
+_NODE_VISITOR_FIELDS = ("_path", "_path_re", "_pdu_class", "_pdu_supertype", "_predicate")
+_PLANS_LIMIT = 20_000  # (path, type) pairs remembered per container; then forgotten
+
+
+def _may_match(v: Any, path: str, cls: type) -> bool:
+    """NodeVisitor.match's tests that depend only on a node's path and type."""
+    if v._path is not None and v._path != path:
+        return False
+    if v._path_re is not None and v._path_re.match(path) is None:
+        return False
+    return v._pdu_class is None or issubclass(cls, v._pdu_class)
+
+
+class _Dispatch:
+    """`ValidatorContainer._validate_rec` for one container: every validator that matches
+    a node validates it, in the container's order, then the node's children (read after
+    the validators ran: decoding validators add children) are visited in order.
+
+    Per (node path, node type): the validators that can match, each with whether it must
+    still be asked (a predicate, a supertype, an override of match) or matches for sure.
+    """
+
+    def __init__(self, container: Any) -> None:
+        self.validators = tuple(container.validators)
+        self.plans: dict[tuple[str, type], tuple[tuple[Any, bool], ...]] = {}
+
+    def _plan(self, path: str, cls: type) -> tuple[tuple[Any, bool], ...]:
+        plan: list[tuple[Any, bool]] = []
+        for v in self.validators:
+            match = type(v).match
+            if match is NodeVisitor.match:
+                if _may_match(v, path, cls):
+                    plan.append((v, v._pdu_supertype is not None or v._predicate is not None))
+            elif match in _MATCH_AFTER_NODE_VISITOR:
+                if _may_match(v, path, cls):
+                    plan.append((v, True))
+            else:
+                plan.append((v, True))
+        if len(self.plans) >= _PLANS_LIMIT:
+            self.plans.clear()
+        got = self.plans[(path, cls)] = tuple(plan)
+        return got
+
+    def __call__(self, node: Any, results: list[Any]) -> None:
+        plan = self.plans.get((node.path, type(node.pdu)))
+        if plan is None:
+            plan = self._plan(node.path, type(node.pdu))
+        for v, ask in plan:
+            if ask and not v.match(node):
+                continue
+            result = v.validate_wrapper(node)
+            if isinstance(result, list):
+                results += result
+            else:
+                results.append(result)
+        for child in node.children.values():
+            self(child, results)
+
+
+def _stock_container(v: Any) -> bool:
+    cls = type(v)
+    return (
+        isinstance(v, ValidatorContainer)
+        and cls._validate_rec is ValidatorContainer._validate_rec
+        and cls.validate is ValidatorContainer.validate
+    )
+
+
+def _walk_containers(container: Any, seen: list[Any]) -> None:
+    seen.append(container)
+    for v in container.validators:
+        if isinstance(v, ValidatorContainer):
+            _walk_containers(v, seen)
+
+
+def fast_dispatch(container: Any) -> bool:
+    """Give `container` and the containers inside it `_Dispatch`; False (and pkilint's
+    own walk everywhere) if any of them or their validators is not as expected."""
+    containers: list[Any] = []
+    _walk_containers(container, containers)
+    for c in containers:
+        if not _stock_container(c) or c.__dict__.get("_validate_rec") is not None:
+            return False
+        for v in c.validators:
+            if not all(hasattr(v, f) for f in _NODE_VISITOR_FIELDS):
+                return False
+    for c in containers:
+        c._validate_rec = _Dispatch(c)
+    return True
 
 
 class Linter:
     """Thread-safe wrapper around pkilint validators (built once, not per document)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fast: bool = True) -> None:
+        """`fast`: certdrop's dispatch (`_Dispatch`); False: pkilint's own walk (the bench's
+        "pkilint alone", and the reference the tests compare the dispatch with)."""
         self._cert_validator = certificate.create_pkix_certificate_validator_container(
             certificate.create_decoding_validators(
                 name.ATTRIBUTE_TYPE_MAPPINGS, extension.EXTENSION_MAPPINGS
@@ -46,6 +165,9 @@ class Linter:
                 crl.create_validity_validator_container([]),
                 crl.create_extensions_validator_container([]),
             ],
+        )
+        self.fast = fast and all(
+            [fast_dispatch(c) for c in (self._cert_validator, self._crl_validator)]
         )
         self._cert_loader = loader.RFC5280CertificateDocumentLoader()
         self._crl_loader = loader.RFC5280CertificateListDocumentLoader()
@@ -81,6 +203,21 @@ class Linter:
             except ValueError as exc:
                 return [f"FATAL undecodable ({exc})"]
             return self._findings(self._crl_validator.validate(doc.root), threshold)
+
+    def results(self, der: bytes, kind: str = "certificate") -> list[tuple[str, str, str]]:
+        """Every validation result, with or without findings, as (validator, node path,
+        findings): for tests that compare two ways of linting."""
+        loader_, validator = (
+            (self._cert_loader, self._cert_validator)
+            if kind == "certificate"
+            else (self._crl_loader, self._crl_validator)
+        )
+        with self._lock:
+            doc = loader_.load_der_document(der, kind)
+            return [
+                (r.validator.name, r.node.path, repr(r.finding_descriptions))
+                for r in validator.validate(doc.root)
+            ]
 
     def all_certificate_findings(self, der: bytes) -> list[str]:
         """Every finding including NOTICE and INFO (for tests and reports)."""
