@@ -270,3 +270,10 @@ def test_a_container_pkilint_changed_keeps_pkilints_walk() -> None:
         assert "_validate_rec" not in container.__dict__  # nothing installed, not even partly
     finally:
         inner.validators.pop()
+    some = inner.validators[0]
+    some.match = lambda node: True  # a match of its own, set on the instance
+    try:
+        assert fast_dispatch(container) is False
+    finally:
+        del some.match
+    assert fast_dispatch(container) is True

@@ -66,6 +66,8 @@ class _Dispatch:
 
     Per (node path, node type): the validators that can match, each with whether it must
     still be asked (a predicate, a supertype, an override of match) or matches for sure.
+    The validators are the container's when the dispatch is installed (certdrop builds
+    its containers once and never changes them).
     """
 
     def __init__(self, container: Any) -> None:
@@ -130,7 +132,7 @@ def fast_dispatch(container: Any) -> bool:
         if not _stock_container(c) or c.__dict__.get("_validate_rec") is not None:
             return False
         for v in c.validators:
-            if not all(hasattr(v, f) for f in _NODE_VISITOR_FIELDS):
+            if "match" in vars(v) or not all(hasattr(v, f) for f in _NODE_VISITOR_FIELDS):
                 return False
     for c in containers:
         c._validate_rec = _Dispatch(c)
