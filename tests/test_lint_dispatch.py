@@ -266,8 +266,9 @@ def test_a_container_pkilint_changed_keeps_pkilints_walk() -> None:
     inner = container.validators[0]
     inner.validators.append(Odd())
     try:
-        assert fast_dispatch(container) is False
-        assert "_validate_rec" not in container.__dict__  # nothing installed, not even partly
+        assert fast_dispatch(linter._crl_validator, container) is False
+        for c in (linter._crl_validator, container, inner):  # nothing installed, not even partly
+            assert "_validate_rec" not in c.__dict__
     finally:
         inner.validators.pop()
     some = inner.validators[0]

@@ -7,8 +7,8 @@ a third of the time a certificate took to lint. `_Dispatch` answers the part of 
 question that depends only on the node's path and type once per (path, type) and then
 remembers it, and still asks whatever depends on the node's contents. It makes the same
 validator calls on the same nodes in the same order as pkilint, so the results are the
-same (tests/test_lint.py compares every result, findings or not, on good and broken
-certificates and CRLs); it cuts the time per certificate by about 30%.
+same (tests/test_lint_dispatch.py compares every result, findings or not, on good and
+broken certificates and CRLs); it cuts the time per certificate by about 30%.
 """
 
 from __future__ import annotations
@@ -123,11 +123,12 @@ def _walk_containers(container: Any, seen: list[Any]) -> None:
             _walk_containers(v, seen)
 
 
-def fast_dispatch(container: Any) -> bool:
-    """Give `container` and the containers inside it `_Dispatch`; False (and pkilint's
-    own walk everywhere) if any of them or their validators is not as expected."""
+def fast_dispatch(*tops: Any) -> bool:
+    """Give the containers `tops` and the containers inside them `_Dispatch`; False (and
+    pkilint's own walk everywhere) if any of them or their validators is not as expected."""
     containers: list[Any] = []
-    _walk_containers(container, containers)
+    for top in tops:
+        _walk_containers(top, containers)
     for c in containers:
         if not _stock_container(c) or c.__dict__.get("_validate_rec") is not None:
             return False
@@ -168,9 +169,7 @@ class Linter:
                 crl.create_extensions_validator_container([]),
             ],
         )
-        self.fast = fast and all(
-            [fast_dispatch(c) for c in (self._cert_validator, self._crl_validator)]
-        )
+        self.fast = fast and fast_dispatch(self._cert_validator, self._crl_validator)
         self._cert_loader = loader.RFC5280CertificateDocumentLoader()
         self._crl_loader = loader.RFC5280CertificateListDocumentLoader()
         self._lock = threading.Lock()
