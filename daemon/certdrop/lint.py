@@ -92,9 +92,10 @@ class _Dispatch:
         return got
 
     def __call__(self, node: Any, results: list[Any]) -> None:
-        plan = self.plans.get((node.path, type(node.pdu)))
+        key = (node.path, type(node.pdu))
+        plan = self.plans.get(key)
         if plan is None:
-            plan = self._plan(node.path, type(node.pdu))
+            plan = self._plan(*key)
         for v, ask in plan:
             if ask and not v.match(node):
                 continue
@@ -186,39 +187,40 @@ class Linter:
                     out.append(text)
         return out
 
-    def certificate(
-        self, der: bytes, threshold: ValidationFindingSeverity = THRESHOLD
-    ) -> list[str]:
-        """Findings of WARNING or worse for a DER certificate ([] = clean)."""
-        with self._lock:
-            try:
-                doc = self._cert_loader.load_der_document(der, "certificate")
-            except ValueError as exc:
-                return [f"FATAL undecodable ({exc})"]
-            return self._findings(self._cert_validator.validate(doc.root), threshold)
-
-    def crl(self, der: bytes, threshold: ValidationFindingSeverity = THRESHOLD) -> list[str]:
-        with self._lock:
-            try:
-                doc = self._crl_loader.load_der_document(der, "crl")
-            except ValueError as exc:
-                return [f"FATAL undecodable ({exc})"]
-            return self._findings(self._crl_validator.validate(doc.root), threshold)
-
-    def results(self, der: bytes, kind: str = "certificate") -> list[tuple[str, str, str]]:
-        """Every validation result, with or without findings, as (validator, node path,
-        findings): for tests that compare two ways of linting."""
+    def _validate(self, der: bytes, kind: str) -> list[Any] | str:
+        """pkilint's results for the DER `kind` ("certificate" or "crl"), or the finding
+        that it does not decode."""
         loader_, validator = (
             (self._cert_loader, self._cert_validator)
             if kind == "certificate"
             else (self._crl_loader, self._crl_validator)
         )
         with self._lock:
-            doc = loader_.load_der_document(der, kind)
-            return [
-                (r.validator.name, r.node.path, repr(r.finding_descriptions))
-                for r in validator.validate(doc.root)
-            ]
+            try:
+                doc = loader_.load_der_document(der, kind)
+            except ValueError as exc:
+                return f"FATAL undecodable ({exc})"
+            return list(validator.validate(doc.root))
+
+    def certificate(
+        self, der: bytes, threshold: ValidationFindingSeverity = THRESHOLD
+    ) -> list[str]:
+        """Findings of WARNING or worse for a DER certificate ([] = clean)."""
+        got = self._validate(der, "certificate")
+        return [got] if isinstance(got, str) else self._findings(got, threshold)
+
+    def crl(self, der: bytes, threshold: ValidationFindingSeverity = THRESHOLD) -> list[str]:
+        got = self._validate(der, "crl")
+        return [got] if isinstance(got, str) else self._findings(got, threshold)
+
+    def results(self, der: bytes, kind: str = "certificate") -> list[tuple[str, str, str]] | str:
+        """Every validation result, with or without findings, as (validator, node path,
+        findings), or the finding that `der` does not decode: for tests that compare two
+        ways of linting."""
+        got = self._validate(der, kind)
+        if isinstance(got, str):
+            return got
+        return [(r.validator.name, r.node.path, repr(r.finding_descriptions)) for r in got]
 
     def all_certificate_findings(self, der: bytes) -> list[str]:
         """Every finding including NOTICE and INFO (for tests and reports)."""
