@@ -412,14 +412,25 @@ class Store:
     def existing_valid(
         self, conn: Connection, keys: Iterable[tuple[str, str]], now: dt.datetime
     ) -> dict[tuple[str, str], list[CertRecord]]:
-        """Valid certificates carrying any of the (attribute, folded value) pairs."""
-        wanted = list(dict.fromkeys(keys))
+        """Valid certificates carrying any of the (attribute, folded value) pairs.
+
+        One query per attribute (`attr = ? AND value IN (...)`), which every planner
+        answers from ix_cert_attrs_lookup. A row-value IN on (attr, value) is not
+        matched to that index by SQLite: it walked every valid certificate instead,
+        ~120 ms per query with 100,000 in the index (tests/test_store.py checks the plan).
+        """
+        by_attr: dict[str, list[str]] = {}
+        for attr, value in dict.fromkeys(keys):
+            by_attr.setdefault(attr, []).append(value)
         out: dict[tuple[str, str], list[CertRecord]] = {}
-        for start in range(0, len(wanted), 400):
-            chunk = wanted[start : start + 400]
-            rows = conn.execute(_VALID_WITH_ATTRS, {"keys": chunk, "now": to_epoch(now)})
-            for r in rows:
-                out.setdefault((r._mapping["_attr"], r._mapping["_value"]), []).append(_record(r))
+        for attr, values in by_attr.items():
+            for start in range(0, len(values), 500):
+                rows = conn.execute(
+                    _VALID_WITH_ATTR,
+                    {"attr": attr, "values": values[start : start + 500], "now": to_epoch(now)},
+                )
+                for r in rows:
+                    out.setdefault((attr, r._mapping["_value"]), []).append(_record(r))
         return out
 
     def by_fingerprints(
@@ -781,11 +792,12 @@ def _pending(row: Any) -> PendingRecord:
 # The statements the pipeline runs for every batch, built once: building a select
 # is most of the cost of a small query (SQLAlchemy caches the compiled form by a key
 # it computes from the statement object, once for an object that is reused).
-_VALID_WITH_ATTRS = (
-    sa.select(certificates, cert_attrs.c.attr.label("_attr"), cert_attrs.c.value.label("_value"))
+_VALID_WITH_ATTR = (
+    sa.select(certificates, cert_attrs.c.value.label("_value"))
     .join(cert_attrs, cert_attrs.c.serial == certificates.c.serial)
     .where(
-        sa.tuple_(cert_attrs.c.attr, cert_attrs.c.value).in_(sa.bindparam("keys", expanding=True)),
+        cert_attrs.c.attr == sa.bindparam("attr"),
+        cert_attrs.c.value.in_(sa.bindparam("values", expanding=True)),
         certificates.c.status == "valid",
         certificates.c.not_after > sa.bindparam("now"),
     )
