@@ -318,3 +318,67 @@ def test_a_parse_asked_for_before_the_workers_are_up_goes_to_them_if_they_are_up
         pool.close()
         assert all(isinstance(p, ParsedRequest) for p in pool.parse_later(datas)())
         assert parsed_here == [MIN_POOL_BATCH]  # no workers: parsed here
+
+
+def test_work_deferred_while_the_workers_start_is_handed_to_them_once_they_are_up(
+    ca_env: CAEnv, tmp_path: Path, parsed_here: list[int]
+) -> None:
+    """Batches decided while the workers start are not left waiting until the daemon asks
+    for their outcome: the thread that started the workers hands them over as soon as
+    they are up (the worker writes the staged files before anyone asks)."""
+    out = tmp_path / "staged"
+    out.mkdir()
+    with one_worker(ca_env) as pool:
+        datas = _csrs(MIN_POOL_BATCH)
+        specs = _specs(parse_many(datas), dt.datetime.now(dt.UTC))
+        stagings = [Staging(cer_path=str(out / f"{i}.cer")) for i in range(len(specs))]
+        parsing = pool.parse_later(datas)  # starts the workers
+        signing = pool.sign(specs, stagings, None)
+        assert not pool.ready and not any(out.iterdir())
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        # nobody asked for the signing: the worker did it
+        wait_for(
+            lambda: all((out / f"{i}.cer").exists() for i in range(len(specs))),
+            60,
+            what="staged certificates written by the worker",
+        )
+        signed = signing()
+        assert [x509.load_der_x509_certificate(s.der).serial_number for s in signed] == [  # type: ignore[union-attr]
+            s.serial for s in specs
+        ]
+        assert all(isinstance(p, ParsedRequest) for p in parsing())
+        assert parsed_here == []  # parsed by the worker too
+
+
+def test_work_asked_for_before_the_workers_are_up_is_done_once(
+    ca_env: CAEnv, tmp_path: Path
+) -> None:
+    """Asked for while the workers start, deferred work is done here (a few at a time,
+    the rest by the workers once up); the workers coming up later do not do it again."""
+    with one_worker(ca_env) as pool:
+        specs = _specs(parse_many(_csrs(MIN_POOL_BATCH * 2)), dt.datetime.now(dt.UTC))
+        stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
+        signed_here: list[int] = []
+        sign_here = pool._sign_here
+
+        def counting(*args: Any) -> Any:
+            signed_here.append(len(args[0]))
+            return sign_here(*args)
+
+        pool._sign_here = counting  # type: ignore[method-assign]
+        submitted: list[int] = []
+        submit = pool._submit
+
+        def counting_submit(p: Any, specs: Any, *args: Any) -> Any:
+            submitted.append(len(specs))
+            return submit(p, specs, *args)
+
+        pool._submit = counting_submit  # type: ignore[method-assign]
+        signing = pool.sign(specs, stagings, None)  # starts the workers
+        signed = signing()  # asked for at once: done here while they start (or handed over)
+        pool._join_starter()  # the workers are up and what was waiting was handed over
+        assert pool.ready
+        assert sum(signed_here) + sum(submitted) == len(specs)
+        assert [x509.load_der_x509_certificate(s.der).serial_number for s in signed] == [  # type: ignore[union-attr]
+            s.serial for s in specs
+        ]

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .ca import CertificateAuthority, IssueSpec, Staged, Staging, public_key_bytes
 from .errors import LintError, RequestError
@@ -186,6 +186,39 @@ def _stop_forkserver() -> None:
             log.debug("could not stop the fork server: %s", exc)
 
 
+class _Deferred(Generic[T]):
+    """Work for the pool asked for while the pool was starting.
+
+    It is handed to the pool as soon as the pool is up (`kick`, from the thread that
+    started it), unless its outcome was asked for first: then the caller does it
+    (`here`, which itself hands what is left to the pool once it is up). Without this,
+    the work of the batches decided while the workers started waited for the daemon to
+    ask for it, and the workers idled meanwhile.
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[ProcessPoolExecutor], Callable[[], list[T]]],
+        here: Callable[[], list[T]],
+    ) -> None:
+        self._lock = threading.Lock()
+        self._submit = submit
+        self._here = here
+        self._outcome: Callable[[], list[T]] | None = None
+        self._taken = False
+
+    def kick(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if not self._taken and self._outcome is None:
+                self._outcome = self._submit(pool)
+
+    def __call__(self) -> list[T]:
+        with self._lock:
+            outcome = self._outcome
+            self._taken = outcome is None
+        return outcome() if outcome is not None else self._here()
+
+
 class SigningPool:
     """Worker processes that sign batches of certificates in parallel."""
 
@@ -208,6 +241,9 @@ class SigningPool:
         self._broken_at = 0.0
         self.restart_after = RESTART_BROKEN_SECONDS
         self._last_used = time.monotonic()
+        # work deferred while the pool starts, handed to it once it is up
+        self._lock = threading.Lock()
+        self._waiting: list[_Deferred[Any]] = []
 
     def _start(self) -> None:
         """Start the workers in the background; batches are signed here until they are up.
@@ -238,12 +274,28 @@ class SigningPool:
             log.error(
                 "the signing processes did not start (%s); signing in the daemon process", exc
             )
-            self._mark_broken()
+            with self._lock:
+                self._mark_broken()
+                self._waiting = []  # done in the daemon process when asked for
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
             return
-        self._pool = pool
+        with self._lock:
+            self._pool = pool
+            waiting, self._waiting = self._waiting, []
         log.info("started %d signing processes", self.workers)
+        for deferred in waiting:
+            deferred.kick(pool)
+
+    def _defer(self, deferred: _Deferred[T]) -> Callable[[], list[T]]:
+        """`deferred`, handed to the pool when it is up (now, if it came up meanwhile)."""
+        with self._lock:
+            pool = None if self._broken else self._pool
+            if pool is None and not self._broken:
+                self._waiting.append(deferred)
+        if pool is not None:
+            deferred.kick(pool)
+        return deferred
 
     def _join_starter(self) -> None:
         if self._starter is not None:
@@ -320,7 +372,12 @@ class SigningPool:
         if pool is None:
             if len(specs) < MIN_POOL_BATCH or self._broken:
                 return lambda: self._sign_here(specs, stagings, linter)
-            return lambda: self._sign_until_ready(specs, stagings, linter)
+            return self._defer(
+                _Deferred(
+                    lambda p: self._submit(p, specs, stagings, linter),
+                    lambda: self._sign_until_ready(specs, stagings, linter),
+                )
+            )
         return self._submit(pool, specs, stagings, linter)
 
     def _sign_until_ready(
@@ -368,9 +425,19 @@ class SigningPool:
         if pool is None:
             if len(datas) < MIN_POOL_BATCH or self._broken:
                 return lambda: parse_many(datas)
-            # the workers are starting: if they are up when the outcome is asked for,
-            # they parse it then
-            return lambda: self.parse(datas) if self.ready else parse_many(datas)
+            # the workers are starting: they parse it once up, unless it is asked for
+            # before (then here, or by them if they are up by then)
+            return self._defer(
+                _Deferred(
+                    lambda p: self._parse_in(p, datas),
+                    lambda: self.parse(datas) if self.ready else parse_many(datas),
+                )
+            )
+        return self._parse_in(pool, datas)
+
+    def _parse_in(
+        self, pool: ProcessPoolExecutor, datas: Sequence[bytes]
+    ) -> Callable[[], list[ParsedRequest | RequestError]]:
         return self._run(
             pool,
             _parse_chunk,
