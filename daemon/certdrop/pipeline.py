@@ -387,7 +387,7 @@ class Pipeline:
         # swapped in between would be moved to rejected/ under the other's reason.
         # a key being dropped beside the request right now: let it finish first
         key_src = path.with_name(stem + ".key")
-        key_wait = self._key_still_arriving(key_src)
+        key_wait, key_there = self._key_still_arriving(key_src)
         if key_wait > 0:
             return Result(
                 Outcome.RETRY, stem, reason="its key is still arriving", retry_after=key_wait
@@ -407,29 +407,47 @@ class Pipeline:
         touched.add(self.spool.work_for(profile))
         touched.add(path.parent)
         self.crashpoint("mid-claim")
-        # the key beside it, if any, is claimed with it
-        try:
-            kst = os.lstat(key_src)
-            if stat.S_ISREG(kst.st_mode):
-                os.rename(key_src, self.spool.claimed_path(profile, stem + ".key"))
-        except FileNotFoundError:
-            pass
-        return self._load_claim(target, profile, names) or Result(Outcome.SKIPPED, stem)
+        # the key beside it, if any, is claimed with it (a key that comes only after
+        # the claim, also one that came since the look above, is a late key:
+        # `_handle_key` after the next scan)
+        key_path = None
+        if key_there:
+            try:
+                kst = os.lstat(key_src)
+                if stat.S_ISREG(kst.st_mode):
+                    key_path = self.spool.claimed_path(profile, stem + ".key")
+                    os.rename(key_src, key_path)
+            except FileNotFoundError:
+                key_path = None
+        return self._claim_of(target, profile, names, key_path) or Result(Outcome.SKIPPED, stem)
 
     def _load_claim(
         self, path: Path, profile: str, names: dict[int, str | None] | None = None
+    ) -> _Claim | None:
+        """The claim of `path` in work/PROFILE/, with NAME.key beside it if there is one
+        (recovery, approval)."""
+        key_path = path.with_name(path.name[:-4] + ".key")
+        return self._claim_of(path, profile, names, key_path if os.path.lexists(key_path) else None)
+
+    def _claim_of(
+        self,
+        path: Path,
+        profile: str,
+        names: dict[int, str | None] | None,
+        key_path: Path | None,
     ) -> _Claim | None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        claim = _Claim(
-            path=path, name=path.name[:-4], profile=profile, owner=_owner_of(st, names), st=st
+        return _Claim(
+            path=path,
+            name=path.name[:-4],
+            profile=profile,
+            owner=_owner_of(st, names),
+            st=st,
+            key_path=key_path,
         )
-        key_path = path.with_name(claim.name + ".key")
-        if os.path.lexists(key_path):
-            claim.key_path = key_path
-        return claim
 
     def recover(self) -> list[Result]:
         """Process everything left in work/ by an interrupted run."""
@@ -776,17 +794,17 @@ class Pipeline:
                 self._publish_outputs(item.plan.claim, durable=False, p12=p12)
             fsync_dir(self.spool.outbox)
             self.crashpoint("after-deliver")
-            folders: set[Path] = set()
+            profiles: set[str] = set()  # claims are in work/PROFILE/
             for item in ready:
                 claim = item.plan.claim
                 if claim.key_path is not None:
                     remove_quietly(claim.key_path)  # the key now lives only inside the p12
                 target = archive_path(self.spool, claim.path.name, now)
                 os.rename(claim.path, target)
-                folders.add(claim.path.parent)
+                profiles.add(claim.profile)
             fsync_dir(self.spool.archive)
-            for folder in folders:
-                fsync_dir(folder)
+            for profile in profiles:
+                fsync_dir(self.spool.work_for(profile))
             self.crashpoint("after-archive")
             for item in ready:
                 results[item.plan.index] = self._announce(item)
@@ -1223,14 +1241,16 @@ class Pipeline:
             )
         return load_subject_key(data)
 
-    def _key_still_arriving(self, key_path: Path) -> float:
+    def _key_still_arriving(self, key_path: Path) -> tuple[float, bool]:
+        """Seconds to wait for a key being dropped beside a request, and whether there
+        is anything named like its key."""
         try:
             kst = os.lstat(key_path)
         except FileNotFoundError:
-            return 0.0
+            return 0.0, False
         age = time.time() - kst.st_mtime
         settle = self.settings.watch.settle_seconds
-        return max(settle - age, 0.0) if stat.S_ISREG(kst.st_mode) else 0.0
+        return (max(settle - age, 0.0) if stat.S_ISREG(kst.st_mode) else 0.0), True
 
     # --- file safety ----------------------------------------------------------------------------------
     def _unsafe(self, st: os.stat_result) -> str:
