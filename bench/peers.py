@@ -231,6 +231,18 @@ class OpensslCA:
         return out
 
 
+def openssl_index_valid(path: Path, n: int, subject: str = "/O=Bench/CN=Filler") -> None:
+    """An openssl ca index.txt with n valid ('V') entries (distinct random serials and
+    subjects), as a CA that has been issuing for a while has."""
+    expiry = "301231235959Z"
+    with path.open("w") as f:
+        for i in range(n):
+            serial = secrets.token_hex(16).upper()
+            if serial[0] in "89ABCDEF":  # keep it positive in DER without a leading 00
+                serial = "1" + serial[1:]
+            f.write(f"V\t{expiry}\t\t{serial}\tunknown\t{subject} {i:06d}\n")
+
+
 def openssl_index_revoked(path: Path, n: int, subject: str = "/O=Bench/CN=revoked") -> None:
     """An openssl ca index.txt with n revoked ('R') entries (distinct random serials)."""
     expiry = "301231235959Z"

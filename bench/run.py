@@ -52,7 +52,9 @@ def select_workloads(only: list[str]) -> list[str]:
         if not item:
             continue
         item = aliases.get(item, item)
-        matches = [w for w in WORKLOADS if w == item or w.startswith(item)]
+        # a workload's own name is that one (folder-burst-ec-lint-off is not also
+        # folder-burst-ec-lint-off-100k); otherwise every workload it begins
+        matches = [item] if item in WORKLOADS else [w for w in WORKLOADS if w.startswith(item)]
         if not matches:
             raise SystemExit(
                 f"bench/run: unknown workload {item!r}; choose from: {', '.join(WORKLOADS)}"

@@ -38,6 +38,7 @@ WORKLOADS = [
     "folder-burst-ec-lint-off",
     "folder-burst-ec-lint-on",
     "folder-burst-rsa-lint-off",
+    "folder-burst-ec-lint-off-100k",
     "latency",
     "p12",
     "crl",
@@ -348,6 +349,59 @@ class Bench:
         if not lint:
             row.target_value = 2000.0 if key_type == "ec-p256" else 1200.0
             row.target = f">= {row.target_value:,.0f}/s"
+        return row
+
+    def folder_burst_big_index(self) -> Row:
+        """The EC lint-off burst into an index that already holds `index_n` certificates
+        (a CA that has been issuing for a while), beside `openssl ca` with an index.txt
+        of as many lines: what each does per request must not grow with the index."""
+        p = self.params
+        row = Row(
+            id="folder-burst-ec-lint-off-100k"
+            if p.index_n == 100_000
+            else f"folder-burst-ec-lint-off-{p.index_n}",
+            label=f"folder burst {p.n:,} CSRs, EC P-256 CA, lint off, {p.index_n:,} certs in index",
+            unit="rate",
+        )
+        files = self.pool[: p.n]
+        if self.wants("certdrop"):
+            try:
+                with self.daemon(row.id, "ec-p256", lint=False) as d:
+                    fill_s, _ = indexfill.fill(
+                        f"sqlite:///{d.database}", d.state, p.index_n, revoked=False
+                    )
+                    self.log(f"  index filled with {p.index_n:,} certificates in {fill_s:.1f} s")
+                    d.start()
+                    seconds, details = self._burst(d, files)
+                rate = len(files) / seconds
+                self.log(
+                    f"  certdrop: {len(files)} certificates in {seconds:.2f} s = {rate:,.0f}/s"
+                )
+                row.cells["certdrop"] = Cell(rate, note=f"{p.index_n:,} valid certificates first")
+                row.details["certdrop"] = {**details, "index_fill_seconds": round(fill_s, 1)}
+            except (DaemonError, PeerError, OSError) as exc:
+                row.cells["certdrop"] = Cell(error=str(exc))
+        if self.wants("openssl-ca"):
+            if not self._installed("openssl-ca"):
+                row.cells["openssl-ca"] = Cell(note="not installed")
+            else:
+                try:
+                    ca = self.peer_ca("ec-p256")
+                    oca = peers.OpensslCA(ca, self.work / "openssl-ca-100k")
+                    peers.openssl_index_valid(oca.folder / "index.txt", p.index_n)
+                    m = oca.run(files, p.peer_seconds)
+                    peers.verify(
+                        oca.folder / "ca.cer", [m.outputs[0], m.outputs[-1]] if m.outputs else []
+                    )
+                    self.log(
+                        f"  openssl-ca ({p.index_n:,}-line index.txt): {m.done} in {m.seconds:.2f} s = {m.rate:,.1f}/s"
+                    )
+                    note = f"index.txt of {p.index_n:,} lines first"
+                    if m.done < p.n:
+                        note += f"; {m.done} of {p.n} CSRs in the {p.peer_seconds:g} s cap"
+                    row.cells["openssl-ca"] = Cell(m.rate, note=note)
+                except (PeerError, OSError) as exc:
+                    row.cells["openssl-ca"] = Cell(error=str(exc))
         return row
 
     def latency(self) -> list[Row]:
@@ -750,6 +804,8 @@ def run_workload(bench: Bench, workload: str) -> list[Row]:
         return [bench.folder_burst("ec-p256", lint=True)]
     if workload == "folder-burst-rsa-lint-off":
         return [bench.folder_burst("rsa-2048", lint=False)]
+    if workload == "folder-burst-ec-lint-off-100k":
+        return [bench.folder_burst_big_index()]
     if workload == "latency":
         return bench.latency()
     if workload == "p12":

@@ -48,3 +48,39 @@ def test_bench_quick_run_prints_the_table(tmp_path: Path) -> None:
         assert data["cells"][tool]["value"] > 0, data["cells"][tool]
     assert data["details"]["certdrop"]["n"] == 5
     assert "openssl-x509" in data["advantage"]
+
+
+def test_bench_burst_into_a_filled_index(tmp_path: Path) -> None:
+    """The burst into an index that already holds certificates, beside openssl ca with an
+    index.txt of as many lines (tiny sizes)."""
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [
+            str(REPO / "bench" / "run"),
+            "--quick",
+            "--only",
+            "folder-burst-ec-lint-off-100k",
+            "--n",
+            "5",
+            "--index-n",
+            "300",
+            "--tools",
+            "certdrop,openssl-ca",
+            "--peer-seconds",
+            "1",
+            "--no-install",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    [data] = doc["rows"]
+    assert data["id"] == "folder-burst-ec-lint-off-300"
+    assert data["details"]["certdrop"]["n"] == 5
+    for tool in ("certdrop", "openssl-ca"):
+        assert data["cells"][tool]["value"] > 0, data["cells"][tool]
+    assert "index.txt of 300 lines" in data["cells"]["openssl-ca"]["note"]
