@@ -414,10 +414,10 @@ class Store:
     ) -> dict[tuple[str, str], list[CertRecord]]:
         """Valid certificates carrying any of the (attribute, folded value) pairs.
 
-        One query per attribute (`attr = ? AND value IN (...)`), which every planner
-        answers from ix_cert_attrs_lookup. A row-value IN on (attr, value) is not
-        matched to that index by SQLite: it walked every valid certificate instead,
-        ~120 ms per query with 100,000 in the index (tests/test_store.py checks the plan).
+        One query per attribute (`attr = ? AND value IN (...)`), which SQLite answers
+        with searches of ix_cert_attrs_lookup. It does not match a row-value IN on
+        (attr, value) to that index: that query walked every valid certificate, ~120 ms
+        with 100,000 in the index (tests/test_store.py checks the plan).
         """
         by_attr: dict[str, list[str]] = {}
         for attr, value in dict.fromkeys(keys):
