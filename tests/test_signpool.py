@@ -382,3 +382,23 @@ def test_work_asked_for_before_the_workers_are_up_is_done_once(
         assert [x509.load_der_x509_certificate(s.der).serial_number for s in signed] == [  # type: ignore[union-attr]
             s.serial for s in specs
         ]
+
+
+def test_a_parse_started_here_is_handed_to_the_pool_once_it_is_up(
+    ca_env: CAEnv, parsed_here: list[int]
+) -> None:
+    """A big batch whose parse is asked for before the workers are up is parsed here a
+    few at a time; once they are up, the rest goes to them: the same results, in order."""
+    with one_worker(ca_env) as pool:
+        datas = [*_csrs(MIN_POOL_BATCH * 3), b"not a request"]
+        here = pool._parse_until_ready(datas)  # no pool yet: all of it here
+        assert parsed_here == [MIN_POOL_BATCH] * 3 + [1]
+        assert not multiprocessing.active_children()
+        pool.expect(MIN_POOL_BATCH)
+        wait_for(lambda: pool.ready, 60, what="pool workers")
+        parsed_here.clear()
+        there = pool._parse_until_ready(datas)  # the pool is up: handed over at once
+        assert parsed_here == []
+        assert [p.fingerprint for p in here[:-1]] == [p.fingerprint for p in there[:-1]]  # type: ignore[union-attr]
+        assert isinstance(here[-1], RequestError) and isinstance(there[-1], RequestError)
+        assert str(here[-1]) == str(there[-1])

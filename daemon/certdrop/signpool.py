@@ -426,14 +426,26 @@ class SigningPool:
             if len(datas) < MIN_POOL_BATCH or self._broken:
                 return lambda: parse_many(datas)
             # the workers are starting: they parse it once up, unless it is asked for
-            # before (then here, or by them if they are up by then)
+            # before (then here, a few at a time, the rest by them once they are up)
             return self._defer(
                 _Deferred(
                     lambda p: self._parse_in(p, datas),
-                    lambda: self.parse(datas) if self.ready else parse_many(datas),
+                    lambda: self._parse_until_ready(datas),
                 )
             )
         return self._parse_in(pool, datas)
+
+    def _parse_until_ready(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
+        """Parse here, a few at a time, and hand what is left to the pool once it is up
+        (as `_sign_until_ready`: the pool often comes up in the middle of a batch)."""
+        out: list[ParsedRequest | RequestError] = []
+        step = MIN_POOL_BATCH
+        for i in range(0, len(datas), step):
+            pool = self._pool
+            if pool is not None and not self._broken and len(datas) - i >= step:
+                return out + self._parse_in(pool, datas[i:])()
+            out += parse_many(datas[i : i + step])
+        return out
 
     def _parse_in(
         self, pool: ProcessPoolExecutor, datas: Sequence[bytes]
