@@ -76,7 +76,7 @@ def test_existing_valid_finds_each_attribute_and_skips_expired_and_revoked(store
 
 
 def test_existing_valid_answers_more_keys_than_one_query_takes(store: Store) -> None:
-    n = 1_300  # three queries of each attribute
+    n = 1_300  # 650 CN and 750 e-mail values: two queries (of at most 500) each
     with store.begin() as conn:
         store.add_certificates(
             conn,
