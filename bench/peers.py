@@ -231,28 +231,18 @@ class OpensslCA:
         return out
 
 
-def openssl_index_valid(path: Path, n: int, subject: str = "/O=Bench/CN=Filler") -> None:
-    """An openssl ca index.txt with n valid ('V') entries (distinct random serials and
-    subjects), as a CA that has been issuing for a while has."""
+def openssl_index(path: Path, n: int, *, revoked: bool) -> None:
+    """An openssl ca index.txt with n entries, distinct random serials and subjects: all
+    valid ('V', a CA that has been issuing for a while) or all revoked ('R')."""
     expiry = "301231235959Z"
+    status, when = ("R", "250101000000Z,keyCompromise") if revoked else ("V", "")
+    subject = "/O=Bench/CN=revoked" if revoked else "/O=Bench/CN=Filler"
     with path.open("w") as f:
         for i in range(n):
             serial = secrets.token_hex(16).upper()
             if serial[0] in "89ABCDEF":  # keep it positive in DER without a leading 00
                 serial = "1" + serial[1:]
-            f.write(f"V\t{expiry}\t\t{serial}\tunknown\t{subject} {i:06d}\n")
-
-
-def openssl_index_revoked(path: Path, n: int, subject: str = "/O=Bench/CN=revoked") -> None:
-    """An openssl ca index.txt with n revoked ('R') entries (distinct random serials)."""
-    expiry = "301231235959Z"
-    revoked = "250101000000Z,keyCompromise"
-    with path.open("w") as f:
-        for i in range(n):
-            serial = secrets.token_hex(16).upper()
-            if serial[0] in "89ABCDEF":  # keep it positive in DER without a leading 00
-                serial = "1" + serial[1:]
-            f.write(f"R\t{expiry}\t{revoked}\t{serial}\tunknown\t{subject} {i}\n")
+            f.write(f"{status}\t{expiry}\t{when}\t{serial}\tunknown\t{subject} {i:06d}\n")
 
 
 # --- easy-rsa -------------------------------------------------------------------------------------

@@ -396,7 +396,7 @@ class Bench:
                 try:
                     ca = self.peer_ca("ec-p256")
                     oca = peers.OpensslCA(ca, self.work / "openssl-ca-100k")
-                    peers.openssl_index_valid(oca.folder / "index.txt", p.index_n)
+                    peers.openssl_index(oca.folder / "index.txt", p.index_n, revoked=False)
                     m = oca.run(files, p.peer_seconds)
                     peers.verify(
                         oca.folder / "ca.cer", [m.outputs[0], m.outputs[-1]] if m.outputs else []
@@ -595,7 +595,7 @@ class Bench:
             try:
                 ca = self.peer_ca("ec-p256")
                 oca = peers.OpensslCA(ca, self.work / "openssl-ca-crl")
-                peers.openssl_index_revoked(oca.folder / "index.txt", p.crl_n)
+                peers.openssl_index(oca.folder / "index.txt", p.crl_n, revoked=True)
                 t0 = time.perf_counter()
                 oca.gencrl()
                 off.cells["openssl-ca"] = Cell(time.perf_counter() - t0, note="openssl ca -gencrl")

@@ -9,31 +9,40 @@ from pathlib import Path
 from conftest import REPO
 
 
-def test_bench_quick_run_prints_the_table(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def _quick_bench(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`bench/run --quick` with tiny sizes and `args`, its JSON in `out`; must succeed."""
     res = subprocess.run(
         [
             str(REPO / "bench" / "run"),
             "--quick",
-            "--only",
-            "folder-burst-ec-lint-off",
             "--n",
             "5",
-            "--tools",
-            "certdrop,openssl-x509,ceiling",
             "--peer-seconds",
             "1",
-            "--drop",
-            "copy",
             "--no-install",
             "--json",
             str(out),
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
+def test_bench_quick_run_prints_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    res = _quick_bench(
+        out,
+        "--only",
+        "folder-burst-ec-lint-off",
+        "--tools",
+        "certdrop,openssl-x509,ceiling",
+        "--drop",
+        "copy",
+    )
     lines = res.stdout.splitlines()
     header = next(line for line in lines if line.startswith("workload"))
     for column in ("certdrop", "openssl x509 -req", "cryptography ceiling", "target"):
@@ -54,29 +63,15 @@ def test_bench_burst_into_a_filled_index(tmp_path: Path) -> None:
     """The burst into an index that already holds certificates, beside openssl ca with an
     index.txt of as many lines (tiny sizes)."""
     out = tmp_path / "bench.json"
-    res = subprocess.run(
-        [
-            str(REPO / "bench" / "run"),
-            "--quick",
-            "--only",
-            "folder-burst-ec-lint-off-100k",
-            "--n",
-            "5",
-            "--index-n",
-            "300",
-            "--tools",
-            "certdrop,openssl-ca",
-            "--peer-seconds",
-            "1",
-            "--no-install",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
+    _quick_bench(
+        out,
+        "--only",
+        "folder-burst-ec-lint-off-100k",
+        "--index-n",
+        "300",
+        "--tools",
+        "certdrop,openssl-ca",
     )
-    assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(out.read_text())
     [data] = doc["rows"]
     assert data["id"] == "folder-burst-ec-lint-off-300"

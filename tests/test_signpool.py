@@ -206,6 +206,19 @@ def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
         assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # there
 
 
+def _count_signed_here(pool: SigningPool) -> list[int]:
+    """The sizes of the batches `pool` signs in this process from now on, in order."""
+    signed_here: list[int] = []
+    sign_here = pool._sign_here
+
+    def counting(*args: Any) -> Any:
+        signed_here.append(len(args[0]))
+        return sign_here(*args)
+
+    pool._sign_here = counting  # type: ignore[method-assign]
+    return signed_here
+
+
 def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
     ca_env: CAEnv, tmp_path: Path
 ) -> None:
@@ -215,14 +228,7 @@ def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
         specs = _specs(parse_many(_csrs(MIN_POOL_BATCH * 3)), dt.datetime.now(dt.UTC))
         assert len(specs) == MIN_POOL_BATCH * 3
         stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
-        signed_here: list[int] = []
-        sign_here = pool._sign_here
-
-        def counting(*args: Any) -> Any:
-            signed_here.append(len(args[0]))
-            return sign_here(*args)
-
-        pool._sign_here = counting  # type: ignore[method-assign]
+        signed_here = _count_signed_here(pool)
         # no pool yet: all of it here, a few at a time
         here = pool._sign_until_ready(specs, stagings, None)
         assert not multiprocessing.active_children()
@@ -358,14 +364,7 @@ def test_work_asked_for_before_the_workers_are_up_is_done_once(
     with one_worker(ca_env) as pool:
         specs = _specs(parse_many(_csrs(MIN_POOL_BATCH * 2)), dt.datetime.now(dt.UTC))
         stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
-        signed_here: list[int] = []
-        sign_here = pool._sign_here
-
-        def counting(*args: Any) -> Any:
-            signed_here.append(len(args[0]))
-            return sign_here(*args)
-
-        pool._sign_here = counting  # type: ignore[method-assign]
+        signed_here = _count_signed_here(pool)
         submitted: list[int] = []
         submit = pool._submit
 
