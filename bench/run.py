@@ -271,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-n", type=int, help="certificates in the index at start-up (100000)")
     ap.add_argument("--idle-seconds", type=float, help="idle CPU window (default 5)")
     ap.add_argument(
+        "--bursts",
+        type=int,
+        help="times each certdrop folder burst runs, the median shown (default 3; quick 1)",
+    )
+    ap.add_argument(
         "--drop",
         choices=["outside", "inside", "copy"],
         default="outside",
@@ -285,7 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     params = Params.quick() if args.quick else Params()
-    for opt in ("n", "peer_seconds", "latency_drops", "p12_n", "crl_n", "index_n", "idle_seconds"):
+    for opt in (
+        "n",
+        "peer_seconds",
+        "latency_drops",
+        "p12_n",
+        "crl_n",
+        "index_n",
+        "idle_seconds",
+        "bursts",
+    ):
         value = getattr(args, opt)
         if value is not None:
             if value <= 0:
