@@ -14,7 +14,6 @@ the peers do less work than certdrop, which must survive a crash.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -550,13 +549,3 @@ def verify(ca_cert: Path, certs: Sequence[Path]) -> None:
     )
     if res.returncode != 0:
         raise PeerError(f"openssl verify failed: {(res.stdout + res.stderr).strip()[-300:]}")
-
-
-@contextlib.contextmanager
-def cleanup_dir(path: Path, keep: bool) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        yield path
-    finally:
-        if not keep:
-            shutil.rmtree(path, ignore_errors=True)

@@ -169,7 +169,9 @@ def ext4_journal(path: Path) -> bool | None:
     return any(Path("/proc/fs/jbd2").glob(f"{name}-*"))
 
 
-CLEANED = csrs.OUT / ".cleaned"  # when a run last deleted its work folder (epoch seconds)
+# when a run last deleted its work folder (epoch seconds): one marker for the machine, as
+# every checkout's runs share the filesystem
+CLEANED = Path(tempfile.gettempdir()) / "certdrop-bench.cleaned"
 SETTLE_SECONDS = 75.0
 
 
@@ -193,32 +195,34 @@ def settle_after_cleanup(log: Callable[[str], None]) -> None:
 # creating a file costs ~7-20 us of CPU on the VM of docs/performance.md; many times that
 # while ext4 (without a journal) walks past recently freed inodes
 CREATE_OK_US = 40.0
-CREATE_PROBE_FILES = 200
+CREATE_PROBE_FILES = 2000
 CREATE_WAIT_MAX = 420.0
 
 
 def settle_file_creation(folder: Path, log: Callable[[str], None]) -> dict[str, float]:
-    """Wait (up to CREATE_WAIT_MAX) until creating a file in `folder` costs what it
-    normally does, probing with empty files that stay there.
+    """Wait (up to CREATE_WAIT_MAX) until creating files in a new folder in `folder`
+    costs what it normally does, probing with a new folder of empty files each time
+    (they stay there).
 
     SETTLE_SECONDS after the last run's cleanup is not always enough: an inode freed
     less than 60 s ago is skipped, and 360 s while its inode table block is dirty, which
     the next files created beside it make it again (fs/ext4/ialloc.c, recently_deleted).
     Measured 85-90 s after a run's cleanup on the VM of docs/performance.md: 260-475 us
     per file; and 14 us some seconds later. Any other mass deletion on the filesystem
-    (another tool's, a test suite's) does the same.
+    (another tool's, a test suite's) does the same. The probe is what the daemons do: a
+    new folder (ext4 puts it in its parent's block group when it can, where the last run's
+    folders were) and thousands of files in it; 200 files in one folder passed while the
+    next run's spool folders still cost 100-370 us a file (round seven).
     """
-    probe = folder / ".create-probe"
-    probe.mkdir(exist_ok=True)
     t0 = time.monotonic()
-    made = 0
     samples: list[float] = []
     while True:
+        probe = folder / f".create-probe-{len(samples)}"
+        probe.mkdir()
         c0 = time.process_time()
-        for _ in range(CREATE_PROBE_FILES):
-            fd = os.open(probe / f"{made}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        for i in range(CREATE_PROBE_FILES):
+            fd = os.open(probe / f"{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-            made += 1
         us = (time.process_time() - c0) / CREATE_PROBE_FILES * 1e6
         samples.append(round(us, 1))
         waited = time.monotonic() - t0
