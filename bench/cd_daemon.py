@@ -216,7 +216,13 @@ class CertdropDaemon:
             raise DaemonError(f"certdrop init failed: {(res.stderr or res.stdout).strip()}")
 
     def start(self, timeout: float = 120.0) -> float:
-        """Start `certdrop run`; returns seconds from spawn to READY=1."""
+        """Start `certdrop run`; returns seconds from spawn to READY=1.
+
+        The filesystem is synced first (untimed): certdrop makes its writes durable with
+        syncfs, which would otherwise also write out what the workloads before left
+        dirty (the peers' thousands of files, an index just filled), none of which
+        fsyncs. The requests a workload then stages stay dirty, as a user's would."""
+        os.sync()
         sock_path = self.root / "notify.sock"
         sock_path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
