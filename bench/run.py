@@ -197,6 +197,7 @@ def settle_after_cleanup(log: Callable[[str], None]) -> None:
 CREATE_OK_US = 40.0
 CREATE_PROBE_FILES = 2000
 CREATE_WAIT_MAX = 420.0
+CREATE_PROBE_PAUSE = 10.0  # between probes: each leaves files for the run's cleanup to delete
 
 
 def settle_file_creation(folder: Path, log: Callable[[str], None]) -> dict[str, float]:
@@ -233,7 +234,7 @@ def settle_file_creation(folder: Path, log: Callable[[str], None]) -> dict[str, 
                 f"waiting: creating a file costs {us:.0f} us of CPU here (normally under "
                 f"{CREATE_OK_US:.0f} us): the filesystem is walking past recently freed inodes"
             )
-        time.sleep(5)
+        time.sleep(CREATE_PROBE_PAUSE)
     if samples[-1] > CREATE_OK_US:
         log(
             f"creating a file still costs {samples[-1]:.0f} us after {waited:.0f} s; measuring anyway"

@@ -231,7 +231,8 @@ class Bench:
         """A folder burst through a fresh daemon, `bursts` times; `prepare` runs before each
         daemon starts (and returns details to record). The cell is the median burst (the
         lower one of an even count), its note the range; the details are the median
-        burst's, with every burst's rate in `runs_per_second` (in the order they ran)."""
+        burst's, with every burst's rate and CPU seconds (daemon and workers) in
+        `runs_per_second` and `runs_cpu_seconds` (in the order they ran)."""
         files = self.pool[: self.params.n]
         runs: list[tuple[float, dict[str, Any]]] = []
         for i in range(self.params.bursts):
@@ -251,6 +252,7 @@ class Bench:
             return Cell(rate), details
         rates = [r for r, _ in runs]
         details["runs_per_second"] = [round(r, 1) for r in rates]
+        details["runs_cpu_seconds"] = [d["daemon_cpu_seconds"] for _, d in runs]
         note = f"median of {len(runs)} bursts ({min(rates):,.0f}-{max(rates):,.0f}/s)"
         return Cell(rate, note=note), details
 

@@ -84,5 +84,6 @@ def test_bench_burst_into_a_filled_index(tmp_path: Path) -> None:
     # two bursts, each into its own filled index; the cell is the lower of the two
     certdrop = data["details"]["certdrop"]
     assert len(certdrop["runs_per_second"]) == 2
+    assert len(certdrop["runs_cpu_seconds"]) == 2
     assert abs(data["cells"]["certdrop"]["value"] - min(certdrop["runs_per_second"])) < 0.1
     assert data["cells"]["certdrop"]["note"].startswith("300 valid certificates first; median of 2")
