@@ -112,7 +112,7 @@ class Bench:
     work: Path
     log: Callable[[str], None]
     peer_cas: dict[str, csrs.PeerCA] = field(default_factory=dict)
-    _peer_runs: dict[tuple[str, str], Measure | Exception] = field(default_factory=dict)
+    _peer_runs: dict[tuple[str, str, int], Measure | Exception] = field(default_factory=dict)
     _cfssl_idle: dict[str, float] | Exception | None = None
 
     def __post_init__(self) -> None:
@@ -257,12 +257,13 @@ class Bench:
         return Cell(rate, note=note), details
 
     # --- peers ------------------------------------------------------------------------------------
-    def peer_measure(self, column: str, key_type: str) -> Measure:
-        """One peer on the CSR pool with the time cap (cached per column and CA key type)."""
-        key = (column, key_type)
+    def peer_measure(self, column: str, key_type: str, index_n: int = 0) -> Measure:
+        """One peer on the CSR pool with the time cap (cached per column, CA key type and
+        `index_n`: `openssl ca` with an index.txt of that many valid lines first)."""
+        key = (column, key_type, index_n)
         if key not in self._peer_runs:
             try:
-                self._peer_runs[key] = self._run_peer(column, key_type)
+                self._peer_runs[key] = self._run_peer(column, key_type, index_n)
             except (PeerError, OSError) as exc:
                 self._peer_runs[key] = exc
         result = self._peer_runs[key]
@@ -270,9 +271,11 @@ class Bench:
             raise result
         return result
 
-    def _run_peer(self, column: str, key_type: str) -> Measure:
+    def _run_peer(self, column: str, key_type: str, index_n: int = 0) -> Measure:
+        if index_n and column != "openssl-ca":
+            raise ValueError(f"{column} keeps no index")
         ca = self.peer_ca(key_type)
-        folder = self.work / f"{column}-{key_type}"
+        folder = self.work / (f"{column}-{key_type}" + (f"-index-{index_n}" if index_n else ""))
         items = self.pool[: self.params.n]
         cap = self.params.peer_seconds
         ca_cert = folder / "ca.cer"
@@ -280,7 +283,10 @@ class Bench:
         if column == "openssl-x509":
             m = peers.OpensslX509(ca, folder).run(items, cap)
         elif column == "openssl-ca":
-            m = peers.OpensslCA(ca, folder).run(items, cap)
+            oca = peers.OpensslCA(ca, folder)
+            if index_n:
+                peers.openssl_index(folder / "index.txt", index_n, revoked=False)
+            m = oca.run(items, cap)
         elif column == "easy-rsa":
             e = peers.EasyRSA(key_type, folder)
             ca_cert = e.ca_cert
@@ -293,7 +299,8 @@ class Bench:
         else:
             raise ValueError(column)
         peers.verify(ca_cert, [m.outputs[0], m.outputs[-1]] if m.outputs else [])
-        self.log(f"  {column} ({key_type}): {m.done} in {m.seconds:.2f} s = {m.rate:,.1f}/s")
+        index = f", {index_n:,}-line index.txt" if index_n else ""
+        self.log(f"  {column} ({key_type}{index}): {m.done} in {m.seconds:.2f} s = {m.rate:,.1f}/s")
         return m
 
     def peer_cells(self, key_type: str, cells: dict[str, Cell]) -> None:
@@ -304,17 +311,19 @@ class Bench:
             if self.wants(column):
                 cells[column] = self._rate_cell(column, key_type)
 
-    def _rate_cell(self, column: str, key_type: str) -> Cell:
+    def _rate_cell(self, column: str, key_type: str, index_n: int = 0) -> Cell:
         if not self._installed(column):
             return Cell(note="not installed")
         try:
-            m = self.peer_measure(column, key_type)
+            m = self.peer_measure(column, key_type, index_n)
         except (PeerError, OSError) as exc:
             return Cell(error=str(exc))
-        note = ""
+        notes = [f"index.txt of {index_n:,} lines first"] if index_n else []
         if m.done < self.params.n:
-            note = f"{m.done} of {self.params.n} CSRs in the {self.params.peer_seconds:g} s cap"
-        return Cell(m.rate, note=note)
+            notes.append(
+                f"{m.done} of {self.params.n} CSRs in the {self.params.peer_seconds:g} s cap"
+            )
+        return Cell(m.rate, note="; ".join(notes))
 
     def _installed(self, column: str) -> bool:
         have = peers.available()
@@ -392,7 +401,6 @@ class Bench:
             label=f"folder burst {p.n:,} CSRs, EC P-256 CA, lint off, {p.index_n:,} certs in index",
             unit="rate",
         )
-        files = self.pool[: p.n]
 
         def fill(d: CertdropDaemon) -> dict[str, Any]:
             fill_s, _ = indexfill.fill(f"sqlite:///{d.database}", d.state, p.index_n, revoked=False)
@@ -411,26 +419,7 @@ class Bench:
             except (DaemonError, PeerError, OSError) as exc:
                 row.cells["certdrop"] = Cell(error=str(exc))
         if self.wants("openssl-ca"):
-            if not self._installed("openssl-ca"):
-                row.cells["openssl-ca"] = Cell(note="not installed")
-            else:
-                try:
-                    ca = self.peer_ca("ec-p256")
-                    oca = peers.OpensslCA(ca, self.work / "openssl-ca-100k")
-                    peers.openssl_index(oca.folder / "index.txt", p.index_n, revoked=False)
-                    m = oca.run(files, p.peer_seconds)
-                    peers.verify(
-                        oca.folder / "ca.cer", [m.outputs[0], m.outputs[-1]] if m.outputs else []
-                    )
-                    self.log(
-                        f"  openssl-ca ({p.index_n:,}-line index.txt): {m.done} in {m.seconds:.2f} s = {m.rate:,.1f}/s"
-                    )
-                    note = f"index.txt of {p.index_n:,} lines first"
-                    if m.done < p.n:
-                        note += f"; {m.done} of {p.n} CSRs in the {p.peer_seconds:g} s cap"
-                    row.cells["openssl-ca"] = Cell(m.rate, note=note)
-                except (PeerError, OSError) as exc:
-                    row.cells["openssl-ca"] = Cell(error=str(exc))
+            row.cells["openssl-ca"] = self._rate_cell("openssl-ca", "ec-p256", p.index_n)
         return row
 
     def latency(self) -> list[Row]:

@@ -380,18 +380,33 @@ class SigningPool:
             )
         return self._submit(pool, specs, stagings, linter)
 
+    def _until_ready(
+        self,
+        n: int,
+        here: Callable[[int, int], list[T]],
+        there: Callable[[ProcessPoolExecutor, int], Callable[[], list[T]]],
+    ) -> list[T]:
+        """Items 0..n-1 done here (`here(i, j)`: items i..j-1), a few at a time; what is
+        left when the pool comes up goes to it (`there(pool, i)`: items i.. onwards).
+        The pool often comes up in the middle of a batch."""
+        out: list[T] = []
+        step = MIN_POOL_BATCH
+        for i in range(0, n, step):
+            pool = self._pool
+            if pool is not None and not self._broken and n - i >= step:
+                return out + there(pool, i)()
+            out += here(i, i + step)
+        return out
+
     def _sign_until_ready(
         self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
     ) -> list[Staged | LintError]:
         """Sign here, a few at a time, and hand what is left to the pool once it is up."""
-        out: list[Staged | LintError] = []
-        step = MIN_POOL_BATCH
-        for i in range(0, len(specs), step):
-            pool = self._pool
-            if pool is not None and not self._broken and len(specs) - i >= step:
-                return out + self._submit(pool, specs[i:], stagings[i:], linter)()
-            out += self._sign_here(specs[i : i + step], stagings[i : i + step], linter)
-        return out
+        return self._until_ready(
+            len(specs),
+            lambda i, j: self._sign_here(specs[i:j], stagings[i:j], linter),
+            lambda pool, i: self._submit(pool, specs[i:], stagings[i:], linter),
+        )
 
     def _submit(
         self,
@@ -436,16 +451,12 @@ class SigningPool:
         return self._parse_in(pool, datas)
 
     def _parse_until_ready(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
-        """Parse here, a few at a time, and hand what is left to the pool once it is up
-        (as `_sign_until_ready`: the pool often comes up in the middle of a batch)."""
-        out: list[ParsedRequest | RequestError] = []
-        step = MIN_POOL_BATCH
-        for i in range(0, len(datas), step):
-            pool = self._pool
-            if pool is not None and not self._broken and len(datas) - i >= step:
-                return out + self._parse_in(pool, datas[i:])()
-            out += parse_many(datas[i : i + step])
-        return out
+        """Parse here, a few at a time, and hand what is left to the pool once it is up."""
+        return self._until_ready(
+            len(datas),
+            lambda i, j: parse_many(datas[i:j]),
+            lambda pool, i: self._parse_in(pool, datas[i:]),
+        )
 
     def _parse_in(
         self, pool: ProcessPoolExecutor, datas: Sequence[bytes]
