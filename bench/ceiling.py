@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from peers import Measure
 
-from certdrop.ca import PKCS12_KDF_ROUNDS
-from certdrop.lint import Linter
+from certdrop.authority.ca import PKCS12_KDF_ROUNDS
+from certdrop.authority.lint import Linter
 
 EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
 KU = x509.KeyUsage(

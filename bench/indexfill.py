@@ -17,8 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certdrop.ca import CertificateAuthority, IssueSpec, random_serial, serial_hex
-from certdrop.store import NewCertificate, Store
+from certdrop.authority.ca import CertificateAuthority, IssueSpec, random_serial, serial_hex
+from certdrop.index.store import NewCertificate, Store
 
 
 def sample_der(state: Path, now: dt.datetime) -> bytes:

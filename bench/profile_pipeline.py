@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import csrs
 from cd_daemon import CertdropDaemon
 
-from certdrop import service
 from certdrop.clock import SystemClock
 from certdrop.config import load_settings
-from certdrop.service import Runtime
+from certdrop.service import daemon as service
+from certdrop.service.daemon import Runtime
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,12 +26,12 @@ from inotify_watch import BenchWaitError, OutboxWatcher
 from peers import Measure, PeerError
 from report import PEERS, Cell, Row
 
-from certdrop.ca import CertificateAuthority
+from certdrop.authority.ca import CertificateAuthority
+from certdrop.authority.lint import shared_linter
 from certdrop.clock import SystemClock
 from certdrop.config import load_settings
 from certdrop.errors import CertdropError
-from certdrop.lint import shared_linter
-from certdrop.store import Store
+from certdrop.index.store import Store
 
 # workload ids, in run order (--only takes these, or a prefix of them)
 WORKLOADS = [
@@ -632,7 +632,7 @@ class Bench:
     def _certdrop_crl(d: CertdropDaemon, n: int) -> tuple[float, float, str, dict[str, Any]]:
         """certdrop's CRL regeneration, without and with lint: (off, on, what, details).
 
-        With `certdrop.publish` (the daemon's path): `Publisher.regenerate_crl` — index
+        With `certdrop.publish.publish` (the daemon's path): `Publisher.regenerate_crl` — index
         read, build_crl, lint when given a linter, crl.der + crl.pem written atomically.
         Without it: the index read, `CertificateAuthority.build_crl_der` (older certdrop:
         `build_crl` + DER) (+ lint).
@@ -661,7 +661,7 @@ class Bench:
                 "crl_bytes": len(der),
             }
             try:
-                publish: Any = importlib.import_module("certdrop.publish")
+                publish: Any = importlib.import_module("certdrop.publish.publish")
             except ImportError:
                 publish = None
             if publish is not None and hasattr(publish, "build_publisher"):

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from certdrop.authority.lint import Linter
 from certdrop.clock import Clock, SystemClock
 from certdrop.config import Settings, load_settings
-from certdrop.lint import Linter
-from certdrop.service import Daemon
+from certdrop.service.daemon import Daemon
 
 REPO = Path(__file__).resolve().parent.parent
 OPENSSL = shutil.which("openssl") or "openssl"
@@ -209,7 +209,7 @@ class CAEnv:
         """Run the certdrop CLI in-process; returns (exit code, stdout, stderr)."""
         from click.testing import CliRunner
 
-        from certdrop import cli as climod
+        from certdrop.cli import app as climod
 
         runner = CliRunner()
         result = runner.invoke(

@@ -1,0 +1,1 @@
+"""The authority: the CA, DER encoding, keys and PKCS#12, lint, the signing workers."""

@@ -1,0 +1,535 @@
+"""Signing (and lint before sign) on every processor: a pool of worker processes.
+
+Each worker loads the CA itself from the state folder (the private key never
+travels through a pipe) and builds its own pkilint validator once. The parent
+sends plain data (subject, SPKI DER, validity, usages, serial) and gets DER back.
+Small batches are signed in the calling process: a round trip to a worker would
+only add latency to a single drop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import logging
+import multiprocessing
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..errors import LintError, RequestError
+from ..intake.request import ParsedRequest, parse_many, parse_request
+from .ca import CertificateAuthority, IssueSpec, Staged, Staging, public_key_bytes
+
+if TYPE_CHECKING:  # pkilint is loaded only when certificates are linted
+    from .lint import Linter
+
+log = logging.getLogger("certdrop.signpool")
+T = TypeVar("T")
+
+# below this many certificates a batch is signed in the calling process
+MIN_POOL_BATCH = 16
+
+# a pool found broken (a worker killed by the OOM killer or an operator, a failed start)
+# is started anew this long after, on the next batch that needs it
+RESTART_BROKEN_SECONDS = 300.0
+
+# the cyclic garbage collector's thresholds once start-up is over (Python's: 700, 10, 10)
+GC_THRESHOLDS = (50_000, 20, 100)
+
+_worker_ca: CertificateAuthority | None = None
+_worker_linter: Linter | None = None
+
+_Plain = tuple[
+    list[tuple[str, str]], bytes, float, float, list[str], list[str], list[str], list[str], int, str
+]
+
+
+def _to_plain(spec: IssueSpec) -> _Plain:
+    return (
+        list(spec.subject),
+        public_key_bytes(spec.public_key) if spec.public_key is not None else b"",
+        spec.not_before.timestamp(),
+        spec.not_after.timestamp(),
+        list(spec.key_usage),
+        list(spec.extended_key_usage),
+        list(spec.emails),
+        list(spec.dns_names),
+        spec.serial,
+        spec.crl_distribution_point,
+    )
+
+
+def _from_plain(p: _Plain) -> IssueSpec:
+    subject, spki, nb, na, ku, eku, emails, dns, serial, dp = p
+    return IssueSpec(
+        subject=subject,
+        public_key=spki or None,  # DER: written into the TBS as it is, and compared after
+        not_before=dt.datetime.fromtimestamp(nb, dt.UTC),
+        not_after=dt.datetime.fromtimestamp(na, dt.UTC),
+        key_usage=ku,
+        extended_key_usage=eku,
+        emails=emails,
+        dns_names=dns,
+        serial=serial,
+        crl_distribution_point=dp,
+    )
+
+
+def settle_heap(*, collect: bool = True) -> None:
+    """Once a process has loaded what it keeps (modules, CA, settings, linter): exempt
+    that from the cyclic garbage collector and let it run less often.
+
+    With Python's thresholds a 5,000-CSR burst ran ~420 young and 3 full collections in
+    the daemon process (0.13-0.17 s of CPU; every full one walked everything loaded at
+    start); frozen and with these thresholds it runs none during the burst. Almost all
+    garbage here is freed by reference counting; cycles still get collected, later.
+    """
+    if collect:
+        gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _exit_with_daemon(daemon_pid: int) -> None:
+    """End this worker when the daemon that made the pool is gone.
+
+    A daemon killed with SIGKILL runs no shutdown, and the workers (children of the
+    pool's fork server, which they keep alive) would otherwise wait forever on a
+    queue nobody writes to, each holding the CA key in memory.
+    """
+    try:
+        pidfd = os.pidfd_open(daemon_pid)
+    except ProcessLookupError:  # gone already, before this worker even started
+        os._exit(0)
+    except (OSError, AttributeError):  # not Linux >= 5.3: the service manager cleans up
+        return
+
+    def watch() -> None:
+        select.select([pidfd], [], [])  # readable when the daemon has exited
+        os._exit(0)
+
+    threading.Thread(target=watch, name="certdrop-daemon-watch", daemon=True).start()
+
+
+def _init_worker(state: str, passphrase: bytes | None, lint: bool, daemon_pid: int) -> None:
+    global _worker_ca, _worker_linter
+    _exit_with_daemon(daemon_pid)
+    _worker_ca = CertificateAuthority.load(Path(state), passphrase)
+    if lint:
+        from .lint import Linter
+
+        _worker_linter = Linter()
+    settle_heap(collect=False)  # a collection would touch (copy) the fork server's pages
+
+
+def _sign_chunk(chunk: list[tuple[_Plain, Staging]], lint: bool) -> list[Staged | str]:
+    """Sign and stage; the reason instead for a lint refusal."""
+    assert _worker_ca is not None
+    linter = _worker_linter.certificate if (lint and _worker_linter is not None) else None
+    specs = [_from_plain(plain) for plain, _ in chunk]
+    done = _worker_ca.issue_and_stage(specs, [st for _, st in chunk], linter)
+    return [str(d) if isinstance(d, LintError) else d for d in done]
+
+
+def _parse_chunk(chunk: list[bytes]) -> list[ParsedRequest | str]:
+    """A ParsedRequest, or the RequestError's message."""
+    out: list[ParsedRequest | str] = []
+    for data in chunk:
+        try:
+            out.append(parse_request(data)[0])
+        except RequestError as exc:
+            out.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - never lose a batch to one odd file
+            out.append(f"the request cannot be parsed ({exc.__class__.__name__})")
+    return out
+
+
+def _ping() -> bool:
+    return _worker_ca is not None
+
+
+def _forkserver_context(lint: bool) -> Any:
+    """The forkserver context, with what the workers need imported once in the fork server.
+
+    Without a preload every worker imports cryptography, pkilint and the signing code on
+    its own (most of a second of CPU each, on the first burst, competing with the daemon
+    for the processors); with it the fork server imports them once and the workers are
+    forked ready. multiprocessing also re-runs the daemon's main module in each worker
+    (`certdrop.cli`, or the `certdrop` script that imports it): it imports little at the
+    top (click; the commands import what they use), so that costs nothing much either.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    linting = ["certdrop.authority.lint"] if lint else []
+    ctx.set_forkserver_preload(["__main__", __name__, *linting, "click"])
+    return ctx
+
+
+def _stop_forkserver() -> None:
+    """Stop the fork server with the workers: it holds the preloaded modules in memory.
+
+    multiprocessing has no public way to do this; without one (another Python), the fork
+    server stays and is reused by the next pool.
+    """
+    from multiprocessing import forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except OSError as exc:
+            log.debug("could not stop the fork server: %s", exc)
+
+
+class _Deferred(Generic[T]):
+    """Work for the pool asked for while the pool was starting.
+
+    It is handed to the pool as soon as the pool is up (`kick`, from the thread that
+    started it), unless its outcome was asked for first: then the caller does it
+    (`here`, which itself hands what is left to the pool once it is up). Without this,
+    the work of the batches decided while the workers started waited for the daemon to
+    ask for it, and the workers idled meanwhile.
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[ProcessPoolExecutor], Callable[[], list[T]]],
+        here: Callable[[], list[T]],
+    ) -> None:
+        self._lock = threading.Lock()
+        self._submit = submit
+        self._here = here
+        self._outcome: Callable[[], list[T]] | None = None
+        self._taken = False
+
+    def kick(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if not self._taken and self._outcome is None:
+                self._outcome = self._submit(pool)
+
+    def __call__(self) -> list[T]:
+        with self._lock:
+            outcome = self._outcome
+            self._taken = outcome is None
+        return outcome() if outcome is not None else self._here()
+
+
+class SigningPool:
+    """Worker processes that sign batches of certificates in parallel."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        state: Path,
+        passphrase: bytes | None,
+        *,
+        lint: bool,
+        workers: int | None = None,
+    ) -> None:
+        self.ca = ca
+        self.lint_enabled = lint
+        self.workers = workers or max(1, os.cpu_count() or 1)
+        self._initargs = (str(state), passphrase, lint, os.getpid())
+        self._pool: ProcessPoolExecutor | None = None
+        self._starter: threading.Thread | None = None
+        self._broken = False
+        self._broken_at = 0.0
+        self.restart_after = RESTART_BROKEN_SECONDS
+        self._last_used = time.monotonic()
+        # work deferred while the pool starts, handed to it once it is up
+        self._lock = threading.Lock()
+        self._waiting: list[_Deferred[Any]] = []
+
+    def _start(self) -> None:
+        """Start the workers in the background; batches are signed here until they are up.
+
+        The pool is started on the first batch big enough to need it, and stopped
+        again after a quiet spell: an idle CA keeps one small process. Starting takes
+        the fork server's imports (most of a second), so it runs in its own thread.
+        """
+        if self._pool is not None or self._broken or self._starter is not None:
+            return
+        self._starter = threading.Thread(
+            target=self._start_workers, name="certdrop-pool-start", daemon=True
+        )
+        self._starter.start()
+
+    def _start_workers(self) -> None:
+        pool = None
+        try:
+            pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=_forkserver_context(self.lint_enabled),
+                initializer=_init_worker,
+                initargs=self._initargs,
+            )
+            for fut in [pool.submit(_ping) for _ in range(self.workers)]:
+                fut.result()
+        except Exception as exc:  # noqa: BLE001 - the daemon process signs everything then
+            log.error(
+                "the signing processes did not start (%s); signing in the daemon process", exc
+            )
+            with self._lock:
+                self._mark_broken()
+                self._waiting = []  # done in the daemon process when asked for
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            return
+        with self._lock:
+            self._pool = pool
+            waiting, self._waiting = self._waiting, []
+        log.info("started %d signing processes", self.workers)
+        for deferred in waiting:
+            deferred.kick(pool)
+
+    def _defer(self, deferred: _Deferred[T]) -> Callable[[], list[T]]:
+        """`deferred`, handed to the pool when it is up (now, if it came up meanwhile)."""
+        with self._lock:
+            pool = None if self._broken else self._pool
+            if pool is None and not self._broken:
+                self._waiting.append(deferred)
+        if pool is not None:
+            deferred.kick(pool)
+        return deferred
+
+    def _join_starter(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
+            self._starter = None
+
+    @property
+    def ready(self) -> bool:
+        return self._pool is not None and not self._broken
+
+    def _mark_broken(self) -> None:
+        self._broken = True
+        self._broken_at = time.monotonic()
+
+    def _restart_if_due(self) -> None:
+        """Put a broken pool away and allow a new one, `restart_after` seconds after it
+        broke: one killed worker must not leave the daemon signing alone until it is
+        restarted. Called before a batch that wants the pool, from the daemon's thread."""
+        if not self._broken or time.monotonic() - self._broken_at < self.restart_after:
+            return
+        self._join_starter()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # its processes are gone or ended
+        _stop_forkserver()
+        self._broken = False
+        log.info(
+            "starting the signing processes again (they failed %.0f s ago)",
+            time.monotonic() - self._broken_at,
+        )
+
+    def _use(self, n: int) -> ProcessPoolExecutor | None:
+        """The pool if it should take a batch of `n` now; else None (do it here). A
+        batch big enough starts the workers if they are not up (or, once due, again)."""
+        if n < MIN_POOL_BATCH:
+            return None
+        self._restart_if_due()
+        if self._broken:
+            return None
+        self._last_used = time.monotonic()
+        if not self.ready:
+            self._start()  # this batch is done here; the next ones go to the workers
+            return None
+        return self._pool
+
+    def expect(self, n: int) -> None:
+        """`n` requests are waiting: start the workers now if that many need them, so that
+        they are up sooner (the batch at hand may be small: the first events of a burst)."""
+        self._use(n)
+
+    def stop_if_idle(self, idle_seconds: float) -> bool:
+        """Stop the workers when no batch needed them for `idle_seconds`."""
+        if self._pool is None or time.monotonic() - self._last_used < idle_seconds:
+            return False
+        self._join_starter()
+        pool, self._pool = self._pool, None
+        pool.shutdown(wait=True, cancel_futures=True)
+        _stop_forkserver()
+        log.info("stopped the signing processes (idle for %g s)", idle_seconds)
+        return True
+
+    def sign(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> Callable[[], list[Staged | LintError]]:
+        """Start signing and staging `specs`; the returned function waits for the outcome.
+
+        In the pool, the work starts now (the daemon goes on with other work meanwhile);
+        in this process (a small batch, a pool not ready yet), it runs when asked for.
+        """
+        lint = linter is not None
+        if lint != self.lint_enabled:
+            return lambda: self._sign_here(specs, stagings, linter)
+        pool = self._use(len(specs))
+        if pool is None:
+            if len(specs) < MIN_POOL_BATCH or self._broken:
+                return lambda: self._sign_here(specs, stagings, linter)
+            return self._defer(
+                _Deferred(
+                    lambda p: self._submit(p, specs, stagings, linter),
+                    lambda: self._sign_until_ready(specs, stagings, linter),
+                )
+            )
+        return self._submit(pool, specs, stagings, linter)
+
+    def _until_ready(
+        self,
+        n: int,
+        here: Callable[[int, int], list[T]],
+        there: Callable[[ProcessPoolExecutor, int], Callable[[], list[T]]],
+    ) -> list[T]:
+        """Items 0..n-1 done here (`here(i, j)`: items i..j-1), a few at a time; what is
+        left when the pool comes up goes to it (`there(pool, i)`: items i.. onwards).
+        The pool often comes up in the middle of a batch."""
+        out: list[T] = []
+        step = MIN_POOL_BATCH
+        for i in range(0, n, step):
+            pool = self._pool
+            if pool is not None and not self._broken and n - i >= step:
+                return out + there(pool, i)()
+            out += here(i, i + step)
+        return out
+
+    def _sign_until_ready(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> list[Staged | LintError]:
+        """Sign here, a few at a time, and hand what is left to the pool once it is up."""
+        return self._until_ready(
+            len(specs),
+            lambda i, j: self._sign_here(specs[i:j], stagings[i:j], linter),
+            lambda pool, i: self._submit(pool, specs[i:], stagings[i:], linter),
+        )
+
+    def _submit(
+        self,
+        pool: ProcessPoolExecutor,
+        specs: Sequence[IssueSpec],
+        stagings: Sequence[Staging],
+        linter: Linter | None,
+    ) -> Callable[[], list[Staged | LintError]]:
+        lint = linter is not None
+        jobs = [(_to_plain(s), st) for s, st in zip(specs, stagings, strict=True)]
+        # the worker runs the same checks as this process (CertificateAuthority.issue)
+        return self._run(
+            pool,
+            _sign_chunk,
+            jobs,
+            (lint,),
+            lambda d: LintError(d) if isinstance(d, str) else d,
+            lambda: self._sign_here(specs, stagings, linter),
+            "signing",
+        )
+
+    def parse(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
+        """Parse (and verify the signatures of) dropped requests on every processor."""
+        return self.parse_later(datas)()
+
+    def parse_later(
+        self, datas: Sequence[bytes]
+    ) -> Callable[[], list[ParsedRequest | RequestError]]:
+        """Start parsing; the returned function waits for the outcome (as `sign`)."""
+        pool = self._use(len(datas))
+        if pool is None:
+            if len(datas) < MIN_POOL_BATCH or self._broken:
+                return lambda: parse_many(datas)
+            # the workers are starting: they parse it once up, unless it is asked for
+            # before (then here, a few at a time, the rest by them once they are up)
+            return self._defer(
+                _Deferred(
+                    lambda p: self._parse_in(p, datas),
+                    lambda: self._parse_until_ready(datas),
+                )
+            )
+        return self._parse_in(pool, datas)
+
+    def _parse_until_ready(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
+        """Parse here, a few at a time, and hand what is left to the pool once it is up."""
+        return self._until_ready(
+            len(datas),
+            lambda i, j: parse_many(datas[i:j]),
+            lambda pool, i: self._parse_in(pool, datas[i:]),
+        )
+
+    def _parse_in(
+        self, pool: ProcessPoolExecutor, datas: Sequence[bytes]
+    ) -> Callable[[], list[ParsedRequest | RequestError]]:
+        return self._run(
+            pool,
+            _parse_chunk,
+            list(datas),
+            (),
+            lambda r: RequestError(r) if isinstance(r, str) else r,
+            lambda: parse_many(datas),
+            "parsing",
+        )
+
+    def _run(
+        self,
+        pool: ProcessPoolExecutor,
+        fn: Callable[..., list[Any]],
+        items: list[Any],
+        args: tuple[Any, ...],
+        convert: Callable[[Any], T],
+        fallback: Callable[[], list[T]],
+        what: str,
+    ) -> Callable[[], list[T]]:
+        """Start `fn` on `items` in the pool; the returned function waits for the results
+        (in order, each passed through `convert`). If the pool is broken (a worker was
+        killed, ...), this process does the work instead (`fallback`), and all the work
+        until a new pool is started (`restart_after`)."""
+
+        def broken(exc: Exception) -> list[T]:
+            if self._pool is pool:  # not a pool put away since, nor its successor
+                log.error(
+                    "%s pool failed (%s); %s in the daemon process for the next %.0f s",
+                    what,
+                    exc,
+                    what,
+                    self.restart_after,
+                )
+                self._mark_broken()
+            return fallback()
+
+        try:
+            futures = self._spread(pool, fn, items, *args)
+        except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, a pool shut down, ...
+            failure = exc
+            return lambda: broken(failure)
+
+        def outcome() -> list[T]:
+            out: list[T] = []
+            try:
+                for fut in futures:
+                    out += [convert(r) for r in fut.result()]
+            except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
+                return broken(exc)
+            return out
+
+        return outcome
+
+    def _spread(
+        self, pool: ProcessPoolExecutor, fn: Callable[..., Any], items: list[Any], *args: Any
+    ) -> list[Future[Any]]:
+        """`fn(chunk, *args)` in the pool for two chunks of `items` per worker, in order."""
+        size = -(-len(items) // min(self.workers * 2, len(items)))
+        return [pool.submit(fn, items[i : i + size], *args) for i in range(0, len(items), size)]
+
+    def _sign_here(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> list[Staged | LintError]:
+        return self.ca.issue_and_stage(specs, stagings, linter.certificate if linter else None)
+
+    def close(self) -> None:
+        self._join_starter()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            _stop_forkserver()

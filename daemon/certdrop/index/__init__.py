@@ -1,0 +1,1 @@
+"""The index: schema and store; every SQL statement of certdrop lives here."""

@@ -1,0 +1,1 @@
+"""Intake: the inbox (watchdog), request parsing, the spool's folders, claims."""

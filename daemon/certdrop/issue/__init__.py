@@ -1,0 +1,1 @@
+"""Issuance: the batch state machine, decisions (policy), recording, outcomes, delivery."""

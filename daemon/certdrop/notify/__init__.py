@@ -1,0 +1,1 @@
+"""Notification: SMTP, the mail queue flush, the expiry sweep."""

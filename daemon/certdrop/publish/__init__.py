@@ -1,0 +1,1 @@
+"""Publication: the CRL, Apache httpd's files, revocation."""

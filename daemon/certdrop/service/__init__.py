@@ -1,0 +1,1 @@
+"""The service: runtime wiring, daemon lifecycle, operator control, systemd, scheduler, metrics."""
