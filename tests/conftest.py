@@ -315,11 +315,7 @@ class DaemonThread:
         assert not self.thread.is_alive(), "daemon did not stop"
 
     def alive(self) -> bool:
-        return (
-            self.thread.is_alive()
-            and self.daemon._worker is not None
-            and self.daemon._worker.is_alive()
-        )
+        return self.thread.is_alive() and self.daemon.worker.alive()
 
 
 @pytest.fixture

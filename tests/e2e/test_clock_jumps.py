@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certdrop.clock import ManualClock
-from certdrop.issue.pipeline import Outcome, Result
-from certdrop.service.daemon import Runtime
+from certdrop.issue.outcomes import Outcome, Result
+from certdrop.service.runtime import Runtime
 from conftest import CAEnv, load_cert, make_env
 
 
@@ -41,7 +41,7 @@ def drop(rt: Runtime, env: CAEnv, name: str, data: bytes) -> Result:
     tmp = env.inbox / f".{name}.part"
     tmp.write_bytes(data)
     tmp.rename(path)
-    return rt.pipeline.handle_inbox_file(path, "client")
+    return rt.batches.handle_inbox_file(path, "client")
 
 
 def validity(env: CAEnv, name: str) -> tuple[dt.datetime, dt.datetime, int]:

@@ -50,6 +50,11 @@ def crl_number(env: CAEnv) -> int:
     return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
 
 
+def pem_crl_number(env: CAEnv) -> int:
+    crl = x509.load_pem_x509_crl((env.state / "crl.pem").read_bytes())
+    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+
 def crl_reasons(env: CAEnv) -> dict[int, str | None]:
     out: dict[int, str | None] = {}
     for entry in load_crl(env):
@@ -306,24 +311,28 @@ def test_scheduler_renews_crl_close_to_next_update(tmp_path: Path) -> None:
     t0 = utc(2033, 1, 1)
     clock = ManualClock(t0)
     d = DaemonThread(env, clock)
-    d.daemon.crl_check_seconds = 0.2  # let the real scheduler run it often
+    d.daemon.jobs.crl_check_seconds = 0.2  # let the real scheduler run it often
     d.start()
     try:
         assert "crl" in d.daemon.scheduler.job_ids()  # type: ignore[union-attr]
         assert crl_number(env) == 1
         # just before nextUpdate - refresh_before_days: nothing to do
         clock.set(t0 + dt.timedelta(days=4) - dt.timedelta(seconds=1))
-        d.daemon.crl_job()
+        d.daemon.jobs.crl()
         assert crl_number(env) == 1
         # one second later it is due: the scheduled job renews it on its own
         clock.set(t0 + dt.timedelta(days=4))
-        wait_for(lambda: crl_number(env) == 2, what="the scheduler to renew the CRL")
+        # crl.der is written first, crl.pem last: both published when the PEM has it
+        wait_for(
+            lambda: crl_number(env) == 2 and pem_crl_number(env) == 2,
+            what="the scheduler to renew the CRL",
+        )
         crl = load_crl(env)
         assert crl.last_update_utc == t0 + dt.timedelta(days=4)
         assert crl.next_update_utc == t0 + dt.timedelta(days=11)
         assert_crl_sound(env)
         # and not again until the next window
-        d.daemon.crl_job()
+        d.daemon.jobs.crl()
         assert crl_number(env) == 2
     finally:
         d.stop()
@@ -411,7 +420,7 @@ debounce_seconds = 0
     # the periodic check with nothing changed: no write, no reload
     d = DaemonThread(env).start()
     try:
-        d.daemon.crl_job()
+        d.daemon.jobs.crl()
         d.daemon.rt.publisher.flush()  # type: ignore[union-attr]
         assert reloads.read_text().count("x") == 1
         assert ca_file.stat().st_ino == ca_inode
@@ -552,7 +561,7 @@ def test_a_large_crl_is_linted_through_a_sample_of_its_shape(ca_env: CAEnv) -> N
     """Thousands of revoked entries: the published CRL lists them all and lints clean."""
     from certdrop.index.store import NewCertificate
     from certdrop.publish.publish import LINT_FULL_CRL_MAX
-    from certdrop.service.daemon import Runtime
+    from certdrop.service.runtime import Runtime
 
     rt = Runtime.build(ca_env.settings, ca_env.clock)
     try:

@@ -281,7 +281,7 @@ def _open_store(s: Settings) -> Store:
 
 
 def _daemon_state(s: Settings) -> dict[str, Any]:
-    from ..service.daemon import StateLock
+    from ..service.systemd import StateLock
 
     lock = StateLock(s.state)
     if not s.state.is_dir():
@@ -560,7 +560,8 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
 def _operator_command(kind: str, payload: dict[str, Any], timeout: float = 30.0) -> None:
     """Run an operator command directly, or hand it to the running daemon and wait."""
     from ..audit import operator_actor
-    from ..service.daemon import direct_runtime, execute_control, wait_for_control
+    from ..service.control import execute_control, wait_for_control
+    from ..service.runtime import direct_runtime
 
     c = _ctx()
     s = c.settings

@@ -28,7 +28,7 @@ from certdrop.notify.mail import (
     queue_admin_alert,
     queue_status,
 )
-from certdrop.service.daemon import Runtime
+from certdrop.service.runtime import Runtime
 from conftest import make_env
 from mailpeer import SmtpPeer, free_port, make_tls_files
 

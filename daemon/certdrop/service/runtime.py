@@ -1,0 +1,177 @@
+"""The one place where certdrop's collaborators are built and wired together.
+
+A `Runtime` is everything needed to process requests and operator commands: the
+daemon builds one at start (and a new one on SIGHUP); the CLI builds one when no
+daemon holds the state lock and runs the operator command itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..audit import AuditLog, operator_actor
+from ..authority.ca import CertificateAuthority, read_passphrase
+from ..authority.lint import Linter, shared_linter
+from ..authority.signpool import SigningPool
+from ..clock import Clock
+from ..config import Settings
+from ..faults import Crashpoint, no_crash
+from ..index.store import Store
+from ..intake.claim import Claimer
+from ..intake.spool import Spool
+from ..issue.approval import Approvals
+from ..issue.batches import Batches
+from ..issue.decide import Decider
+from ..issue.delivery import Delivery
+from ..issue.keys import DroppedKeys
+from ..issue.outcomes import Hooks, Outcomes
+from ..issue.record import Recorder
+from ..notify.mail import Mailer, choose_password_channel, queue_admin_alert
+from ..publish.publish import Publisher, build_publisher
+from .systemd import StateLock
+
+
+@dataclass
+class Runtime:
+    """Everything needed to process requests and operator commands."""
+
+    settings: Settings
+    clock: Clock
+    store: Store
+    ca: CertificateAuthority
+    spool: Spool
+    batches: Batches  # requests from the inbox to their end
+    approvals: Approvals
+    linter: Linter | None
+    hooks: Hooks = field(default_factory=Hooks)
+    mailer: Mailer | None = None  # None when [mail] enabled = false
+    publisher: Publisher | None = None
+    pool: SigningPool | None = None
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        clock: Clock,
+        hooks: Hooks | None = None,
+        *,
+        signing_pool: bool = False,
+        crashpoint: Crashpoint = no_crash,
+    ) -> Runtime:
+        hooks = hooks or Hooks()
+        store = Store(settings.database_url).open()
+        passphrase = read_passphrase(settings.ca.key_passphrase_file)
+        ca = CertificateAuthority.load(settings.state, passphrase)
+        spool = Spool(settings.spool)
+        spool.create(list(settings.profiles), settings.policy.default_profile)
+        linter = shared_linter() if settings.policy.lint else None
+        mailer = Mailer.from_settings(store, settings.mail) if settings.mail.enabled else None
+        password_channel = choose_password_channel(
+            settings.pkcs12.password_delivery, settings.mail, settings.state, spool.outbox, clock
+        )
+        p12_encryption = settings.profile_pkcs12_encryption
+        claimer = Claimer(
+            spool,
+            list(settings.profiles),
+            settings.policy.default_profile,
+            settings.watch,
+            crashpoint,
+        )
+        delivery = Delivery(
+            spool, store, ca, clock, claimer, password_channel, p12_encryption, crashpoint
+        )
+        outcomes = Outcomes(spool, store, clock, delivery, hooks, crashpoint)
+        decider = Decider(
+            settings.profiles,
+            settings.crl.distribution_point,
+            store,
+            ca,
+            clock,
+            outcomes,
+            delivery,
+        )
+        recorder = Recorder(
+            spool,
+            store,
+            ca,
+            outcomes,
+            delivery,
+            password_channel,
+            p12_encryption,
+            hooks,
+            linter=linter,
+            crashpoint=crashpoint,
+        )
+        keys = DroppedKeys(
+            spool, store, clock, claimer, delivery, outcomes, settings.pkcs12.orphan_key_minutes
+        )
+        batches = Batches(
+            claimer,
+            decider,
+            recorder,
+            outcomes,
+            keys,
+            spool,
+            clock,
+            list(settings.profiles),
+            hooks,
+            crashpoint=crashpoint,
+        )
+        approvals = Approvals(spool, store, clock, batches, hooks)
+        publisher = build_publisher(settings, store, ca, clock, linter)
+        if settings.mail.enabled:
+
+            def alert(subject: str, body: str) -> None:
+                queue_admin_alert(store, settings.mail, subject, body, clock.now())
+
+            publisher.on_failure = alert
+        rt = cls(
+            settings,
+            clock,
+            store,
+            ca,
+            spool,
+            batches,
+            approvals,
+            linter,
+            hooks,
+            mailer,
+            publisher,
+        )
+        if signing_pool and (os.cpu_count() or 1) > 1:
+            rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
+            recorder.signer = rt.pool.sign
+            batches.parser = rt.pool.parse_later
+        return rt
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()  # a debounced Apache publication still waiting is done now
+        if self.pool is not None:
+            self.pool.close()
+        self.store.close()
+
+
+def operator_hooks(settings: Settings, clock: Clock) -> Hooks:
+    """Hooks for a Runtime that the CLI runs itself: audited under the operator's name."""
+    return Hooks(audit=AuditLog.in_state(settings.state, clock, actor=operator_actor()))
+
+
+@contextlib.contextmanager
+def direct_runtime(settings: Settings, clock: Clock) -> Iterator[Runtime | None]:
+    """A Runtime for the CLI when no daemon holds the state lock, else None."""
+    lock = StateLock(settings.state)
+    if not lock.acquire():
+        yield None
+        return
+    try:
+        rt = Runtime.build(settings, clock, operator_hooks(settings, clock))
+        try:
+            yield rt
+        finally:
+            rt.close()
+    finally:
+        lock.release()
