@@ -162,8 +162,7 @@ def _drop_box_observer(handler: FileSystemEventHandler) -> BaseObserver:
       (which also halves the events a burst puts in inotify's queue);
     * each event goes to `handler` in the thread that read it: the handler only queues
       work (thread-safe), so the hop through watchdog's dispatcher thread (a queue, a
-      lock, a thread switch: ~30 us of the daemon's time per event, measured) is
-      skipped.
+      lock, a thread switch per event) is skipped.
     """
     from watchdog.observers.inotify import (
         InotifyFullEmitter,
