@@ -27,14 +27,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from certdrop.faults import CRASH_POINTS, parse_crash_spec
 from certdrop.index.store import Store
-from conftest import CAEnv, DaemonThread, make_env, wait_for, wait_result
+from conftest import CAEnv, DaemonThread, ec_csr, make_env, wait_for, wait_result
 from test_crash import check_invariants
 
 SEED = int(os.environ.get("CERTDROP_TEST_SEED", "7"))
@@ -78,18 +77,6 @@ PER_REQUEST = {"mid-claim", "mid-reject", "after-reject", "mid-deliver", "mid-pe
 WAVE = 25
 
 
-def _csr(cn: str, attrs: list[x509.NameAttribute] | None = None) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(attrs if attrs is not None else [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return csr.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 def make_burst(folder: Path) -> dict[str, list[tuple[str, str, bytes]]]:
     """500 requests of every kind: {kind: [(name, sub-folder, bytes), ...]} (+ keys)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,17 +90,17 @@ def make_burst(folder: Path) -> dict[str, list[tuple[str, str, bytes]]]:
         "keys": [],
     }
     for i in range(380):
-        pem, _ = _csr(f"ok user {i}")
+        pem, _ = ec_csr(f"ok user {i}")
         burst["ok"].append((f"ok{i:03d}", "", pem))
     for i in range(30):
-        pem, key = _csr(f"p12 user {i}")
+        pem, key = ec_csr(f"p12 user {i}")
         burst["p12"].append((f"p12x{i:02d}", "", pem))
         burst["keys"].append((f"p12x{i:02d}", "", key))
     for i in range(30):  # refused by the policy: no CN
-        pem, _ = _csr("", [x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Org {i}")])
+        pem, _ = ec_csr("", [x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Org {i}")])
         burst["bad"].append((f"bad{i:02d}", "", pem))
     for i in range(20):  # the server profile waits for an operator
-        pem, _ = _csr(f"srv{i:02d}.example.org")
+        pem, _ = ec_csr(f"srv{i:02d}.example.org")
         burst["srv"].append((f"srv{i:02d}", "server", pem))
     for i in range(20):  # server-side key generation
         toml = f'[subject]\nCN = "enrolled user {i}"\nemailAddress = "e{i}@example.org"\n'
@@ -397,13 +384,13 @@ def test_full_disk_keeps_the_index_and_retries(small_fs: Path, tmp_path: Path, f
     # on the spool, one request brings its key (a p12 to stage); on the state folder no
     # p12, so that the first write to fail is the index's own commit (not a password file)
     for name, with_key in (("full1", False), ("full2", full == "spool")):
-        pem, key = _csr(f"{name} user")
+        pem, key = ec_csr(f"{name} user")
         reqs[name] = pem
         (env.inbox / f".{name}.req.part").write_bytes(pem)
         if with_key:
             (env.inbox / f".{name}.key.part").write_bytes(key)
     # a good request first, so that the index has data to lose
-    before, _ = _csr("before the disk filled")
+    before, _ = ec_csr("before the disk filled")
     (env.inbox / "before.req").write_bytes(before)
     d = DaemonThread(env).start()
     try:

@@ -24,22 +24,13 @@ from certdrop.issue.policy import PolicyContext, evaluate
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 CA_END = NOW + dt.timedelta(days=3650)
 
+# what parses is judged by a client and a server profile
 PROFILES = [
     Profile(),
-    Profile(email_domains=["example.org"], subject={"CN": SubjectRule(required=True)}),
-    Profile(
-        owner_binding="{owner}@example.org",
-        subject={"emailAddress": SubjectRule(required=True, domains=["example.org"])},
-    ),
     Profile(
         extended_key_usage=["server_auth"],
         allow_dns_names=True,
-        dns_domains=["example.org"],
-        approval="manual",
-    ),
-    Profile(
-        allow_ed25519=True,
-        subject={"O": SubjectRule(equals="MyOrg"), "CN": SubjectRule(pattern=r"[A-Z].*")},
+        subject={"CN": SubjectRule(required=True)},
     ),
 ]
 

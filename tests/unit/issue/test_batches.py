@@ -8,25 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from certdrop.intake.inbox import WorkItem
-from conftest import CAEnv, make_env
-
-
-def _csr(cn: str, attrs: list[x509.NameAttribute] | None = None) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(attrs if attrs is not None else [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return csr.public_bytes(serialization.Encoding.PEM), key_pem
+from conftest import CAEnv, ec_csr, make_env
 
 
 def test_one_request_failing_in_recovery_does_not_stop_the_rest(
@@ -43,7 +27,7 @@ def test_one_request_failing_in_recovery_does_not_stop_the_rest(
     try:
         work = ca_env.spool / "work" / "client"
         for name in ("first", "second", "third"):
-            (work / f"{name}.req").write_bytes(_csr(f"{name} user")[0])
+            (work / f"{name}.req").write_bytes(ec_csr(f"{name} user")[0])
         real_evaluate = decide_module.policy.evaluate
 
         def buggy(req: Any, profile: Any, ctx: Any) -> Any:
@@ -79,8 +63,8 @@ def test_the_same_request_twice_in_one_batch_is_issued_once(
     env = make_env(tmp_path / "ca", replace=replace)
     rt = Runtime.build(env.settings, SystemClock())
     try:
-        pem, _ = _csr("Twice In A Batch")
-        other, _ = _csr("Someone Else")
+        pem, _ = ec_csr("Twice In A Batch")
+        other, _ = ec_csr("Someone Else")
         for name, data in (("first", pem), ("other", other), ("second", pem)):
             (env.inbox / f"{name}.req").write_bytes(data)
         results = rt.batches.handle_batch(
@@ -109,14 +93,14 @@ def test_batches_in_flight_decide_as_if_one_after_the_other(tmp_path: Path) -> N
     env = make_env(tmp_path / "ca")
     rt = Runtime.build(env.settings, SystemClock())
     try:
-        alice, _ = _csr("Alice Overlap")
-        alice_again, _ = _csr("Alice Overlap")  # another key, the same unique CN
+        alice, _ = ec_csr("Alice Overlap")
+        alice_again, _ = ec_csr("Alice Overlap")  # another key, the same unique CN
         files = {
             "a": alice,
-            "b": _csr("Bob Overlap")[0],
+            "b": ec_csr("Bob Overlap")[0],
             "a2": alice,  # the very same request as a, in the next batch
             "c": alice_again,
-            "d": _csr("Dana Overlap")[0],
+            "d": ec_csr("Dana Overlap")[0],
         }
         for name, data in files.items():
             (env.inbox / f"{name}.req").write_bytes(data)
@@ -171,8 +155,8 @@ def test_a_batch_decided_after_the_one_before_is_recorded_sees_it(tmp_path: Path
     env = make_env(tmp_path / "ca")
     rt = Runtime.build(env.settings, SystemClock())
     try:
-        alice, _ = _csr("Alice Next")
-        files = {"a": alice, "a2": alice, "c": _csr("Alice Next")[0], "d": _csr("Dan Next")[0]}
+        alice, _ = ec_csr("Alice Next")
+        files = {"a": alice, "a2": alice, "c": ec_csr("Alice Next")[0], "d": ec_csr("Dan Next")[0]}
         for name, data in files.items():
             (env.inbox / f"{name}.req").write_bytes(data)
         p = rt.batches
