@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy.engine import Connection
-
 from ..fsutil import atomic_write, ensure_dir, sync_filesystem
+from ..index.store import Transaction
 
 # no 0/O, 1/l/I: typeable from a printout or a phone screen
 PASSWORD_ALPHABET = "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -62,7 +61,7 @@ class PasswordChannel(Protocol):
 
     def __call__(
         self,
-        conn: Connection,
+        conn: Transaction,
         name: str,
         email: str,
         serial: str,
@@ -81,7 +80,7 @@ class PasswordFiles:
 
     def __call__(
         self,
-        conn: Connection,
+        conn: Transaction,
         name: str,
         email: str,
         serial: str,

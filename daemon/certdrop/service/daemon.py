@@ -35,8 +35,10 @@ from ..index.store import Store
 from ..intake.inbox import Inbox, WorkItem, WorkQueue
 from ..intake.spool import Spool
 from ..issue.pipeline import Outcome, Pipeline, PipelineHooks, Result, Ticket
-from ..notify.expiry import SweepConfig, SweepReport, announce_pending, sweep
-from ..notify.mail import FlushReport, Mailer, choose_password_channel, queue_admin_alert
+from ..notify.alerts import announce_pending, queue_admin_alert
+from ..notify.expiry import SweepConfig, SweepReport, sweep
+from ..notify.mailer import FlushReport, Mailer
+from ..notify.passwords import choose_password_channel
 from ..publish.publish import CRL_CHECK_SECONDS, Publisher, build_publisher
 from .scheduler import Scheduler
 
