@@ -21,10 +21,12 @@ import pytest
 import sqlalchemy as sa
 
 from certdrop.clock import ManualClock
-from certdrop.index.store import CertRecord, expiry_warnings, mail_queue
+from certdrop.index.mailqueue import list_queue
+from certdrop.index.schema import expiry_warnings, mail_queue
+from certdrop.index.store import CertRecord
 from certdrop.issue.outcomes import Outcome
 from certdrop.notify.expiry import SweepConfig, SweepReport, sweep
-from certdrop.notify.mail import PASSWORD_SCRUBBED, FlushReport, list_queue
+from certdrop.notify.mailer import PASSWORD_SCRUBBED, FlushReport
 from certdrop.service.runtime import Runtime
 from conftest import (
     OPENSSL,

@@ -419,8 +419,8 @@ STATUS_EXTRAS: list[StatusExtra] | None = None  # None: mail's and publish's (lo
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:
     extras = STATUS_EXTRAS
     if extras is None:
-        from ..notify.mail import status_extra as mail_extra
         from ..publish.publish import status_extra as publish_extra
+        from .status import mail_status as mail_extra
 
         extras = [mail_extra, publish_extra]
     out: dict[str, Any] = {}

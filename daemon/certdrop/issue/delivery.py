@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
-from sqlalchemy.engine import Connection
 
 from ..authority.ca import CertificateAuthority, PrivateKey, load_subject_key, subject_key_matches
 from ..clock import Clock
 from ..errors import CAError, CertdropError
 from ..faults import Crashpoint, no_crash
 from ..fsutil import atomic_write, ensure_dir, fsync_dir, sync_filesystem
-from ..index.store import Store
+from ..index.store import Store, Transaction
 from ..intake.claim import Claim, Claimer, Owner
 from ..intake.spool import Spool
 
@@ -65,7 +64,7 @@ class PasswordChannel(Protocol):
 
     def __call__(
         self,
-        conn: Connection,
+        conn: Transaction,
         name: str,
         email: str,
         serial: str,
@@ -84,7 +83,7 @@ class PasswordFiles:
 
     def __call__(
         self,
-        conn: Connection,
+        conn: Transaction,
         name: str,
         email: str,
         serial: str,

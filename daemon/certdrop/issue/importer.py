@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ..authority.ca import REVOCATION_REASONS, serial_hex, subject_text
 from ..clock import Clock
-from ..errors import CertdropError
-from ..index.store import NewCertificate, SerialCollision, Store
+from ..errors import CertdropError, SerialCollision
+from ..index.store import NewCertificate, Store
 from ..intake.request import OID_NAMES
 
 CERT_SUFFIXES = (".cer", ".crt", ".pem", ".der")

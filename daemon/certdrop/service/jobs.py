@@ -13,8 +13,9 @@ from typing import Protocol
 
 from ..clock import Clock
 from ..intake.inbox import Inbox
-from ..notify.expiry import SweepConfig, SweepReport, announce_pending, sweep
-from ..notify.mail import FlushReport, Mailer
+from ..notify.alerts import announce_pending
+from ..notify.expiry import SweepConfig, SweepReport, sweep
+from ..notify.mailer import FlushReport, Mailer
 from ..publish.publish import CRL_CHECK_SECONDS
 from .runtime import Runtime
 from .scheduler import Scheduler

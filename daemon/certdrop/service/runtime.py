@@ -29,7 +29,9 @@ from ..issue.delivery import Delivery
 from ..issue.keys import DroppedKeys
 from ..issue.outcomes import Hooks, Outcomes
 from ..issue.record import Recorder
-from ..notify.mail import Mailer, choose_password_channel, queue_admin_alert
+from ..notify.alerts import queue_admin_alert
+from ..notify.mailer import Mailer
+from ..notify.passwords import choose_password_channel
 from ..publish.publish import Publisher, build_publisher
 from .systemd import StateLock
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
 
 from certdrop.cli import app as climod
+from certdrop.cli.status import mail_status
+from certdrop.index.store import Store
+from certdrop.notify.alerts import queue_admin_alert
 from conftest import DaemonThread, make_env, openssl_csr, wait_result
+from mailpeer import mail_config
 
 
 def _columns_aligned(lines: list[str], headers: list[str]) -> None:
@@ -78,3 +83,44 @@ def test_status_table_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert doc["crl"] == {"number": 7}
     finally:
         d.stop()
+
+
+# --- the mail part ------------------------------------------------------------------------------------
+def test_the_mail_part_of_status(tmp_path: Path) -> None:
+    env = make_env(tmp_path, extra=mail_config(25, admin="ops@example.org"))
+    s = env.settings
+    now = dt.datetime.now(dt.UTC)
+    off = s.model_copy(update={"mail": s.mail.model_copy(update={"enabled": False})})
+    store = Store(s.database_url).open()
+    try:
+        with store.begin() as conn:
+            assert mail_status(store, conn, off, now) == {}  # mail never used: not shown
+            assert mail_status(store, conn, s, now) == {
+                "mail": {
+                    "queued": 0,
+                    "failing": 0,
+                    "sent": 0,
+                    "cancelled": 0,
+                    "last_error": None,
+                    "enabled": True,
+                    "last_expiry_sweep": None,
+                }
+            }
+        assert queue_admin_alert(store, s.mail, "something", "body\n", now)
+        with store.begin() as conn:
+            store.set_meta(conn, "expiry_last_sweep", "2030-05-01T12:00:00+00:00")
+            doc = mail_status(store, conn, off, now)["mail"]  # switched off, mail still queued
+        assert (doc["queued"], doc["enabled"]) == (1, False)
+        assert doc["last_expiry_sweep"] == "2030-05-01T12:00:00+00:00"
+    finally:
+        store.close()
+    code, out, err = env.cli("status", "--json")
+    assert code == 0, err
+    mail = json.loads(out)["mail"]
+    assert (mail["queued"], mail["enabled"]) == (1, True)
+    code, out, err = env.cli("status")
+    [line] = [line for line in out.splitlines() if line.startswith("mail ")]
+    assert line.split(None, 1)[1] == (
+        "queued 1, failing 0, sent 0, cancelled 0, enabled True, "
+        "last_expiry_sweep 2030-05-01T12:00:00+00:00"
+    )
