@@ -37,7 +37,9 @@ from ..intake.spool import Spool
 from ..issue.pipeline import Outcome, Pipeline, PipelineHooks, Result, Ticket
 from ..notify.expiry import SweepConfig, SweepReport, announce_pending, sweep
 from ..notify.mail import FlushReport, Mailer, choose_password_channel, queue_admin_alert
-from ..publish.publish import CRL_CHECK_SECONDS, Publisher, build_publisher
+from ..publish.apache import CHAIN_CRLS, ApachePublisher
+from ..publish.crl import CrlPublisher
+from ..publish.revocation import Revoker
 from .scheduler import Scheduler
 
 T = TypeVar("T")
@@ -51,6 +53,7 @@ POOL_IDLE_SECONDS = 60.0  # the signing processes stop after this long without a
 RECOVER_FIRST_DELAY = 5.0
 RECOVER_MAX_DELAY = 300.0
 STALL_SECONDS = 120.0  # one task of the worker longer than this (and WatchdogSec) is a hang
+CRL_CHECK_SECONDS = 300.0  # how often the daemon checks the CRL and the Apache files
 
 
 class StateLock:
@@ -163,9 +166,11 @@ class Runtime:
     spool: Spool
     pipeline: Pipeline
     linter: Linter | None
+    crl: CrlPublisher
+    revoker: Revoker
     hooks: PipelineHooks = field(default_factory=PipelineHooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
-    publisher: Publisher | None = None
+    apache: ApachePublisher | None = None  # None when [apache] enabled = false
     pool: SigningPool | None = None
 
     @classmethod
@@ -201,23 +206,42 @@ class Runtime:
             ),
             hooks=hooks,
         )
-        publisher = build_publisher(settings, store, ca, clock, linter)
-        if publisher is not None and settings.mail.enabled:
+        crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
+        apache = None
+        if settings.apache.enabled:
 
             def alert(subject: str, body: str) -> None:
                 queue_admin_alert(store, settings.mail, subject, body, clock.now())
 
-            publisher.on_failure = alert
-        rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer, publisher)
+            apache = ApachePublisher(
+                settings.apache,
+                crl,
+                ca,
+                store,
+                clock,
+                settings.state / CHAIN_CRLS,
+                on_failure=alert if settings.mail.enabled else None,
+            )
+            crl.add_listener(apache.changed)
+        revoker = Revoker(store, clock, crl, apache)
+        rt = cls(
+            settings, clock, store, ca, spool, pipeline, linter, crl, revoker, hooks, mailer, apache
+        )
         if signing_pool and (os.cpu_count() or 1) > 1:
             rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
             pipeline.signer = rt.pool.sign
             pipeline.parser = rt.pool.parse_later
         return rt
 
+    def check_publication(self) -> None:
+        """The periodic job: a fresh CRL, and Apache files matching it. Never raises."""
+        self.crl.check()
+        if self.apache is not None:
+            self.apache.check()
+
     def close(self) -> None:
-        if self.publisher is not None:
-            self.publisher.close()  # a debounced Apache publication still waiting is done now
+        if self.apache is not None:
+            self.apache.close()  # a debounced Apache publication still waiting is done now
         if self.pool is not None:
             self.pool.close()
         self.store.close()
@@ -236,27 +260,20 @@ def _deny(rt: Runtime, payload: dict[str, Any]) -> str:
     return _describe(res)
 
 
-def _publisher(rt: Runtime) -> Publisher:
-    if rt.publisher is None:
-        raise CertdropError("CRL publication is not available in this runtime")
-    return rt.publisher
-
-
 def _revoke(rt: Runtime, payload: dict[str, Any]) -> str:
-    pub = _publisher(rt)
-    return "ok: " + pub.revoke(str(payload["ref"]), str(payload.get("reason") or "unspecified"))
+    reason = str(payload.get("reason") or "unspecified")
+    return "ok: " + rt.revoker.revoke(str(payload["ref"]), reason)
 
 
 def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
-    pub = _publisher(rt)
-    facts = pub.regenerate_crl("requested by the operator")
+    facts = rt.crl.regenerate("requested by the operator")
     line = (
-        f"ok: CRL {facts.number} published in {pub.crl_pem_path} and {pub.crl_der_path} "
+        f"ok: CRL {facts.number} published in {rt.crl.pem_path} and {rt.crl.der_path} "
         f"({facts.revoked} revoked, next update {facts.next_update:%Y-%m-%d %H:%M} UTC)"
     )
-    if rt.settings.apache.enabled:
-        pub.flush()  # the operator asked for it now: no debounce
-        outcome = pub.last_apache_outcome()
+    if rt.apache is not None:
+        rt.apache.flush()  # the operator asked for it now: no debounce
+        outcome = rt.apache.last_outcome()
         if outcome is not None:
             if not outcome.ok:
                 return f"error: {line[4:]}; but Apache publication failed: {outcome.text()}"
@@ -527,17 +544,16 @@ class Daemon:
 
     def _start_publisher(self, rt: Runtime) -> None:
         """A stale or missing CRL is made before anything else; Apache follows, debounced."""
-        if rt.publisher is None:
-            return
-        rt.publisher.start_background()
+        if rt.apache is not None:
+            rt.apache.start_background()
         self.notifier.notify("STATUS=checking the CRL")
-        rt.publisher.check()
+        rt.check_publication()
 
     def crl_job(self) -> None:
         """Scheduled: renew the CRL when due (by the injected clock), fix the Apache files."""
         rt = self.rt
-        if rt is not None and rt.publisher is not None:
-            rt.publisher.check()
+        if rt is not None:
+            rt.check_publication()
 
     def _rescan(self) -> None:
         """The periodic full scan (inotify drops events when its queue overflows).
@@ -928,8 +944,8 @@ class Daemon:
             self.rt = rt
             if listen_changed:
                 self.metrics_server = new_metrics
-            if rt.publisher is not None:
-                rt.publisher.start_background()
+            if rt.apache is not None:
+                rt.apache.start_background()
             self.inbox = self._make_inbox(new)
             self.inbox.start()
         if listen_changed and old_metrics is not None:
@@ -988,7 +1004,7 @@ class Daemon:
                         conn, now=now, expiring_within=dt.timedelta(days=metrics.EXPIRING_DAYS)
                     )
                 )
-            published = rt.publisher.published_crl() if rt.publisher is not None else None
+            published = rt.crl.published_crl()
             crl_next = published.next_update_utc if published is not None else None
         return metrics.Snapshot(
             now=now,
