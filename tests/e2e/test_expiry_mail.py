@@ -522,8 +522,7 @@ def test_smtp_down_then_up_the_warning_still_arrives(tmp_path: Path) -> None:
 
 # --- alerts from the publisher (CRL and Apache), with the real publisher -----------------------------------
 def test_the_published_crl_feeds_the_crl_alert(h: Harness, peer: SmtpPeer) -> None:
-    assert h.rt.publisher is not None
-    facts = h.rt.publisher.regenerate_crl("test")
+    facts = h.rt.crl.regenerate("test")
     assert h.sweep().alerts == []  # just published: quiet
     # the scheduler did not refresh it (daemon down): one day before its nextUpdate
     h.clock.set(facts.next_update - dt.timedelta(days=1))
@@ -543,8 +542,8 @@ def test_a_failed_apache_configtest_alerts_the_admin(tmp_path: Path, peer: SmtpP
     env = make_env(tmp_path / "ca", extra=mail_config(peer.port, admin=ADMIN) + apache)
     hh = Harness(env, ManualClock(now_utc()))
     try:
-        assert hh.rt.publisher is not None
-        outcome = hh.rt.publisher.publish_apache()
+        assert hh.rt.apache is not None
+        outcome = hh.rt.apache.publish()
         assert not outcome.ok
         hh.flush()
         [alert] = peer.to(ADMIN)

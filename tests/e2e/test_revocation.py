@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
+from certdrop.authority.reasons import REASONS
 from certdrop.clock import ManualClock
-from certdrop.publish.publish import REASONS, Debouncer, parse_reason
 from conftest import (
     OPENSSL,
     CAEnv,
@@ -199,14 +199,6 @@ def test_revoke_refusals_are_one_clear_line(ca_env: CAEnv, tmp_path: Path) -> No
         assert reason in res.stderr
     code, _, err = ca_env.cli("revoke", "ABCDEF0123", "--reason", "certificateHold")
     assert code == 1 and "cannot take a certificate off hold" in err
-
-
-def test_reason_names() -> None:
-    assert parse_reason("keyCompromise") == "keyCompromise"
-    assert parse_reason("key-compromise") == "keyCompromise"
-    assert parse_reason("CESSATION_OF_OPERATION") == "cessationOfOperation"
-    with pytest.raises(Exception, match="aACompromise applies to attribute"):
-        parse_reason("aACompromise")
 
 
 def test_revoke_by_ambiguous_name_asks_for_a_serial(tmp_path: Path) -> None:
@@ -421,7 +413,7 @@ debounce_seconds = 0
     d = DaemonThread(env).start()
     try:
         d.daemon.jobs.crl()
-        d.daemon.rt.publisher.flush()  # type: ignore[union-attr]
+        d.daemon.rt.apache.flush()  # type: ignore[union-attr]
         assert reloads.read_text().count("x") == 1
         assert ca_file.stat().st_ino == ca_inode
         # a revocation: the CRL file is replaced (atomically), the CA file is not touched
@@ -470,29 +462,6 @@ debounce_seconds = 0.1
         assert (web / "crl.pem").read_bytes() == (env.state / "crl.pem").read_bytes()
     finally:
         d.stop()
-
-
-def test_debouncer_coalesces_a_burst() -> None:
-    calls: list[int] = []
-    deb = Debouncer(3600, lambda: calls.append(1), "test-debounce")
-    try:
-        for _ in range(5):
-            deb.trigger()
-        assert deb.pending and calls == []
-        assert deb.flush() is True
-        assert calls == [1] and not deb.pending
-        assert deb.flush() is False
-        deb.trigger()
-    finally:
-        deb.close()  # a pending action is not lost at shutdown
-    assert calls == [1, 1]
-    fast = Debouncer(0.01, lambda: calls.append(2), "test-debounce-fast")
-    try:
-        fast.trigger()
-        wait_for(lambda: 2 in calls, what="the debounced action")
-    finally:
-        fast.close()
-    assert calls.count(2) == 1
 
 
 def test_revocation_left_unpublished_by_a_crash_is_published_at_start(tmp_path: Path) -> None:
@@ -555,49 +524,6 @@ debounce_seconds = 0.1
         )
     finally:
         d.stop()
-
-
-def test_a_large_crl_is_linted_through_a_sample_of_its_shape(ca_env: CAEnv) -> None:
-    """Thousands of revoked entries: the published CRL lists them all and lints clean."""
-    from certdrop.index.store import NewCertificate
-    from certdrop.publish.publish import LINT_FULL_CRL_MAX
-    from certdrop.service.runtime import Runtime
-
-    rt = Runtime.build(ca_env.settings, ca_env.clock)
-    try:
-        now = ca_env.clock.now()
-        reasons = ["keyCompromise", "affiliationChanged", "superseded", "unspecified"]
-        n = LINT_FULL_CRL_MAX + 500
-        certs = [
-            NewCertificate(
-                serial=f"{0x1000 + i:X}",
-                subject=f"CN=r{i}",
-                common_name=f"r{i}",
-                email="",
-                not_before=now - dt.timedelta(days=10),
-                not_after=now + dt.timedelta(days=300),
-                profile="client",
-                request_name=f"r{i}",
-                request_fingerprint=f"{i:064x}",
-                issued_at=now - dt.timedelta(days=10),
-                der=b"\x30\x00",
-                status="revoked",
-                revoked_at=now - dt.timedelta(minutes=i),
-                revocation_reason=reasons[i % 4],
-            )
-            for i in range(n)
-        ]
-        with rt.store.begin() as conn:
-            rt.store.add_certificates(conn, certs)
-        assert rt.publisher is not None
-        rt.publisher.regenerate_crl("test")
-    finally:
-        rt.close()
-    der = (ca_env.state / "crl.der").read_bytes()
-    crl = x509.load_der_x509_crl(der)
-    assert len(crl) == n
-    assert {r.serial_number for r in crl} == {0x1000 + i for i in range(n)}
-    assert stock_linter().crl(der) == []  # the whole CRL, as the sample promised
 
 
 @pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048"])

@@ -419,10 +419,10 @@ STATUS_EXTRAS: list[StatusExtra] | None = None  # None: mail's and publish's (lo
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:
     extras = STATUS_EXTRAS
     if extras is None:
-        from ..publish.publish import status_extra as publish_extra
         from .status import mail_status as mail_extra
+        from .status import publication_status
 
-        extras = [mail_extra, publish_extra]
+        extras = [mail_extra, publication_status]
     out: dict[str, Any] = {}
     for fn in extras:
         out.update(fn(store, conn, s, now))
@@ -646,13 +646,13 @@ def crl() -> None:
 )
 def apache_config(log_file: str) -> None:
     """Print the mod_ssl configuration that matches this setup."""
-    from ..publish import publish
+    from ..publish import modssl
 
     c = _ctx()
     s = c.settings
-    ca_cert, chain = publish.load_ca_certificates(s.state)
+    ca_cert, chain = modssl.load_ca_certificates(s.state)
     click.echo(
-        publish.apache_config_text(
+        modssl.apache_config_text(
             s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path
         ),
         nl=False,

@@ -16,7 +16,6 @@ from typing import Any
 from ..errors import CertdropError
 from ..index.store import Store
 from ..issue.outcomes import Outcome, Result
-from ..publish.publish import Publisher
 from .runtime import Runtime
 
 log = logging.getLogger("certdrop.service")
@@ -32,27 +31,20 @@ def _deny(rt: Runtime, payload: dict[str, Any]) -> str:
     return describe(rt.approvals.deny(str(payload["name"]), str(payload.get("reason", ""))))
 
 
-def _publisher(rt: Runtime) -> Publisher:
-    if rt.publisher is None:
-        raise CertdropError("CRL publication is not available in this runtime")
-    return rt.publisher
-
-
 def _revoke(rt: Runtime, payload: dict[str, Any]) -> str:
-    pub = _publisher(rt)
-    return "ok: " + pub.revoke(str(payload["ref"]), str(payload.get("reason") or "unspecified"))
+    reason = str(payload.get("reason") or "unspecified")
+    return "ok: " + rt.revoker.revoke(str(payload["ref"]), reason)
 
 
 def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
-    pub = _publisher(rt)
-    facts = pub.regenerate_crl("requested by the operator")
+    facts = rt.crl.regenerate("requested by the operator")
     line = (
-        f"ok: CRL {facts.number} published in {pub.crl_pem_path} and {pub.crl_der_path} "
+        f"ok: CRL {facts.number} published in {rt.crl.pem_path} and {rt.crl.der_path} "
         f"({facts.revoked} revoked, next update {facts.next_update:%Y-%m-%d %H:%M} UTC)"
     )
-    if rt.settings.apache.enabled:
-        pub.flush()  # the operator asked for it now: no debounce
-        outcome = pub.last_apache_outcome()
+    if rt.apache is not None:
+        rt.apache.flush()  # the operator asked for it now: no debounce
+        outcome = rt.apache.last_outcome()
         if outcome is not None:
             if not outcome.ok:
                 return f"error: {line[4:]}; but Apache publication failed: {outcome.text()}"

@@ -168,11 +168,10 @@ class Daemon:
 
     def _start_publisher(self, rt: Runtime) -> None:
         """A stale or missing CRL is made before anything else; Apache follows, debounced."""
-        if rt.publisher is None:
-            return
-        rt.publisher.start_background()
+        if rt.apache is not None:
+            rt.apache.start_background()
         self.notifier.notify("STATUS=checking the CRL")
-        rt.publisher.check()
+        rt.check_publication()
 
     # --- what the worker and the jobs ask of the daemon ------------------------------------------
     def announce_ready(self) -> None:
@@ -327,8 +326,8 @@ class Daemon:
             self.rt = rt
             if listen_changed:
                 self.metrics_server = new_metrics
-            if rt.publisher is not None:
-                rt.publisher.start_background()
+            if rt.apache is not None:
+                rt.apache.start_background()
             self.inbox = self._make_inbox(new)
             self.inbox.start()
         if listen_changed and old_metrics is not None:
@@ -387,7 +386,7 @@ class Daemon:
                         conn, now=now, expiring_within=dt.timedelta(days=metrics.EXPIRING_DAYS)
                     )
                 )
-            published = rt.publisher.published_crl() if rt.publisher is not None else None
+            published = rt.crl.published_crl()
             crl_next = published.next_update_utc if published is not None else None
         return metrics.Snapshot(
             now=now,

@@ -16,13 +16,13 @@ from ..intake.inbox import Inbox
 from ..notify.alerts import announce_pending
 from ..notify.expiry import SweepConfig, SweepReport, sweep
 from ..notify.mailer import FlushReport, Mailer
-from ..publish.publish import CRL_CHECK_SECONDS
 from .runtime import Runtime
 from .scheduler import Scheduler
 
 log = logging.getLogger("certdrop.service")
 
 MAIL_FLUSH_SECONDS = 5.0  # the queue is also flushed right after something is queued
+CRL_CHECK_SECONDS = 300.0  # how often the CRL and the Apache files are checked
 
 
 class Host(Protocol):
@@ -68,8 +68,8 @@ class Jobs:
     def crl(self) -> None:
         """Renew the CRL when due (by the injected clock), fix the Apache files."""
         rt = self.host.rt
-        if rt is not None and rt.publisher is not None:
-            rt.publisher.check()
+        if rt is not None:
+            rt.check_publication()
 
     def expiry_sweep(self) -> SweepReport | None:
         rt = self.host.rt

@@ -32,7 +32,9 @@ from ..issue.record import Recorder
 from ..notify.alerts import queue_admin_alert
 from ..notify.mailer import Mailer
 from ..notify.passwords import choose_password_channel
-from ..publish.publish import Publisher, build_publisher
+from ..publish.apache import CHAIN_CRLS, ApachePublisher
+from ..publish.crl import CrlPublisher
+from ..publish.revocation import Revoker
 from .systemd import StateLock
 
 
@@ -48,9 +50,11 @@ class Runtime:
     batches: Batches  # requests from the inbox to their end
     approvals: Approvals
     linter: Linter | None
+    crl: CrlPublisher
+    revoker: Revoker
     hooks: Hooks = field(default_factory=Hooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
-    publisher: Publisher | None = None
+    apache: ApachePublisher | None = None  # None when [apache] enabled = false
     pool: SigningPool | None = None
 
     @classmethod
@@ -123,13 +127,24 @@ class Runtime:
             crashpoint=crashpoint,
         )
         approvals = Approvals(spool, store, clock, batches, hooks)
-        publisher = build_publisher(settings, store, ca, clock, linter)
-        if settings.mail.enabled:
+        crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
+        apache = None
+        if settings.apache.enabled:
 
             def alert(subject: str, body: str) -> None:
                 queue_admin_alert(store, settings.mail, subject, body, clock.now())
 
-            publisher.on_failure = alert
+            apache = ApachePublisher(
+                settings.apache,
+                crl,
+                ca,
+                store,
+                clock,
+                settings.state / CHAIN_CRLS,
+                on_failure=alert if settings.mail.enabled else None,
+            )
+            crl.add_listener(apache.changed)
+        revoker = Revoker(store, clock, crl, apache)
         rt = cls(
             settings,
             clock,
@@ -139,9 +154,11 @@ class Runtime:
             batches,
             approvals,
             linter,
+            crl,
+            revoker,
             hooks,
             mailer,
-            publisher,
+            apache,
         )
         if signing_pool and (os.cpu_count() or 1) > 1:
             rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
@@ -149,9 +166,15 @@ class Runtime:
             batches.parser = rt.pool.parse_later
         return rt
 
+    def check_publication(self) -> None:
+        """The periodic job: a fresh CRL, and Apache files matching it. Never raises."""
+        self.crl.check()
+        if self.apache is not None:
+            self.apache.check()
+
     def close(self) -> None:
-        if self.publisher is not None:
-            self.publisher.close()  # a debounced Apache publication still waiting is done now
+        if self.apache is not None:
+            self.apache.close()  # a debounced Apache publication still waiting is done now
         if self.pool is not None:
             self.pool.close()
         self.store.close()
