@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import stat
 import threading
@@ -46,6 +45,7 @@ def _drop_csr(env: CAEnv, name: str, cn: str) -> None:
 
 
 # --- sd_notify: READY=1, STATUS=, WATCHDOG=1, STOPPING=1 ------------------------------------------
+# (the Notifier itself: tests/unit/service/test_systemd.py)
 def test_notify_ready_after_first_scan_watchdog_status_stopping(
     tmp_path: Path, notify: NotifySocket
 ) -> None:
@@ -78,29 +78,6 @@ def test_notify_ready_after_first_scan_watchdog_status_stopping(
     # one line per decision with the request name, the serial and the outcome
     assert "issued early.req serial=" in out
     assert "rejected junk.req" in out
-
-
-def test_watchdog_pid_of_another_process_disables_pings() -> None:
-    env = {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid() + 1)}
-    assert Notifier.watchdog_usec(env) == 0
-    assert Notifier.watchdog_usec({**env, "WATCHDOG_PID": str(os.getpid())}) == 200_000
-    assert Notifier.watchdog_usec({"WATCHDOG_USEC": "200000"}) == 200_000
-    assert Notifier.watchdog_usec({"WATCHDOG_USEC": "junk"}) == 0
-    assert Notifier.watchdog_usec({}) == 0
-
-
-def test_abstract_notify_socket(tmp_path: Path) -> None:
-    import socket
-
-    name = f"certdrop-test-{os.getpid()}-{id(tmp_path)}"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind("\0" + name)
-    sock.settimeout(10)
-    try:
-        Notifier("@" + name).notify("READY=1", "STATUS=ok")
-        assert sock.recv(4096) == b"READY=1\nSTATUS=ok"
-    finally:
-        sock.close()
 
 
 # --- SIGHUP ---------------------------------------------------------------------------------------------
