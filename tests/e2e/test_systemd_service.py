@@ -298,31 +298,6 @@ def test_a_hung_worker_gets_no_pings_until_it_moves_again(
     assert run.rc == 0
 
 
-def test_a_failing_operator_command_does_not_kill_the_worker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from conftest import DaemonThread
-
-    def explode(rt: object, payload: dict[str, object]) -> str:
-        raise RuntimeError("bug")
-
-    monkeypatch.setitem(CONTROL_HANDLERS, "explode", explode)
-    env = make_env(tmp_path)
-    d = DaemonThread(env).start()
-    try:
-        store = Store(env.settings.database_url)
-        with store.begin() as conn:
-            cid = store.push_control(conn, "explode", {}, env.clock.now())
-        from certdrop.service.control import wait_for_control
-
-        result = wait_for_control(store, cid, 30)
-        store.close()
-        assert result is not None and result.startswith("error: internal error")
-        assert d.alive() and d.daemon.health() == []
-    finally:
-        d.stop()
-
-
 # --- the audit log -----------------------------------------------------------------------------------------
 def test_audit_log_records_decisions_and_operator_commands(tmp_path: Path) -> None:
     from conftest import DaemonThread
