@@ -237,3 +237,23 @@ def test_a_renewal_is_renewed_once_in_a_batch(kit: Kit) -> None:
     assert first.decision.supersedes == (old.serial,)
     assert second.outcome is Outcome.REJECTED  # the renewed one is valid, not renewable
     assert f"serial {serial_hex(first.spec.serial)}" in second.reason
+
+
+def test_a_certificate_is_superseded_by_one_renewal_only(kit: Kit) -> None:
+    """Where the CN need not be unique (the server profile), two renewals in one batch
+    are both issued, and only the first supersedes the old certificate."""
+    old_claim = kit.work("old", ec_csr("api.example.org")[0], profile=SERVER)
+    prepared, _ = kit.prepare(old_claim)
+    [old] = kit.decider.decide(prepared, kit.clock.now(), True)
+    assert isinstance(old, Plan)
+    signing, _ = kit.recorder.start_signing([old], set())
+    [issued] = kit.recorder.record([old], signing, kit.clock.now())
+    kit.clock.advance(dt.timedelta(days=85))  # 90-day certificate, renewed from 10 days before
+    prepared, _ = kit.prepare(
+        kit.work("new1", ec_csr("api.example.org")[0], profile=SERVER),
+        kit.work("new2", ec_csr("api.example.org")[0], profile=SERVER),
+    )
+    first, second = kit.decider.decide(prepared, kit.clock.now(), True)
+    assert isinstance(first, Plan) and isinstance(second, Plan)
+    assert first.decision.supersedes == (issued.serial,)
+    assert second.decision.supersedes == ()
