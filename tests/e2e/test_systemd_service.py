@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import stat
 import threading
@@ -46,6 +45,7 @@ def _drop_csr(env: CAEnv, name: str, cn: str) -> None:
 
 
 # --- sd_notify: READY=1, STATUS=, WATCHDOG=1, STOPPING=1 ------------------------------------------
+# (the Notifier itself: tests/unit/service/test_systemd.py)
 def test_notify_ready_after_first_scan_watchdog_status_stopping(
     tmp_path: Path, notify: NotifySocket
 ) -> None:
@@ -78,29 +78,6 @@ def test_notify_ready_after_first_scan_watchdog_status_stopping(
     # one line per decision with the request name, the serial and the outcome
     assert "issued early.req serial=" in out
     assert "rejected junk.req" in out
-
-
-def test_watchdog_pid_of_another_process_disables_pings() -> None:
-    env = {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid() + 1)}
-    assert Notifier.watchdog_usec(env) == 0
-    assert Notifier.watchdog_usec({**env, "WATCHDOG_PID": str(os.getpid())}) == 200_000
-    assert Notifier.watchdog_usec({"WATCHDOG_USEC": "200000"}) == 200_000
-    assert Notifier.watchdog_usec({"WATCHDOG_USEC": "junk"}) == 0
-    assert Notifier.watchdog_usec({}) == 0
-
-
-def test_abstract_notify_socket(tmp_path: Path) -> None:
-    import socket
-
-    name = f"certdrop-test-{os.getpid()}-{id(tmp_path)}"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind("\0" + name)
-    sock.settimeout(10)
-    try:
-        Notifier("@" + name).notify("READY=1", "STATUS=ok")
-        assert sock.recv(4096) == b"READY=1\nSTATUS=ok"
-    finally:
-        sock.close()
 
 
 # --- SIGHUP ---------------------------------------------------------------------------------------------
@@ -319,31 +296,6 @@ def test_a_hung_worker_gets_no_pings_until_it_moves_again(
         daemon.request_stop()
         run.thread.join(timeout=60)
     assert run.rc == 0
-
-
-def test_a_failing_operator_command_does_not_kill_the_worker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from conftest import DaemonThread
-
-    def explode(rt: object, payload: dict[str, object]) -> str:
-        raise RuntimeError("bug")
-
-    monkeypatch.setitem(CONTROL_HANDLERS, "explode", explode)
-    env = make_env(tmp_path)
-    d = DaemonThread(env).start()
-    try:
-        store = Store(env.settings.database_url)
-        with store.begin() as conn:
-            cid = store.push_control(conn, "explode", {}, env.clock.now())
-        from certdrop.service.control import wait_for_control
-
-        result = wait_for_control(store, cid, 30)
-        store.close()
-        assert result is not None and result.startswith("error: internal error")
-        assert d.alive() and d.daemon.health() == []
-    finally:
-        d.stop()
 
 
 # --- the audit log -----------------------------------------------------------------------------------------

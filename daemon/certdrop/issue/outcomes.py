@@ -148,6 +148,8 @@ class Outcomes:
         try:
             place_rejected(self.spool, refusal.path, name, text, now)
         except FileNotFoundError:
+            # gone before it could be moved: no reason for a file that is not in rejected/
+            remove_quietly(self.spool.rejected / f"{name}.reason")
             return Result(Outcome.SKIPPED, name)
         with self.store.begin() as conn:
             self.store.log(conn, now, name, "rejected", detail=reason)

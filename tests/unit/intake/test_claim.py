@@ -159,3 +159,74 @@ def test_file_replaced_while_being_read(spool: Spool, tmp_path: Path) -> None:
         fh.write(b"\n" * 70000)
     with pytest.raises(RequestError, match="at most 65536 bytes"):
         c.read(path, st)
+
+
+def test_a_request_in_a_profile_folder_is_claimed_into_that_profile(spool: Spool) -> None:
+    folder = spool.inbox / "server"
+    (folder / "web.req").write_bytes(csr("web.example.org"))
+    (folder / "web.key").write_bytes(b"key")
+    os.utime(folder / "web.key", (0, 0))
+    touched: set[Path] = set()
+    names: dict[int, str | None] = {}
+    got = claimer(spool).claim(folder / "web.req", "server", touched, names)
+    assert isinstance(got, Claim) and got.profile == "server"
+    assert got.path == spool.work / "server" / "web.req"
+    assert got.key_path == spool.work / "server" / "web.key"
+    assert touched == {folder, spool.work / "server"}
+    assert names == {os.getuid(): got.owner.name}  # looked up once for the batch
+    assert not list(folder.iterdir())
+
+
+def test_a_key_that_is_not_a_file_is_refused_and_not_claimed(spool: Spool, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.key"
+    outside.write_bytes(b"someone's key")
+    (spool.inbox / "dan.req").write_bytes(csr("Dan"))
+    os.symlink(outside, spool.inbox / "dan.key")
+    c = claimer(spool)
+    got = claim(c, spool.inbox / "dan.req")
+    assert isinstance(got, Claim) and got.key_path is None  # the request goes on alone
+    assert os.path.islink(spool.inbox / "dan.key")  # the link stays, for its own refusal
+    refused = claim(c, spool.inbox / "dan.key")
+    assert isinstance(refused, Refusal) and refused.name == "dan.key"
+    assert refused.reason == (
+        "'dan.key' is a symbolic link, not a regular file; "
+        "drop the key file itself (PEM, mode 0600)"
+    )
+    assert outside.read_bytes() == b"someone's key"
+
+
+def test_a_crash_right_after_the_claim_leaves_the_request_in_work(spool: Spool) -> None:
+    points: list[str] = []
+
+    def crash(point: str) -> None:
+        points.append(point)
+        raise SystemExit(f"killed at {point}")
+
+    c = Claimer(spool, PROFILES, "client", WatchSettings(settle_seconds=0.5), crash)
+    (spool.inbox / "eve.req").write_bytes(csr("Eve"))
+    with pytest.raises(SystemExit):
+        c.claim(spool.inbox / "eve.req", "client", set(), {})
+    assert points == ["mid-claim"]
+    assert (spool.work / "client" / "eve.req").exists()  # the daemon's now: recovered at start
+    assert not (spool.inbox / "eve.req").exists()
+
+
+def test_claimed_files_that_are_not_safe_to_read_are_refused(spool: Spool, tmp_path: Path) -> None:
+    c = claimer(spool)
+    empty = spool.work / "client" / "empty.req"
+    empty.write_bytes(b"")
+    got = c.load(empty, "client")
+    assert got is not None
+    with pytest.raises(RequestError, match="the file is empty"):
+        c.read_request(got)
+    req = spool.work / "client" / "kim.req"
+    req.write_bytes(csr("Kim"))
+    key = spool.work / "client" / "kim.key"
+    key.write_bytes(b"key")
+    os.link(key, tmp_path / "kim-copy.key")
+    got = c.load(req, "client")
+    assert got is not None
+    c.read_request(got)
+    assert got.data == req.read_bytes()
+    with pytest.raises(RequestError, match=r"kim\.key: it is hard-linked to another file"):
+        c.read_key(got)

@@ -176,3 +176,101 @@ def test_a_batch_decided_after_the_one_before_is_recorded_sees_it(tmp_path: Path
         assert (env.outbox / "a.cer").read_bytes() == (env.outbox / "a2.cer").read_bytes()
     finally:
         rt.close()
+
+
+class RecordingSink:
+    """The daemon's side of `Batches.push` (the worker), reduced to what it heard."""
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+        self.retries: list[tuple[WorkItem, float]] = []
+        self.failures: list[tuple[list[WorkItem], Exception]] = []
+
+    def result(self, result: Any) -> None:
+        self.results.append(result)
+
+    def retry(self, item: WorkItem, after: float) -> None:
+        self.retries.append((item, after))
+
+    def failed(self, items: Any, exc: Exception) -> None:
+        self.failures.append((list(items), exc))
+
+
+def test_push_keeps_three_batches_in_flight_and_flush_finishes_them(tmp_path: Path) -> None:
+    """Batch N is finished when batch N+2 is pushed; flush finishes the rest, in order."""
+    from certdrop.issue.outcomes import Outcome
+    from conftest import ec_csr
+    from issue_kit import make_kit
+
+    kit = make_kit(tmp_path)
+    try:
+        sink = RecordingSink()
+        for name in ("p1", "p2", "p3", "p4"):
+            kit.drop(name, ec_csr(f"Pushed {name}")[0])
+
+        def push(name: str) -> None:
+            kit.batches.push([WorkItem(kit.env.inbox / f"{name}.req", "client", True)], sink)
+
+        push("p1")
+        push("p2")
+        assert sink.results == [] and kit.batches.in_flight
+        assert not list(kit.env.outbox.iterdir())  # claimed, decided: nothing delivered yet
+        push("p3")
+        assert [(r.name, r.outcome) for r in sink.results] == [("p1", Outcome.ISSUED)]
+        push("p4")
+        assert [r.name for r in sink.results] == ["p1", "p2"]
+        kit.batches.flush(sink)
+        assert [r.name for r in sink.results] == ["p1", "p2", "p3", "p4"]
+        assert not kit.batches.in_flight
+        assert sorted(p.name for p in kit.env.outbox.iterdir()) == [
+            "p1.cer",
+            "p2.cer",
+            "p3.cer",
+            "p4.cer",
+        ]
+        assert sink.retries == [] and sink.failures == []
+    finally:
+        kit.close()
+
+
+def test_push_reports_what_ends_at_once_and_what_fails(tmp_path: Path) -> None:
+    from certdrop.issue.outcomes import Outcome
+    from conftest import ec_csr
+    from issue_kit import make_kit
+
+    kit = make_kit(tmp_path)
+    try:
+        sink = RecordingSink()
+        inbox = kit.env.inbox
+        (inbox / "notes.txt").write_text("hello")
+        kit.drop("waits", ec_csr("Waits")[0])
+        (inbox / "waits.key").write_bytes(ec_csr("Waits")[1])  # still arriving
+        items = [
+            WorkItem(inbox / "notes.txt", "client", True),
+            WorkItem(inbox / "waits.req", "client", True),
+            WorkItem(inbox / "gone.req", "client", True),
+        ]
+        kit.batches.push(items, sink)
+        assert [(r.name, r.outcome) for r in sink.results] == [
+            ("notes.txt", Outcome.REJECTED),
+            ("waits", Outcome.RETRY),
+            ("gone.req", Outcome.SKIPPED),  # gone before it was looked at
+        ]
+        [(item, after)] = sink.retries
+        assert item is items[1] and 0.05 <= after <= 1.0
+        assert (kit.env.rejected / "notes.txt.req").read_text() == "hello"
+        assert not kit.batches.in_flight
+
+        # work/client/ unusable (a file where the folder was): the claim fails, the sink
+        # hears it, and the request stays in the inbox for a later try
+        work = kit.spool.work_for("client")
+        work.rmdir()
+        work.write_text("not a folder")
+        kit.drop("later", ec_csr("Later")[0])
+        later = [WorkItem(inbox / "later.req", "client", True)]
+        kit.batches.push(later, sink)
+        [(failed_items, exc)] = sink.failures
+        assert failed_items == later and isinstance(exc, OSError)
+        assert (inbox / "later.req").exists()
+    finally:
+        kit.close()
