@@ -140,18 +140,6 @@ def test_errors_are_result_lines_not_exceptions(
     ]
 
 
-def test_without_a_publisher_crl_commands_say_so(kit: Kit) -> None:
-    publisher = kit.rt.publisher
-    kit.rt.publisher = None
-    try:
-        for kind, payload in (("crl", {}), ("revoke", {"ref": "x"})):
-            assert execute_control(kit.rt, kind, payload) == (
-                "error: CRL publication is not available in this runtime"
-            )
-    finally:
-        kit.rt.publisher = publisher
-
-
 def test_wait_for_control_reads_the_result_from_the_index(kit: Kit) -> None:
     store, now = kit.store, kit.clock.now()
     with store.begin() as conn:

@@ -15,8 +15,10 @@ import pytest
 from cryptography import x509
 
 from certdrop.config import MailSettings
+from certdrop.index.mailqueue import list_queue
 from certdrop.intake.inbox import Inbox, WorkQueue
-from certdrop.notify.mail import Mailer, list_queue, queue_admin_alert
+from certdrop.notify.alerts import queue_admin_alert
+from certdrop.notify.mailer import Mailer
 from certdrop.service.jobs import Jobs
 from certdrop.service.runtime import Runtime
 from certdrop.service.scheduler import Scheduler

@@ -13,9 +13,10 @@ import pytest
 
 from certdrop.audit import operator_actor, read_audit
 from certdrop.clock import ManualClock
+from certdrop.index.mailqueue import list_queue
 from certdrop.issue.delivery import PasswordFiles
 from certdrop.issue.outcomes import Hooks, Outcome
-from certdrop.notify.mail import MailPasswordChannel, list_queue
+from certdrop.notify.passwords import MailPasswordChannel
 from certdrop.service.runtime import Runtime, direct_runtime
 from certdrop.service.systemd import StateLock
 from conftest import ec_csr, make_env
@@ -42,7 +43,8 @@ def test_build_wires_one_of_each_around_the_given_hooks(tmp_path: Path) -> None:
         assert rt.approvals.batches is b
         assert rt.hooks is hooks is b.hooks is b.outcomes.hooks is b.recorder.hooks
         assert rt.linter is not None and b.recorder.linter is rt.linter  # [policy] lint = true
-        assert rt.mailer is None and rt.pool is None and rt.publisher is not None
+        assert rt.mailer is None and rt.pool is None and rt.apache is None  # [apache] off
+        assert rt.revoker is not None and rt.crl is not None
         assert isinstance(delivery.password_channel, PasswordFiles)
         assert b.recorder.password_channel is delivery.password_channel
         # the spool's folders exist, with their modes
@@ -59,9 +61,14 @@ def test_build_wires_one_of_each_around_the_given_hooks(tmp_path: Path) -> None:
 
 
 def test_build_follows_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    apache = (
+        f'[apache]\nenabled = true\nca_file = "{tmp_path / "apache" / "ca.pem"}"\n'
+        f'crl_file = "{tmp_path / "apache" / "crl.pem"}"\n'
+        'configtest_command = ["true"]\nreload_command = ["true"]\n'
+    )
     env = make_env(
         tmp_path,
-        extra=mail_config(2525),
+        extra=mail_config(2525) + apache,
         replace={"lint = true": "lint = false"},
     )
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
@@ -75,8 +82,8 @@ def test_build_follows_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert rt.batches.recorder.signer == rt.pool.sign
         assert rt.batches.parser == rt.pool.parse_later
         # a failed publication alerts the admin by mail
-        assert rt.publisher is not None and rt.publisher.on_failure is not None
-        rt.publisher.on_failure("Apache configtest failed", "details")
+        assert rt.apache is not None and rt.apache.on_failure is not None
+        rt.apache.on_failure("Apache configtest failed", "details")
         with rt.store.begin() as conn:
             queued = list_queue(conn)
         assert [(m.kind, m.subject) for m in queued] == [
