@@ -29,18 +29,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..authority.ca import (
-    CertificateAuthority,
-    IssueSpec,
-    PrivateKey,
-    Staged,
-    Staging,
-    load_subject_key,
-    random_serial,
-    serial_hex,
-    subject_key_matches,
-)
+from ..authority.ca import CertificateAuthority, IssueSpec, Staged, Staging
+from ..authority.keys import PrivateKey, load_subject_key, subject_key_matches
 from ..authority.lint import Linter
+from ..authority.serials import random_serial, serial_hex
 from ..clock import Clock
 from ..config import Settings
 from ..errors import CAError, CertdropError, IndexUnavailable, LintError, RequestError

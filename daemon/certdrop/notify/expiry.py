@@ -34,11 +34,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy.engine import Connection
 
-from ..authority.ca import serial_hex, subject_text
+from ..authority.names import OID_NAMES, subject_text
+from ..authority.serials import serial_hex
 from ..config import CRLSettings, ExpirySettings, MailSettings, Profile, Settings
 from ..fsutil import is_safe_name, sanitize_name
 from ..index.store import CertRecord, PendingRecord, Store, expiry_warnings, from_epoch, to_epoch
-from ..intake.request import OID_NAMES
 from .mail import admin_recipients, enqueue, queue_admin_alert
 
 log = logging.getLogger("certdrop.expiry")

@@ -37,20 +37,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..authority.ca import (
-    CA_CERT,
-    CA_CHAIN,
-    REVOCATION_REASONS,
-    CertificateAuthority,
-    CrlEntry,
-    pem_armor,
-    subject_text,
-)
+from ..authority.ca import CertificateAuthority, CrlEntry
+from ..authority.der import pem_armor
 from ..authority.lint import Linter
-from ..authority.reasons import REASONS, parse_reason
+from ..authority.names import subject_text
+from ..authority.reasons import parse_reason
 from ..clock import Clock
 from ..config import ApacheSettings, CRLSettings, Profile, Settings
-from ..errors import CAError, CertdropError, LintError, NotFoundError, PublishError
+from ..errors import CertdropError, LintError, NotFoundError, PublishError
 from ..executor import CommandResult, run_command
 from ..fsutil import atomic_write
 from ..index.store import CertRecord, Store
@@ -843,21 +837,6 @@ def apache_config_text(
     return "\n".join(lines)
 
 
-def load_ca_certificates(state: Path) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """The CA certificate and the chain above it (no private key needed)."""
-    try:
-        cert = x509.load_pem_x509_certificate((state / CA_CERT).read_bytes())
-        chain_path = state / CA_CHAIN
-        chain = (
-            x509.load_pem_x509_certificates(chain_path.read_bytes()) if chain_path.exists() else []
-        )
-    except FileNotFoundError:
-        raise CAError(f"no CA in {state}; create one with 'certdrop init'") from None
-    except (OSError, ValueError) as exc:
-        raise CAError(f"cannot read the CA certificate in {state}: {exc}") from None
-    return cert, chain
-
-
 def _modssl_dn(name: x509.Name) -> str:
     """SSL_CLIENT_I_DN as mod_ssl 2.4 formats it: RFC 2253, most specific first."""
     short = {
@@ -973,7 +952,3 @@ def build_publisher(
         clock=clock,
         linter=linter,
     )
-
-
-# every reason offered is one the CA can put in a CRL entry
-assert set(REASONS) <= set(REVOCATION_REASONS)

@@ -24,7 +24,8 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from ..audit import AuditLog, operator_actor
-from ..authority.ca import CertificateAuthority, read_passphrase
+from ..authority.ca import CertificateAuthority
+from ..authority.keys import read_passphrase
 from ..authority.lint import Linter, shared_linter
 from ..authority.signpool import SigningPool, settle_heap
 from ..clock import Clock
@@ -33,6 +34,7 @@ from ..errors import CertdropError, ConfigError, IndexUnavailable, LockError
 from ..faults import crashpoint_from_environment
 from ..index.store import Store
 from ..intake.inbox import Inbox, WorkItem, WorkQueue
+from ..intake.request import parse_chunk, parse_many
 from ..intake.spool import Spool
 from ..issue.pipeline import Outcome, Pipeline, PipelineHooks, Result, Ticket
 from ..notify.expiry import SweepConfig, SweepReport, announce_pending, sweep
@@ -210,9 +212,17 @@ class Runtime:
             publisher.on_failure = alert
         rt = cls(settings, clock, store, ca, spool, pipeline, linter, hooks, mailer, publisher)
         if signing_pool and (os.cpu_count() or 1) > 1:
-            rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
-            pipeline.signer = rt.pool.sign
-            pipeline.parser = rt.pool.parse_later
+            pool = rt.pool = SigningPool(
+                ca,
+                settings.state,
+                passphrase,
+                lint=settings.policy.lint,
+                preload=[parse_chunk.__module__],
+            )
+            pipeline.signer = pool.sign
+            pipeline.parser = lambda datas: pool.map_later(
+                parse_chunk, datas, fallback=parse_many, what="parsing"
+            )
         return rt
 
     def close(self) -> None:
