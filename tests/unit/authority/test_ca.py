@@ -501,7 +501,15 @@ def test_signed_this_crl_tells_its_own_crls_from_others(ca_dir: Path, tmp_path: 
     assert stock_linter().crl(mine) == []
 
 
-# --- facts and bundles -----------------------------------------------------------------------------
+# --- loading, facts and bundles -------------------------------------------------------------------
+
+
+def test_a_ca_key_of_another_certificate_is_refused(ca_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    create_ca(other, CASettings(common_name="Post-sign CA"), dt.datetime.now(dt.UTC))
+    (other / "ca.key").write_bytes((ca_dir / "ca.key").read_bytes())
+    with pytest.raises(CAError, match="does not belong to the CA certificate"):
+        CertificateAuthority.load(other)
 
 
 def test_facts_and_p12_bundle(ca_dirs: list[Path]) -> None:
