@@ -104,12 +104,11 @@ class Staged:
 
 
 # --- DER for CRL entries ---------------------------------------------------------------------------
-# crlEntryExtensions holding one non-critical reasonCode (2.5.29.21): everything but the code
-_REASON_EXT = bytes.fromhex("300c300a0603551d1504030a01")
-
-
 CrlEntry = tuple[int, dt.datetime | int, str | None]
 """A revoked certificate: serial, revocation time (datetime or UTC epoch seconds), reason."""
+
+# crlEntryExtensions holding one non-critical reasonCode (2.5.29.21): everything but the code
+_REASON_EXT = bytes.fromhex("300c300a0603551d1504030a01")
 
 
 def encode_crl_entries(revoked: Iterable[CrlEntry]) -> bytes:
@@ -142,6 +141,7 @@ def encode_crl_entries(revoked: Iterable[CrlEntry]) -> bytes:
     return b"".join(parts)
 
 
+# --- DER for certificate extensions --------------------------------------------------------------
 def _extension_der(value: x509.ExtensionType, critical: bool) -> bytes:
     """One Extension, DER: extnID, critical (only when true: DEFAULT FALSE), extnValue."""
     prefix, _, arc = value.oid.dotted_string.rpartition(".")

@@ -4,8 +4,8 @@
     ca.cer      the CA certificate (PEM); a CA exists once it exists
     chain.pem   the certificates above an adopted intermediate CA, when there are any
 
-Nothing here ever overwrites a CA. The private key is loaded only by
-`CertificateAuthority.load`.
+Nothing here ever overwrites a CA. The CA key is read here only to be created or
+adopted (and written as configured); `CertificateAuthority.load` loads it for signing.
 """
 
 from __future__ import annotations
