@@ -1,5 +1,5 @@
-"""Keys: made, named, loaded (with the refusals users see), written, signed with, and
-bundled in PKCS#12 — judged by openssl where users meet them."""
+"""authority/keys.py: keys made, named, loaded (with the refusals users see), written,
+signed with, and bundled in PKCS#12 — judged by openssl where users meet them."""
 
 from __future__ import annotations
 
