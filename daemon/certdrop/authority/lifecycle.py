@@ -48,14 +48,11 @@ def ca_exists(state: Path) -> bool:
     return (state / CA_KEY).exists() or (state / CA_CERT).exists()
 
 
-def load_certificate(data: bytes, where: str) -> x509.Certificate:
-    """A certificate, PEM or DER; `where` names the file in the error."""
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise CAError(f"{where} is not a certificate ({exc})") from None
+def _certificate(data: bytes) -> x509.Certificate:
+    """A certificate, PEM or DER (ValueError when it is neither)."""
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
 
 
 def load_ca_certificates(
@@ -78,16 +75,13 @@ def load_ca_certificates(
                 f"{mode:04o}); run 'chmod 600 {key_path}'"
             )
     try:
-        cert_data = cert_path.read_bytes()
-        chain_data = chain_path.read_bytes() if chain_path.exists() else None
+        cert = _certificate(cert_path.read_bytes())
+        chain = (
+            x509.load_pem_x509_certificates(chain_path.read_bytes()) if chain_path.exists() else []
+        )
     except FileNotFoundError:
         raise CAError(f"no CA in {state}; create one with 'certdrop init'") from None
-    except OSError as exc:
-        raise CAError(f"cannot read the CA certificate in {state}: {exc}") from None
-    cert = load_certificate(cert_data, str(cert_path))
-    try:
-        chain = x509.load_pem_x509_certificates(chain_data) if chain_data is not None else []
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         raise CAError(f"cannot read the CA certificate in {state}: {exc}") from None
     return cert, chain
 
@@ -173,7 +167,10 @@ def adopt_ca(
         cert_data, key_data = cert_path.read_bytes(), key_path.read_bytes()
     except OSError as exc:
         raise CAError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    cert = load_certificate(cert_data, str(cert_path))
+    try:
+        cert = _certificate(cert_data)
+    except ValueError as exc:
+        raise CAError(f"{cert_path} is not a certificate ({exc})") from None
     key = load_ca_key(key_data, passphrase, str(key_path))
     if public_key_bytes(key.public_key()) != public_key_bytes(cert.public_key()):
         raise CAError(f"{key_path} is not the private key of {cert_path}")
