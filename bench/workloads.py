@@ -632,7 +632,7 @@ class Bench:
     def _certdrop_crl(d: CertdropDaemon, n: int) -> tuple[float, float, str, dict[str, Any]]:
         """certdrop's CRL regeneration, without and with lint: (off, on, what, details).
 
-        With `certdrop.publish.publish` (the daemon's path): `Publisher.regenerate_crl` — index
+        With `certdrop.publish.crl` (the daemon's path): `CrlPublisher.regenerate` — index
         read, build_crl, lint when given a linter, crl.der + crl.pem written atomically.
         Without it: the index read, `CertificateAuthority.build_crl_der` (older certdrop:
         `build_crl` + DER) (+ lint).
@@ -661,20 +661,22 @@ class Bench:
                 "crl_bytes": len(der),
             }
             try:
-                publish: Any = importlib.import_module("certdrop.publish.publish")
+                publish: Any = importlib.import_module("certdrop.publish.crl")
             except ImportError:
                 publish = None
-            if publish is not None and hasattr(publish, "build_publisher"):
+            if publish is not None and hasattr(publish, "CrlPublisher"):
                 times = []
                 for linter in (None, shared_linter()):
-                    pub = publish.build_publisher(settings, store, ca, SystemClock(), linter)
+                    pub = publish.CrlPublisher(
+                        settings.crl, settings.state, store, ca, SystemClock(), linter
+                    )
                     t = time.perf_counter()
-                    facts = pub.regenerate_crl("bench")
+                    facts = pub.regenerate("bench")
                     times.append(time.perf_counter() - t)
                     if facts.revoked != n:
                         raise DaemonError(f"the published CRL has {facts.revoked} entries, not {n}")
                 details["publisher_seconds"] = [round(x, 3) for x in times]
-                return times[0], times[1], "Publisher.regenerate_crl", details
+                return times[0], times[1], "CrlPublisher.regenerate", details
             t3 = time.perf_counter()
             findings = shared_linter().crl(der)
             lint_s = time.perf_counter() - t3

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from certdrop.authority.lint import Linter
 from certdrop.clock import Clock, SystemClock
@@ -89,6 +92,20 @@ def openssl_csr(
         cmd += ["-addext", ext]
     run(cmd)
     return req, key
+
+
+def ec_csr(cn: str, attrs: list[x509.NameAttribute] | None = None) -> tuple[bytes, bytes]:
+    """A P-256 CSR (PEM) for CN `cn` (or the subject `attrs`) and its key (PEM), made in
+    process: for tests that need many requests fast."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(attrs if attrs is not None else [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return csr.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def openssl_verify(
@@ -315,11 +332,7 @@ class DaemonThread:
         assert not self.thread.is_alive(), "daemon did not stop"
 
     def alive(self) -> bool:
-        return (
-            self.thread.is_alive()
-            and self.daemon._worker is not None
-            and self.daemon._worker.is_alive()
-        )
+        return self.thread.is_alive() and self.daemon.worker.alive()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The audit log: one JSON object per line, appended to `<state>/audit.log`.
 
-Every decision of the pipeline (issued, rejected, pending, redelivered, denied) and
+Every decision of the issue layer (issued, rejected, pending, redelivered, denied) and
 every operator command (approve, deny, revoke, import, ...) becomes one line with an
 ISO 8601 UTC time taken from the injected clock. The file is opened with O_APPEND
 and mode 0600, and each line (or each batch of lines, see `AuditLog.batch`) goes out
@@ -30,7 +30,7 @@ AUDIT_MODE = 0o600
 
 
 class AuditLog:
-    """An append-only JSON-lines writer; an instance is a `PipelineHooks.audit` callable."""
+    """An append-only JSON-lines writer; an instance is a `Hooks.audit` callable."""
 
     def __init__(self, path: Path, clock: Clock, *, actor: str = "") -> None:
         self.path = path

@@ -39,6 +39,10 @@ class IndexUnavailable(StoreError):
     """
 
 
+class SerialCollision(StoreError):
+    """The serial is already in the index (the caller draws a new one)."""
+
+
 class LockError(CertdropError):
     """Another certdrop daemon holds the state folder."""
 

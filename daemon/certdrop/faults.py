@@ -1,6 +1,6 @@
 """Fault injection for the crash tests; inert unless asked for.
 
-The pipeline calls `crashpoint(NAME)` at the moments where a crash is most
+The issue layer (and the claim) call `crashpoint(NAME)` at the moments where a crash is most
 interesting (between signing and recording, between recording and delivery, ...).
 In production the crash point is `no_crash`, which does nothing. The service sets
 a real one only when the environment variable CERTDROP_CRASH_AT is set when the
@@ -27,7 +27,7 @@ Crashpoint = Callable[[str], None]
 
 ENVIRONMENT_VARIABLE = "CERTDROP_CRASH_AT"
 
-# Every named point the pipeline passes (see pipeline.py for where each one is).
+# Every named point a request passes (grep certdrop/intake and certdrop/issue for each one).
 CRASH_POINTS = frozenset(
     {
         "mid-claim",  # a request renamed into work/, its key (if any) still in the inbox

@@ -118,7 +118,7 @@ command_timeout_seconds = 30
         assert code == 0, err
         httpd.set_client_auth(block)
         d = DaemonThread(env, clock)
-        d.daemon.crl_check_seconds = check_seconds
+        d.daemon.jobs.crl_check_seconds = check_seconds
         d.start()
     except BaseException:
         httpd.stop()
@@ -218,7 +218,7 @@ def test_broken_configtest_leaves_apache_serving_old_files(setup: Setup) -> None
 
     # fixed: the next periodic check publishes and reloads; alice is out, bob is in
     httpd.extra_conf.write_text("# fixed\n")
-    setup.daemon.daemon.crl_job()
+    setup.daemon.daemon.jobs.crl()
     wait_for(lambda: setup.status(alice, alice_key) != 200, timeout=30, what="alice refused")
     assert setup.status(bob, bob_key) == 200
     assert setup.crl_file.read_bytes() == (env.state / "crl.pem").read_bytes()
@@ -243,7 +243,7 @@ def test_expired_crl_locks_everyone_out_until_the_scheduler_renews_it(tmp_path: 
 
         # 3.5 days on (by the daemon's clock) the CRL is not due yet: nothing changes
         clock.set(real_now - dt.timedelta(days=4.5))
-        setup.daemon.daemon.crl_job()
+        setup.daemon.daemon.jobs.crl()
         assert setup.crl_file.read_bytes() == first.public_bytes(serialization.Encoding.PEM)
 
         # the present: the scheduled job renews it, Apache is reloaded, alice is back in
@@ -427,7 +427,7 @@ debounce_seconds = 0.2
         # the operator drops the root's CRL where certdrop looks; the next check merges it
         (env.state / "chain-crls").mkdir()
         (env.state / "chain-crls" / "root.crl").write_bytes(_root_crl(root, root_key))
-        d.daemon.crl_job()
+        d.daemon.jobs.crl()
         wait_for(lambda: setup.status(alice, alice_key) == 200, timeout=30, what="alice let in")
         blocks = setup.crl_file.read_text().split("-----END X509 CRL-----")[:-1]
         crls = [x509.load_pem_x509_crl((b + "-----END X509 CRL-----\n").encode()) for b in blocks]

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certdrop.clock import ManualClock
-from certdrop.issue.pipeline import Outcome, Result
-from certdrop.service.daemon import Runtime
+from certdrop.issue.outcomes import Outcome, Result
+from certdrop.service.runtime import Runtime
 from conftest import CAEnv, load_cert, make_env
 
 
@@ -41,7 +41,7 @@ def drop(rt: Runtime, env: CAEnv, name: str, data: bytes) -> Result:
     tmp = env.inbox / f".{name}.part"
     tmp.write_bytes(data)
     tmp.rename(path)
-    return rt.pipeline.handle_inbox_file(path, "client")
+    return rt.batches.handle_inbox_file(path, "client")
 
 
 def validity(env: CAEnv, name: str) -> tuple[dt.datetime, dt.datetime, int]:
@@ -137,17 +137,16 @@ def test_crl_refresh_is_never_skipped_nor_doubled_by_clock_jumps(tmp_path: Path)
     published CRL is good; a second run at the same moment changes nothing."""
     import random
 
-    from certdrop.publish.publish import CLOCK_SKEW
+    from certdrop.publish.crl import CLOCK_SKEW
 
     env = make_env(tmp_path / "ca", extra="[crl]\nvalidity_days = 7\nrefresh_before_days = 3\n")
     t0 = dt.datetime(2031, 3, 1, 12, 0, tzinfo=dt.UTC)
     clock = ManualClock(t0)
     rt = Runtime.build(env.settings, clock)
-    assert rt.publisher is not None
-    pub = rt.publisher
+    pub = rt.crl
     rng = random.Random(5)
     try:
-        pub.check()
+        rt.check_publication()
         number, this_update, next_update = crl_facts(env)
         assert (number, this_update, next_update) == (1, t0, t0 + dt.timedelta(days=7))
         issued = drop(rt, env, "victim", csr("Victim"))
@@ -177,7 +176,7 @@ def test_crl_refresh_is_never_skipped_nor_doubled_by_clock_jumps(tmp_path: Path)
             now = clock.now()
             due = pub.crl_problem(now)
             if step == 8:  # a revocation half-way: the next CRL must list it
-                pub.revoke(issued.serial or "", "keyCompromise")
+                rt.revoker.revoke(issued.serial or "", "keyCompromise")
                 due = pub.crl_problem(now)
                 assert due is None  # revoke published a new CRL at once
                 refreshes += 1
@@ -185,7 +184,7 @@ def test_crl_refresh_is_never_skipped_nor_doubled_by_clock_jumps(tmp_path: Path)
             # due by the dates alone (the CRL's content is checked by its own tests)
             covers = before[1] <= now + CLOCK_SKEW and before[2] - now > dt.timedelta(days=3)
             assert (due is None) == covers, (step, move, due, before)
-            pub.check()
+            rt.check_publication()
             after = crl_facts(env)
             assert (after != before) == (not covers), (step, move, due)
             if due is not None:
@@ -194,7 +193,7 @@ def test_crl_refresh_is_never_skipped_nor_doubled_by_clock_jumps(tmp_path: Path)
             # the published CRL covers the clock's now and is outside its refresh window
             assert pub.crl_problem(now) is None, (step, move, pub.crl_problem(now))
             assert after[1] <= now + CLOCK_SKEW and after[2] - now > dt.timedelta(days=3)
-            pub.check()  # the job again, same moment: nothing
+            rt.check_publication()  # the job again, same moment: nothing
             assert crl_facts(env) == after
         assert crl_facts(env)[0] == 1 + refreshes
         assert refreshes >= 10, refreshes  # the walk did make the CRL due, often

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import logging
 import os
 import random
 import signal
@@ -25,18 +24,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from certdrop.faults import CRASH_POINTS, parse_crash_spec
 from certdrop.index.store import Store
-from conftest import CAEnv, DaemonThread, make_env, wait_for, wait_result
+from conftest import CAEnv, DaemonThread, ec_csr, make_env, wait_for, wait_result
 from test_crash import check_invariants
 
 SEED = int(os.environ.get("CERTDROP_TEST_SEED", "7"))
@@ -80,18 +77,6 @@ PER_REQUEST = {"mid-claim", "mid-reject", "after-reject", "mid-deliver", "mid-pe
 WAVE = 25
 
 
-def _csr(cn: str, attrs: list[x509.NameAttribute] | None = None) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(attrs if attrs is not None else [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return csr.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 def make_burst(folder: Path) -> dict[str, list[tuple[str, str, bytes]]]:
     """500 requests of every kind: {kind: [(name, sub-folder, bytes), ...]} (+ keys)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,17 +90,17 @@ def make_burst(folder: Path) -> dict[str, list[tuple[str, str, bytes]]]:
         "keys": [],
     }
     for i in range(380):
-        pem, _ = _csr(f"ok user {i}")
+        pem, _ = ec_csr(f"ok user {i}")
         burst["ok"].append((f"ok{i:03d}", "", pem))
     for i in range(30):
-        pem, key = _csr(f"p12 user {i}")
+        pem, key = ec_csr(f"p12 user {i}")
         burst["p12"].append((f"p12x{i:02d}", "", pem))
         burst["keys"].append((f"p12x{i:02d}", "", key))
     for i in range(30):  # refused by the policy: no CN
-        pem, _ = _csr("", [x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Org {i}")])
+        pem, _ = ec_csr("", [x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Org {i}")])
         burst["bad"].append((f"bad{i:02d}", "", pem))
     for i in range(20):  # the server profile waits for an operator
-        pem, _ = _csr(f"srv{i:02d}.example.org")
+        pem, _ = ec_csr(f"srv{i:02d}.example.org")
         burst["srv"].append((f"srv{i:02d}", "server", pem))
     for i in range(20):  # server-side key generation
         toml = f'[subject]\nCN = "enrolled user {i}"\nemailAddress = "e{i}@example.org"\n'
@@ -399,13 +384,13 @@ def test_full_disk_keeps_the_index_and_retries(small_fs: Path, tmp_path: Path, f
     # on the spool, one request brings its key (a p12 to stage); on the state folder no
     # p12, so that the first write to fail is the index's own commit (not a password file)
     for name, with_key in (("full1", False), ("full2", full == "spool")):
-        pem, key = _csr(f"{name} user")
+        pem, key = ec_csr(f"{name} user")
         reqs[name] = pem
         (env.inbox / f".{name}.req.part").write_bytes(pem)
         if with_key:
             (env.inbox / f".{name}.key.part").write_bytes(key)
     # a good request first, so that the index has data to lose
-    before, _ = _csr("before the disk filled")
+    before, _ = ec_csr("before the disk filled")
     (env.inbox / "before.req").write_bytes(before)
     d = DaemonThread(env).start()
     try:
@@ -421,7 +406,9 @@ def test_full_disk_keeps_the_index_and_retries(small_fs: Path, tmp_path: Path, f
             os.rename(env.inbox / f".{name}.req.part", env.inbox / f"{name}.req")
         expected = "No space left" if full == "spool" else "database or disk is full"
         wait_for(
-            lambda: expected in d.daemon.last_error, 30, what=f"the daemon seeing {expected!r}"
+            lambda: expected in d.daemon.worker.last_error,
+            30,
+            what=f"the daemon seeing {expected!r}",
         )
         # nothing refused, nothing issued half-way: the requests wait in work/
         assert not list(env.rejected.iterdir())
@@ -444,164 +431,3 @@ def test_full_disk_keeps_the_index_and_retries(small_fs: Path, tmp_path: Path, f
                 assert len(issued) == 1, name
     finally:
         store.close()
-
-
-def test_one_request_failing_in_recovery_does_not_stop_the_rest(
-    ca_env: CAEnv, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bug hit by one request left in work/ must not keep the daemon from starting,
-    nor the other requests of its batch from being processed."""
-    from certdrop.clock import SystemClock
-    from certdrop.issue import pipeline as pipeline_module
-    from certdrop.service.daemon import Runtime
-
-    caplog.set_level(logging.ERROR, logger="certdrop")
-    rt = Runtime.build(ca_env.settings, SystemClock())
-    try:
-        work = ca_env.spool / "work" / "client"
-        for name in ("first", "second", "third"):
-            (work / f"{name}.req").write_bytes(_csr(f"{name} user")[0])
-        real_evaluate = pipeline_module.policy.evaluate
-
-        def buggy(req: Any, profile: Any, ctx: Any) -> Any:
-            if ("CN", "second user") in req.subject:
-                raise RuntimeError("a bug that only the second request hits")
-            return real_evaluate(req, profile, ctx)
-
-        monkeypatch.setattr(pipeline_module.policy, "evaluate", buggy)
-        results = rt.pipeline.recover()
-        assert sorted(r.name for r in results) == ["first", "third"]
-        assert (work / "second.req").exists()  # kept for a later recovery, not lost
-        assert "internal error while recovering" in caplog.text
-        monkeypatch.undo()  # the bug is fixed (a new version): the next recovery takes it
-        assert [r.name for r in rt.pipeline.recover()] == ["second"]
-        for name in ("first", "second", "third"):
-            assert (ca_env.outbox / f"{name}.cer").exists()
-    finally:
-        rt.close()
-
-
-@pytest.mark.parametrize("unique_cn", [True, False])
-def test_the_same_request_twice_in_one_batch_is_issued_once(
-    tmp_path: Path, unique_cn: bool
-) -> None:
-    """Two names, one CSR, one batch: one certificate, the other name re-delivered it."""
-    from certdrop.clock import SystemClock
-    from certdrop.issue.pipeline import Outcome
-    from certdrop.service.daemon import Runtime
-
-    replace = (
-        {} if unique_cn else {"CN = { required = true, unique = true }": "CN = { required = true }"}
-    )
-    env = make_env(tmp_path / "ca", replace=replace)
-    rt = Runtime.build(env.settings, SystemClock())
-    try:
-        pem, _ = _csr("Twice In A Batch")
-        other, _ = _csr("Someone Else")
-        for name, data in (("first", pem), ("other", other), ("second", pem)):
-            (env.inbox / f"{name}.req").write_bytes(data)
-        results = rt.pipeline.handle_batch(
-            [(env.inbox / f"{n}.req", "client") for n in ("first", "other", "second")]
-        )
-        outcomes = {r.name: r.outcome for r in results}
-        assert outcomes == {
-            "first": Outcome.ISSUED,
-            "other": Outcome.ISSUED,
-            "second": Outcome.REDELIVERED,
-        }, results
-        assert (env.outbox / "first.cer").read_bytes() == (env.outbox / "second.cer").read_bytes()
-        with rt.store.begin() as conn:
-            assert sorted(r.request_name for r in rt.store.list_certs(conn)) == ["first", "other"]
-    finally:
-        rt.close()
-
-
-def test_batches_in_flight_decide_as_if_one_after_the_other(tmp_path: Path) -> None:
-    """The daemon starts batch 2 while batch 1 is being signed: what batch 2 shares with
-    batch 1 (the same request, the same unique CN) waits until batch 1 is recorded."""
-    from certdrop.clock import SystemClock
-    from certdrop.issue.pipeline import Outcome
-    from certdrop.service.daemon import Runtime
-
-    env = make_env(tmp_path / "ca")
-    rt = Runtime.build(env.settings, SystemClock())
-    try:
-        alice, _ = _csr("Alice Overlap")
-        alice_again, _ = _csr("Alice Overlap")  # another key, the same unique CN
-        files = {
-            "a": alice,
-            "b": _csr("Bob Overlap")[0],
-            "a2": alice,  # the very same request as a, in the next batch
-            "c": alice_again,
-            "d": _csr("Dana Overlap")[0],
-        }
-        for name, data in files.items():
-            (env.inbox / f"{name}.req").write_bytes(data)
-        p = rt.pipeline
-        first = p.start([(env.inbox / f"{n}.req", "client") for n in ("a", "b")])
-        with pytest.raises(RuntimeError):
-            p.handle_batch([])  # claimed and being parsed: in flight already
-        p.decide(first)
-        second = p.start([(env.inbox / f"{n}.req", "client") for n in ("a2", "c", "d")])
-        p.decide(second)  # while the first is being signed
-        work = env.spool / "work" / "client"
-        # a2 and c are claimed but wait; nothing is delivered before a batch is finished
-        assert {f.name for f in work.glob("*.req")} == {
-            "a.req",
-            "b.req",
-            "a2.req",
-            "c.req",
-            "d.req",
-        }
-        assert not list(env.outbox.iterdir()) and not list(env.rejected.iterdir())
-        with pytest.raises(RuntimeError):
-            p.handle_batch([])  # nothing synchronous while batches are in flight
-
-        done1 = {claim.name: res.outcome for claim, res in p.finish(first)}
-        assert done1 == {
-            "a": Outcome.ISSUED,
-            "b": Outcome.ISSUED,
-            "a2": Outcome.REDELIVERED,  # decided after a was recorded
-            "c": Outcome.REJECTED,  # CN already has a valid certificate: a's
-        }
-        assert "already has a valid certificate" in (env.rejected / "c.reason").read_text()
-        assert (env.outbox / "a.cer").read_bytes() == (env.outbox / "a2.cer").read_bytes()
-        assert {claim.name: res.outcome for claim, res in p.finish(second)} == {"d": Outcome.ISSUED}
-        assert not list(work.iterdir())
-        with rt.store.begin() as conn:
-            certs = rt.store.list_certs(conn)
-        assert sorted(c.request_name for c in certs) == ["a", "b", "d"]
-        assert len({c.serial for c in certs}) == 3
-    finally:
-        rt.close()
-
-
-def test_a_batch_decided_after_the_one_before_is_recorded_sees_it(tmp_path: Path) -> None:
-    """The daemon's order: start batch 2 (claim, read, parse), finish batch 1, then
-    decide batch 2: its decisions see batch 1 in the index, nothing has to wait."""
-    from certdrop.clock import SystemClock
-    from certdrop.issue.pipeline import Outcome
-    from certdrop.service.daemon import Runtime
-
-    env = make_env(tmp_path / "ca")
-    rt = Runtime.build(env.settings, SystemClock())
-    try:
-        alice, _ = _csr("Alice Next")
-        files = {"a": alice, "a2": alice, "c": _csr("Alice Next")[0], "d": _csr("Dan Next")[0]}
-        for name, data in files.items():
-            (env.inbox / f"{name}.req").write_bytes(data)
-        p = rt.pipeline
-        first = p.start([(env.inbox / "a.req", "client")])
-        p.decide(first)
-        second = p.start([(env.inbox / f"{n}.req", "client") for n in ("a2", "c", "d")])
-        assert {claim.name: res.outcome for claim, res in p.finish(first)} == {"a": Outcome.ISSUED}
-        p.decide(second)
-        assert second.batch is not None and not second.batch.after  # nothing deferred
-        assert {claim.name: res.outcome for claim, res in p.finish(second)} == {
-            "a2": Outcome.REDELIVERED,
-            "c": Outcome.REJECTED,
-            "d": Outcome.ISSUED,
-        }
-        assert (env.outbox / "a.cer").read_bytes() == (env.outbox / "a2.cer").read_bytes()
-    finally:
-        rt.close()

@@ -1,6 +1,6 @@
 """Expiry warnings, renewal, the p12 password by mail and operator alerts, end to end.
 
-Certificates are made from openssl requests by the real pipeline; mail goes to a
+Certificates are made from openssl requests by the real issue layer; mail goes to a
 real SMTP server (aiosmtpd on 127.0.0.1); days pass on a ManualClock.
 """
 
@@ -21,11 +21,13 @@ import pytest
 import sqlalchemy as sa
 
 from certdrop.clock import ManualClock
-from certdrop.index.store import CertRecord, expiry_warnings, mail_queue
-from certdrop.issue.pipeline import Outcome
+from certdrop.index.mailqueue import list_queue
+from certdrop.index.schema import expiry_warnings, mail_queue
+from certdrop.index.store import CertRecord
+from certdrop.issue.outcomes import Outcome
 from certdrop.notify.expiry import SweepConfig, SweepReport, sweep
-from certdrop.notify.mail import PASSWORD_SCRUBBED, FlushReport, list_queue
-from certdrop.service.daemon import Runtime
+from certdrop.notify.mailer import PASSWORD_SCRUBBED, FlushReport
+from certdrop.service.runtime import Runtime
 from conftest import (
     OPENSSL,
     CAEnv,
@@ -54,7 +56,7 @@ def now_utc() -> dt.datetime:
 
 
 class Harness:
-    """A CA with mail on, driven directly: pipeline, sweep and queue flush at clock time."""
+    """A CA with mail on, driven directly: batches, sweep and queue flush at clock time."""
 
     def __init__(self, env: CAEnv, clock: ManualClock) -> None:
         self.env = env
@@ -81,7 +83,7 @@ class Harness:
         return self.process(self.env.drop(req))
 
     def process(self, path: Path, profile: str = "client") -> str:
-        res = self.rt.pipeline.handle_inbox_file(path, profile)
+        res = self.rt.batches.handle_inbox_file(path, profile)
         assert res.outcome is Outcome.ISSUED, res
         assert res.serial is not None
         return res.serial
@@ -413,7 +415,7 @@ def test_ca_and_crl_alerts(h: Harness, peer: SmtpPeer) -> None:
 # --- the daemon -------------------------------------------------------------------------------------------
 def _daemon(env: CAEnv, clock: ManualClock) -> DaemonThread:
     d = DaemonThread(env, clock)
-    d.daemon.mail_flush_seconds = 0.2
+    d.daemon.jobs.mail_flush_seconds = 0.2
     return d
 
 
@@ -442,7 +444,7 @@ def test_the_daemon_announces_pending_requests(tmp_path: Path, peer: SmtpPeer) -
         assert alert.rcpt_tos == [ADMIN]
         assert alert.subject == "[certdrop] request web waits for approval (server)"
         assert "certdrop approve web" in alert.text and "CN=www.example.org" in alert.text
-        d.daemon.run_expiry_sweep()  # the sweep would announce it too, but it was announced
+        d.daemon.jobs.expiry_sweep()  # the sweep would announce it too, but it was announced
         assert len([r for r in _rows(env) if r["kind"] == "alert"]) == 1
     finally:
         d.stop()
@@ -464,19 +466,19 @@ def test_warnings_are_sent_once_across_daemon_restarts(tmp_path: Path, peer: Smt
     d = _daemon(env, clock).start()  # the sweep at start warns
     try:
         peer.wait_count(2)
-        wait_for(lambda: d.daemon.sweeps >= 1, what="first sweep")
+        wait_for(lambda: d.daemon.jobs.sweeps >= 1, what="first sweep")
     finally:
         d.stop()
     assert sorted(m.rcpt_tos[0] for m in peer.messages) == [ADMIN, "alice@example.org"]
 
     d = _daemon(env, clock).start()  # same day, after a restart: nothing again
     try:
-        wait_for(lambda: d.daemon.sweeps >= 1, what="sweep after restart")
+        wait_for(lambda: d.daemon.jobs.sweeps >= 1, what="sweep after restart")
         assert len(_rows(env)) == 2 and all(r["status"] == "sent" for r in _rows(env))
         # days later, the next threshold: the job sends it at once
         clock.set(cert.not_valid_after_utc - dt.timedelta(days=3))
-        d.daemon.crl_job()  # the CRL job keeps the CRL fresh (else the admin hears of it)
-        d.daemon.run_expiry_sweep()
+        d.daemon.jobs.crl()  # the CRL job keeps the CRL fresh (else the admin hears of it)
+        d.daemon.jobs.expiry_sweep()
         peer.wait_count(4)
         code, out, _ = env.cli("status", "--json", clock=clock)
         assert code == 0
@@ -520,8 +522,7 @@ def test_smtp_down_then_up_the_warning_still_arrives(tmp_path: Path) -> None:
 
 # --- alerts from the publisher (CRL and Apache), with the real publisher -----------------------------------
 def test_the_published_crl_feeds_the_crl_alert(h: Harness, peer: SmtpPeer) -> None:
-    assert h.rt.publisher is not None
-    facts = h.rt.publisher.regenerate_crl("test")
+    facts = h.rt.crl.regenerate("test")
     assert h.sweep().alerts == []  # just published: quiet
     # the scheduler did not refresh it (daemon down): one day before its nextUpdate
     h.clock.set(facts.next_update - dt.timedelta(days=1))
@@ -541,8 +542,8 @@ def test_a_failed_apache_configtest_alerts_the_admin(tmp_path: Path, peer: SmtpP
     env = make_env(tmp_path / "ca", extra=mail_config(peer.port, admin=ADMIN) + apache)
     hh = Harness(env, ManualClock(now_utc()))
     try:
-        assert hh.rt.publisher is not None
-        outcome = hh.rt.publisher.publish_apache()
+        assert hh.rt.apache is not None
+        outcome = hh.rt.apache.publish()
         assert not outcome.ok
         hh.flush()
         [alert] = peer.to(ADMIN)

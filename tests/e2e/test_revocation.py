@@ -20,7 +20,6 @@ from cryptography.x509.oid import ExtensionOID
 
 from certdrop.authority.reasons import REASONS
 from certdrop.clock import ManualClock
-from certdrop.publish.publish import Debouncer
 from conftest import (
     OPENSSL,
     CAEnv,
@@ -46,6 +45,11 @@ def load_crl(env: CAEnv) -> x509.CertificateRevocationList:
 
 def crl_number(env: CAEnv) -> int:
     crl = load_crl(env)
+    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+
+def pem_crl_number(env: CAEnv) -> int:
+    crl = x509.load_pem_x509_crl((env.state / "crl.pem").read_bytes())
     return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
 
 
@@ -297,24 +301,28 @@ def test_scheduler_renews_crl_close_to_next_update(tmp_path: Path) -> None:
     t0 = utc(2033, 1, 1)
     clock = ManualClock(t0)
     d = DaemonThread(env, clock)
-    d.daemon.crl_check_seconds = 0.2  # let the real scheduler run it often
+    d.daemon.jobs.crl_check_seconds = 0.2  # let the real scheduler run it often
     d.start()
     try:
         assert "crl" in d.daemon.scheduler.job_ids()  # type: ignore[union-attr]
         assert crl_number(env) == 1
         # just before nextUpdate - refresh_before_days: nothing to do
         clock.set(t0 + dt.timedelta(days=4) - dt.timedelta(seconds=1))
-        d.daemon.crl_job()
+        d.daemon.jobs.crl()
         assert crl_number(env) == 1
         # one second later it is due: the scheduled job renews it on its own
         clock.set(t0 + dt.timedelta(days=4))
-        wait_for(lambda: crl_number(env) == 2, what="the scheduler to renew the CRL")
+        # crl.der is written first, crl.pem last: both published when the PEM has it
+        wait_for(
+            lambda: crl_number(env) == 2 and pem_crl_number(env) == 2,
+            what="the scheduler to renew the CRL",
+        )
         crl = load_crl(env)
         assert crl.last_update_utc == t0 + dt.timedelta(days=4)
         assert crl.next_update_utc == t0 + dt.timedelta(days=11)
         assert_crl_sound(env)
         # and not again until the next window
-        d.daemon.crl_job()
+        d.daemon.jobs.crl()
         assert crl_number(env) == 2
     finally:
         d.stop()
@@ -402,8 +410,8 @@ debounce_seconds = 0
     # the periodic check with nothing changed: no write, no reload
     d = DaemonThread(env).start()
     try:
-        d.daemon.crl_job()
-        d.daemon.rt.publisher.flush()  # type: ignore[union-attr]
+        d.daemon.jobs.crl()
+        d.daemon.rt.apache.flush()  # type: ignore[union-attr]
         assert reloads.read_text().count("x") == 1
         assert ca_file.stat().st_ino == ca_inode
         # a revocation: the CRL file is replaced (atomically), the CA file is not touched
@@ -452,29 +460,6 @@ debounce_seconds = 0.1
         assert (web / "crl.pem").read_bytes() == (env.state / "crl.pem").read_bytes()
     finally:
         d.stop()
-
-
-def test_debouncer_coalesces_a_burst() -> None:
-    calls: list[int] = []
-    deb = Debouncer(3600, lambda: calls.append(1), "test-debounce")
-    try:
-        for _ in range(5):
-            deb.trigger()
-        assert deb.pending and calls == []
-        assert deb.flush() is True
-        assert calls == [1] and not deb.pending
-        assert deb.flush() is False
-        deb.trigger()
-    finally:
-        deb.close()  # a pending action is not lost at shutdown
-    assert calls == [1, 1]
-    fast = Debouncer(0.01, lambda: calls.append(2), "test-debounce-fast")
-    try:
-        fast.trigger()
-        wait_for(lambda: 2 in calls, what="the debounced action")
-    finally:
-        fast.close()
-    assert calls.count(2) == 1
 
 
 def test_revocation_left_unpublished_by_a_crash_is_published_at_start(tmp_path: Path) -> None:
@@ -537,46 +522,3 @@ debounce_seconds = 0.1
         )
     finally:
         d.stop()
-
-
-def test_a_large_crl_is_linted_through_a_sample_of_its_shape(ca_env: CAEnv) -> None:
-    """Thousands of revoked entries: the published CRL lists them all and lints clean."""
-    from certdrop.index.store import NewCertificate
-    from certdrop.publish.publish import LINT_FULL_CRL_MAX
-    from certdrop.service.daemon import Runtime
-
-    rt = Runtime.build(ca_env.settings, ca_env.clock)
-    try:
-        now = ca_env.clock.now()
-        reasons = ["keyCompromise", "affiliationChanged", "superseded", "unspecified"]
-        n = LINT_FULL_CRL_MAX + 500
-        certs = [
-            NewCertificate(
-                serial=f"{0x1000 + i:X}",
-                subject=f"CN=r{i}",
-                common_name=f"r{i}",
-                email="",
-                not_before=now - dt.timedelta(days=10),
-                not_after=now + dt.timedelta(days=300),
-                profile="client",
-                request_name=f"r{i}",
-                request_fingerprint=f"{i:064x}",
-                issued_at=now - dt.timedelta(days=10),
-                der=b"\x30\x00",
-                status="revoked",
-                revoked_at=now - dt.timedelta(minutes=i),
-                revocation_reason=reasons[i % 4],
-            )
-            for i in range(n)
-        ]
-        with rt.store.begin() as conn:
-            rt.store.add_certificates(conn, certs)
-        assert rt.publisher is not None
-        rt.publisher.regenerate_crl("test")
-    finally:
-        rt.close()
-    der = (ca_env.state / "crl.der").read_bytes()
-    crl = x509.load_der_x509_crl(der)
-    assert len(crl) == n
-    assert {r.serial_number for r in crl} == {0x1000 + i for i in range(n)}
-    assert stock_linter().crl(der) == []  # the whole CRL, as the sample promised

@@ -19,7 +19,10 @@ import pytest
 from certdrop.audit import read_audit
 from certdrop.index.store import Store
 from certdrop.service import daemon as service
-from certdrop.service.daemon import CONTROL_HANDLERS, Daemon, Notifier
+from certdrop.service import worker as worker_module
+from certdrop.service.control import CONTROL_HANDLERS
+from certdrop.service.daemon import Daemon
+from certdrop.service.systemd import Notifier
 from conftest import CAEnv, load_cert, make_env, openssl_csr, wait_for, wait_result
 from svc_helpers import DaemonProcess, NotifySocket
 from test_crash import check_invariants, make_csrs
@@ -277,7 +280,6 @@ def test_dead_thread_stops_watchdog_pings(
 def test_a_hung_worker_gets_no_pings_until_it_moves_again(
     tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from certdrop.service import daemon as service
 
     release = threading.Event()
 
@@ -334,7 +336,7 @@ def test_a_failing_operator_command_does_not_kill_the_worker(
         store = Store(env.settings.database_url)
         with store.begin() as conn:
             cid = store.push_control(conn, "explode", {}, env.clock.now())
-        from certdrop.service.daemon import wait_for_control
+        from certdrop.service.control import wait_for_control
 
         result = wait_for_control(store, cid, 30)
         store.close()
@@ -421,10 +423,10 @@ def test_a_batch_that_fails_to_be_decided_is_recovered_from_work(
         return lookup(self, conn, fingerprints)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Store, "by_fingerprints", failing_once)
-    monkeypatch.setattr(service, "BATCH_SIZE", 1)  # one batch each: one is decided while
+    monkeypatch.setattr(worker_module, "BATCH_SIZE", 1)  # one batch each: one is decided while
     # the next is started, and the failure hits that step (or the last flush)
     d = DaemonThread(ca_env)
-    d.daemon._recover_delay = 0.2  # recovery of work/ soon after the failure
+    d.daemon.worker.recover_delay = 0.2  # recovery of work/ soon after the failure
     d.start()
     try:
         names = ["late1", "late2", "late3"]

@@ -283,7 +283,7 @@ def _open_store(s: Settings) -> Store:
 
 
 def _daemon_state(s: Settings) -> dict[str, Any]:
-    from ..service.daemon import StateLock
+    from ..service.systemd import StateLock
 
     lock = StateLock(s.state)
     if not s.state.is_dir():
@@ -423,10 +423,10 @@ STATUS_EXTRAS: list[StatusExtra] | None = None  # None: mail's and publish's (lo
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:
     extras = STATUS_EXTRAS
     if extras is None:
-        from ..notify.mail import status_extra as mail_extra
-        from ..publish.publish import status_extra as publish_extra
+        from .status import mail_status as mail_extra
+        from .status import publication_status
 
-        extras = [mail_extra, publish_extra]
+        extras = [mail_extra, publication_status]
     out: dict[str, Any] = {}
     for fn in extras:
         out.update(fn(store, conn, s, now))
@@ -564,7 +564,8 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
 def _operator_command(kind: str, payload: dict[str, Any], timeout: float = 30.0) -> None:
     """Run an operator command directly, or hand it to the running daemon and wait."""
     from ..audit import operator_actor
-    from ..service.daemon import direct_runtime, execute_control, wait_for_control
+    from ..service.control import execute_control, wait_for_control
+    from ..service.runtime import direct_runtime
 
     c = _ctx()
     s = c.settings
@@ -650,13 +651,13 @@ def crl() -> None:
 def apache_config(log_file: str) -> None:
     """Print the mod_ssl configuration that matches this setup."""
     from ..authority.lifecycle import load_ca_certificates
-    from ..publish import publish
+    from ..publish import modssl
 
     c = _ctx()
     s = c.settings
     ca_cert, chain = load_ca_certificates(s.state)
     click.echo(
-        publish.apache_config_text(
+        modssl.apache_config_text(
             s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path
         ),
         nl=False,

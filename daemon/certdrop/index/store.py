@@ -1,8 +1,8 @@
 """The certificate index: SQLAlchemy Core over SQLite (WAL) by default.
 
 The database URL comes from `[paths] database`; "" means a SQLite file in the state
-folder. The schema is versioned in the `meta` table and migrated forward on open.
-Times are stored as integer seconds since the epoch (UTC).
+folder. The schema (schema.py) is created or migrated forward on open. `Transaction`
+is the handle of one index transaction, the type other packages name in their hints.
 """
 
 from __future__ import annotations
@@ -13,146 +13,26 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from ..errors import IndexUnavailable, NotFoundError, StoreError
-
-SCHEMA_VERSION = 3  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl
-
-metadata = sa.MetaData()
-
-meta = sa.Table(
-    "meta",
-    metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
+from ..errors import IndexUnavailable, NotFoundError, SerialCollision, StoreError
+from . import schema
+from .schema import (
+    cert_attrs,
+    certificates,
+    control,
+    from_epoch,
+    journal,
+    meta,
+    pending,
+    to_epoch,
 )
 
-certificates = sa.Table(
-    "certificates",
-    metadata,
-    sa.Column("serial", sa.String(42), primary_key=True),  # upper-case hex
-    sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("common_name", sa.Text, nullable=False, default=""),
-    sa.Column("email", sa.Text, nullable=False, default=""),
-    sa.Column("not_before", sa.BigInteger, nullable=False),
-    sa.Column("not_after", sa.BigInteger, nullable=False, index=True),
-    sa.Column("profile", sa.String(64), nullable=False),
-    sa.Column("request_name", sa.Text, nullable=False, default=""),
-    sa.Column("request_fingerprint", sa.String(64), nullable=False, default="", index=True),
-    sa.Column("status", sa.String(16), nullable=False, default="valid", index=True),
-    sa.Column("revoked_at", sa.BigInteger),
-    sa.Column("revocation_reason", sa.String(32)),
-    sa.Column("superseded_by", sa.String(42)),
-    sa.Column("issued_at", sa.BigInteger, nullable=False),
-    sa.Column("owner", sa.Text, nullable=False, default=""),
-    sa.Column("source", sa.String(16), nullable=False, default="issued"),
-    sa.Column("key_generated", sa.Boolean, nullable=False, default=False),
-    sa.Column("der", sa.LargeBinary, nullable=False),
-)
-
-# the CRL reads every revoked certificate: from this index alone, not from the table's rows
-# (which hold the DER): 100,000 entries in tens of milliseconds instead of a table scan
-crl_index = sa.Index(
-    "ix_certificates_crl",
-    certificates.c.status,
-    certificates.c.revoked_at,
-    certificates.c.serial,
-    certificates.c.revocation_reason,
-)
-
-cert_attrs = sa.Table(
-    "cert_attrs",
-    metadata,
-    sa.Column("serial", sa.String(42), sa.ForeignKey("certificates.serial"), nullable=False),
-    sa.Column("attr", sa.String(32), nullable=False),
-    sa.Column("value", sa.Text, nullable=False),  # casefolded
-    sa.Index("ix_cert_attrs_lookup", "attr", "value"),
-    sa.Index("ix_cert_attrs_serial", "serial"),
-)
-
-journal = sa.Table(
-    "journal",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.BigInteger, nullable=False),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("profile", sa.String(64), nullable=False, default=""),
-    sa.Column("fingerprint", sa.String(64), nullable=False, default=""),
-    sa.Column("outcome", sa.String(16), nullable=False, index=True),
-    sa.Column("serial", sa.String(42)),
-    sa.Column("detail", sa.Text, nullable=False, default=""),
-)
-
-pending = sa.Table(
-    "pending",
-    metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("profile", sa.String(64), nullable=False),
-    sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("owner", sa.Text, nullable=False, default=""),
-    sa.Column("owner_uid", sa.Integer),
-    sa.Column("received_at", sa.BigInteger, nullable=False),
-    sa.Column("subject", sa.Text, nullable=False, default=""),
-    sa.Column("decision", sa.String(16)),  # None, "approved", "denied"
-    sa.Column("decision_reason", sa.Text),
-    sa.Column("decided_at", sa.BigInteger),
-)
-
-control = sa.Table(
-    "control",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("payload", sa.Text, nullable=False, default="{}"),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("done_at", sa.BigInteger),
-    sa.Column("result", sa.Text),
-)
-
-# --- schema 2: the durable mail queue and the record of expiry warnings (see mail.py, expiry.py) ---
-mail_queue = sa.Table(
-    "mail_queue",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.String(32), nullable=False),  # password, expiry, digest, alert
-    sa.Column("dedupe_key", sa.String(200), unique=True),  # None, or: queued at most once
-    sa.Column("recipients", sa.Text, nullable=False),  # JSON [[display name, address], ...]
-    sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("body", sa.Text, nullable=False),
-    sa.Column("message_id", sa.String(255), nullable=False),
-    sa.Column("serial", sa.String(42)),  # the certificate the message is about, if any
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, default="queued", index=True),  # or
-    # "sent", or "cancelled" (an expiry warning whose certificate was renewed/revoked/expired)
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("next_attempt_at", sa.BigInteger, nullable=False, index=True),
-    sa.Column("last_error", sa.Text),
-    sa.Column("sent_at", sa.BigInteger),
-)
-
-expiry_warnings = sa.Table(
-    "expiry_warnings",
-    metadata,
-    sa.Column("kind", sa.String(16), primary_key=True),  # "cert" or "ca"
-    sa.Column("serial", sa.String(42), primary_key=True),
-    sa.Column("threshold", sa.Integer, primary_key=True),  # days
-    sa.Column("warned_at", sa.BigInteger, nullable=False),
-)
-
-
-def to_epoch(when: dt.datetime) -> int:
-    if when.tzinfo is None:
-        raise ValueError("naive datetime")
-    return int(when.timestamp())
-
-
-def from_epoch(value: int | None) -> dt.datetime | None:
-    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+Transaction: TypeAlias = Connection  # one index transaction (from Store.begin)
 
 
 @dataclass(frozen=True)
@@ -261,10 +141,6 @@ class PendingRecord:
     decision_reason: str | None
 
 
-class SerialCollision(Exception):
-    """The serial is already in the index (the caller draws a new one)."""
-
-
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -281,20 +157,7 @@ class Store:
         """Create or migrate the schema; safe to call from several processes."""
         try:
             with self.engine.begin() as conn:
-                version = self._version(conn)
-                if version is None:
-                    metadata.create_all(conn)
-                    conn.execute(
-                        sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION))
-                    )
-                    conn.execute(sa.insert(meta).values(key="crl_number", value="0"))
-                elif version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"the index was written by a newer certdrop (schema {version} > "
-                        f"{SCHEMA_VERSION}); upgrade certdrop"
-                    )
-                elif version < SCHEMA_VERSION:
-                    self._migrate(conn, version)
+                schema.install(conn)
         except OperationalError as exc:
             raise StoreError(f"cannot open the index {self.url}: {exc.orig}") from None
         return self
@@ -302,23 +165,8 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    @staticmethod
-    def _version(conn: Connection) -> int | None:
-        if not sa.inspect(conn).has_table("meta"):
-            return None
-        value = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-        return int(value) if value is not None else None
-
-    def _migrate(self, conn: Connection, version: int) -> None:
-        metadata.create_all(conn)  # new tables; column changes get explicit steps here
-        if version < 3:
-            crl_index.create(conn, checkfirst=True)  # create_all skips existing tables' indexes
-        conn.execute(
-            sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
-        )
-
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
+    def begin(self) -> Iterator[Transaction]:
         """One transaction; a full disk or an I/O error becomes `IndexUnavailable`."""
         try:
             with self.engine.begin() as conn:
@@ -352,7 +200,7 @@ class Store:
         return problems
 
     # --- certificates ------------------------------------------------------------------------
-    def add_certificate(self, conn: Connection, cert: NewCertificate) -> None:
+    def add_certificate(self, conn: Transaction, cert: NewCertificate) -> None:
         try:
             with conn.begin_nested():
                 conn.execute(
@@ -384,7 +232,7 @@ class Store:
                 [{"serial": cert.serial, "attr": a, "value": v.casefold()} for a, v in cert.attrs],
             )
 
-    def serial_exists(self, conn: Connection, serial: str) -> bool:
+    def serial_exists(self, conn: Transaction, serial: str) -> bool:
         return (
             conn.execute(
                 sa.select(certificates.c.serial).where(certificates.c.serial == serial)
@@ -392,7 +240,7 @@ class Store:
             is not None
         )
 
-    def supersede(self, conn: Connection, old_serials: Iterable[str], new_serial: str) -> None:
+    def supersede(self, conn: Transaction, old_serials: Iterable[str], new_serial: str) -> None:
         olds = list(old_serials)
         if olds:
             conn.execute(
@@ -401,23 +249,15 @@ class Store:
                 .values(status="superseded", superseded_by=new_serial)
             )
 
-    def by_fingerprint(self, conn: Connection, fingerprint: str) -> list[CertRecord]:
-        rows = conn.execute(
-            sa.select(certificates)
-            .where(certificates.c.request_fingerprint == fingerprint)
-            .order_by(certificates.c.issued_at.desc())
-        )
-        return [_record(r) for r in rows]
-
     def existing_valid(
-        self, conn: Connection, keys: Iterable[tuple[str, str]], now: dt.datetime
+        self, conn: Transaction, keys: Iterable[tuple[str, str]], now: dt.datetime
     ) -> dict[tuple[str, str], list[CertRecord]]:
         """Valid certificates carrying any of the (attribute, folded value) pairs.
 
         One query per attribute (`attr = ? AND value IN (...)`), which SQLite answers
         with searches of ix_cert_attrs_lookup. It does not match a row-value IN on
-        (attr, value) to that index: that query walked every valid certificate, ~120 ms
-        with 100,000 in the index (tests/unit/index/test_store.py checks the plan).
+        (attr, value) to that index: that query walks every valid certificate
+        (tests/unit/index/test_store.py checks the plan).
         """
         by_attr: dict[str, list[str]] = {}
         for attr, value in dict.fromkeys(keys):
@@ -434,7 +274,7 @@ class Store:
         return out
 
     def by_fingerprints(
-        self, conn: Connection, fingerprints: Iterable[str]
+        self, conn: Transaction, fingerprints: Iterable[str]
     ) -> dict[str, list[CertRecord]]:
         wanted = list(dict.fromkeys(fingerprints))
         out: dict[str, list[CertRecord]] = {}
@@ -445,7 +285,7 @@ class Store:
                 out.setdefault(rec.request_fingerprint, []).append(rec)
         return out
 
-    def existing_serials(self, conn: Connection, serials: Iterable[str]) -> set[str]:
+    def existing_serials(self, conn: Transaction, serials: Iterable[str]) -> set[str]:
         wanted = list(serials)
         found: set[str] = set()
         for start in range(0, len(wanted), 500):
@@ -454,7 +294,7 @@ class Store:
             )
         return found
 
-    def add_certificates(self, conn: Connection, certs: Sequence[NewCertificate]) -> None:
+    def add_certificates(self, conn: Transaction, certs: Sequence[NewCertificate]) -> None:
         """Insert many certificates with one statement per table (executemany)."""
         if not certs:
             return
@@ -493,11 +333,11 @@ class Store:
         if attrs:
             _insert_many(conn, cert_attrs, attrs)
 
-    def get(self, conn: Connection, serial: str) -> CertRecord | None:
+    def get(self, conn: Transaction, serial: str) -> CertRecord | None:
         row = conn.execute(sa.select(certificates).where(certificates.c.serial == serial)).first()
         return _record(row) if row is not None else None
 
-    def find(self, conn: Connection, ref: str) -> list[CertRecord]:
+    def find(self, conn: Transaction, ref: str) -> list[CertRecord]:
         """Certificates by serial (hex, any case, optional colons/0x) or by request name."""
         cleaned = ref.replace(":", "").strip().upper().removeprefix("0X")
         if cleaned and all(c in "0123456789ABCDEF" for c in cleaned):
@@ -517,7 +357,7 @@ class Store:
 
     def list_certs(
         self,
-        conn: Connection,
+        conn: Transaction,
         *,
         status: str | None = None,
         now: dt.datetime | None = None,
@@ -544,7 +384,7 @@ class Store:
             q = q.limit(limit)
         return [_record(r) for r in conn.execute(q)]
 
-    def revoke(self, conn: Connection, serial: str, reason: str, when: dt.datetime) -> CertRecord:
+    def revoke(self, conn: Transaction, serial: str, reason: str, when: dt.datetime) -> CertRecord:
         rec = self.get(conn, serial)
         if rec is None:
             raise NotFoundError(f"no certificate with serial {serial} in the index")
@@ -560,7 +400,7 @@ class Store:
         )
         return rec
 
-    def revoked_entries(self, conn: Connection) -> list[tuple[int, int, str | None]]:
+    def revoked_entries(self, conn: Transaction) -> list[tuple[int, int, str | None]]:
         """(serial, revocation time in UTC epoch seconds, reason) of every revoked
         certificate, for the CRL (`CertificateAuthority.build_crl` takes the epoch as is).
 
@@ -574,8 +414,8 @@ class Store:
             .where(certificates.c.status == sa.literal_column("'revoked'"))
             .order_by(certificates.c.revoked_at)
         )
-        # straight from the driver's cursor, in this transaction: 100,000 rows without
-        # SQLAlchemy's per-row work (the statement has no parameters: any paramstyle)
+        # straight from the driver's cursor, in this transaction: no SQLAlchemy per-row
+        # work (the statement has no parameters: any paramstyle)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(str(stmt.compile(dialect=conn.dialect)))
@@ -584,7 +424,7 @@ class Store:
             cursor.close()
         return [(int(serial, 16), int(at), reason) for serial, at, reason in rows]
 
-    def counts(self, conn: Connection, now: dt.datetime) -> dict[str, int]:
+    def counts(self, conn: Transaction, now: dt.datetime) -> dict[str, int]:
         t = to_epoch(now)
         c = certificates.c
         row = conn.execute(
@@ -605,7 +445,7 @@ class Store:
         }
 
     # --- CRL number ----------------------------------------------------------------------------
-    def next_crl_number(self, conn: Connection) -> int:
+    def next_crl_number(self, conn: Transaction) -> int:
         current = int(
             conn.execute(sa.select(meta.c.value).where(meta.c.key == "crl_number")).scalar_one()
         )
@@ -614,10 +454,10 @@ class Store:
         )
         return current + 1
 
-    def get_meta(self, conn: Connection, key: str) -> str | None:
+    def get_meta(self, conn: Transaction, key: str) -> str | None:
         return conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
 
-    def set_meta(self, conn: Connection, key: str, value: str) -> None:
+    def set_meta(self, conn: Transaction, key: str, value: str) -> None:
         if conn.execute(sa.select(meta.c.key).where(meta.c.key == key)).first() is None:
             conn.execute(sa.insert(meta).values(key=key, value=value))
         else:
@@ -626,7 +466,7 @@ class Store:
     # --- journal -------------------------------------------------------------------------------
     def log(
         self,
-        conn: Connection,
+        conn: Transaction,
         when: dt.datetime,
         name: str,
         outcome: str,
@@ -648,7 +488,7 @@ class Store:
             )
         )
 
-    def log_many(self, conn: Connection, entries: Sequence[Mapping[str, Any]]) -> None:
+    def log_many(self, conn: Transaction, entries: Sequence[Mapping[str, Any]]) -> None:
         if entries:
             _insert_many(
                 conn,
@@ -667,20 +507,20 @@ class Store:
                 ],
             )
 
-    def outcome_counts(self, conn: Connection) -> dict[str, int]:
+    def outcome_counts(self, conn: Transaction) -> dict[str, int]:
         rows = conn.execute(
             sa.select(journal.c.outcome, sa.func.count()).group_by(journal.c.outcome)
         )
         return {o: int(n) for o, n in rows}
 
-    def journal_for(self, conn: Connection, name: str) -> list[dict[str, Any]]:
+    def journal_for(self, conn: Transaction, name: str) -> list[dict[str, Any]]:
         rows = conn.execute(sa.select(journal).where(journal.c.name == name).order_by(journal.c.id))
         return [dict(r._mapping) for r in rows]
 
     # --- pending requests ----------------------------------------------------------------------
     def add_pending(
         self,
-        conn: Connection,
+        conn: Transaction,
         name: str,
         profile: str,
         fingerprint: str,
@@ -702,11 +542,11 @@ class Store:
             )
         )
 
-    def get_pending(self, conn: Connection, name: str) -> PendingRecord | None:
+    def get_pending(self, conn: Transaction, name: str) -> PendingRecord | None:
         row = conn.execute(sa.select(pending).where(pending.c.name == name)).first()
         return _pending(row) if row is not None else None
 
-    def pending_by_names(self, conn: Connection, names: Iterable[str]) -> dict[str, PendingRecord]:
+    def pending_by_names(self, conn: Transaction, names: Iterable[str]) -> dict[str, PendingRecord]:
         wanted = list(dict.fromkeys(names))
         out: dict[str, PendingRecord] = {}
         for start in range(0, len(wanted), 500):
@@ -715,16 +555,16 @@ class Store:
                 out[rec.name] = rec
         return out
 
-    def remove_pending_many(self, conn: Connection, names: Sequence[str]) -> None:
+    def remove_pending_many(self, conn: Transaction, names: Sequence[str]) -> None:
         conn.execute(sa.delete(pending).where(pending.c.name.in_(list(names))))
 
-    def list_pending(self, conn: Connection) -> list[PendingRecord]:
+    def list_pending(self, conn: Transaction) -> list[PendingRecord]:
         return [
             _pending(r) for r in conn.execute(sa.select(pending).order_by(pending.c.received_at))
         ]
 
     def decide_pending(
-        self, conn: Connection, name: str, decision: str, reason: str, when: dt.datetime
+        self, conn: Transaction, name: str, decision: str, reason: str, when: dt.datetime
     ) -> None:
         conn.execute(
             sa.update(pending)
@@ -732,12 +572,12 @@ class Store:
             .values(decision=decision, decision_reason=reason, decided_at=to_epoch(when))
         )
 
-    def remove_pending(self, conn: Connection, name: str) -> None:
+    def remove_pending(self, conn: Transaction, name: str) -> None:
         conn.execute(sa.delete(pending).where(pending.c.name == name))
 
     # --- control queue (operator commands for a running daemon) -----------------------------------
     def push_control(
-        self, conn: Connection, kind: str, payload: Mapping[str, Any], when: dt.datetime
+        self, conn: Transaction, kind: str, payload: Mapping[str, Any], when: dt.datetime
     ) -> int:
         res = conn.execute(
             sa.insert(control).values(
@@ -748,7 +588,7 @@ class Store:
         assert pk is not None
         return int(pk[0])
 
-    def open_controls(self, conn: Connection) -> list[tuple[int, str, dict[str, Any]]]:
+    def open_controls(self, conn: Transaction) -> list[tuple[int, str, dict[str, Any]]]:
         rows = conn.execute(
             sa.select(control.c.id, control.c.kind, control.c.payload)
             .where(control.c.done_at.is_(None))
@@ -757,7 +597,7 @@ class Store:
         return [(int(i), k, json.loads(p)) for i, k, p in rows]
 
     def finish_control(
-        self, conn: Connection, control_id: int, result: str, when: dt.datetime
+        self, conn: Transaction, control_id: int, result: str, when: dt.datetime
     ) -> None:
         conn.execute(
             sa.update(control)
@@ -765,7 +605,7 @@ class Store:
             .values(done_at=to_epoch(when), result=result)
         )
 
-    def control_result(self, conn: Connection, control_id: int) -> str | None:
+    def control_result(self, conn: Transaction, control_id: int) -> str | None:
         row = conn.execute(
             sa.select(control.c.done_at, control.c.result).where(control.c.id == control_id)
         ).first()
@@ -815,7 +655,7 @@ _PENDING_BY_NAMES = sa.select(pending).where(
 )
 
 
-def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+def _insert_many(conn: Transaction, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """INSERT many rows with one executemany straight to the driver.
 
     SQLAlchemy's per-row parameter processing is most of the cost of a batch of
@@ -852,6 +692,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _sqlite_begin_immediate(conn: Connection) -> None:
+def _sqlite_begin_immediate(conn: Transaction) -> None:
     # take the write lock at BEGIN: two writers queue instead of failing on upgrade
     conn.exec_driver_sql("BEGIN IMMEDIATE")

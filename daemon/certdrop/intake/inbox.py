@@ -1,7 +1,8 @@
 """Watching the inbox: watchdog events and scans become queued work items.
 
 No work happens in watchdog callbacks: they only put paths on the `WorkQueue`.
-The worker (in the service) takes items off the queue and runs the pipeline.
+The worker (service/worker.py) takes items off the queue and hands them to the issue
+layer's batches.
 
 * events mode (inotify): a close-write or a move into the inbox means the file is
   complete; a creation is only interesting for things that never get a close-write
@@ -161,8 +162,7 @@ def _drop_box_observer(handler: FileSystemEventHandler) -> BaseObserver:
       (which also halves the events a burst puts in inotify's queue);
     * each event goes to `handler` in the thread that read it: the handler only queues
       work (thread-safe), so the hop through watchdog's dispatcher thread (a queue, a
-      lock, a thread switch: ~30 us of the daemon's time per event, measured) is
-      skipped.
+      lock, a thread switch per event) is skipped.
     """
     from watchdog.observers.inotify import (
         InotifyFullEmitter,
@@ -389,7 +389,7 @@ class Inbox:
         except FileNotFoundError:
             self._seen.pop(item.path, None)
             self._writing.pop(item.path, None)
-            return 0.0  # gone: the pipeline will skip it
+            return 0.0  # gone: the claim will skip it
         if not stat.S_ISREG(st.st_mode):
             return 0.0  # refused without reading; nothing to wait for
         settle = self.settings.settle_seconds

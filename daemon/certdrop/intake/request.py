@@ -30,8 +30,8 @@ from ..errors import RequestError
 
 # cryptography warns (UserWarning, on stderr) when it reads a name value longer than
 # RFC 5280's upper bound; in a request that is the policy's to refuse, with a reason.
-# One filter for the process: warnings.catch_warnings around every parse changed the
-# process-wide filters from one thread while others ran, and cost ~5 us a request.
+# One filter for the process: warnings.catch_warnings around every parse would change
+# the process-wide filters from one thread while others run.
 _LENGTH_WARNING = r"Attribute's length must be >= \d+ and <= \d+, but it was \d+"
 warnings.filterwarnings("ignore", message=_LENGTH_WARNING, category=UserWarning)
 

@@ -1,21 +1,31 @@
 """Delivery of results: certificate files, PKCS#12 bundles and their passwords.
 
-The p12 password never travels with the p12: it goes to `<state>/passwords/NAME.txt`
-(0600, folder 0700) for the operator, or into the mail queue for the holder.
+Outputs are staged in work/ and moved into outbox/ once the index holds the
+certificate (`Delivery.to_outbox`); a key dropped after its certificate was issued
+gets its p12 here too (`Delivery.bundle_for_existing`). The p12 password never
+travels with the p12: it goes to `<state>/passwords/NAME.txt` (0600, folder 0700)
+for the operator, or into the mail queue for the holder (`PasswordChannel`).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy.engine import Connection
+from cryptography import x509
 
-from ..fsutil import atomic_write, ensure_dir, sync_filesystem
+from ..authority.ca import CertificateAuthority
+from ..authority.keys import PrivateKey, load_subject_key, subject_key_matches
+from ..clock import Clock
+from ..errors import CAError, CertdropError
+from ..faults import Crashpoint, no_crash
+from ..fsutil import atomic_write, ensure_dir, fsync_dir, sync_filesystem
+from ..index.store import Store, Transaction
+from ..intake.claim import Claim, Claimer, Owner
+from ..intake.spool import Spool
 
 # no 0/O, 1/l/I: typeable from a printout or a phone screen
 PASSWORD_ALPHABET = "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -29,13 +39,6 @@ def new_password() -> str:
         for _ in range(PASSWORD_GROUPS)
     ]
     return "-".join(groups)
-
-
-@dataclass(frozen=True)
-class Owner:
-    uid: int
-    gid: int
-    name: str | None
 
 
 def running_as_root() -> bool:
@@ -62,7 +65,7 @@ class PasswordChannel(Protocol):
 
     def __call__(
         self,
-        conn: Connection,
+        conn: Transaction,
         name: str,
         email: str,
         serial: str,
@@ -81,7 +84,7 @@ class PasswordFiles:
 
     def __call__(
         self,
-        conn: Connection,
+        conn: Transaction,
         name: str,
         email: str,
         serial: str,
@@ -107,3 +110,89 @@ class PasswordFiles:
 
     def path_for(self, name: str) -> Path:
         return self.folder / f"{name}.txt"
+
+
+def sync_passwords(channel: PasswordChannel) -> None:
+    """Make the passwords a channel wrote durable (a file channel syncs; mail needs not)."""
+    sync = getattr(channel, "sync", None)
+    if sync is not None:
+        sync()
+
+
+class Delivery:
+    """Moves staged outputs into outbox/, and bundles keys dropped for issued certificates."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        store: Store,
+        ca: CertificateAuthority,
+        clock: Clock,
+        claimer: Claimer,
+        password_channel: PasswordChannel,
+        p12_encryption: Callable[[str], str],
+        crashpoint: Crashpoint = no_crash,
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.ca = ca
+        self.clock = clock
+        self.claimer = claimer
+        self.password_channel = password_channel
+        self.p12_encryption = p12_encryption  # profile -> PKCS#12 preset
+        self.crashpoint = crashpoint
+
+    def to_outbox(self, claim: Claim, *, durable: bool = True, p12: bool | None = None) -> None:
+        """Move the staged outputs to outbox/: the .cer and the .p12 if there is one (`p12`
+        says whether, when known; else it is looked for), the .cer last: it signals
+        "done" to watchers."""
+        for suffix in (".p12", ".cer"):
+            staged = self.spool.staged_path(claim.profile, claim.name, suffix)
+            if p12 is None:
+                there = os.path.exists(staged)
+            else:
+                there = suffix == ".cer" or p12
+            if there:
+                os.rename(staged, self.spool.outbox_path(claim.name + suffix))
+                if suffix == ".p12":
+                    self.crashpoint("mid-deliver")
+        if durable:
+            fsync_dir(self.spool.outbox)
+            fsync_dir(claim.path.parent)
+
+    def subject_key(self, claim: Claim) -> PrivateKey:
+        """The private key claimed with a request (CertdropError if it is unusable)."""
+        return load_subject_key(self.claimer.read_key(claim))
+
+    def bundle_for_existing(self, claim: Claim, serial: str, der: bytes) -> str:
+        """Deliver NAME.p12 for a certificate already issued, from the key in claim.key_path.
+
+        Returns "" when done, else why not (the key does not belong, cannot be read).
+        """
+        now = self.clock.now()
+        stem, profile = claim.name, claim.profile
+        try:
+            key = self.subject_key(claim)
+            cert = x509.load_der_x509_certificate(der)
+            if not subject_key_matches(key, cert.public_key()):
+                raise CAError(
+                    f"{stem}.key does not belong to the certificate issued for {stem}.req; "
+                    "the key was deleted"
+                )
+        except CertdropError as exc:
+            return str(exc)
+        password = new_password()
+        cn = next((a.value for a in cert.subject if a.oid == x509.NameOID.COMMON_NAME), stem)
+        p12 = self.ca.pkcs12_bundle(key, cert, str(cn), password, self.p12_encryption(profile))
+        staged = self.spool.staged(profile, stem, ".p12")
+        atomic_write(staged, p12, p12_mode(claim.owner), owner=output_owner(claim.owner))
+        email = next(
+            (str(a.value) for a in cert.subject if a.oid == x509.NameOID.EMAIL_ADDRESS), ""
+        )
+        with self.store.begin() as conn:
+            self.password_channel(conn, stem, email, serial, password, claim.notes)
+            sync_passwords(self.password_channel)
+            self.store.log(conn, now, stem, "p12", profile=profile, serial=serial)
+        os.rename(staged, self.spool.outbox / f"{stem}.p12")
+        fsync_dir(self.spool.outbox)
+        return ""

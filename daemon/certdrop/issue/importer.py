@@ -34,8 +34,8 @@ from ..authority.names import OID_NAMES, subject_text
 from ..authority.reasons import OPENSSL_REASONS
 from ..authority.serials import serial_hex
 from ..clock import Clock
-from ..errors import CertdropError
-from ..index.store import NewCertificate, SerialCollision, Store
+from ..errors import CertdropError, SerialCollision
+from ..index.store import NewCertificate, Store
 
 CERT_SUFFIXES = (".cer", ".crt", ".pem", ".der")
 

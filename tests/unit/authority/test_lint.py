@@ -17,8 +17,8 @@ from certdrop.authority.lint import Linter, shared_linter
 from certdrop.authority.serials import serial_hex
 from certdrop.clock import SystemClock
 from certdrop.index.store import Store
-from certdrop.issue.pipeline import Outcome
-from certdrop.service.daemon import Runtime
+from certdrop.issue.outcomes import Outcome
+from certdrop.service.runtime import Runtime
 from conftest import CAEnv, lint_clean, load_cert, make_env, openssl_csr
 
 # a valid profile: key_encipherment only. Fine for RSA keys; for an EC key certdrop
@@ -40,15 +40,15 @@ class RecordingLinter:
 
 def runtime(env: CAEnv) -> tuple[Runtime, RecordingLinter]:
     rt = Runtime.build(env.settings, SystemClock())
-    assert rt.linter is shared_linter() and rt.pipeline.linter is rt.linter
+    assert rt.linter is shared_linter() and rt.batches.recorder.linter is rt.linter
     rec = RecordingLinter(rt.linter)
-    rt.pipeline.linter = rec  # type: ignore[assignment]
+    rt.batches.recorder.linter = rec  # type: ignore[assignment]
     return rt, rec
 
 
 def drop_and_process(rt: Runtime, env: CAEnv, req: Path, name: str) -> Any:
     env.drop(req, f"{name}.req")
-    return rt.pipeline.handle_inbox_file(env.inbox / f"{name}.req", "client")
+    return rt.batches.handle_inbox_file(env.inbox / f"{name}.req", "client")
 
 
 def index_of(env: CAEnv) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -128,7 +128,7 @@ def test_lint_off_signs_what_lint_would_refuse(tmp_path: Path) -> None:
     env = make_env(tmp_path / "ca", replace={**ENCIPHER_ONLY, "lint = true": "lint = false"})
     rt = Runtime.build(env.settings, SystemClock())
     try:
-        assert rt.linter is None and rt.pipeline.linter is None
+        assert rt.linter is None and rt.batches.recorder.linter is None
         req, _ = openssl_csr(tmp_path / "u", "ecreq", "/CN=EC User", kind="ec:prime256v1")
         res = drop_and_process(rt, env, req, "ecreq")
         assert res.outcome is Outcome.ISSUED

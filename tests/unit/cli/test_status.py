@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
 
 from certdrop.cli import app as climod
+from certdrop.cli.status import mail_status
+from certdrop.index.store import Store
+from certdrop.notify.alerts import queue_admin_alert
 from conftest import DaemonThread, make_env, openssl_csr, wait_result
+from mailpeer import mail_config
 
 
 def _columns_aligned(lines: list[str], headers: list[str]) -> None:
@@ -78,3 +83,117 @@ def test_status_table_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert doc["crl"] == {"number": 7}
     finally:
         d.stop()
+
+
+# --- the mail part ------------------------------------------------------------------------------------
+def test_the_mail_part_of_status(tmp_path: Path) -> None:
+    env = make_env(tmp_path, extra=mail_config(25, admin="ops@example.org"))
+    s = env.settings
+    now = dt.datetime.now(dt.UTC)
+    off = s.model_copy(update={"mail": s.mail.model_copy(update={"enabled": False})})
+    store = Store(s.database_url).open()
+    try:
+        with store.begin() as conn:
+            assert mail_status(store, conn, off, now) == {}  # mail never used: not shown
+            assert mail_status(store, conn, s, now) == {
+                "mail": {
+                    "queued": 0,
+                    "failing": 0,
+                    "sent": 0,
+                    "cancelled": 0,
+                    "last_error": None,
+                    "enabled": True,
+                    "last_expiry_sweep": None,
+                }
+            }
+        assert queue_admin_alert(store, s.mail, "something", "body\n", now)
+        with store.begin() as conn:
+            store.set_meta(conn, "expiry_last_sweep", "2030-05-01T12:00:00+00:00")
+            doc = mail_status(store, conn, off, now)["mail"]  # switched off, mail still queued
+        assert (doc["queued"], doc["enabled"]) == (1, False)
+        assert doc["last_expiry_sweep"] == "2030-05-01T12:00:00+00:00"
+    finally:
+        store.close()
+    code, out, err = env.cli("status", "--json")
+    assert code == 0, err
+    mail = json.loads(out)["mail"]
+    assert (mail["queued"], mail["enabled"]) == (1, True)
+    code, out, err = env.cli("status")
+    [line] = [line for line in out.splitlines() if line.startswith("mail ")]
+    assert line.split(None, 1)[1] == (
+        "queued 1, failing 0, sent 0, cancelled 0, enabled True, "
+        "last_expiry_sweep 2030-05-01T12:00:00+00:00"
+    )
+
+
+# --- the CRL and Apache lines (cli/status.py) --------------------------------------------------------------
+def test_publication_status_follows_the_crl_and_the_last_apache_outcome(tmp_path: Path) -> None:
+    import datetime as dt
+    from typing import Any
+
+    from certdrop.authority.ca import CertificateAuthority
+    from certdrop.cli.status import publication_status
+    from certdrop.clock import ManualClock
+    from certdrop.index.store import Store
+    from certdrop.publish.apache import META_APACHE
+    from certdrop.publish.crl import META_CRL_ERROR, CrlPublisher
+
+    env = make_env(tmp_path, extra="[crl]\nvalidity_days = 7\nrefresh_before_days = 3\n")
+    settings = env.settings
+    t0 = dt.datetime(2034, 2, 1, tzinfo=dt.UTC)
+    store = Store(settings.database_url).open()
+
+    def doc(now: dt.datetime) -> dict[str, Any]:
+        with store.begin() as conn:
+            return publication_status(store, conn, settings, now)
+
+    try:
+        assert doc(t0) == {
+            "crl": {
+                "number": None,
+                "next_update": None,
+                "state": "none yet (the daemon makes one at start; or run 'certdrop crl')",
+            },
+            "apache": {"enabled": False},
+        }
+        ca = CertificateAuthority.load(settings.state)
+        crl = CrlPublisher(settings.crl, settings.state, store, ca, ManualClock(t0), None)
+        crl.regenerate("test")
+        assert doc(t0)["crl"] == {
+            "number": 1,
+            "this_update": "2034-02-01T00:00:00+00:00",
+            "next_update": "2034-02-08T00:00:00+00:00",
+            "revoked": 0,
+            "state": "fresh",
+        }
+        assert doc(t0 + dt.timedelta(days=4))["crl"]["state"] == "refresh due"
+        assert doc(t0 + dt.timedelta(days=7))["crl"]["state"] == "EXPIRED"
+        with store.begin() as conn:
+            store.set_meta(conn, META_CRL_ERROR, "2034-02-02 00:00 UTC: disk full")
+            store.set_meta(
+                conn,
+                META_APACHE,
+                json.dumps(
+                    {
+                        "at": "2034-02-02T00:00:00+00:00",
+                        "ok": False,
+                        "action": "configtest-failed",
+                        "detail": "",
+                        "warnings": ["first", "second"],
+                    }
+                ),
+            )
+        crl.der_path.write_bytes(b"garbage")
+        now_doc = doc(t0)
+        assert now_doc["crl"]["state"].startswith("unreadable (")
+        assert now_doc["crl"]["last_error"] == "2034-02-02 00:00 UTC: disk full"
+        assert now_doc["apache"] == {
+            "enabled": False,
+            "last": "FAILED",
+            "action": "configtest-failed",
+            "at": "2034-02-02T00:00:00+00:00",
+            "detail": None,
+            "warning": "first; second",
+        }
+    finally:
+        store.close()

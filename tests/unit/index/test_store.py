@@ -1,9 +1,9 @@
-"""The index's uniqueness lookup: right answers, and answered from the attribute index.
+"""The Store: the uniqueness lookup (right answers, answered from the attribute index),
+and certificates that collide.
 
 The pipeline asks, for every batch, which valid certificates carry the subjects'
 unique attributes. A row-value IN on (attr, value) made SQLite walk every valid
-certificate (~120 ms per query with 100,000 in the index); the lookup must be driven
-by ix_cert_attrs_lookup whatever the index holds.
+certificate; the lookup must be driven by ix_cert_attrs_lookup whatever the index holds.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from certdrop.errors import SerialCollision, StoreError
 from certdrop.index.store import NewCertificate, Store
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -122,3 +123,21 @@ def test_the_lookup_is_driven_by_the_attribute_index(store: Store) -> None:
             assert any("cert_attrs USING INDEX ix_cert_attrs_lookup" in s for s in plan), plan
             assert not any(s.startswith("SCAN") for s in plan), plan
             assert not any("ix_certificates_status" in s for s in plan), plan
+
+
+def test_a_serial_already_in_the_index_collides(store: Store) -> None:
+    with store.begin() as conn:
+        store.add_certificate(conn, _cert(7, [("CN", "Alice")]))
+    with store.begin() as conn:
+        with pytest.raises(SerialCollision) as exc:
+            store.add_certificate(conn, _cert(7, [("CN", "Mallory")]))
+        assert isinstance(exc.value, StoreError)
+        assert str(exc.value) == f"{7:032X}"
+        # the transaction goes on: the caller draws a new serial
+        store.add_certificate(conn, _cert(8, [("CN", "Mallory")]))
+    with store.begin() as conn:
+        assert [r.common_name for r in store.find(conn, f"{7:032X}")] == ["Alice"]
+        assert store.existing_serials(conn, [f"{7:032X}", f"{8:032X}", "09"]) == {
+            f"{7:032X}",
+            f"{8:032X}",
+        }

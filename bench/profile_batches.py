@@ -1,12 +1,11 @@
-"""Where does certdrop's time per request go? cProfile over the pipeline, in-process.
+"""Where does certdrop's time per request go? cProfile over the issue layer, in-process.
 
-    .venv/bin/python bench/profile_pipeline.py --n 500 [--lint] [--key-type rsa-2048]
+    .venv/bin/python bench/profile_batches.py --n 500 [--lint] [--key-type rsa-2048]
 
 Builds the same Runtime the daemon builds (temp config from bench/run, the signing
-pool when this certdrop has one), drops n CSRs into inbox/ and hands them to the
-pipeline in this thread under cProfile, in batches of the daemon's BATCH_SIZE when the
-pipeline has `handle_batch` (else one by one with `handle_inbox_file`): no watchdog,
-no worker thread, the pipeline's own cost. Prints the per-request wall time and the
+workers unless --no-pool), drops n CSRs into inbox/ and hands them to the issue layer's
+batches in this thread under cProfile, in batches of the daemon's BATCH_SIZE: no
+watchdog, no worker thread, the batches' own cost. Prints the per-request wall time and the
 functions with the most cumulative and own time (in this process: work done in
 signing-pool processes shows up as waiting).
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import inspect
 import io
 import pstats
 import shutil
@@ -23,7 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -32,12 +29,12 @@ from cd_daemon import CertdropDaemon
 
 from certdrop.clock import SystemClock
 from certdrop.config import load_settings
-from certdrop.service import daemon as service
-from certdrop.service.daemon import Runtime
+from certdrop.service.runtime import Runtime
+from certdrop.service.worker import BATCH_SIZE
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench/profile_pipeline.py", description=__doc__)
+    ap = argparse.ArgumentParser(prog="bench/profile_batches.py", description=__doc__)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--lint", action="store_true", help="lint before signing (default off)")
     ap.add_argument("--key-type", default="ec-p256", choices=["ec-p256", "rsa-2048"])
@@ -51,12 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         d = CertdropDaemon(root, key_type=args.key_type, lint=args.lint)
         d.init()
         settings = load_settings(d.config)
-        kwargs: dict[str, Any] = {}
-        if "signing_pool" in inspect.signature(Runtime.build).parameters:
-            kwargs["signing_pool"] = not args.no_pool
-        rt = Runtime.build(settings, SystemClock(), **kwargs)
-        batch = int(getattr(service, "BATCH_SIZE", 1))
-        batched = hasattr(rt.pipeline, "handle_batch") and batch > 1
+        rt = Runtime.build(settings, SystemClock(), signing_pool=not args.no_pool)
+        batch = BATCH_SIZE
         files = csrs.pool(args.n)
         paths = []
         for name, data in files:
@@ -68,20 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         prof.enable()
         profile = settings.policy.default_profile
         results = []
-        if batched:
-            for i in range(0, len(paths), batch):
-                results += rt.pipeline.handle_batch([(p, profile) for p in paths[i : i + batch]])
-        else:
-            results = [rt.pipeline.handle_inbox_file(p, profile) for p in paths]
+        for i in range(0, len(paths), batch):
+            results += rt.batches.handle_batch([(p, profile) for p in paths[i : i + batch]])
         prof.disable()
         for res in results:
             if res.outcome.value != "issued":
                 raise SystemExit(f"{res.name}: {res.outcome.value} {res.reason}")
         wall = time.perf_counter() - t0
         rt.close()
-        how = f"batches of {batch}" if batched else "one by one"
-        if kwargs.get("signing_pool"):
-            how += ", signing pool"
+        how = f"batches of {batch}" + ("" if args.no_pool else ", signing pool")
         print(
             f"{args.n} requests ({args.key_type}, lint {'on' if args.lint else 'off'}, {how}) in "
             f"{wall:.2f} s under cProfile: {wall / args.n * 1000:.2f} ms each, "

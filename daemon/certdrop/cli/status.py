@@ -1,0 +1,78 @@
+"""The pieces of `certdrop status` beyond the index counts: the mail queue, the CRL and
+Apache's files, read from the index and the state folder."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from typing import Any
+
+from cryptography import x509
+
+from ..config import Settings
+from ..index.mailqueue import queue_status
+from ..index.store import Store, Transaction
+from ..index.warned import LAST_SWEEP_META_KEY
+from ..publish.apache import META_APACHE
+from ..publish.crl import CRL_DER, META_CRL_ERROR, CrlFacts
+
+
+def mail_status(
+    store: Store, conn: Transaction, settings: Settings, now: dt.datetime
+) -> dict[str, Any]:
+    """The mail queue (and when the expiry sweep last ran); {} while mail was never used."""
+    doc = queue_status(conn)
+    if not settings.mail.enabled and not any(doc[k] for k in ("queued", "sent", "cancelled")):
+        return {}
+    doc["enabled"] = settings.mail.enabled
+    doc["last_expiry_sweep"] = store.get_meta(conn, LAST_SWEEP_META_KEY)
+    return {"mail": doc}
+
+
+def publication_status(
+    store: Store, conn: Transaction, settings: Settings, now: dt.datetime
+) -> dict[str, Any]:
+    """The CRL and Apache lines of `certdrop status` (read from the state folder and index)."""
+    crl_doc: dict[str, Any] = {"number": None, "next_update": None}
+    path = settings.state / CRL_DER
+    try:
+        crl = x509.load_der_x509_crl(path.read_bytes())
+        facts = CrlFacts.of(crl)
+        refresh_at = facts.next_update - dt.timedelta(days=settings.crl.refresh_before_days)
+        crl_doc = {
+            "number": facts.number,
+            "this_update": facts.this_update.isoformat(),
+            "next_update": facts.next_update.isoformat(),
+            "revoked": facts.revoked,
+            "state": (
+                "EXPIRED"
+                if now >= facts.next_update
+                else "refresh due"
+                if now >= refresh_at
+                else "fresh"
+            ),
+        }
+    except FileNotFoundError:
+        crl_doc["state"] = "none yet (the daemon makes one at start; or run 'certdrop crl')"
+    except (OSError, ValueError, x509.ExtensionNotFound, AssertionError) as exc:
+        crl_doc["state"] = f"unreadable ({exc})"
+    error = store.get_meta(conn, META_CRL_ERROR)
+    if error:
+        crl_doc["last_error"] = error
+    apache_doc: dict[str, Any] = {"enabled": settings.apache.enabled}
+    raw = store.get_meta(conn, META_APACHE)
+    if raw:
+        with contextlib.suppress(ValueError):
+            last = json.loads(raw)
+            apache_doc.update(
+                {
+                    "last": "ok" if last.get("ok") else "FAILED",
+                    "action": last.get("action"),
+                    "at": last.get("at"),
+                    "detail": last.get("detail") or None,
+                }
+            )
+            if last.get("warnings"):
+                apache_doc["warning"] = "; ".join(last["warnings"])
+    return {"crl": crl_doc, "apache": apache_doc}

@@ -1,0 +1,181 @@
+"""The index's tables, their version, and the migrations that bring an older index forward.
+
+The schema is versioned in the `meta` table. Times are stored as integer seconds since
+the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..errors import StoreError
+
+SCHEMA_VERSION = 3  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("serial", sa.String(42), primary_key=True),  # upper-case hex
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("common_name", sa.Text, nullable=False, default=""),
+    sa.Column("email", sa.Text, nullable=False, default=""),
+    sa.Column("not_before", sa.BigInteger, nullable=False),
+    sa.Column("not_after", sa.BigInteger, nullable=False, index=True),
+    sa.Column("profile", sa.String(64), nullable=False),
+    sa.Column("request_name", sa.Text, nullable=False, default=""),
+    sa.Column("request_fingerprint", sa.String(64), nullable=False, default="", index=True),
+    sa.Column("status", sa.String(16), nullable=False, default="valid", index=True),
+    sa.Column("revoked_at", sa.BigInteger),
+    sa.Column("revocation_reason", sa.String(32)),
+    sa.Column("superseded_by", sa.String(42)),
+    sa.Column("issued_at", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False, default=""),
+    sa.Column("source", sa.String(16), nullable=False, default="issued"),
+    sa.Column("key_generated", sa.Boolean, nullable=False, default=False),
+    sa.Column("der", sa.LargeBinary, nullable=False),
+)
+
+# the CRL reads every revoked certificate from this index alone, not from the table's rows
+# (which hold the DER): no table scan
+crl_index = sa.Index(
+    "ix_certificates_crl",
+    certificates.c.status,
+    certificates.c.revoked_at,
+    certificates.c.serial,
+    certificates.c.revocation_reason,
+)
+
+cert_attrs = sa.Table(
+    "cert_attrs",
+    metadata,
+    sa.Column("serial", sa.String(42), sa.ForeignKey("certificates.serial"), nullable=False),
+    sa.Column("attr", sa.String(32), nullable=False),
+    sa.Column("value", sa.Text, nullable=False),  # casefolded
+    sa.Index("ix_cert_attrs_lookup", "attr", "value"),
+    sa.Index("ix_cert_attrs_serial", "serial"),
+)
+
+journal = sa.Table(
+    "journal",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("profile", sa.String(64), nullable=False, default=""),
+    sa.Column("fingerprint", sa.String(64), nullable=False, default=""),
+    sa.Column("outcome", sa.String(16), nullable=False, index=True),
+    sa.Column("serial", sa.String(42)),
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+)
+
+pending = sa.Table(
+    "pending",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("profile", sa.String(64), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("owner", sa.Text, nullable=False, default=""),
+    sa.Column("owner_uid", sa.Integer),
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False, default=""),
+    sa.Column("decision", sa.String(16)),  # None, "approved", "denied"
+    sa.Column("decision_reason", sa.Text),
+    sa.Column("decided_at", sa.BigInteger),
+)
+
+control = sa.Table(
+    "control",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False, default="{}"),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("done_at", sa.BigInteger),
+    sa.Column("result", sa.Text),
+)
+
+# --- schema 2: the durable mail queue (mailqueue.py) and the record of expiry warnings (warned.py) ---
+mail_queue = sa.Table(
+    "mail_queue",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # password, expiry, digest, alert
+    sa.Column("dedupe_key", sa.String(200), unique=True),  # None, or: queued at most once
+    sa.Column("recipients", sa.Text, nullable=False),  # JSON [[display name, address], ...]
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("message_id", sa.String(255), nullable=False),
+    sa.Column("serial", sa.String(42)),  # the certificate the message is about, if any
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default="queued", index=True),  # or
+    # "sent", or "cancelled" (an expiry warning whose certificate was renewed/revoked/expired)
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("last_error", sa.Text),
+    sa.Column("sent_at", sa.BigInteger),
+)
+
+expiry_warnings = sa.Table(
+    "expiry_warnings",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # "cert" or "ca"
+    sa.Column("serial", sa.String(42), primary_key=True),
+    sa.Column("threshold", sa.Integer, primary_key=True),  # days
+    sa.Column("warned_at", sa.BigInteger, nullable=False),
+)
+
+
+def to_epoch(when: dt.datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError("naive datetime")
+    return int(when.timestamp())
+
+
+def from_epoch(value: int | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+def install(conn: Connection) -> None:
+    """Create the schema in an empty database, or migrate an older one to SCHEMA_VERSION."""
+    version = installed_version(conn)
+    if version is None:
+        metadata.create_all(conn)
+        conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        conn.execute(sa.insert(meta).values(key="crl_number", value="0"))
+    elif version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the index was written by a newer certdrop (schema {version} > "
+            f"{SCHEMA_VERSION}); upgrade certdrop"
+        )
+    elif version < SCHEMA_VERSION:
+        migrate(conn, version)
+
+
+def installed_version(conn: Connection) -> int | None:
+    """The schema version of the database; None when it has no index yet."""
+    if not sa.inspect(conn).has_table("meta"):
+        return None
+    value = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else None
+
+
+def migrate(conn: Connection, version: int) -> None:
+    """Bring an index of schema `version` to SCHEMA_VERSION."""
+    metadata.create_all(conn)  # new tables; column changes get explicit steps here
+    if version < 3:
+        crl_index.create(conn, checkfirst=True)  # create_all skips existing tables' indexes
+    conn.execute(
+        sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
+    )

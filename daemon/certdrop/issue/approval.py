@@ -1,0 +1,72 @@
+"""An operator's decision on a request waiting in pending/: approve or deny."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..clock import Clock
+from ..errors import CertdropError
+from ..index.store import Store
+from ..intake.spool import Spool, move, place_rejected
+from .batches import Batches
+from .outcomes import Hooks, Outcome, Result, reason_text
+
+log = logging.getLogger("certdrop.pipeline")
+
+
+class Approvals:
+    """`certdrop approve NAME` and `certdrop deny NAME --reason TEXT`."""
+
+    def __init__(
+        self, spool: Spool, store: Store, clock: Clock, batches: Batches, hooks: Hooks
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.clock = clock
+        self.batches = batches
+        self.hooks = hooks
+
+    def approve(self, name: str) -> Result:
+        """Issue a pending request (the approval is recorded before the move)."""
+        now = self.clock.now()
+        with self.store.begin() as conn:
+            rec = self.store.get_pending(conn, name)
+            if rec is None:
+                raise CertdropError(f"no pending request named {name}; see 'certdrop status'")
+            self.store.decide_pending(conn, name, "approved", "", now)
+            self.store.log(
+                conn, now, name, "approved", profile=rec.profile, fingerprint=rec.fingerprint
+            )
+        src = self.spool.pending / f"{name}.req"
+        target = self.spool.claimed_path(rec.profile, f"{name}.req")
+        if os.path.lexists(target):
+            raise CertdropError(
+                f"a request named {name}.req is being processed right now; try again"
+            )
+        try:
+            move(src, target)
+        except FileNotFoundError:
+            raise CertdropError(
+                f"pending/{name}.req is missing; the request cannot be approved"
+            ) from None
+        return self.batches.process_claimed(target, rec.profile, approved=True)
+
+    def deny(self, name: str, reason: str) -> Result:
+        now = self.clock.now()
+        with self.store.begin() as conn:
+            rec = self.store.get_pending(conn, name)
+            if rec is None:
+                raise CertdropError(f"no pending request named {name}; see 'certdrop status'")
+            self.store.decide_pending(conn, name, "denied", reason, now)
+        src = self.spool.pending / f"{name}.req"
+        text = reason_text(name, rec.profile, [f"the CA operator denied the request: {reason}"])
+        if os.path.lexists(src):
+            place_rejected(self.spool, src, name, text, now)
+        with self.store.begin() as conn:
+            self.store.remove_pending(conn, name)
+            self.store.log(conn, now, name, "denied", profile=rec.profile, detail=reason)
+        log.info("denied %s.req: %s", name, reason)
+        if self.hooks.audit:
+            self.hooks.audit({"event": "denied", "name": name, "reason": reason})
+        return Result(Outcome.REJECTED, name, reason=text)

@@ -1,0 +1,256 @@
+"""How a request ends when it does not get a new certificate: refused, waiting for an
+operator, re-delivered the certificate it already has; and the values that report it.
+
+Every end is recorded in the index's journal and the audit log; a refused request is
+moved to rejected/ with its reason beside it, a processed one to archive/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..clock import Clock
+from ..faults import Crashpoint, no_crash
+from ..fsutil import atomic_write
+from ..index.store import Store
+from ..intake.claim import Claim, Refusal
+from ..intake.request import ParsedRequest
+from ..intake.spool import Spool, archive_path, move, place_rejected, remove_quietly
+from .delivery import Delivery, output_owner
+
+log = logging.getLogger("certdrop.pipeline")
+
+
+class Outcome(enum.Enum):
+    ISSUED = "issued"
+    REDELIVERED = "redelivered"
+    REJECTED = "rejected"
+    PENDING = "pending"
+    SKIPPED = "skipped"  # ignored, gone, or not ours to handle
+    RETRY = "retry"  # try again later (name busy, key waiting for its request, ...)
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    name: str
+    serial: str | None = None
+    reason: str = ""
+    retry_after: float = 0.0
+
+
+AuditHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Hooks:
+    """Ways for the service to hear about what issuance did."""
+
+    on_issued: Callable[[str, list[str]], None] | None = None  # serial, superseded serials
+    on_pending: Callable[[str, str, str], None] | None = None  # name, profile, subject
+    audit: AuditHook | None = None
+    # groups the audit records of one batch into one write (AuditLog.batch)
+    audit_batch: Callable[[], contextlib.AbstractContextManager[None]] = field(
+        default=contextlib.nullcontext
+    )
+
+    def audit_claim(self, event: str, claim: Claim, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit(
+                {
+                    "event": event,
+                    "name": claim.name,
+                    "profile": claim.profile,
+                    "uid": claim.owner.uid,
+                    **fields,
+                }
+            )
+
+
+MAX_REASONS = 20  # a hostile request can have thousands of problems; the first are enough
+MAX_REASON_CHARS = 600
+
+
+def reason_text(name: str, profile: str, reasons: list[str]) -> str:
+    """The text of rejected/NAME.reason."""
+    lines = [f"certdrop refused {name}.req" + (f" (profile {profile})" if profile else "") + ":"]
+    for r in reasons[:MAX_REASONS]:
+        lines.append(f"- {r if len(r) <= MAX_REASON_CHARS else r[:MAX_REASON_CHARS] + ' [...]'}")
+    if len(reasons) > MAX_REASONS:
+        lines.append(f"- ... and {len(reasons) - MAX_REASONS} more problems of the same kinds")
+    lines.append("")
+    lines.append("Fix what is listed above and drop the request again (a new file in the inbox).")
+    return "\n".join(lines) + "\n"
+
+
+class Outcomes:
+    """Refusals, pending requests, re-deliveries and the archive."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        store: Store,
+        clock: Clock,
+        delivery: Delivery,
+        hooks: Hooks,
+        crashpoint: Crashpoint = no_crash,
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.clock = clock
+        self.delivery = delivery
+        self.hooks = hooks
+        self.crashpoint = crashpoint
+
+    # --- refusals ---------------------------------------------------------------------------
+    def reject(self, claim: Claim, reasons: list[str]) -> Result:
+        """Refuse a claimed request: rejected/NAME.req and NAME.reason."""
+        now = self.clock.now()
+        text = reason_text(claim.name, claim.profile, reasons)
+        for suffix in (".cer", ".p12"):
+            remove_quietly(self.spool.staged(claim.profile, claim.name, suffix))
+        if claim.key_path is not None:
+            remove_quietly(claim.key_path)  # a key is never kept in rejected/
+        place_rejected(
+            self.spool,
+            claim.path,
+            claim.name,
+            text,
+            now,
+            before_move=lambda: self.crashpoint("mid-reject"),
+        )
+        self.crashpoint("after-reject")
+        with self.store.begin() as conn:
+            self.store.log(
+                conn, now, claim.name, "rejected", profile=claim.profile, detail=" | ".join(reasons)
+            )
+            self.store.remove_pending(conn, claim.name)
+        log.info("rejected %s.req profile=%s: %s", claim.name, claim.profile, " | ".join(reasons))
+        self.hooks.audit_claim("rejected", claim, reasons=reasons)
+        return Result(Outcome.REJECTED, claim.name, reason=text)
+
+    def reject_unclaimed(self, refusal: Refusal) -> Result:
+        """Refuse something in the inbox without opening it (moved as it is)."""
+        now = self.clock.now()
+        name, reason = refusal.name, refusal.reason
+        text = reason_text(name, "", [reason])
+        try:
+            place_rejected(self.spool, refusal.path, name, text, now)
+        except FileNotFoundError:
+            return Result(Outcome.SKIPPED, name)
+        with self.store.begin() as conn:
+            self.store.log(conn, now, name, "rejected", detail=reason)
+        log.info("rejected %r: %s", refusal.path.name, reason)
+        if self.hooks.audit:
+            self.hooks.audit(
+                {"event": "rejected", "name": name, "reasons": [reason], "uid": refusal.st.st_uid}
+            )
+        return Result(Outcome.REJECTED, name, reason=text)
+
+    def refuse_key(self, path: Path, stem: str, reason: str) -> Result:
+        """Refuse a dropped key: deleted (a private key is never kept), the reason written."""
+        remove_quietly(path)
+        return self.key_refused(stem, "", reason, self.clock.now())
+
+    def key_refused(self, stem: str, profile: str, reason: str, now: dt.datetime) -> Result:
+        """rejected/NAME.reason for a key that could not be used."""
+        text = reason_text(stem, profile, [reason])
+        atomic_write(self.spool.rejected / f"{stem}.reason", text.encode(), 0o644)
+        with self.store.begin() as conn:
+            self.store.log(conn, now, stem, "rejected", profile=profile, detail=reason)
+        log.info("refused %s.key: %s", stem, reason)
+        return Result(Outcome.REJECTED, stem, reason=text)
+
+    # --- waiting for an operator --------------------------------------------------------------
+    def to_pending(self, claim: Claim, req: ParsedRequest, now: dt.datetime) -> Result:
+        if claim.key_path is not None:
+            # a private key does not wait in pending/; the holder drops it again after approval
+            remove_quietly(claim.key_path)
+            claim.notes.append(
+                "the dropped key was deleted; it is not kept while the request waits"
+            )
+        subject = ", ".join(f"{n}={v}" for n, v in req.subject)
+        target = self.spool.pending / f"{claim.name}.req"
+        with self.store.begin() as conn:
+            self.store.add_pending(
+                conn,
+                claim.name,
+                claim.profile,
+                req.fingerprint,
+                claim.owner.name or "",
+                claim.owner.uid,
+                now,
+                subject,
+            )
+            self.store.log(
+                conn, now, claim.name, "pending", profile=claim.profile, fingerprint=req.fingerprint
+            )
+        self.crashpoint("mid-pending")
+        move(claim.path, target)
+        log.info(
+            "pending %s.req profile=%s subject=%s: waiting for 'certdrop approve %s'",
+            claim.name,
+            claim.profile,
+            subject,
+            claim.name,
+        )
+        self.hooks.audit_claim("pending", claim, subject=subject)
+        if self.hooks.on_pending is not None:
+            self.hooks.on_pending(claim.name, claim.profile, subject)
+        return Result(Outcome.PENDING, claim.name)
+
+    # --- the same request again ---------------------------------------------------------------
+    def redeliver(self, claim: Claim, serial: str, der: bytes, key_generated: bool) -> Result:
+        """The request already has its certificate: deliver that one again."""
+        now = self.clock.now()
+        staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
+        if not staged_cer.exists():
+            cert = x509.load_der_x509_certificate(der)
+            atomic_write(
+                staged_cer,
+                cert.public_bytes(serialization.Encoding.PEM),
+                0o644,
+                owner=output_owner(claim.owner),
+            )
+        key_problem = ""
+        if (
+            claim.key_path is not None
+            and not key_generated
+            and not self.spool.staged(claim.profile, claim.name, ".p12").exists()
+        ):
+            # the same request again, now with its key: the p12 for the certificate it got
+            key_problem = self.delivery.bundle_for_existing(claim, serial, der)
+        self.crashpoint("after-redeliver-stage")
+        self.delivery.to_outbox(claim)
+        if claim.key_path is not None:
+            remove_quietly(claim.key_path)
+        if key_problem:
+            self.key_refused(claim.name, claim.profile, key_problem, now)
+        with self.store.begin() as conn:
+            self.store.log(
+                conn, now, claim.name, "redelivered", profile=claim.profile, serial=serial
+            )
+        self.archive(claim, now)
+        log.info(
+            "redelivered %s.req serial=%s (this request was already issued)", claim.name, serial
+        )
+        self.hooks.audit_claim("redelivered", claim, serial=serial)
+        return Result(Outcome.REDELIVERED, claim.name, serial=serial)
+
+    def archive(self, claim: Claim, now: dt.datetime) -> None:
+        move(claim.path, archive_path(self.spool, claim.path.name, now))
+
+    def pending_waits(self, name: str) -> bool:
+        """A request of this name waits in pending/."""
+        return os.path.lexists(self.spool.pending / f"{name}.req")

@@ -1,0 +1,282 @@
+"""Recording a decided batch: sign, stage, commit, deliver, archive.
+
+* serials are drawn at random and checked against the index and the batches in flight;
+* the signer (this process, or the signing workers) signs and stages each certificate
+  (and the p12 of a key it made); a key dropped beside a request is bundled here;
+* one syncfs makes every staged output durable before the index commit;
+* one index transaction records the whole batch, with the p12 passwords (durable before
+  it, or inside it): the point of no return;
+* then the outputs move to outbox/ and the requests to archive/, one fsync per folder.
+
+A crash before the commit leaves the requests in work/ (processed again at start); after
+it, a re-run finds each certificate by its request's fingerprint and re-delivers it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from cryptography import x509
+
+from ..authority.ca import CertificateAuthority, IssueSpec, Staged, Staging
+from ..authority.lint import Linter
+from ..authority.serials import random_serial, serial_hex
+from ..errors import LintError
+from ..faults import Crashpoint, no_crash
+from ..fsutil import fsync_dir, sync_filesystem, write_staged
+from ..index.store import NewCertificate, Store
+from ..intake.spool import Spool, archive_path, remove_quietly
+from .decide import Plan
+from .delivery import (
+    Delivery,
+    PasswordChannel,
+    new_password,
+    output_owner,
+    p12_mode,
+    sync_passwords,
+)
+from .outcomes import Hooks, Outcome, Outcomes, Result
+
+log = logging.getLogger("certdrop.pipeline")
+
+SignOutcome = list["Staged | LintError"]
+
+Signer = Callable[
+    [Sequence[IssueSpec], Sequence[Staging], "Linter | None"], Callable[[], SignOutcome]
+]
+"""Starts signing and staging a batch of specs (in this process or in the signing workers)
+and returns the way to wait for the outcome: a Staged or a LintError each."""
+
+
+@dataclass
+class Signed:
+    plan: Plan
+    staged: Staged
+    serial: str
+    password: str = ""
+
+
+class Recorder:
+    """Signs, stages, records, delivers and archives decided requests."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        store: Store,
+        ca: CertificateAuthority,
+        outcomes: Outcomes,
+        delivery: Delivery,
+        password_channel: PasswordChannel,
+        p12_encryption: Callable[[str], str],
+        hooks: Hooks,
+        *,
+        linter: Linter | None,
+        crashpoint: Crashpoint = no_crash,
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.ca = ca
+        self.outcomes = outcomes
+        self.delivery = delivery
+        self.password_channel = password_channel
+        self.p12_encryption = p12_encryption  # profile -> PKCS#12 preset
+        self.hooks = hooks
+        self.linter = linter  # shown every certificate before the CA key signs it; None: off
+        self.crashpoint = crashpoint
+        self.signer: Signer = self._sign_here
+
+    def _sign_here(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> Callable[[], SignOutcome]:
+        return lambda: self.ca.issue_and_stage(
+            specs, stagings, linter.certificate if linter else None
+        )
+
+    def start_signing(
+        self, plans: Sequence[Plan], in_flight: set[int]
+    ) -> tuple[Callable[[], SignOutcome], set[int]]:
+        """Draw the serials (unique in the index and among `in_flight`, the serials of
+        the batches being signed) and start signing; the way to wait for the outcome,
+        and the serials drawn."""
+        with self.store.begin() as conn:
+            taken = self.store.existing_serials(conn, [serial_hex(p.spec.serial) for p in plans])
+        used = set(in_flight)
+        serials: set[int] = set()
+        for plan in plans:
+            while serial_hex(plan.spec.serial) in taken or plan.spec.serial in used:
+                plan.spec = replace(plan.spec, serial=random_serial())
+            used.add(plan.spec.serial)
+            serials.add(plan.spec.serial)
+        stagings = []
+        for plan in plans:
+            claim = plan.claim
+            cn = next((v for n, v in plan.decision.subject if n == "CN"), claim.name)
+            stagings.append(
+                Staging(
+                    cer_path=self.spool.staged_path(claim.profile, claim.name, ".cer"),
+                    owner=output_owner(claim.owner),
+                    p12_path=self.spool.staged_path(claim.profile, claim.name, ".p12"),
+                    p12_mode=p12_mode(claim.owner),
+                    key_type=plan.key_type,
+                    password=plan.password,
+                    friendly_name=cn,
+                    p12_preset=self.p12_encryption(claim.profile),
+                )
+            )
+        return self.signer([p.spec for p in plans], stagings, self.linter), serials
+
+    def record(
+        self, plans: Sequence[Plan], signing: Callable[[], SignOutcome], now: dt.datetime
+    ) -> list[Result]:
+        """Wait for the signer, then stage, commit, deliver and archive: a Result per plan."""
+        signed = signing()
+        self.crashpoint("after-sign")
+        results: dict[int, Result] = {}
+        ready: list[Signed] = []
+        for plan, out in zip(plans, signed, strict=True):
+            if isinstance(out, LintError):
+                results[plan.index] = self.outcomes.reject(plan.claim, [str(out)])
+                continue
+            ready.append(self._staged(plan, out))
+        if ready:
+            sync_filesystem(self.spool.root)
+            self.crashpoint("after-stage")
+            self._commit(ready, now)
+            self.crashpoint("after-record")
+            for item in ready:
+                p12 = item.staged.p12 or item.plan.subject_key is not None
+                self.delivery.to_outbox(item.plan.claim, durable=False, p12=p12)
+            fsync_dir(self.spool.outbox)
+            self.crashpoint("after-deliver")
+            profiles: set[str] = set()  # claims are in work/PROFILE/
+            for item in ready:
+                claim = item.plan.claim
+                if claim.key_path is not None:
+                    remove_quietly(claim.key_path)  # the key now lives only inside the p12
+                os.rename(claim.path, archive_path(self.spool, claim.path.name, now))
+                profiles.add(claim.profile)
+            fsync_dir(self.spool.archive)
+            for profile in profiles:
+                fsync_dir(self.spool.work_for(profile))
+            self.crashpoint("after-archive")
+            for item in ready:
+                results[item.plan.index] = self._announce(item)
+        return [results[p.index] for p in plans]
+
+    def _staged(self, plan: Plan, staged: Staged) -> Signed:
+        """The signer staged the .cer (and the p12 of a key it made); a key dropped
+        beside the request is bundled here (not yet durable: one syncfs covers the batch)."""
+        password = plan.password
+        if plan.subject_key is not None:
+            claim = plan.claim
+            password = new_password()
+            cn = next((v for n, v in plan.decision.subject if n == "CN"), claim.name)
+            p12 = self.ca.pkcs12_bundle(
+                plan.subject_key,
+                x509.load_der_x509_certificate(staged.der),
+                cn,
+                password,
+                self.p12_encryption(claim.profile),
+            )
+            write_staged(
+                self.spool.staged(claim.profile, claim.name, ".p12"),
+                p12,
+                p12_mode(claim.owner),
+                output_owner(claim.owner),
+            )
+        plan.password = ""
+        return Signed(plan, staged, serial_hex(plan.spec.serial), password)
+
+    def _commit(self, ready: list[Signed], now: dt.datetime) -> None:
+        """One index transaction for the whole batch: the point of no return."""
+        records: list[NewCertificate] = []
+        for item in ready:
+            plan, staged = item.plan, item.staged
+            decision = plan.decision
+            records.append(
+                NewCertificate(
+                    serial=item.serial,
+                    subject=staged.subject,
+                    common_name=next((v for n, v in decision.subject if n == "CN"), ""),
+                    email=decision.emails[0] if decision.emails else "",
+                    not_before=staged.not_before,
+                    not_after=staged.not_after,
+                    profile=plan.claim.profile,
+                    request_name=plan.claim.name,
+                    request_fingerprint=plan.req.fingerprint,
+                    issued_at=now,
+                    der=staged.der,
+                    attrs=list(decision.subject),
+                    owner=plan.claim.owner.name or str(plan.claim.owner.uid),
+                    key_generated=plan.req.kind == "enrollment",
+                )
+            )
+        with self.store.begin() as conn:
+            wrote_password = False
+            for item, record in zip(ready, records, strict=True):
+                if item.password:
+                    # durable before (file) or inside (mail queue) the commit: a crash
+                    # can never leave a delivered p12 whose password is lost
+                    self.password_channel(
+                        conn,
+                        item.plan.claim.name,
+                        record.email,
+                        item.serial,
+                        item.password,
+                        item.plan.claim.notes,
+                    )
+                    wrote_password = True
+            self.store.add_certificates(conn, records)
+            for item in ready:
+                if item.plan.decision.supersedes:
+                    self.store.supersede(conn, item.plan.decision.supersedes, item.serial)
+            pending_names = [i.plan.claim.name for i in ready if i.plan.was_pending]
+            if pending_names:
+                self.store.remove_pending_many(conn, pending_names)
+            self.store.log_many(
+                conn,
+                [
+                    {
+                        "at": now,
+                        "name": i.plan.claim.name,
+                        "outcome": "issued",
+                        "profile": i.plan.claim.profile,
+                        "fingerprint": i.plan.req.fingerprint,
+                        "serial": i.serial,
+                        "detail": "; ".join(i.plan.decision.notes),
+                    }
+                    for i in ready
+                ],
+            )
+            if wrote_password:
+                sync_passwords(self.password_channel)
+        for item in ready:
+            item.password = ""
+
+    def _announce(self, item: Signed) -> Result:
+        claim, decision = item.plan.claim, item.plan.decision
+        notes = list(decision.notes) + claim.notes
+        subject = item.staged.subject
+        log.info(
+            "issued %s.req serial=%s profile=%s subject=%s%s",
+            claim.name,
+            item.serial,
+            claim.profile,
+            subject,
+            f" ({'; '.join(notes)})" if notes else "",
+        )
+        self.hooks.audit_claim(
+            "issued",
+            claim,
+            serial=item.serial,
+            subject=subject,
+            supersedes=list(decision.supersedes),
+            p12=item.staged.p12 or item.plan.subject_key is not None,
+        )
+        if self.hooks.on_issued is not None:
+            self.hooks.on_issued(item.serial, list(decision.supersedes))
+        return Result(Outcome.ISSUED, claim.name, serial=item.serial)

@@ -1,0 +1,212 @@
+"""The one place where certdrop's collaborators are built and wired together.
+
+A `Runtime` is everything needed to process requests and operator commands: the
+daemon builds one at start (and a new one on SIGHUP); the CLI builds one when no
+daemon holds the state lock and runs the operator command itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..audit import AuditLog, operator_actor
+from ..authority.ca import CertificateAuthority
+from ..authority.keys import read_passphrase
+from ..authority.lint import Linter, shared_linter
+from ..authority.signpool import SigningPool
+from ..clock import Clock
+from ..config import Settings
+from ..faults import Crashpoint, no_crash
+from ..index.store import Store
+from ..intake.claim import Claimer
+from ..intake.request import parse_chunk, parse_many
+from ..intake.spool import Spool
+from ..issue.approval import Approvals
+from ..issue.batches import Batches
+from ..issue.decide import Decider
+from ..issue.delivery import Delivery
+from ..issue.keys import DroppedKeys
+from ..issue.outcomes import Hooks, Outcomes
+from ..issue.record import Recorder
+from ..notify.alerts import queue_admin_alert
+from ..notify.mailer import Mailer
+from ..notify.passwords import choose_password_channel
+from ..publish.apache import CHAIN_CRLS, ApachePublisher
+from ..publish.crl import CrlPublisher
+from ..publish.revocation import Revoker
+from .systemd import StateLock
+
+
+@dataclass
+class Runtime:
+    """Everything needed to process requests and operator commands."""
+
+    settings: Settings
+    clock: Clock
+    store: Store
+    ca: CertificateAuthority
+    spool: Spool
+    batches: Batches  # requests from the inbox to their end
+    approvals: Approvals
+    linter: Linter | None
+    crl: CrlPublisher
+    revoker: Revoker
+    hooks: Hooks = field(default_factory=Hooks)
+    mailer: Mailer | None = None  # None when [mail] enabled = false
+    apache: ApachePublisher | None = None  # None when [apache] enabled = false
+    pool: SigningPool | None = None
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        clock: Clock,
+        hooks: Hooks | None = None,
+        *,
+        signing_pool: bool = False,
+        crashpoint: Crashpoint = no_crash,
+    ) -> Runtime:
+        hooks = hooks or Hooks()
+        store = Store(settings.database_url).open()
+        passphrase = read_passphrase(settings.ca.key_passphrase_file)
+        ca = CertificateAuthority.load(settings.state, passphrase)
+        spool = Spool(settings.spool)
+        spool.create(list(settings.profiles), settings.policy.default_profile)
+        linter = shared_linter() if settings.policy.lint else None
+        mailer = Mailer.from_settings(store, settings.mail) if settings.mail.enabled else None
+        password_channel = choose_password_channel(
+            settings.pkcs12.password_delivery, settings.mail, settings.state, spool.outbox, clock
+        )
+        p12_encryption = settings.profile_pkcs12_encryption
+        claimer = Claimer(
+            spool,
+            list(settings.profiles),
+            settings.policy.default_profile,
+            settings.watch,
+            crashpoint,
+        )
+        delivery = Delivery(
+            spool, store, ca, clock, claimer, password_channel, p12_encryption, crashpoint
+        )
+        outcomes = Outcomes(spool, store, clock, delivery, hooks, crashpoint)
+        decider = Decider(
+            settings.profiles,
+            settings.crl.distribution_point,
+            store,
+            ca,
+            clock,
+            outcomes,
+            delivery,
+        )
+        recorder = Recorder(
+            spool,
+            store,
+            ca,
+            outcomes,
+            delivery,
+            password_channel,
+            p12_encryption,
+            hooks,
+            linter=linter,
+            crashpoint=crashpoint,
+        )
+        keys = DroppedKeys(
+            spool, store, clock, claimer, delivery, outcomes, settings.pkcs12.orphan_key_minutes
+        )
+        batches = Batches(
+            claimer,
+            decider,
+            recorder,
+            outcomes,
+            keys,
+            spool,
+            clock,
+            list(settings.profiles),
+            hooks,
+            crashpoint=crashpoint,
+        )
+        approvals = Approvals(spool, store, clock, batches, hooks)
+        crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
+        apache = None
+        if settings.apache.enabled:
+
+            def alert(subject: str, body: str) -> None:
+                queue_admin_alert(store, settings.mail, subject, body, clock.now())
+
+            apache = ApachePublisher(
+                settings.apache,
+                crl,
+                ca,
+                store,
+                clock,
+                settings.state / CHAIN_CRLS,
+                on_failure=alert if settings.mail.enabled else None,
+            )
+            crl.add_listener(apache.changed)
+        revoker = Revoker(store, clock, crl, apache)
+        rt = cls(
+            settings,
+            clock,
+            store,
+            ca,
+            spool,
+            batches,
+            approvals,
+            linter,
+            crl,
+            revoker,
+            hooks,
+            mailer,
+            apache,
+        )
+        if signing_pool and (os.cpu_count() or 1) > 1:
+            pool = rt.pool = SigningPool(
+                ca,
+                settings.state,
+                passphrase,
+                lint=settings.policy.lint,
+                preload=[parse_chunk.__module__],
+            )
+            recorder.signer = pool.sign
+            batches.parser = lambda datas: pool.map_later(
+                parse_chunk, datas, fallback=parse_many, what="parsing"
+            )
+        return rt
+
+    def check_publication(self) -> None:
+        """The periodic job: a fresh CRL, and Apache files matching it. Never raises."""
+        self.crl.check()
+        if self.apache is not None:
+            self.apache.check()
+
+    def close(self) -> None:
+        if self.apache is not None:
+            self.apache.close()  # a debounced Apache publication still waiting is done now
+        if self.pool is not None:
+            self.pool.close()
+        self.store.close()
+
+
+def operator_hooks(settings: Settings, clock: Clock) -> Hooks:
+    """Hooks for a Runtime that the CLI runs itself: audited under the operator's name."""
+    return Hooks(audit=AuditLog.in_state(settings.state, clock, actor=operator_actor()))
+
+
+@contextlib.contextmanager
+def direct_runtime(settings: Settings, clock: Clock) -> Iterator[Runtime | None]:
+    """A Runtime for the CLI when no daemon holds the state lock, else None."""
+    lock = StateLock(settings.state)
+    if not lock.acquire():
+        yield None
+        return
+    try:
+        rt = Runtime.build(settings, clock, operator_hooks(settings, clock))
+        try:
+            yield rt
+        finally:
+            rt.close()
+    finally:
+        lock.release()

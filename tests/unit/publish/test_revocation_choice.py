@@ -1,0 +1,245 @@
+"""Revocation: which certificate a reference means, and `Revoker.revoke` with a real
+CA, a real SQLite index and the CRL it publishes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from certdrop.authority.ca import CertificateAuthority
+from certdrop.clock import ManualClock
+from certdrop.config import ApacheSettings
+from certdrop.errors import CertdropError, NotFoundError
+from certdrop.index.store import CertRecord, NewCertificate, Store
+from certdrop.publish.apache import CHAIN_CRLS, ApachePublisher
+from certdrop.publish.crl import CrlPublisher
+from certdrop.publish.revocation import Revoker, choose_for_revocation
+from conftest import CAEnv, make_env
+
+T0 = dt.datetime(2031, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class Rig:
+    env: CAEnv
+    store: Store
+    ca: CertificateAuthority
+    clock: ManualClock
+    crl: CrlPublisher
+
+    def add(
+        self,
+        serial: str,
+        name: str,
+        cn: str,
+        *,
+        days_left: int = 300,
+        revoked: bool = False,
+        reason: str | None = None,
+    ) -> None:
+        cert = NewCertificate(
+            serial=serial,
+            subject=f"CN={cn}",
+            common_name=cn,
+            email="",
+            not_before=T0 - dt.timedelta(days=10),
+            not_after=T0 + dt.timedelta(days=days_left),
+            profile="client",
+            request_name=name,
+            request_fingerprint=serial.rjust(64, "0"),
+            issued_at=T0 - dt.timedelta(days=10),
+            der=b"\x30\x00",
+            status="revoked" if revoked else "valid",
+            revoked_at=T0 - dt.timedelta(days=1) if revoked else None,
+            revocation_reason=reason,
+        )
+        with self.store.begin() as conn:
+            self.store.add_certificate(conn, cert)
+
+    def find(self, ref: str) -> list[CertRecord]:
+        with self.store.begin() as conn:
+            return self.store.find(conn, ref)
+
+    def get(self, serial: str) -> CertRecord:
+        with self.store.begin() as conn:
+            rec = self.store.get(conn, serial)
+        assert rec is not None
+        return rec
+
+    def revoker(self, apache: ApachePublisher | None = None) -> Revoker:
+        return Revoker(self.store, self.clock, self.crl, apache)
+
+    def apache(self, configtest: list[str], debounce: float = 0) -> ApachePublisher:
+        web = self.env.root / "web"
+        settings = ApacheSettings(
+            enabled=True,
+            ca_file=web / "ca.pem",
+            crl_file=web / "crl.pem",
+            configtest_command=configtest,
+            reload_command=["true"],
+            debounce_seconds=debounce,
+        )
+        pub = ApachePublisher(
+            settings, self.crl, self.ca, self.store, self.clock, self.env.state / CHAIN_CRLS
+        )
+        self.crl.add_listener(pub.changed)
+        return pub
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    env = make_env(tmp_path)
+    store = Store(env.settings.database_url).open()
+    ca = CertificateAuthority.load(env.state)
+    clock = ManualClock(T0)
+    yield Rig(
+        env, store, ca, clock, CrlPublisher(env.settings.crl, env.state, store, ca, clock, None)
+    )
+    store.close()
+
+
+# --- choose_for_revocation -----------------------------------------------------------------------------
+def test_nothing_matches(rig: Rig) -> None:
+    with pytest.raises(NotFoundError) as err:
+        choose_for_revocation(rig.find("nobody"), "nobody", T0)
+    assert (
+        str(err.value) == "no certificate with serial or request name 'nobody'; see 'certdrop list'"
+    )
+
+
+def test_one_match_is_taken_even_expired_but_not_when_revoked(rig: Rig) -> None:
+    rig.add("0A01", "old", "Old", days_left=-5)
+    assert choose_for_revocation(rig.find("old"), "old", T0).serial == "0A01"
+    rig.add("0A02", "gone", "Gone", reason="keyCompromise", revoked=True)
+    with pytest.raises(NotFoundError) as err:
+        choose_for_revocation(rig.find("0a02"), "0a02", T0)
+    assert str(err.value) == (
+        "certificate 0A02 (CN=Gone) is already revoked (since 2031-02-28 12:00 UTC, "
+        "reason keyCompromise)"
+    )
+    rig.add("0A03", "quiet", "Quiet", revoked=True)
+    with pytest.raises(NotFoundError, match=r"reason unspecified\)$"):
+        choose_for_revocation(rig.find("quiet"), "quiet", T0)
+
+
+def test_of_several_the_one_still_valid_is_taken(rig: Rig) -> None:
+    rig.add("0B01", "dave", "Dave One", days_left=-1)
+    rig.add("0B02", "dave", "Dave Two", reason="superseded", revoked=True)
+    rig.add("0B03", "dave", "Dave Three")
+    assert choose_for_revocation(rig.find("dave"), "dave", T0).serial == "0B03"
+
+
+def test_several_still_valid_are_refused_with_their_serials(rig: Rig) -> None:
+    rig.add("0C01", "erin", "Erin One")
+    rig.add("0C02", "erin", "Erin Two")
+    rig.add("0C03", "erin", "Erin Old", days_left=-1)
+    with pytest.raises(NotFoundError) as err:
+        choose_for_revocation(rig.find("erin"), "erin", T0)
+    msg = str(err.value)
+    assert msg.startswith(
+        "'erin' matches 2 certificates that are still valid; revoke one at a time by serial: "
+    )
+    assert "0C01 (valid, until 2031-12-26, CN=Erin One)" in msg
+    assert "0C02 (valid, until 2031-12-26, CN=Erin Two)" in msg
+    assert "0C03" not in msg
+
+
+def test_none_still_valid_is_refused(rig: Rig) -> None:
+    rig.add("0D01", "fay", "Fay One", reason="superseded", revoked=True)
+    rig.add("0D02", "fay", "Fay Two", revoked=True)
+    with pytest.raises(NotFoundError) as err:
+        choose_for_revocation(rig.find("fay"), "fay", T0)
+    assert str(err.value).startswith("every certificate of 'fay' is already revoked: ")
+    assert "0D01 (revoked, until" in str(err.value)
+    rig.add("0D03", "fay", "Fay Three", days_left=-3)
+    with pytest.raises(NotFoundError) as err:
+        choose_for_revocation(rig.find("fay"), "fay", T0)
+    assert str(err.value).startswith(
+        "no certificate of 'fay' is still valid; to revoke an expired one anyway, give its serial: "
+    )
+    assert "0D03 (expired, until 2031-02-26, CN=Fay Three)" in str(err.value)
+
+
+# --- Revoker.revoke -------------------------------------------------------------------------------------
+def test_revoke_by_serial_records_it_and_publishes_the_crl(rig: Rig) -> None:
+    rig.add("0E01", "gina", "Gina")
+    line = rig.revoker().revoke("0e:01", "key-compromise")
+    assert line == (
+        f"revoked 0E01 (CN=Gina), reason keyCompromise; CRL 1 published in {rig.crl.pem_path}"
+    )
+    rec = rig.get("0E01")
+    assert (rec.status, rec.revocation_reason, rec.revoked_at) == ("revoked", "keyCompromise", T0)
+    with rig.store.begin() as conn:
+        [entry] = rig.store.journal_for(conn, "gina")
+    assert (entry["outcome"], entry["serial"], entry["detail"]) == (
+        "revoked",
+        "0E01",
+        "keyCompromise",
+    )
+    crl = x509.load_der_x509_crl(rig.crl.der_path.read_bytes())
+    [listed] = list(crl)
+    assert listed.serial_number == 0x0E01
+    assert listed.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
+        x509.ReasonFlags.key_compromise
+    )
+
+
+def test_revoke_by_name_takes_the_one_still_valid(rig: Rig) -> None:
+    rig.add("0F01", "hank", "Hank", days_left=-1)
+    rig.add("0F02", "hank", "Hank")
+    line = rig.revoker().revoke(" hank ")
+    assert line.startswith("revoked 0F02 (CN=Hank), reason unspecified; CRL 1 published")
+    assert rig.get("0F01").status == "valid"
+    assert rig.get("0F02").status == "revoked"
+
+
+def test_a_refused_revocation_changes_nothing(rig: Rig) -> None:
+    rig.add("1001", "ivy", "Ivy")
+    with pytest.raises(CertdropError, match="'stolen' is not an RFC 5280 revocation reason"):
+        rig.revoker().revoke("ivy", "stolen")
+    with pytest.raises(NotFoundError, match="no certificate with serial or request name"):
+        rig.revoker().revoke("nobody")
+    assert rig.get("1001").status == "valid"
+    assert not rig.crl.der_path.exists()
+
+
+def test_a_revocation_whose_crl_cannot_be_published_still_counts(rig: Rig) -> None:
+    rig.add("1101", "jack", "Jack")
+    rig.crl.der_path.mkdir()  # crl.der cannot be replaced
+    line = rig.revoker().revoke("jack")
+    assert line.startswith("revoked 1101 (CN=Jack), reason unspecified; but the CRL could not be")
+    assert line.endswith("); the daemon retries, or run 'certdrop crl'")
+    assert rig.get("1101").status == "revoked"
+
+
+def test_the_report_gives_the_apache_outcome(rig: Rig) -> None:
+    rig.add("1201", "kim", "Kim")
+    ok = rig.apache(["true"])
+    assert rig.revoker(ok).revoke("kim").endswith("; Apache: reloaded")
+
+
+def test_the_report_says_when_apache_was_not_updated(rig: Rig) -> None:
+    rig.add("1202", "lou", "Lou")
+    failing = rig.apache(["/bin/sh", "-c", "echo AH00526 bad; exit 1"])
+    line = rig.revoker(failing).revoke("lou")
+    assert line.endswith(
+        "; but Apache was NOT updated: configtest-failed (/bin/sh -c echo AH00526 bad; exit 1 "
+        "exited 1: AH00526 bad; previous files restored, Apache not reloaded); "
+        "see 'certdrop status'"
+    )
+
+
+def test_the_report_says_when_apache_follows_debounced(rig: Rig) -> None:
+    rig.add("1203", "max", "Max")
+    debounced = rig.apache(["true"], debounce=2)
+    debounced.start_background()
+    try:
+        assert rig.revoker(debounced).revoke("max").endswith("; Apache files follow within 2s")
+    finally:
+        debounced.close()
+    assert (rig.env.root / "web" / "crl.pem").read_bytes() == rig.crl.pem_path.read_bytes()
