@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from peers import Measure
 
-from certdrop.authority.ca import PKCS12_KDF_ROUNDS
+from certdrop.authority.keys import PKCS12_KDF_ROUNDS
 from certdrop.authority.lint import Linter
 
 EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])

@@ -17,7 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certdrop.authority.ca import CertificateAuthority, IssueSpec, random_serial, serial_hex
+from certdrop.authority.ca import CertificateAuthority, IssueSpec
+from certdrop.authority.serials import random_serial, serial_hex
 from certdrop.index.store import NewCertificate, Store
 
 

@@ -903,6 +903,7 @@ def test_hostile_bytes_through_the_worker_pool(tmp_path: Path) -> None:
     """The pool parses batches in other processes: hostile files come back as refusals,
     and the pool survives them (it would fall back to the daemon process if broken)."""
     from certdrop.authority.signpool import MIN_POOL_BATCH, SigningPool
+    from certdrop.intake.request import parse_chunk, parse_many
 
     env = make_env(tmp_path / "ca")
     rt = Runtime.build(env.settings, SystemClock())
@@ -924,9 +925,10 @@ def test_hostile_bytes_through_the_worker_pool(tmp_path: Path) -> None:
             '[subject]\nCN = "\ud800"\n'.encode("utf-8", "surrogatepass"),
         ]
         datas += [bytes([i]) * (i + 1) for i in range(MIN_POOL_BATCH)]
-        pool.parse(datas)  # the first big batch starts the pool (and is parsed here)
+        # the first big batch starts the pool (and is parsed here)
+        pool.map_later(parse_chunk, datas, fallback=parse_many)()
         wait_for(lambda: pool.ready, 60, what="the pool started")
-        out = pool.parse(datas)
+        out = pool.map_later(parse_chunk, datas, fallback=parse_many)()
         assert pool.ready, "a hostile file broke the pool"
         assert len(out) == len(datas)
         assert not isinstance(out[0], RequestError)

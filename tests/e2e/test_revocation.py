@@ -12,12 +12,10 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
 
 from certdrop.authority.reasons import REASONS
@@ -524,77 +522,3 @@ debounce_seconds = 0.1
         )
     finally:
         d.stop()
-
-
-@pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048"])
-def test_fast_crl_is_byte_for_byte_what_cryptography_builds(tmp_path: Path, key_type: str) -> None:
-    """The CRL entries certdrop encodes itself give the very TBS cryptography's builder
-    gives, for every serial size, reason and both time encodings; openssl accepts it."""
-    import random
-
-    from certdrop.authority.ca import REVOCATION_REASONS, CertificateAuthority, pem_armor
-    from certdrop.clock import utc_seconds
-    from certdrop.errors import CAError
-
-    env = make_env(tmp_path / "ca", key_type=key_type)
-    ca = CertificateAuthority.load(env.state)
-    rng = random.Random(5280)
-    now = dt.datetime(2026, 11, 27, 8, 1, 2, 345678, tzinfo=dt.UTC)
-    reasons = [*REVOCATION_REASONS, None]
-    entries: list[tuple[int, dt.datetime | int, str | None]] = []
-    for i in range(3000):
-        bits = rng.choice([1, 7, 8, 9, 63, 64, 127, 128, 152, 158, 159])
-        serial = rng.getrandbits(bits) | (1 << (bits - 1))  # exactly `bits` long: high bit set
-        when = dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.UTC) + dt.timedelta(
-            seconds=rng.randint(-(10**9), 10**9)
-        )
-        entries.append(
-            (serial, when if i % 2 else int(when.timestamp()), reasons[i % len(reasons)])
-        )
-    entries.append((1, 0, "keyCompromise"))  # 1970
-    crl = ca.build_crl(entries, 42, now, now + dt.timedelta(days=7))
-
-    built = []
-    for serial, when, reason in entries:
-        at = when if isinstance(when, dt.datetime) else dt.datetime.fromtimestamp(when, dt.UTC)
-        b = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(utc_seconds(at))
-        if reason and reason != "unspecified":
-            b = b.add_extension(x509.CRLReason(REVOCATION_REASONS[reason]), critical=False)
-        built.append(b.build())
-    reference = x509.CertificateRevocationListBuilder(
-        issuer_name=ca.cert.subject,
-        last_update=utc_seconds(now),
-        next_update=utc_seconds(now + dt.timedelta(days=7)),
-        extensions=[
-            x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(42)),
-            x509.Extension(
-                ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
-                False,
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()),  # type: ignore[arg-type]
-            ),
-        ],
-        revoked_certificates=built,
-    )
-    # the TBS depends on the key's type only (its signature algorithm), not on the key
-    other: Any = (
-        ec.generate_private_key(ec.SECP256R1())
-        if key_type.startswith("ec")
-        else rsa.generate_private_key(65537, 2048)
-    )
-    assert crl.tbs_certlist_bytes == reference.sign(other, hashes.SHA256()).tbs_certlist_bytes
-    assert crl.is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
-    assert len(crl) == len(entries)
-    der = crl.public_bytes(serialization.Encoding.DER)
-    assert pem_armor("X509 CRL", der) == crl.public_bytes(serialization.Encoding.PEM)
-    pem = tmp_path / "crl.pem"
-    pem.write_bytes(pem_armor("X509 CRL", der))
-    out = subprocess.run(
-        ["openssl", "crl", "-in", str(pem), "-CAfile", str(env.ca_cert), "-noout"],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0 and "verify OK" in out.stdout + out.stderr, out
-    # the empty CRL is cryptography's own; a serial of 21 octets is refused, as by cryptography
-    assert len(ca.build_crl([], 43, now, now + dt.timedelta(days=7))) == 0
-    with pytest.raises(CAError):
-        ca.build_crl([(1 << 159, 0, None)], 44, now, now + dt.timedelta(days=7))

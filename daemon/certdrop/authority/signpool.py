@@ -1,10 +1,13 @@
-"""Signing (and lint before sign) on every processor: a pool of worker processes.
+"""Worker processes that sign (and lint before signing) on every processor, and run other
+work of the caller's in chunks.
 
-Each worker loads the CA itself from the state folder (the private key never
-travels through a pipe) and builds its own pkilint validator once. The parent
-sends plain data (subject, SPKI DER, validity, usages, serial) and gets DER back.
-Small batches are signed in the calling process: a round trip to a worker would
-only add latency to a single drop.
+Each worker loads the CA itself from the state folder (the private key never travels
+through a pipe) and builds its own pkilint validator once. Signing is the pool's own
+job: the parent sends plain data (subject, SPKI DER, validity, usages, serial) and gets
+DER back. Other work comes as a module-level function that the workers run on chunks
+of items (`map_later`: the daemon has them parse dropped requests). Small batches are
+done in the calling process: a round trip to a worker would only add latency to a
+single drop.
 """
 
 from __future__ import annotations
@@ -22,17 +25,18 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..errors import LintError, RequestError
-from ..intake.request import ParsedRequest, parse_many, parse_request
-from .ca import CertificateAuthority, IssueSpec, Staged, Staging, public_key_bytes
+from ..errors import LintError
+from .ca import CertificateAuthority, IssueSpec, Staged, Staging
+from .keys import public_key_bytes
 
 if TYPE_CHECKING:  # pkilint is loaded only when certificates are linted
     from .lint import Linter
 
 log = logging.getLogger("certdrop.signpool")
 T = TypeVar("T")
+Item = TypeVar("Item")
 
-# below this many certificates a batch is signed in the calling process
+# below this many items a batch is done in the calling process
 MIN_POOL_BATCH = 16
 
 # a pool found broken (a worker killed by the OOM killer or an operator, a failed start)
@@ -85,10 +89,10 @@ def settle_heap(*, collect: bool = True) -> None:
     """Once a process has loaded what it keeps (modules, CA, settings, linter): exempt
     that from the cyclic garbage collector and let it run less often.
 
-    With Python's thresholds a 5,000-CSR burst ran ~420 young and 3 full collections in
-    the daemon process (0.13-0.17 s of CPU; every full one walked everything loaded at
-    start); frozen and with these thresholds it runs none during the burst. Almost all
-    garbage here is freed by reference counting; cycles still get collected, later.
+    With Python's thresholds a burst runs many young collections and several full ones,
+    each full one walking everything loaded at start; frozen and with these thresholds
+    a burst runs almost none. Almost all garbage here is freed by reference counting;
+    cycles still get collected, later.
     """
     if collect:
         gc.collect()
@@ -128,45 +132,31 @@ def _init_worker(state: str, passphrase: bytes | None, lint: bool, daemon_pid: i
     settle_heap(collect=False)  # a collection would touch (copy) the fork server's pages
 
 
-def _sign_chunk(chunk: list[tuple[_Plain, Staging]], lint: bool) -> list[Staged | str]:
-    """Sign and stage; the reason instead for a lint refusal."""
+def _sign_chunk(chunk: list[tuple[_Plain, Staging]], lint: bool) -> list[Staged | LintError]:
+    """Sign and stage; the LintError instead for a lint refusal."""
     assert _worker_ca is not None
     linter = _worker_linter.certificate if (lint and _worker_linter is not None) else None
     specs = [_from_plain(plain) for plain, _ in chunk]
-    done = _worker_ca.issue_and_stage(specs, [st for _, st in chunk], linter)
-    return [str(d) if isinstance(d, LintError) else d for d in done]
-
-
-def _parse_chunk(chunk: list[bytes]) -> list[ParsedRequest | str]:
-    """A ParsedRequest, or the RequestError's message."""
-    out: list[ParsedRequest | str] = []
-    for data in chunk:
-        try:
-            out.append(parse_request(data)[0])
-        except RequestError as exc:
-            out.append(str(exc))
-        except Exception as exc:  # noqa: BLE001 - never lose a batch to one odd file
-            out.append(f"the request cannot be parsed ({exc.__class__.__name__})")
-    return out
+    return _worker_ca.issue_and_stage(specs, [st for _, st in chunk], linter)
 
 
 def _ping() -> bool:
     return _worker_ca is not None
 
 
-def _forkserver_context(lint: bool) -> Any:
+def _forkserver_context(lint: bool, preload: Sequence[str]) -> Any:
     """The forkserver context, with what the workers need imported once in the fork server.
 
     Without a preload every worker imports cryptography, pkilint and the signing code on
-    its own (most of a second of CPU each, on the first burst, competing with the daemon
-    for the processors); with it the fork server imports them once and the workers are
-    forked ready. multiprocessing also re-runs the daemon's main module in each worker
-    (`certdrop.cli`, or the `certdrop` script that imports it): it imports little at the
-    top (click; the commands import what they use), so that costs nothing much either.
+    its own on the first burst, competing with the daemon for the processors; with it
+    the fork server imports them once and the workers are forked ready. multiprocessing
+    also re-runs the daemon's main module in each worker (`certdrop.cli`, or the
+    `certdrop` script that imports it): it imports little at the top (click; the
+    commands import what they use), so that costs nothing much either.
     """
     ctx = multiprocessing.get_context("forkserver")
     linting = ["certdrop.authority.lint"] if lint else []
-    ctx.set_forkserver_preload(["__main__", __name__, *linting, "click"])
+    ctx.set_forkserver_preload(["__main__", __name__, *linting, *preload, "click"])
     return ctx
 
 
@@ -184,6 +174,11 @@ def _stop_forkserver() -> None:
             stop()
         except OSError as exc:
             log.debug("could not stop the fork server: %s", exc)
+
+
+def _part(items: Sequence[Item], i: int, j: int) -> Sequence[Item]:
+    """items[i:j], or `items` itself when that is all of it."""
+    return items if i == 0 and j >= len(items) else items[i:j]
 
 
 class _Deferred(Generic[T]):
@@ -219,8 +214,21 @@ class _Deferred(Generic[T]):
         return outcome() if outcome is not None else self._here()
 
 
+# the two ways to do items i..j-1 of a batch: here, or (from i onwards) in the pool
+_Here = Callable[[int, int], list[T]]
+_There = Callable[[ProcessPoolExecutor, int], Callable[[], list[T]]]
+
+
 class SigningPool:
-    """Worker processes that sign batches of certificates in parallel."""
+    """Worker processes that hold the CA (and the linter): they sign batches of
+    certificates in parallel, and run the caller's functions on batches of other work.
+
+    The workers are started in the background on the first batch big enough to need
+    them, and stopped again after a quiet spell (`stop_if_idle`); work asked for while
+    they start is handed to them once they are up. A pool found broken (a worker
+    killed) leaves the work to the calling process, and is started anew after
+    `restart_after` seconds.
+    """
 
     def __init__(
         self,
@@ -230,11 +238,15 @@ class SigningPool:
         *,
         lint: bool,
         workers: int | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
+        """`preload`: the modules of the functions given to `map_later`, imported once in
+        the fork server rather than in every worker."""
         self.ca = ca
         self.lint_enabled = lint
         self.workers = workers or max(1, os.cpu_count() or 1)
         self._initargs = (str(state), passphrase, lint, os.getpid())
+        self._preload = tuple(preload)
         self._pool: ProcessPoolExecutor | None = None
         self._starter: threading.Thread | None = None
         self._broken = False
@@ -245,12 +257,13 @@ class SigningPool:
         self._lock = threading.Lock()
         self._waiting: list[_Deferred[Any]] = []
 
+    # --- the workers -------------------------------------------------------------------------
     def _start(self) -> None:
-        """Start the workers in the background; batches are signed here until they are up.
+        """Start the workers in the background; batches are done here until they are up.
 
         The pool is started on the first batch big enough to need it, and stopped
         again after a quiet spell: an idle CA keeps one small process. Starting takes
-        the fork server's imports (most of a second), so it runs in its own thread.
+        the fork server's imports, so it runs in its own thread.
         """
         if self._pool is not None or self._broken or self._starter is not None:
             return
@@ -264,7 +277,7 @@ class SigningPool:
         try:
             pool = ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=_forkserver_context(self.lint_enabled),
+                mp_context=_forkserver_context(self.lint_enabled, self._preload),
                 initializer=_init_worker,
                 initargs=self._initargs,
             )
@@ -297,7 +310,9 @@ class SigningPool:
             deferred.kick(pool)
         return deferred
 
-    def _join_starter(self) -> None:
+    def wait_started(self) -> None:
+        """Wait for a start under way to end: the workers are up, and the work deferred
+        while they started has been handed to them; or the start failed."""
         if self._starter is not None:
             self._starter.join()
             self._starter = None
@@ -316,7 +331,7 @@ class SigningPool:
         restarted. Called before a batch that wants the pool, from the daemon's thread."""
         if not self._broken or time.monotonic() - self._broken_at < self.restart_after:
             return
-        self._join_starter()
+        self.wait_started()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)  # its processes are gone or ended
@@ -350,13 +365,21 @@ class SigningPool:
         """Stop the workers when no batch needed them for `idle_seconds`."""
         if self._pool is None or time.monotonic() - self._last_used < idle_seconds:
             return False
-        self._join_starter()
+        self.wait_started()
         pool, self._pool = self._pool, None
         pool.shutdown(wait=True, cancel_futures=True)
         _stop_forkserver()
         log.info("stopped the signing processes (idle for %g s)", idle_seconds)
         return True
 
+    def close(self) -> None:
+        self.wait_started()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            _stop_forkserver()
+
+    # --- signing -------------------------------------------------------------------------------
     def sign(
         self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
     ) -> Callable[[], list[Staged | LintError]]:
@@ -365,27 +388,110 @@ class SigningPool:
         In the pool, the work starts now (the daemon goes on with other work meanwhile);
         in this process (a small batch, a pool not ready yet), it runs when asked for.
         """
-        lint = linter is not None
-        if lint != self.lint_enabled:
+        if (linter is not None) != self.lint_enabled:
             return lambda: self._sign_here(specs, stagings, linter)
-        pool = self._use(len(specs))
-        if pool is None:
-            if len(specs) < MIN_POOL_BATCH or self._broken:
-                return lambda: self._sign_here(specs, stagings, linter)
-            return self._defer(
-                _Deferred(
-                    lambda p: self._submit(p, specs, stagings, linter),
-                    lambda: self._sign_until_ready(specs, stagings, linter),
-                )
-            )
-        return self._submit(pool, specs, stagings, linter)
+        here, there = self._signing(specs, stagings, linter)
+        return self._later(len(specs), here, there)
 
-    def _until_ready(
+    def sign_in_steps(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> list[Staged | LintError]:
+        """Sign here, a few at a time, and hand what is left to the workers as soon as they
+        are up; never starts them. What a `sign` asked for while they start does."""
+        return self._in_steps(len(specs), *self._signing(specs, stagings, linter))
+
+    def _signing(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> tuple[_Here[Staged | LintError], _There[Staged | LintError]]:
+        lint = linter is not None
+
+        def there(pool: ProcessPoolExecutor, i: int) -> Callable[[], list[Staged | LintError]]:
+            rest, staged = _part(specs, i, len(specs)), _part(stagings, i, len(stagings))
+            # the worker runs the same checks as this process (CertificateAuthority.issue)
+            jobs = [(_to_plain(s), st) for s, st in zip(rest, staged, strict=True)]
+            return self._run(
+                pool,
+                _sign_chunk,
+                jobs,
+                (lint,),
+                lambda: self._sign_here(rest, staged, linter),
+                "signing",
+            )
+
+        return (
+            lambda i, j: self._sign_here(_part(specs, i, j), _part(stagings, i, j), linter),
+            there,
+        )
+
+    def _sign_here(
+        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
+    ) -> list[Staged | LintError]:
+        return self.ca.issue_and_stage(specs, stagings, linter.certificate if linter else None)
+
+    # --- other work ----------------------------------------------------------------------------
+    def map_later(
         self,
-        n: int,
-        here: Callable[[int, int], list[T]],
-        there: Callable[[ProcessPoolExecutor, int], Callable[[], list[T]]],
+        fn: Callable[..., list[T]],
+        items: Sequence[Item],
+        *,
+        fallback: Callable[[Sequence[Item]], list[T]],
+        args: tuple[Any, ...] = (),
+        what: str = "work",
+    ) -> Callable[[], list[T]]:
+        """Start `fn(chunk, *args)` on chunks of `items`; the returned function waits for
+        the results, in order (as `sign`).
+
+        `fn` is a module-level function (the workers import it by name) that gives one
+        result per item; `fallback(items)` gives the same results in this process, for
+        a small batch, while the workers start, and when the pool is broken. `what`
+        names the work in the log ("parsing").
+        """
+        return self._later(len(items), *self._mapping(fn, items, fallback, args, what))
+
+    def map_in_steps(
+        self,
+        fn: Callable[..., list[T]],
+        items: Sequence[Item],
+        *,
+        fallback: Callable[[Sequence[Item]], list[T]],
+        args: tuple[Any, ...] = (),
+        what: str = "work",
     ) -> list[T]:
+        """`fallback` here a few items at a time, and what is left to the workers as soon
+        as they are up; never starts them. What a `map_later` asked for while they start
+        does."""
+        return self._in_steps(len(items), *self._mapping(fn, items, fallback, args, what))
+
+    def _mapping(
+        self,
+        fn: Callable[..., list[T]],
+        items: Sequence[Item],
+        fallback: Callable[[Sequence[Item]], list[T]],
+        args: tuple[Any, ...],
+        what: str,
+    ) -> tuple[_Here[T], _There[T]]:
+        def there(pool: ProcessPoolExecutor, i: int) -> Callable[[], list[T]]:
+            rest = _part(items, i, len(items))
+            return self._run(pool, fn, list(rest), args, lambda: fallback(rest), what)
+
+        return lambda i, j: fallback(_part(items, i, j)), there
+
+    # --- where a batch is done -----------------------------------------------------------------
+    def _later(self, n: int, here: _Here[T], there: _There[T]) -> Callable[[], list[T]]:
+        """A batch of `n` items: in the pool when it is up; deferred while it starts;
+        here for a small batch or a broken pool."""
+        pool = self._use(n)
+        if pool is None:
+            if n < MIN_POOL_BATCH or self._broken:
+                return lambda: here(0, n)
+            # the workers are starting: they do it once up, unless it is asked for before
+            # (then here, a few at a time, the rest by them once they are up)
+            return self._defer(
+                _Deferred(lambda p: there(p, 0), lambda: self._in_steps(n, here, there))
+            )
+        return there(pool, 0)
+
+    def _in_steps(self, n: int, here: _Here[T], there: _There[T]) -> list[T]:
         """Items 0..n-1 done here (`here(i, j)`: items i..j-1), a few at a time; what is
         left when the pool comes up goes to it (`there(pool, i)`: items i.. onwards).
         The pool often comes up in the middle of a batch."""
@@ -398,93 +504,19 @@ class SigningPool:
             out += here(i, i + step)
         return out
 
-    def _sign_until_ready(
-        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
-    ) -> list[Staged | LintError]:
-        """Sign here, a few at a time, and hand what is left to the pool once it is up."""
-        return self._until_ready(
-            len(specs),
-            lambda i, j: self._sign_here(specs[i:j], stagings[i:j], linter),
-            lambda pool, i: self._submit(pool, specs[i:], stagings[i:], linter),
-        )
-
-    def _submit(
-        self,
-        pool: ProcessPoolExecutor,
-        specs: Sequence[IssueSpec],
-        stagings: Sequence[Staging],
-        linter: Linter | None,
-    ) -> Callable[[], list[Staged | LintError]]:
-        lint = linter is not None
-        jobs = [(_to_plain(s), st) for s, st in zip(specs, stagings, strict=True)]
-        # the worker runs the same checks as this process (CertificateAuthority.issue)
-        return self._run(
-            pool,
-            _sign_chunk,
-            jobs,
-            (lint,),
-            lambda d: LintError(d) if isinstance(d, str) else d,
-            lambda: self._sign_here(specs, stagings, linter),
-            "signing",
-        )
-
-    def parse(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
-        """Parse (and verify the signatures of) dropped requests on every processor."""
-        return self.parse_later(datas)()
-
-    def parse_later(
-        self, datas: Sequence[bytes]
-    ) -> Callable[[], list[ParsedRequest | RequestError]]:
-        """Start parsing; the returned function waits for the outcome (as `sign`)."""
-        pool = self._use(len(datas))
-        if pool is None:
-            if len(datas) < MIN_POOL_BATCH or self._broken:
-                return lambda: parse_many(datas)
-            # the workers are starting: they parse it once up, unless it is asked for
-            # before (then here, a few at a time, the rest by them once they are up)
-            return self._defer(
-                _Deferred(
-                    lambda p: self._parse_in(p, datas),
-                    lambda: self._parse_until_ready(datas),
-                )
-            )
-        return self._parse_in(pool, datas)
-
-    def _parse_until_ready(self, datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
-        """Parse here, a few at a time, and hand what is left to the pool once it is up."""
-        return self._until_ready(
-            len(datas),
-            lambda i, j: parse_many(datas[i:j]),
-            lambda pool, i: self._parse_in(pool, datas[i:]),
-        )
-
-    def _parse_in(
-        self, pool: ProcessPoolExecutor, datas: Sequence[bytes]
-    ) -> Callable[[], list[ParsedRequest | RequestError]]:
-        return self._run(
-            pool,
-            _parse_chunk,
-            list(datas),
-            (),
-            lambda r: RequestError(r) if isinstance(r, str) else r,
-            lambda: parse_many(datas),
-            "parsing",
-        )
-
     def _run(
         self,
         pool: ProcessPoolExecutor,
-        fn: Callable[..., list[Any]],
+        fn: Callable[..., list[T]],
         items: list[Any],
         args: tuple[Any, ...],
-        convert: Callable[[Any], T],
         fallback: Callable[[], list[T]],
         what: str,
     ) -> Callable[[], list[T]]:
         """Start `fn` on `items` in the pool; the returned function waits for the results
-        (in order, each passed through `convert`). If the pool is broken (a worker was
-        killed, ...), this process does the work instead (`fallback`), and all the work
-        until a new pool is started (`restart_after`)."""
+        (in order). If the pool is broken (a worker was killed, ...), this process does
+        the work instead (`fallback`), and all the work until a new pool is started
+        (`restart_after`)."""
 
         def broken(exc: Exception) -> list[T]:
             if self._pool is pool:  # not a pool put away since, nor its successor
@@ -508,7 +540,7 @@ class SigningPool:
             out: list[T] = []
             try:
                 for fut in futures:
-                    out += [convert(r) for r in fut.result()]
+                    out += fut.result()
             except Exception as exc:  # noqa: BLE001 - a broken pool falls back to this process
                 return broken(exc)
             return out
@@ -521,15 +553,3 @@ class SigningPool:
         """`fn(chunk, *args)` in the pool for two chunks of `items` per worker, in order."""
         size = -(-len(items) // min(self.workers * 2, len(items)))
         return [pool.submit(fn, items[i : i + size], *args) for i in range(0, len(items), size)]
-
-    def _sign_here(
-        self, specs: Sequence[IssueSpec], stagings: Sequence[Staging], linter: Linter | None
-    ) -> list[Staged | LintError]:
-        return self.ca.issue_and_stage(specs, stagings, linter.certificate if linter else None)
-
-    def close(self) -> None:
-        self._join_starter()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            _stop_forkserver()

@@ -161,8 +161,10 @@ def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> No
     """Create the CA (or adopt ca.cer + ca.key) and the folders; never overwrites a CA."""
     from cryptography.hazmat.primitives import hashes
 
-    from ..authority.ca import adopt_ca, create_ca, read_passphrase, subject_text
+    from ..authority.keys import read_passphrase
+    from ..authority.lifecycle import adopt_ca, create_ca
     from ..authority.lint import shared_linter
+    from ..authority.names import subject_text
     from ..index.store import Store
     from ..intake.spool import Spool
     from ..service.ownership import hand_over
@@ -298,13 +300,15 @@ def _daemon_state(s: Settings) -> dict[str, Any]:
 @click.option("--days", default=30, show_default=True, help="Show expiries within this many days.")
 def status(as_json: bool, days: int) -> None:
     """CA, counts, pending requests, CRL and upcoming expiries."""
-    from ..authority.ca import load_ca_certificate, public_key_algorithm, subject_text
+    from ..authority.keys import key_algorithm
+    from ..authority.lifecycle import load_ca_certificates
+    from ..authority.names import subject_text
 
     c = _ctx()
     s = c.settings
     now = c.clock.now()
     # the certificate is enough: status works without the CA key's passphrase
-    ca_cert = load_ca_certificate(s.state)
+    ca_cert, _ = load_ca_certificates(s.state, check_key=True)
     store = _open_store(s)
     try:
         with store.begin() as conn:
@@ -318,7 +322,7 @@ def status(as_json: bool, days: int) -> None:
     doc: dict[str, Any] = {
         "ca": {
             "subject": subject_text(ca_cert.subject),
-            "key": public_key_algorithm(ca_cert),
+            "key": key_algorithm(ca_cert.public_key()),
             "not_after": ca_cert.not_valid_after_utc.isoformat(),
             "days_left": (ca_cert.not_valid_after_utc - now).days,
         },
@@ -646,11 +650,12 @@ def crl() -> None:
 )
 def apache_config(log_file: str) -> None:
     """Print the mod_ssl configuration that matches this setup."""
+    from ..authority.lifecycle import load_ca_certificates
     from ..publish import modssl
 
     c = _ctx()
     s = c.settings
-    ca_cert, chain = modssl.load_ca_certificates(s.state)
+    ca_cert, chain = load_ca_certificates(s.state)
     click.echo(
         modssl.apache_config_text(
             s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path
@@ -685,7 +690,7 @@ def import_cmd(
     from cryptography import x509
 
     from ..audit import AuditLog, operator_actor
-    from ..authority.ca import CA_CERT
+    from ..authority.lifecycle import CA_CERT
     from ..issue.importer import Importer, candidates_for, iter_report_lines
     from ..service.ownership import hand_over
 

@@ -22,8 +22,10 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtensionOID
 
+from ..authority.der import sequence_length
+from ..authority.names import ATTRIBUTE_OIDS, OID_NAMES
 from ..errors import RequestError
 
 # cryptography warns (UserWarning, on stderr) when it reads a name value longer than
@@ -32,26 +34,6 @@ from ..errors import RequestError
 # the process-wide filters from one thread while others run.
 _LENGTH_WARNING = r"Attribute's length must be >= \d+ and <= \d+, but it was \d+"
 warnings.filterwarnings("ignore", message=_LENGTH_WARNING, category=UserWarning)
-
-# short names <-> OIDs for the subject attributes certdrop understands
-ATTRIBUTE_OIDS: dict[str, x509.ObjectIdentifier] = {
-    "CN": NameOID.COMMON_NAME,
-    "O": NameOID.ORGANIZATION_NAME,
-    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
-    "C": NameOID.COUNTRY_NAME,
-    "L": NameOID.LOCALITY_NAME,
-    "ST": NameOID.STATE_OR_PROVINCE_NAME,
-    "emailAddress": NameOID.EMAIL_ADDRESS,
-    "serialNumber": NameOID.SERIAL_NUMBER,
-    "DC": NameOID.DOMAIN_COMPONENT,
-    "title": NameOID.TITLE,
-    "GN": NameOID.GIVEN_NAME,
-    "SN": NameOID.SURNAME,
-    "UID": NameOID.USER_ID,
-    "street": NameOID.STREET_ADDRESS,
-    "postalCode": NameOID.POSTAL_CODE,
-}
-OID_NAMES: dict[x509.ObjectIdentifier, str] = {oid: name for name, oid in ATTRIBUTE_OIDS.items()}
 
 # the order attributes are written in a certificate made from an enrollment
 ENROLLMENT_ORDER = (
@@ -173,6 +155,20 @@ def parse_many(datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
     return out
 
 
+def parse_chunk(datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
+    """`parse_many` for the signing pool's workers: the same results, but a failure
+    nobody foresaw is not logged there (it becomes a RequestError all the same)."""
+    out: list[ParsedRequest | RequestError] = []
+    for data in datas:
+        try:
+            out.append(parse_request(data)[0])
+        except RequestError as exc:
+            out.append(exc)
+        except Exception as exc:  # noqa: BLE001 - never lose a batch to one odd file
+            out.append(RequestError(f"the request cannot be parsed ({exc.__class__.__name__})"))
+    return out
+
+
 def _parse_csr_pem(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningRequest]:
     blocks = list(_PEM_BLOCK.finditer(data))
     if not blocks:
@@ -216,7 +212,7 @@ def _parse_csr_pem(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningR
 
 
 def _parse_csr_der(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningRequest]:
-    length = _der_length(data)
+    length = sequence_length(data)
     if length is None or length > len(data):
         raise RequestError("the DER data is truncated; drop the whole request")
     if length < len(data):
@@ -230,19 +226,6 @@ def _parse_csr_der(data: bytes) -> tuple[ParsedRequest, x509.CertificateSigningR
             f"the DER data is not a valid certificate signing request ({exc})"
         ) from None
     return _from_csr(csr), csr
-
-
-def _der_length(data: bytes) -> int | None:
-    """Total length of the outer DER SEQUENCE, or None if the header is malformed."""
-    if len(data) < 2 or data[0] != 0x30:
-        return None
-    first = data[1]
-    if first < 0x80:
-        return 2 + first
-    n = first & 0x7F
-    if n == 0 or n > 4 or len(data) < 2 + n:
-        return None
-    return 2 + n + int.from_bytes(data[2 : 2 + n], "big")
 
 
 def _key_info(public_key: Any) -> KeyInfo:

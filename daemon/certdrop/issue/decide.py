@@ -15,14 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..authority.ca import (
-    CertificateAuthority,
-    IssueSpec,
-    PrivateKey,
-    random_serial,
-    serial_hex,
-    subject_key_matches,
-)
+from ..authority.ca import CertificateAuthority, IssueSpec
+from ..authority.keys import PrivateKey, subject_key_matches
+from ..authority.serials import random_serial, serial_hex
 from ..clock import Clock
 from ..config import Profile
 from ..errors import CertdropError, IndexUnavailable, RequestError

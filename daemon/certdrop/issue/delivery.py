@@ -17,7 +17,8 @@ from typing import Protocol
 
 from cryptography import x509
 
-from ..authority.ca import CertificateAuthority, PrivateKey, load_subject_key, subject_key_matches
+from ..authority.ca import CertificateAuthority
+from ..authority.keys import PrivateKey, load_subject_key, subject_key_matches
 from ..clock import Clock
 from ..errors import CAError, CertdropError
 from ..faults import Crashpoint, no_crash

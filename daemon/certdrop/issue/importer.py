@@ -30,22 +30,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from ..authority.ca import REVOCATION_REASONS, serial_hex, subject_text
+from ..authority.names import OID_NAMES, subject_text
+from ..authority.reasons import OPENSSL_REASONS
+from ..authority.serials import serial_hex
 from ..clock import Clock
 from ..errors import CertdropError, SerialCollision
 from ..index.store import NewCertificate, Store
-from ..intake.request import OID_NAMES
 
 CERT_SUFFIXES = (".cer", ".crt", ".pem", ".der")
-
-# openssl ca's reason names (apps/ca.c crl_reasons) -> certdrop's
-_OPENSSL_REASONS = {name.lower(): name for name in REVOCATION_REASONS} | {
-    "cacompromise": "cACompromise",
-    "keytime": "keyCompromise",
-    "cakeytime": "cACompromise",
-    "holdinstruction": "certificateHold",
-    "removefromcrl": "unspecified",
-}
 
 
 @dataclass(frozen=True)
@@ -132,7 +124,7 @@ def _revocation(field_text: str) -> tuple[dt.datetime, str]:
     when = parse_openssl_time(parts[0])
     reason = "unspecified"
     if len(parts) > 1 and parts[1]:
-        mapped = _OPENSSL_REASONS.get(parts[1].strip().lower())
+        mapped = OPENSSL_REASONS.get(parts[1].strip().lower())
         if mapped is None:
             raise ValueError(f"unknown revocation reason {parts[1]!r}")
         reason = mapped

@@ -22,15 +22,9 @@ from dataclasses import dataclass, replace
 
 from cryptography import x509
 
-from ..authority.ca import (
-    CertificateAuthority,
-    IssueSpec,
-    Staged,
-    Staging,
-    random_serial,
-    serial_hex,
-)
+from ..authority.ca import CertificateAuthority, IssueSpec, Staged, Staging
 from ..authority.lint import Linter
+from ..authority.serials import random_serial, serial_hex
 from ..errors import LintError
 from ..faults import Crashpoint, no_crash
 from ..fsutil import fsync_dir, sync_filesystem, write_staged

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ..authority.ca import serial_hex, subject_text
+from ..authority.names import subject_text
+from ..authority.serials import serial_hex
 from ..config import CRLSettings, ExpirySettings, MailSettings, Profile, Settings
 from ..index import warned
 from ..index.schema import from_epoch

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from ..authority.names import OID_NAMES
 from ..config import Profile
 from ..fsutil import is_safe_name, sanitize_name
 from ..index.store import CertRecord, PendingRecord
-from ..intake.request import OID_NAMES
 
 if TYPE_CHECKING:  # expiry.py builds these texts
     from .expiry import SweepConfig

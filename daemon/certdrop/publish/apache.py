@@ -25,7 +25,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..authority.ca import CertificateAuthority, subject_text
+from ..authority.ca import CertificateAuthority
+from ..authority.names import subject_text
 from ..clock import Clock
 from ..config import ApacheSettings
 from ..errors import PublishError

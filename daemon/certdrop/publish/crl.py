@@ -19,7 +19,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..authority.ca import CertificateAuthority, CrlEntry, pem_armor
+from ..authority.ca import CertificateAuthority, CrlEntry
+from ..authority.der import pem_armor
 from ..authority.lint import Linter
 from ..clock import Clock
 from ..config import CRLSettings

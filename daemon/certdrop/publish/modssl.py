@@ -13,9 +13,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ..authority.ca import CA_CERT, CA_CHAIN, subject_text
+from ..authority.names import subject_text
 from ..config import Profile, Settings
-from ..errors import CAError
 
 _MODSSL_VARS = {
     "CN": "SSL_CLIENT_S_DN_CN",
@@ -159,21 +158,6 @@ def apache_config_text(
         "",
     ]
     return "\n".join(lines)
-
-
-def load_ca_certificates(state: Path) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """The CA certificate and the chain above it (no private key needed)."""
-    try:
-        cert = x509.load_pem_x509_certificate((state / CA_CERT).read_bytes())
-        chain_path = state / CA_CHAIN
-        chain = (
-            x509.load_pem_x509_certificates(chain_path.read_bytes()) if chain_path.exists() else []
-        )
-    except FileNotFoundError:
-        raise CAError(f"no CA in {state}; create one with 'certdrop init'") from None
-    except (OSError, ValueError) as exc:
-        raise CAError(f"cannot read the CA certificate in {state}: {exc}") from None
-    return cert, chain
 
 
 def _modssl_dn(name: x509.Name) -> str:

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..audit import AuditLog, operator_actor
-from ..authority.ca import CertificateAuthority, read_passphrase
+from ..authority.ca import CertificateAuthority
+from ..authority.keys import read_passphrase
 from ..authority.lint import Linter, shared_linter
 from ..authority.signpool import SigningPool
 from ..clock import Clock
@@ -21,6 +22,7 @@ from ..config import Settings
 from ..faults import Crashpoint, no_crash
 from ..index.store import Store
 from ..intake.claim import Claimer
+from ..intake.request import parse_chunk, parse_many
 from ..intake.spool import Spool
 from ..issue.approval import Approvals
 from ..issue.batches import Batches
@@ -161,9 +163,17 @@ class Runtime:
             apache,
         )
         if signing_pool and (os.cpu_count() or 1) > 1:
-            rt.pool = SigningPool(ca, settings.state, passphrase, lint=settings.policy.lint)
-            recorder.signer = rt.pool.sign
-            batches.parser = rt.pool.parse_later
+            pool = rt.pool = SigningPool(
+                ca,
+                settings.state,
+                passphrase,
+                lint=settings.policy.lint,
+                preload=[parse_chunk.__module__],
+            )
+            recorder.signer = pool.sign
+            batches.parser = lambda datas: pool.map_later(
+                parse_chunk, datas, fallback=parse_many, what="parsing"
+            )
         return rt
 
     def check_publication(self) -> None:

@@ -21,8 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certdrop.authority.ca import CertificateAuthority, IssueSpec, create_ca, random_serial
+from certdrop.authority.ca import CertificateAuthority, IssueSpec
+from certdrop.authority.lifecycle import create_ca
 from certdrop.authority.lint import Linter, fast_dispatch
+from certdrop.authority.serials import random_serial
 from certdrop.config import CASettings
 from certdrop.errors import CertdropError
 
@@ -258,12 +260,12 @@ def test_a_container_pkilint_changed_keeps_pkilints_walk() -> None:
     class Odd:
         """A validator without NodeVisitor's fields."""
 
-    container = linter._cert_validator
+    container = linter.certificate_validator
     inner = container.validators[0]
     inner.validators.append(Odd())
     try:
-        assert fast_dispatch(linter._crl_validator, container) is False
-        for c in (linter._crl_validator, container, inner):  # nothing installed, not even partly
+        assert fast_dispatch(linter.crl_validator, container) is False
+        for c in (linter.crl_validator, container, inner):  # nothing installed, not even partly
             assert "_validate_rec" not in c.__dict__
     finally:
         inner.validators.pop()

@@ -1,11 +1,16 @@
-"""The signing pool gives exactly what the daemon process would: same parses, same checks."""
+"""The signing pool gives exactly what the daemon process would: same parses, same checks.
+
+The pool parses with the function the daemon gives it (`parse_chunk`, with `parse_many`
+as the fallback in this process); the tests give a fallback that counts, to see what was
+done here and what by the workers.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,18 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from certdrop.authority.ca import (
-    CertificateAuthority,
-    IssueSpec,
-    Staged,
-    Staging,
-    random_serial,
-    subject_text,
-)
+from certdrop.authority.ca import CertificateAuthority, IssueSpec, Staged, Staging
+from certdrop.authority.der import pem_armor
 from certdrop.authority.lint import shared_linter
+from certdrop.authority.names import subject_text
+from certdrop.authority.serials import random_serial
 from certdrop.authority.signpool import MIN_POOL_BATCH, SigningPool
 from certdrop.errors import LintError, RequestError
-from certdrop.intake.request import ParsedRequest, parse_many
+from certdrop.intake.request import ParsedRequest, parse_chunk, parse_many
 from conftest import CAEnv, lint_clean, wait_for
 
 
@@ -45,11 +46,56 @@ def _csrs(n: int) -> list[bytes]:
     return out
 
 
+Parsed = list[ParsedRequest | RequestError]
+
+
+def parse_later(
+    pool: SigningPool, datas: list[bytes], here: Callable[[Sequence[bytes]], Parsed] = parse_many
+) -> Callable[[], Parsed]:
+    """Parsing as the daemon has the pool do it; `here`: the fallback in this process."""
+    return pool.map_later(parse_chunk, datas, fallback=here, what="parsing")
+
+
+def parse(
+    pool: SigningPool, datas: list[bytes], here: Callable[[Sequence[bytes]], Parsed] = parse_many
+) -> Parsed:
+    return parse_later(pool, datas, here)()
+
+
+class ParsedHere(list[int]):
+    """A fallback for the pool's parsing that remembers the sizes of the batches parsed
+    in this process (not by a worker), in order."""
+
+    def __call__(self, datas: Sequence[bytes]) -> Parsed:
+        self.append(len(datas))
+        return parse_many(datas)
+
+
+class CountingCA(CertificateAuthority):
+    """The CA of this process, remembering the sizes of the batches it signs (a worker
+    loads a CA of its own)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.signed_here: list[int] = []
+
+    def issue_and_stage(self, specs: Any, stagings: Any, linter: Any) -> Any:
+        self.signed_here.append(len(specs))
+        return super().issue_and_stage(specs, stagings, linter)
+
+
+def signed_here(pool: SigningPool) -> list[int]:
+    """The sizes of the batches `pool` signs in this process from now on, in order."""
+    assert isinstance(pool.ca, CountingCA)
+    pool.ca.signed_here.clear()
+    return pool.ca.signed_here
+
+
 @contextlib.contextmanager
 def one_worker(env: CAEnv, *, started: bool = False) -> Iterator[SigningPool]:
     """A pool of one signing process on the test CA, lint off, closed afterwards;
     `started`: wait until its worker is up."""
-    pool = SigningPool(CertificateAuthority.load(env.state), env.state, None, lint=False, workers=1)
+    pool = SigningPool(CountingCA.load(env.state), env.state, None, lint=False, workers=1)
     try:
         if started:
             pool.expect(MIN_POOL_BATCH)
@@ -60,19 +106,8 @@ def one_worker(env: CAEnv, *, started: bool = False) -> Iterator[SigningPool]:
 
 
 @pytest.fixture
-def parsed_here(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the batches parsed in this process (not by a worker), in order."""
-    import certdrop.authority.signpool as signpool
-
-    here: list[int] = []
-    parse_here = signpool.parse_many
-
-    def counting(datas: Any) -> Any:
-        here.append(len(datas))
-        return parse_here(datas)
-
-    monkeypatch.setattr(signpool, "parse_many", counting)
-    return here
+def parsed_here() -> ParsedHere:
+    return ParsedHere()
 
 
 def _specs(parsed: list[ParsedRequest | RequestError], now: dt.datetime) -> list[IssueSpec]:
@@ -98,11 +133,11 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: 
     try:
         datas = _csrs(MIN_POOL_BATCH * 2)
         assert not pool.ready  # started lazily: the first big batch starts it ...
-        pool.parse(datas)  # ... and is itself parsed in this process
+        parse(pool, datas)  # ... and is itself parsed in this process
         wait_for(lambda: pool.ready, 60, what="pool workers")
         datas[3] = datas[3][:100]  # truncated
         datas[7] = b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
-        here, there = parse_many(datas), pool.parse(datas)
+        here, there = parse_many(datas), parse(pool, datas)
         assert len(there) == len(datas)
         for a, b in zip(here, there, strict=True):
             if isinstance(a, RequestError):
@@ -178,7 +213,7 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: 
 def test_small_batches_stay_in_process(ca_env: CAEnv, tmp_path: Path) -> None:
     with one_worker(ca_env) as pool:
         datas = _csrs(2)
-        assert all(not isinstance(p, RequestError) for p in pool.parse(datas))
+        assert all(not isinstance(p, RequestError) for p in parse(pool, datas))
         assert not pool.ready and not multiprocessing.active_children()  # no pool started
 
 
@@ -189,34 +224,21 @@ def test_workers_start_when_a_burst_is_queued(ca_env: CAEnv) -> None:
         assert not pool.ready and not multiprocessing.active_children()
         pool.expect(MIN_POOL_BATCH)
         wait_for(lambda: pool.ready, 60, what="pool workers")
-        assert all(not isinstance(p, RequestError) for p in pool.parse(_csrs(2)))
+        assert all(not isinstance(p, RequestError) for p in parse(pool, _csrs(2)))
 
 
 def test_pool_stops_when_idle_and_starts_again(ca_env: CAEnv) -> None:
     with one_worker(ca_env) as pool:
         datas = _csrs(MIN_POOL_BATCH)
-        pool.parse(datas)
+        parse(pool, datas)
         wait_for(lambda: pool.ready, 60, what="pool workers")
         assert multiprocessing.active_children()
         assert not pool.stop_if_idle(3600)  # used just now
         assert pool.stop_if_idle(0)
         assert not pool.ready and not multiprocessing.active_children()
-        assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # here, restarting
+        assert all(not isinstance(p, RequestError) for p in parse(pool, datas))  # here, restarting
         wait_for(lambda: pool.ready, 60, what="pool workers again")
-        assert all(not isinstance(p, RequestError) for p in pool.parse(datas))  # there
-
-
-def _count_signed_here(pool: SigningPool) -> list[int]:
-    """The sizes of the batches `pool` signs in this process from now on, in order."""
-    signed_here: list[int] = []
-    sign_here = pool._sign_here
-
-    def counting(*args: Any) -> Any:
-        signed_here.append(len(args[0]))
-        return sign_here(*args)
-
-    pool._sign_here = counting  # type: ignore[method-assign]
-    return signed_here
+        assert all(not isinstance(p, RequestError) for p in parse(pool, datas))  # there
 
 
 def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
@@ -228,17 +250,17 @@ def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
         specs = _specs(parse_many(_csrs(MIN_POOL_BATCH * 3)), dt.datetime.now(dt.UTC))
         assert len(specs) == MIN_POOL_BATCH * 3
         stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
-        signed_here = _count_signed_here(pool)
+        here_sizes = signed_here(pool)
         # no pool yet: all of it here, a few at a time
-        here = pool._sign_until_ready(specs, stagings, None)
+        here = pool.sign_in_steps(specs, stagings, None)
         assert not multiprocessing.active_children()
-        assert signed_here == [MIN_POOL_BATCH] * 3
-        pool.parse(_csrs(MIN_POOL_BATCH))  # starts the workers
+        assert here_sizes == [MIN_POOL_BATCH] * 3
+        parse(pool, _csrs(MIN_POOL_BATCH))  # starts the workers
         wait_for(lambda: pool.ready, 60, what="pool workers")
         # the pool is up: all of it handed over at the first step
-        signed_here.clear()
-        there = pool._sign_until_ready(specs, stagings, None)
-        assert signed_here == []
+        here_sizes.clear()
+        there = pool.sign_in_steps(specs, stagings, None)
+        assert here_sizes == []
         for spec, a, b in zip(specs, here, there, strict=True):
             assert isinstance(a, Staged) and isinstance(b, Staged)
             for staged in (a, b):
@@ -248,7 +270,7 @@ def test_a_batch_started_here_is_handed_to_the_pool_once_it_is_up(
 
 
 def test_a_worker_killed_makes_this_process_do_the_work(
-    ca_env: CAEnv, tmp_path: Path, parsed_here: list[int]
+    ca_env: CAEnv, tmp_path: Path, parsed_here: ParsedHere
 ) -> None:
     """A worker killed (the OOM killer, an operator): what was in flight and everything
     after it is parsed and signed in this process, not retried against a dead pool."""
@@ -259,7 +281,7 @@ def test_a_worker_killed_makes_this_process_do_the_work(
         (worker,) = multiprocessing.active_children()
         assert worker.pid is not None
         datas = _csrs(MIN_POOL_BATCH)
-        parsing = pool.parse_later(datas)  # submitted to the worker, then it is killed
+        parsing = parse_later(pool, datas)  # submitted to the worker, then it is killed
         os.kill(worker.pid, signal.SIGKILL)
         parsed = parsing()
         assert all(isinstance(p, ParsedRequest) for p in parsed)
@@ -270,19 +292,20 @@ def test_a_worker_killed_makes_this_process_do_the_work(
             s.serial for s in specs
         ]
         assert all((tmp_path / f"{i}.cer").exists() for i in range(len(specs)))
-        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
-    # killed while idle: the executor knows it is broken before anything is submitted
+        assert all(isinstance(p, ParsedRequest) for p in parse(pool, datas))
+    # killed while idle, gone before anything is submitted
     with one_worker(ca_env, started=True) as pool:
         (worker,) = multiprocessing.active_children()
         assert worker.pid is not None
         os.kill(worker.pid, signal.SIGKILL)
-        wait_for(lambda: bool(getattr(pool._pool, "_broken", False)), 30, what="broken pool")
-        parsed_here.clear()
-        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+        worker.join(30)
+        assert all(isinstance(p, ParsedRequest) for p in parse(pool, datas, parsed_here))
         assert parsed_here == [MIN_POOL_BATCH]
 
 
-def test_a_broken_pool_is_started_anew_after_a_while(ca_env: CAEnv, parsed_here: list[int]) -> None:
+def test_a_broken_pool_is_started_anew_after_a_while(
+    ca_env: CAEnv, parsed_here: ParsedHere
+) -> None:
     """After a worker died, the daemon process works alone for `restart_after` seconds
     (RESTART_BROKEN_SECONDS); the next batch after that starts new workers."""
     import os
@@ -297,37 +320,37 @@ def test_a_broken_pool_is_started_anew_after_a_while(ca_env: CAEnv, parsed_here:
         assert killed.pid is not None
         os.kill(killed.pid, signal.SIGKILL)
         killed.join(30)
-        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+        assert all(isinstance(p, ParsedRequest) for p in parse(pool, datas, parsed_here))
         assert parsed_here == [MIN_POOL_BATCH] and not pool.ready  # broken: parsed here
         pool.expect(MIN_POOL_BATCH)  # not yet due: still here
-        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+        assert all(isinstance(p, ParsedRequest) for p in parse(pool, datas, parsed_here))
         assert parsed_here == [MIN_POOL_BATCH] * 2 and not pool.ready
         pool.restart_after = 0.0  # as if RESTART_BROKEN_SECONDS had passed
         pool.expect(MIN_POOL_BATCH)
         wait_for(lambda: pool.ready, 60, what="new pool workers")
         (worker,) = [w for w in multiprocessing.active_children() if w.pid != killed.pid]
-        assert all(isinstance(p, ParsedRequest) for p in pool.parse(datas))
+        assert all(isinstance(p, ParsedRequest) for p in parse(pool, datas, parsed_here))
         assert parsed_here == [MIN_POOL_BATCH] * 2  # parsed by the new worker
         assert worker.is_alive()
 
 
 def test_a_parse_asked_for_before_the_workers_are_up_goes_to_them_if_they_are_up_by_then(
-    ca_env: CAEnv, parsed_here: list[int]
+    ca_env: CAEnv, parsed_here: ParsedHere
 ) -> None:
     with one_worker(ca_env) as pool:
         datas = _csrs(MIN_POOL_BATCH)
-        parsing = pool.parse_later(datas)  # starts the workers; not up yet
+        parsing = parse_later(pool, datas, parsed_here)  # starts the workers; not up yet
         assert not pool.ready
         wait_for(lambda: pool.ready, 60, what="pool workers")
         assert all(isinstance(p, ParsedRequest) for p in parsing())
         assert parsed_here == []  # parsed by the worker
         pool.close()
-        assert all(isinstance(p, ParsedRequest) for p in pool.parse_later(datas)())
+        assert all(isinstance(p, ParsedRequest) for p in parse(pool, datas, parsed_here))
         assert parsed_here == [MIN_POOL_BATCH]  # no workers: parsed here
 
 
 def test_work_deferred_while_the_workers_start_is_handed_to_them_once_they_are_up(
-    ca_env: CAEnv, tmp_path: Path, parsed_here: list[int]
+    ca_env: CAEnv, tmp_path: Path, parsed_here: ParsedHere
 ) -> None:
     """Batches decided while the workers start are not left waiting until the daemon asks
     for their outcome: the thread that started the workers hands them over as soon as
@@ -338,7 +361,7 @@ def test_work_deferred_while_the_workers_start_is_handed_to_them_once_they_are_u
         datas = _csrs(MIN_POOL_BATCH)
         specs = _specs(parse_many(datas), dt.datetime.now(dt.UTC))
         stagings = [Staging(cer_path=str(out / f"{i}.cer")) for i in range(len(specs))]
-        parsing = pool.parse_later(datas)  # starts the workers
+        parsing = parse_later(pool, datas, parsed_here)  # starts the workers
         signing = pool.sign(specs, stagings, None)
         assert not pool.ready and not any(out.iterdir())
         wait_for(lambda: pool.ready, 60, what="pool workers")
@@ -357,46 +380,46 @@ def test_work_deferred_while_the_workers_start_is_handed_to_them_once_they_are_u
 
 
 def test_work_asked_for_before_the_workers_are_up_is_done_once(
-    ca_env: CAEnv, tmp_path: Path
+    ca_env: CAEnv, tmp_path: Path, parsed_here: ParsedHere
 ) -> None:
     """Asked for while the workers start, deferred work is done here (a few at a time,
     the rest by the workers once up); the workers coming up later do not do it again."""
     with one_worker(ca_env) as pool:
         specs = _specs(parse_many(_csrs(MIN_POOL_BATCH * 2)), dt.datetime.now(dt.UTC))
         stagings = [Staging(cer_path=str(tmp_path / f"{i}.cer")) for i in range(len(specs))]
-        signed_here = _count_signed_here(pool)
-        submitted: list[int] = []
-        submit = pool._submit
-
-        def counting_submit(p: Any, specs: Any, *args: Any) -> Any:
-            submitted.append(len(specs))
-            return submit(p, specs, *args)
-
-        pool._submit = counting_submit  # type: ignore[method-assign]
+        here_sizes = signed_here(pool)
         signing = pool.sign(specs, stagings, None)  # starts the workers
         signed = signing()  # asked for at once: done here while they start (or handed over)
-        pool._join_starter()  # the workers are up and what was waiting was handed over
+        pool.wait_started()  # the workers are up and what was waiting was handed over
         assert pool.ready
-        assert sum(signed_here) + sum(submitted) == len(specs)
+        assert sum(here_sizes) <= len(specs)
         assert [x509.load_der_x509_certificate(s.der).serial_number for s in signed] == [  # type: ignore[union-attr]
             s.serial for s in specs
         ]
+        # the worker's next batch runs after anything handed to it before: had it signed
+        # the batch again, the staged files would hold other certificates (ECDSA signatures
+        # differ each time)
+        assert all(isinstance(p, ParsedRequest) for p in parse(pool, _csrs(16), parsed_here))
+        assert parsed_here == []
+        for i, staged in enumerate(signed):
+            assert isinstance(staged, Staged)
+            assert (tmp_path / f"{i}.cer").read_bytes() == pem_armor("CERTIFICATE", staged.der)
 
 
 def test_a_parse_started_here_is_handed_to_the_pool_once_it_is_up(
-    ca_env: CAEnv, parsed_here: list[int]
+    ca_env: CAEnv, parsed_here: ParsedHere
 ) -> None:
     """A big batch whose parse is asked for before the workers are up is parsed here a
     few at a time; once they are up, the rest goes to them: the same results, in order."""
     with one_worker(ca_env) as pool:
         datas = [*_csrs(MIN_POOL_BATCH * 3), b"not a request"]
-        here = pool._parse_until_ready(datas)  # no pool yet: all of it here
+        here = pool.map_in_steps(parse_chunk, datas, fallback=parsed_here)  # no pool yet: here
         assert parsed_here == [MIN_POOL_BATCH] * 3 + [1]
         assert not multiprocessing.active_children()
         pool.expect(MIN_POOL_BATCH)
         wait_for(lambda: pool.ready, 60, what="pool workers")
         parsed_here.clear()
-        there = pool._parse_until_ready(datas)  # the pool is up: handed over at once
+        there = pool.map_in_steps(parse_chunk, datas, fallback=parsed_here)  # the pool is up
         assert parsed_here == []
         assert [p.fingerprint for p in here[:-1]] == [p.fingerprint for p in there[:-1]]  # type: ignore[union-attr]
         assert isinstance(here[-1], RequestError) and isinstance(there[-1], RequestError)

@@ -20,12 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from certdrop.authority.ca import CertificateAuthority, IssueSpec, create_ca, random_serial
+from certdrop.authority.ca import CertificateAuthority, IssueSpec
+from certdrop.authority.lifecycle import create_ca
 from certdrop.authority.lint import shared_linter
+from certdrop.authority.names import ATTRIBUTE_OIDS
+from certdrop.authority.serials import random_serial
 from certdrop.config import CASettings, Profile, SubjectRule
 from certdrop.errors import LintError
 from certdrop.intake.request import (
-    ATTRIBUTE_OIDS,
     KeyInfo,
     ParsedRequest,
     has_control_characters,

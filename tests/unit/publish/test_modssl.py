@@ -14,14 +14,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from certdrop.authority.lifecycle import load_ca_certificates
 from certdrop.config import Profile, SubjectRule
 from certdrop.errors import CAError
-from certdrop.publish.modssl import (
-    apache_config_text,
-    client_profiles,
-    load_ca_certificates,
-    subject_expr,
-)
+from certdrop.publish.modssl import apache_config_text, client_profiles, subject_expr
 from conftest import make_env
 
 APACHE = '[apache]\nca_file = "/srv/ca.pem"\ncrl_file = "/srv/crl.pem"\n'
