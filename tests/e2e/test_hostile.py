@@ -902,12 +902,12 @@ def test_a_file_moved_in_from_outside_is_taken_at_once(tmp_path: Path) -> None:
 def test_hostile_bytes_through_the_worker_pool(tmp_path: Path) -> None:
     """The pool parses batches in other processes: hostile files come back as refusals,
     and the pool survives them (it would fall back to the daemon process if broken)."""
-    from certdrop.authority.signpool import MIN_POOL_BATCH, SigningPool
+    from certdrop.authority.workers import MIN_POOL_BATCH, WorkerPool
     from certdrop.intake.request import parse_chunk, parse_many
 
     env = make_env(tmp_path / "ca")
     rt = Runtime.build(env.settings, SystemClock())
-    pool = SigningPool(rt.ca, env.state, None, lint=True, workers=2)
+    pool = WorkerPool(rt.ca, env.state, None, lint=True, workers=2)
     try:
         good = csr_with([cn("Pool Good")])
         der = x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER)

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from ..audit import AuditLog
-from ..authority.signpool import settle_heap
+from ..authority.workers import settle_heap
 from ..clock import Clock
 from ..config import Settings, load_settings
 from ..errors import CertdropError, ConfigError, IndexUnavailable

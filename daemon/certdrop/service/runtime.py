@@ -16,7 +16,7 @@ from ..audit import AuditLog, operator_actor
 from ..authority.ca import CertificateAuthority
 from ..authority.keys import read_passphrase
 from ..authority.lint import Linter, shared_linter
-from ..authority.signpool import SigningPool
+from ..authority.workers import WorkerPool
 from ..clock import Clock
 from ..config import Settings
 from ..faults import Crashpoint, no_crash
@@ -57,7 +57,7 @@ class Runtime:
     hooks: Hooks = field(default_factory=Hooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
     apache: ApachePublisher | None = None  # None when [apache] enabled = false
-    pool: SigningPool | None = None
+    pool: WorkerPool | None = None
 
     @classmethod
     def build(
@@ -163,7 +163,7 @@ class Runtime:
             apache,
         )
         if signing_pool and (os.cpu_count() or 1) > 1:
-            pool = rt.pool = SigningPool(
+            pool = rt.pool = WorkerPool(
                 ca,
                 settings.state,
                 passphrase,

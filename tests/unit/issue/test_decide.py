@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certdrop.authority.ca import serial_hex
+from certdrop.authority.serials import serial_hex
 from certdrop.issue.decide import Plan
 from certdrop.issue.outcomes import Outcome, Result
 from conftest import ec_csr

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certdrop.authority.ca import random_serial, serial_hex
+from certdrop.authority.serials import random_serial, serial_hex
 from certdrop.intake.claim import Claim
 from certdrop.issue.decide import Plan
 from certdrop.issue.outcomes import Outcome, Result

@@ -14,6 +14,7 @@ import pytest
 from certdrop.audit import operator_actor, read_audit
 from certdrop.clock import ManualClock
 from certdrop.index.mailqueue import list_queue
+from certdrop.intake.request import ParsedRequest
 from certdrop.issue.delivery import PasswordFiles
 from certdrop.issue.outcomes import Hooks, Outcome
 from certdrop.notify.passwords import MailPasswordChannel
@@ -80,7 +81,11 @@ def test_build_follows_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert isinstance(channel, MailPasswordChannel)
         assert rt.pool is not None
         assert rt.batches.recorder.signer == rt.pool.sign
-        assert rt.batches.parser == rt.pool.parse_later
+        # requests are parsed through the pool (a small batch in this process)
+        [parsed] = rt.batches.parser([ec_csr("Parsed Through The Pool")[0]])()
+        assert isinstance(parsed, ParsedRequest) and parsed.subject == (
+            ("CN", "Parsed Through The Pool"),
+        )
         # a failed publication alerts the admin by mail
         assert rt.apache is not None and rt.apache.on_failure is not None
         rt.apache.on_failure("Apache configtest failed", "details")

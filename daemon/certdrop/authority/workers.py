@@ -32,7 +32,7 @@ from .keys import public_key_bytes
 if TYPE_CHECKING:  # pkilint is loaded only when certificates are linted
     from .lint import Linter
 
-log = logging.getLogger("certdrop.signpool")
+log = logging.getLogger("certdrop.authority.workers")
 T = TypeVar("T")
 Item = TypeVar("Item")
 
@@ -219,7 +219,7 @@ _Here = Callable[[int, int], list[T]]
 _There = Callable[[ProcessPoolExecutor, int], Callable[[], list[T]]]
 
 
-class SigningPool:
+class WorkerPool:
     """Worker processes that hold the CA (and the linter): they sign batches of
     certificates in parallel, and run the caller's functions on batches of other work.
 

@@ -27,7 +27,7 @@ from certdrop.authority.der import pem_armor
 from certdrop.authority.lint import shared_linter
 from certdrop.authority.names import subject_text
 from certdrop.authority.serials import random_serial
-from certdrop.authority.signpool import MIN_POOL_BATCH, SigningPool
+from certdrop.authority.workers import MIN_POOL_BATCH, WorkerPool
 from certdrop.errors import LintError, RequestError
 from certdrop.intake.request import ParsedRequest, parse_chunk, parse_many
 from conftest import CAEnv, lint_clean, wait_for
@@ -50,14 +50,14 @@ Parsed = list[ParsedRequest | RequestError]
 
 
 def parse_later(
-    pool: SigningPool, datas: list[bytes], here: Callable[[Sequence[bytes]], Parsed] = parse_many
+    pool: WorkerPool, datas: list[bytes], here: Callable[[Sequence[bytes]], Parsed] = parse_many
 ) -> Callable[[], Parsed]:
     """Parsing as the daemon has the pool do it; `here`: the fallback in this process."""
     return pool.map_later(parse_chunk, datas, fallback=here, what="parsing")
 
 
 def parse(
-    pool: SigningPool, datas: list[bytes], here: Callable[[Sequence[bytes]], Parsed] = parse_many
+    pool: WorkerPool, datas: list[bytes], here: Callable[[Sequence[bytes]], Parsed] = parse_many
 ) -> Parsed:
     return parse_later(pool, datas, here)()
 
@@ -84,7 +84,7 @@ class CountingCA(CertificateAuthority):
         return super().issue_and_stage(specs, stagings, linter)
 
 
-def signed_here(pool: SigningPool) -> list[int]:
+def signed_here(pool: WorkerPool) -> list[int]:
     """The sizes of the batches `pool` signs in this process from now on, in order."""
     assert isinstance(pool.ca, CountingCA)
     pool.ca.signed_here.clear()
@@ -92,10 +92,10 @@ def signed_here(pool: SigningPool) -> list[int]:
 
 
 @contextlib.contextmanager
-def one_worker(env: CAEnv, *, started: bool = False) -> Iterator[SigningPool]:
+def one_worker(env: CAEnv, *, started: bool = False) -> Iterator[WorkerPool]:
     """A pool of one signing process on the test CA, lint off, closed afterwards;
     `started`: wait until its worker is up."""
-    pool = SigningPool(CountingCA.load(env.state), env.state, None, lint=False, workers=1)
+    pool = WorkerPool(CountingCA.load(env.state), env.state, None, lint=False, workers=1)
     try:
         if started:
             pool.expect(MIN_POOL_BATCH)
@@ -129,7 +129,7 @@ def _specs(parsed: list[ParsedRequest | RequestError], now: dt.datetime) -> list
 
 def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: Path) -> None:
     ca = CertificateAuthority.load(ca_env.state)
-    pool = SigningPool(ca, ca_env.state, None, lint=True, workers=2)
+    pool = WorkerPool(ca, ca_env.state, None, lint=True, workers=2)
     try:
         datas = _csrs(MIN_POOL_BATCH * 2)
         assert not pool.ready  # started lazily: the first big batch starts it ...
@@ -311,9 +311,9 @@ def test_a_broken_pool_is_started_anew_after_a_while(
     import os
     import signal
 
-    import certdrop.authority.signpool as signpool
+    import certdrop.authority.workers as workers
 
-    assert signpool.RESTART_BROKEN_SECONDS >= 60
+    assert workers.RESTART_BROKEN_SECONDS >= 60
     datas = _csrs(MIN_POOL_BATCH)
     with one_worker(ca_env, started=True) as pool:
         (killed,) = multiprocessing.active_children()
