@@ -1,7 +1,7 @@
 """The policy engine: pure functions from (request, profile, context, now) to a decision.
 
-No I/O happens here. The pipeline gathers what the policy needs to know about the
-world (who owns the dropped file, which valid certificates share a unique
+No I/O happens here. The Decider (issue/decide.py) gathers what the policy needs to know
+about the world (who owns the dropped file, which valid certificates share a unique
 attribute, when the CA itself expires) into a `PolicyContext`.
 
 Every violation is reported, as a sentence the requester can act on.
@@ -83,13 +83,9 @@ class Decision:
     needs_approval: bool = False
     notes: tuple[str, ...] = ()
 
-    @property
-    def reason_text(self) -> str:
-        return "\n".join(f"- {r}" for r in self.reasons)
-
 
 def unique_keys(req: ParsedRequest, profile: Profile) -> list[tuple[str, str]]:
-    """The (attribute, folded value) pairs the pipeline must look up for this request."""
+    """The (attribute, folded value) pairs the index is asked about for this request."""
     keys: list[tuple[str, str]] = []
     for name, value in req.subject:
         rule = profile.subject.get(name)

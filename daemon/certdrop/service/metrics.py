@@ -153,12 +153,6 @@ class MetricsServer:
                 'choose a free port, or set listen = "" to turn metrics off'
             ) from None
 
-    @property
-    def bound_port(self) -> int:
-        if self._server is None:
-            return 0
-        return int(self._server.server_address[1])
-
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
