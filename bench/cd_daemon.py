@@ -85,7 +85,7 @@ def proc_status_kb(pid: int, key: str) -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (certdrop's signing pool, for instance)."""
+    """Every process below `pid` (certdrop's worker processes, for instance)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

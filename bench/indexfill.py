@@ -3,7 +3,7 @@
 One pre-made certificate DER stands in for every row, with distinct serials, request
 fingerprints and subjects: what the measurement needs (the index's size) without
 signing 100,000 certificates first. The rows go in through `Store.add_certificates`,
-the bulk insert the daemon's pipeline uses for a batch.
+the bulk insert a batch of the daemon is recorded with.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{res.name}: {res.outcome.value} {res.reason}")
         wall = time.perf_counter() - t0
         rt.close()
-        how = f"batches of {batch}" + ("" if args.no_pool else ", signing pool")
+        how = f"batches of {batch}" + ("" if args.no_pool else ", worker processes")
         print(
             f"{args.n} requests ({args.key_type}, lint {'on' if args.lint else 'off'}, {how}) in "
             f"{wall:.2f} s under cProfile: {wall / args.n * 1000:.2f} ms each, "

@@ -447,7 +447,7 @@ class CertificateAuthority:
         """`issue` each spec and write its outputs where its Staging says.
 
         This is the whole per-certificate work of a batch, in one place for the daemon
-        process and the signing pool: a key made for a p12 exists only here, in memory,
+        process and the worker processes: a key made for a p12 exists only here, in memory,
         and leaves only inside the encrypted bundle.
         """
         # In two passes, all encoding and linting first, then all signing and writing:

@@ -629,7 +629,7 @@ def _pending(row: Any) -> PendingRecord:
     )
 
 
-# The statements the pipeline runs for every batch, built once: building a select
+# The statements the issue layer runs for every batch, built once: building a select
 # is most of the cost of a small query (SQLAlchemy caches the compiled form by a key
 # it computes from the statement object, once for an object that is reused).
 _VALID_WITH_ATTR = (

@@ -156,7 +156,7 @@ def parse_many(datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
 
 
 def parse_chunk(datas: Sequence[bytes]) -> list[ParsedRequest | RequestError]:
-    """`parse_many` for the signing pool's workers: the same results, but a failure
+    """`parse_many` for the worker processes: the same results, but a failure
     nobody foresaw is not logged there (it becomes a RequestError all the same)."""
     out: list[ParsedRequest | RequestError] = []
     for data in datas:

@@ -61,7 +61,7 @@ def pending_alert(
 
 
 def announce_pending(store: Store, mail: MailSettings, name: str, now: dt.datetime) -> bool:
-    """The pipeline's on_pending hook: alert the admin about request NAME."""
+    """The issue layer's on_pending hook: alert the admin about request NAME."""
     with store.begin() as conn:
         rec = store.get_pending(conn, name)
         if rec is None or rec.decision is not None:
