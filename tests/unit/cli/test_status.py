@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from certdrop.cli import app as climod
+from certdrop.cli import query as climod
 from certdrop.cli.status import mail_status
 from certdrop.index.store import Store
 from certdrop.notify.alerts import queue_admin_alert
