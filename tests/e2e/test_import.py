@@ -182,14 +182,6 @@ def _adopt(tmp_path: Path, ca: OpensslCA) -> CAEnv:
     return env
 
 
-def test_parse_openssl_time() -> None:
-    assert parse_openssl_time("250102030405Z") == dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    assert parse_openssl_time("500102030405Z").year == 1950
-    assert parse_openssl_time("20510102030405Z").year == 2051
-    with pytest.raises(ValueError):
-        parse_openssl_time("yesterday")
-
-
 def test_import_openssl_index(tmp_path: Path, legacy: dict[str, object]) -> None:
     ca = legacy["ca"]
     assert isinstance(ca, OpensslCA)
