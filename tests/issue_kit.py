@@ -53,8 +53,8 @@ def age(path: Path, seconds: float) -> None:
 
 
 def password_of(env: CAEnv, name: str) -> str:
-    """The p12 password the file channel wrote for NAME (its second line)."""
-    return (env.state / "passwords" / f"{name}.txt").read_text().splitlines()[1]
+    """The p12 password the file channel wrote for NAME (its first line)."""
+    return (env.state / "passwords" / f"{name}.txt").read_text().splitlines()[0]
 
 
 def open_p12(env: CAEnv, name: str) -> pkcs12.PKCS12KeyAndCertificates:

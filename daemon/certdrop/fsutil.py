@@ -165,3 +165,17 @@ def open_nofollow(path: Path) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def move_file(src: Path, dst: Path, mode: int) -> None:
+    """Rename `src` to `dst` (replacing it), or, across filesystems, copy it durably with
+    `mode` and remove `src`; the folder of `dst` is fsynced either way."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        atomic_write(dst, src.read_bytes(), mode)
+        os.unlink(src)
+        return
+    fsync_dir(dst.parent)

@@ -295,7 +295,7 @@ def _check_outcomes(env: CAEnv, burst: dict[str, list[tuple[str, str, bytes]]]) 
     keys = {name: data for name, _, data in burst["keys"]}
     for name, _, _ in burst["p12"] + burst["enr"]:
         p12 = (env.outbox / f"{name}.p12").read_bytes()
-        password = (env.state / "passwords" / f"{name}.txt").read_text().splitlines()[1]
+        password = (env.state / "passwords" / f"{name}.txt").read_text().splitlines()[0]
         key, cert, extra = pkcs12.load_key_and_certificates(p12, password.encode())
         assert key is not None and cert is not None, name
         assert cert == x509.load_pem_x509_certificate((env.outbox / f"{name}.cer").read_bytes())

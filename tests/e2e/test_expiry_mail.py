@@ -355,7 +355,7 @@ def test_without_an_address_the_password_goes_to_the_file_and_the_admin_is_told(
     h.issue("nomail", "/CN=No Mail User", with_key=True)
     pw_file = h.env.state / "passwords" / "nomail.txt"
     assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
-    password = pw_file.read_text().splitlines()[1]
+    password = pw_file.read_text().splitlines()[0]
     assert _p12_opens(h.env.outbox / "nomail.p12", password)
     h.flush()
     [alert] = peer.messages

@@ -34,7 +34,7 @@ from conftest import (
 
 def password_for(env: CAEnv, name: str) -> str:
     lines = (env.state / "passwords" / f"{name}.txt").read_text().splitlines()
-    return lines[1]
+    return lines[0]
 
 
 def check_with_openssl(env: CAEnv, p12: Path, password: str, tmp: Path) -> None:

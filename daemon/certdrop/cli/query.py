@@ -245,6 +245,7 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
         with store.begin() as conn:
             records = store.find(conn, ref)
             history = store.journal_for(conn, ref)
+            files = store.outputs_of(conn, [r.serial for r in records])
     finally:
         store.close()
     if not records:
@@ -262,7 +263,10 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
         return
     if as_json:
         doc = {
-            "certificates": [r.as_json(now) for r in records],
+            "certificates": [
+                {**r.as_json(now), "files": [path for _, path, _ in files.get(r.serial, [])]}
+                for r in records
+            ],
             "history": [
                 {**h, "at": dt.datetime.fromtimestamp(h["at"], dt.UTC).isoformat()} for h in history
             ],
@@ -292,4 +296,8 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
         )
         fp = cert.fingerprint(hashes.SHA256())
         click.echo(f"fingerprint  SHA256 {fp.hex(':').upper()}")
+        for i, (kind, path, replaced) in enumerate(files.get(r.serial, [])):
+            label = "files" if i == 0 else ""
+            note = " (replaced by a renewal: archived)" if replaced else ""
+            click.echo(f"{label:<13}{path}{note}")
         click.echo("")

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 3  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl
+SCHEMA_VERSION = 4  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl; 4: outputs
 
 metadata = sa.MetaData()
 
@@ -134,6 +134,19 @@ expiry_warnings = sa.Table(
     sa.Column("serial", sa.String(42), primary_key=True),
     sa.Column("threshold", sa.Integer, primary_key=True),  # days
     sa.Column("warned_at", sa.BigInteger, nullable=False),
+)
+
+# --- schema 4: the files each certificate was delivered as (outbox/NAME-2.cer, its p12,
+# passwords/NAME-2.txt), and where they went when the same holder's renewal replaced them
+outputs = sa.Table(
+    "outputs",
+    metadata,
+    sa.Column("serial", sa.String(42), sa.ForeignKey("certificates.serial"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # "cer", "p12", "password"
+    sa.Column("path", sa.Text, nullable=False),  # absolute
+    sa.Column("replaced_at", sa.BigInteger),  # moved to the archive by a renewal
+    sa.PrimaryKeyConstraint("serial", "kind"),
+    sa.Index("ix_outputs_path", "path"),
 )
 
 

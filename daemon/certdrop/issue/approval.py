@@ -7,10 +7,11 @@ import os
 
 from ..clock import Clock
 from ..errors import CertdropError
+from ..fsutil import move_file
 from ..index.store import Store
-from ..intake.spool import Spool, move, place_rejected
+from ..intake.spool import Spool, move, place_rejected, remove_quietly
 from .batches import Batches
-from .outcomes import Hooks, Outcome, Result, reason_text
+from .outcomes import Hooks, Outcome, Outcomes, Result, reason_text
 
 log = logging.getLogger("certdrop.pipeline")
 
@@ -19,16 +20,25 @@ class Approvals:
     """`certdrop approve NAME` and `certdrop deny NAME --reason TEXT`."""
 
     def __init__(
-        self, spool: Spool, store: Store, clock: Clock, batches: Batches, hooks: Hooks
+        self,
+        spool: Spool,
+        store: Store,
+        clock: Clock,
+        batches: Batches,
+        outcomes: Outcomes,
+        hooks: Hooks,
     ) -> None:
         self.spool = spool
         self.store = store
         self.clock = clock
         self.batches = batches
+        self.outcomes = outcomes  # knows where the keys of pending requests wait
         self.hooks = hooks
 
     def approve(self, name: str) -> Result:
-        """Issue a pending request (the approval is recorded before the move)."""
+        """Issue a pending request (the approval is recorded before the move). A key that
+        came with it goes beside it into work/ first, so that the p12 is made also when a
+        crash interrupts the approval."""
         now = self.clock.now()
         with self.store.begin() as conn:
             rec = self.store.get_pending(conn, name)
@@ -44,6 +54,11 @@ class Approvals:
             raise CertdropError(
                 f"a request named {name}.req is being processed right now; try again"
             )
+        if not os.path.lexists(src):
+            raise CertdropError(f"pending/{name}.req is missing; the request cannot be approved")
+        held = self.outcomes.held_key(name)
+        if os.path.lexists(held):
+            move_file(held, target.with_name(f"{name}.key"), 0o600)
         try:
             move(src, target)
         except FileNotFoundError:
@@ -63,6 +78,7 @@ class Approvals:
         text = reason_text(name, rec.profile, [f"the CA operator denied the request: {reason}"])
         if os.path.lexists(src):
             place_rejected(self.spool, src, name, text, now)
+        remove_quietly(self.outcomes.held_key(name))  # a denied request's key is destroyed
         with self.store.begin() as conn:
             self.store.remove_pending(conn, name)
             self.store.log(conn, now, name, "denied", profile=rec.profile, detail=reason)

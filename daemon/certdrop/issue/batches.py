@@ -226,11 +226,13 @@ class Batches:
                         claims.append(claim)
             for start in range(0, len(claims), RECOVERY_BATCH):
                 results += self._recover_batch(claims[start : start + RECOVERY_BATCH])
-            # keys whose request is gone: their request was finished; drop them
+            # keys whose request is gone: their request was finished; drop them (but not
+            # the key of a request still in pending/: an approval was interrupted)
             for entry in sorted(profile_dir.iterdir()):
                 if (
                     entry.name.endswith(".key")
                     and not entry.with_name(entry.name[:-4] + ".req").exists()
+                    and not self.outcomes.pending_waits(entry.name[:-4])
                 ):
                     remove_quietly(entry)
                 elif entry.name.endswith((".staged", ".latekey")):

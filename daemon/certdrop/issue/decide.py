@@ -136,6 +136,7 @@ class Decider:
         claim, req = p.claim, p.req
         reject = self.outcomes.reject
         profile = self.profiles[claim.profile]
+        renews: list[str] = []
         for rec in previous.get(req.fingerprint, ()):
             if rec.status == "revoked":
                 return reject(
@@ -146,7 +147,12 @@ class Decider:
                     ],
                 )
             if rec.status == "valid" and rec.not_after > now:
-                return self.outcomes.redeliver(claim, rec.serial, rec.der, rec.key_generated)
+                held = self.profiles.get(rec.profile, profile)
+                if rec.not_after - now > dt.timedelta(days=held.renew_before_days):
+                    return self.outcomes.redeliver(claim, rec)
+                # the same request inside the certificate's renewal window renews it (RSA
+                # requests made again from the same key are byte for byte the same)
+                renews.append(rec.serial)
 
         pend = pending.get(claim.name)
         if pend is not None and pend.fingerprint == req.fingerprint and pend.decision == "approved":
@@ -192,6 +198,13 @@ class Decider:
             return reject(claim, list(decision.reasons))
         if decision.needs_approval:
             return self.outcomes.to_pending(claim, req, now)
+        extra = [serial for serial in renews if serial not in decision.supersedes]
+        if extra:
+            decision = replace(
+                decision,
+                supersedes=(*decision.supersedes, *extra),
+                notes=(*decision.notes, "renewal: supersedes " + ", ".join(extra)),
+            )
 
         public_key: Any = None  # an enrollment's key is made by the signer
         key_type = password = ""

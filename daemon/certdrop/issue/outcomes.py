@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ..clock import Clock
 from ..faults import Crashpoint, no_crash
-from ..fsutil import atomic_write
-from ..index.store import Store
+from ..fsutil import atomic_write, ensure_dir, move_file
+from ..index.store import CertRecord, Store
 from ..intake.claim import Claim, Refusal
 from ..intake.request import ParsedRequest
 from ..intake.spool import Spool, archive_path, move, place_rejected, remove_quietly
@@ -48,6 +48,7 @@ class Result:
     serial: str | None = None
     reason: str = ""
     retry_after: float = 0.0
+    output: str = ""  # the name the outputs were delivered under (outbox/OUTPUT.cer)
 
 
 AuditHook = Callable[[dict[str, Any]], None]
@@ -104,9 +105,11 @@ class Outcomes:
         clock: Clock,
         delivery: Delivery,
         hooks: Hooks,
+        held_keys: Path,
         crashpoint: Crashpoint = no_crash,
     ) -> None:
         self.spool = spool
+        self.held_keys = held_keys  # state/pending-keys/: keys of requests waiting for approval
         self.store = store
         self.clock = clock
         self.delivery = delivery
@@ -176,12 +179,8 @@ class Outcomes:
 
     # --- waiting for an operator --------------------------------------------------------------
     def to_pending(self, claim: Claim, req: ParsedRequest, now: dt.datetime) -> Result:
-        if claim.key_path is not None:
-            # a private key does not wait in pending/; the holder drops it again after approval
-            remove_quietly(claim.key_path)
-            claim.notes.append(
-                "the dropped key was deleted; it is not kept while the request waits"
-            )
+        """Wait for an operator: pending/NAME.req; a key dropped with the request waits in
+        the state folder (0600, never in the spool) for the approval to bundle it."""
         subject = ", ".join(f"{n}={v}" for n, v in req.subject)
         target = self.spool.pending / f"{claim.name}.req"
         with self.store.begin() as conn:
@@ -199,6 +198,9 @@ class Outcomes:
                 conn, now, claim.name, "pending", profile=claim.profile, fingerprint=req.fingerprint
             )
         self.crashpoint("mid-pending")
+        if claim.key_path is not None:
+            ensure_dir(self.held_keys, 0o700)
+            move_file(claim.key_path, self.held_key(claim.name), 0o600)
         move(claim.path, target)
         log.info(
             "pending %s.req profile=%s subject=%s: waiting for 'certdrop approve %s'",
@@ -213,8 +215,9 @@ class Outcomes:
         return Result(Outcome.PENDING, claim.name)
 
     # --- the same request again ---------------------------------------------------------------
-    def redeliver(self, claim: Claim, serial: str, der: bytes, key_generated: bool) -> Result:
+    def redeliver(self, claim: Claim, rec: CertRecord) -> Result:
         """The request already has its certificate: deliver that one again."""
+        serial, der, key_generated = rec.serial, rec.der, rec.key_generated
         now = self.clock.now()
         staged_cer = self.spool.staged(claim.profile, claim.name, ".cer")
         if not staged_cer.exists():
@@ -225,6 +228,7 @@ class Outcomes:
                 0o644,
                 owner=output_owner(claim.owner),
             )
+        name = self.delivery.redelivery_name(claim, rec)
         key_problem = ""
         if (
             claim.key_path is not None
@@ -232,9 +236,9 @@ class Outcomes:
             and not self.spool.staged(claim.profile, claim.name, ".p12").exists()
         ):
             # the same request again, now with its key: the p12 for the certificate it got
-            key_problem = self.delivery.bundle_for_existing(claim, serial, der)
+            key_problem = self.delivery.bundle_for_existing(claim, serial, der, name)
         self.crashpoint("after-redeliver-stage")
-        self.delivery.to_outbox(claim)
+        self.delivery.to_outbox(claim, name, serial)
         if claim.key_path is not None:
             remove_quietly(claim.key_path)
         if key_problem:
@@ -245,13 +249,20 @@ class Outcomes:
             )
         self.archive(claim, now)
         log.info(
-            "redelivered %s.req serial=%s (this request was already issued)", claim.name, serial
+            "redelivered %s.req serial=%s -> outbox/%s.cer (this request was already issued)",
+            claim.name,
+            serial,
+            name,
         )
-        self.hooks.audit_claim("redelivered", claim, serial=serial)
-        return Result(Outcome.REDELIVERED, claim.name, serial=serial)
+        self.hooks.audit_claim("redelivered", claim, serial=serial, output=name)
+        return Result(Outcome.REDELIVERED, claim.name, serial=serial, output=name)
 
     def archive(self, claim: Claim, now: dt.datetime) -> None:
         move(claim.path, archive_path(self.spool, claim.path.name, now))
+
+    def held_key(self, name: str) -> Path:
+        """Where the key of pending request NAME waits for the operator's decision."""
+        return self.held_keys / f"{name}.key"
 
     def pending_waits(self, name: str) -> bool:
         """A request of this name waits in pending/."""

@@ -27,8 +27,8 @@ from ..authority.lint import Linter
 from ..authority.serials import random_serial, serial_hex
 from ..errors import LintError
 from ..faults import Crashpoint, no_crash
-from ..fsutil import fsync_dir, sync_filesystem, write_staged
-from ..index.store import NewCertificate, Store
+from ..fsutil import ensure_dir, fsync_dir, sync_filesystem, write_staged
+from ..index.store import NewCertificate, Store, Transaction
 from ..intake.spool import Spool, archive_path, remove_quietly
 from .decide import Plan
 from .delivery import (
@@ -39,6 +39,7 @@ from .delivery import (
     p12_mode,
     sync_passwords,
 )
+from .naming import OutputNames, replaced_path
 from .outcomes import Hooks, Outcome, Outcomes, Result
 
 log = logging.getLogger("certdrop.pipeline")
@@ -58,6 +59,12 @@ class Signed:
     staged: Staged
     serial: str
     password: str = ""
+    output: str = ""  # the name it is delivered under (outbox/OUTPUT.cer)
+    replacing: tuple[str, ...] = ()  # kinds of the same holder's files under that name
+
+    @property
+    def p12(self) -> bool:
+        return self.staged.p12 or self.plan.subject_key is not None
 
 
 class Recorder:
@@ -73,11 +80,14 @@ class Recorder:
         password_channel: PasswordChannel,
         p12_encryption: Callable[[str], str],
         hooks: Hooks,
+        names: OutputNames,
         *,
         linter: Linter | None,
         crashpoint: Crashpoint = no_crash,
     ) -> None:
         self.spool = spool
+        self.names = names
+        self.passwords_archive = names.passwords / "archive"
         self.store = store
         self.ca = ca
         self.outcomes = outcomes
@@ -148,8 +158,14 @@ class Recorder:
             self._commit(ready, now)
             self.crashpoint("after-record")
             for item in ready:
-                p12 = item.staged.p12 or item.plan.subject_key is not None
-                self.delivery.to_outbox(item.plan.claim, durable=False, p12=p12)
+                self.delivery.to_outbox(
+                    item.plan.claim,
+                    item.output,
+                    item.serial,
+                    durable=False,
+                    p12=item.p12,
+                    replacing=item.replacing,
+                )
             fsync_dir(self.spool.outbox)
             self.crashpoint("after-deliver")
             profiles: set[str] = set()  # claims are in work/PROFILE/
@@ -216,21 +232,31 @@ class Recorder:
                 )
             )
         with self.store.begin() as conn:
+            self._place(conn, ready, records, now)
             wrote_password = False
+            files: list[tuple[str, str, str]] = []
             for item, record in zip(ready, records, strict=True):
+                claim = item.plan.claim
+                files.append((item.serial, "cer", self.spool.outbox_path(item.output + ".cer")))
+                if item.p12:
+                    files.append((item.serial, "p12", self.spool.outbox_path(item.output + ".p12")))
                 if item.password:
                     # durable before (file) or inside (mail queue) the commit: a crash
                     # can never leave a delivered p12 whose password is lost
-                    self.password_channel(
+                    written = self.password_channel(
                         conn,
-                        item.plan.claim.name,
+                        item.output,
                         record.email,
                         item.serial,
                         item.password,
-                        item.plan.claim.notes,
+                        claim.notes,
+                        request=claim.name,
                     )
+                    if written is not None:
+                        files.append((item.serial, "password", str(written)))
                     wrote_password = True
             self.store.add_certificates(conn, records)
+            self.store.add_outputs(conn, files)
             for item in ready:
                 if item.plan.decision.supersedes:
                     self.store.supersede(conn, item.plan.decision.supersedes, item.serial)
@@ -257,16 +283,48 @@ class Recorder:
         for item in ready:
             item.password = ""
 
+    def _place(
+        self,
+        conn: Transaction,
+        ready: list[Signed],
+        records: list[NewCertificate],
+        now: dt.datetime,
+    ) -> None:
+        """Choose each certificate's output name (issue/naming.py); the same holder's files
+        it takes over are recorded as moved to the archive, a password file is moved there
+        now (the new one is written in its place before the commit)."""
+        taken: set[str] = set()
+        for item, record in zip(ready, records, strict=True):
+            placement = self.names.place(
+                conn, item.plan.claim.name, record.subject, record.owner, taken
+            )
+            taken.add(placement.name)
+            item.output = placement.name
+            item.replacing = tuple(kind for _, kind, _ in placement.replaced)
+            for old_serial, kind, path in placement.replaced:
+                folder = self.passwords_archive if kind == "password" else self.spool.archive
+                dest = replaced_path(folder, path, item.serial)
+                if kind == "password":
+                    ensure_dir(folder, 0o700)
+                    os.rename(path, dest)
+                self.store.replace_output(conn, old_serial, kind, str(dest), now)
+
     def _announce(self, item: Signed) -> Result:
         claim, decision = item.plan.claim, item.plan.decision
         notes = list(decision.notes) + claim.notes
         subject = item.staged.subject
+        if item.output != claim.name:
+            notes.append(
+                f"delivered as outbox/{item.output}.cer: outbox/{claim.name}.* holds "
+                "another holder's certificate"
+            )
         log.info(
-            "issued %s.req serial=%s profile=%s subject=%s%s",
+            "issued %s.req serial=%s profile=%s subject=%s -> outbox/%s.cer%s",
             claim.name,
             item.serial,
             claim.profile,
             subject,
+            item.output,
             f" ({'; '.join(notes)})" if notes else "",
         )
         self.hooks.audit_claim(
@@ -275,8 +333,9 @@ class Recorder:
             serial=item.serial,
             subject=subject,
             supersedes=list(decision.supersedes),
-            p12=item.staged.p12 or item.plan.subject_key is not None,
+            p12=item.p12,
+            output=item.output,
         )
         if self.hooks.on_issued is not None:
             self.hooks.on_issued(item.serial, list(decision.supersedes))
-        return Result(Outcome.ISSUED, claim.name, serial=item.serial)
+        return Result(Outcome.ISSUED, claim.name, serial=item.serial, output=item.output)

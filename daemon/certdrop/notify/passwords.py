@@ -40,11 +40,11 @@ class MailPasswordChannel:
         serial: str,
         password: str,
         notes: Sequence[str] = (),
-    ) -> None:
+        request: str = "",
+    ) -> Path | None:
         now = self.clock.now()
         if not email:
-            self.files(conn, name, email, serial, password, notes)
-            path = self.files.path_for(name)
+            path = self.files(conn, name, email, serial, password, notes, request)
             log.warning(
                 "%s.p12 (serial %s): the certificate has no e-mail address, so its password "
                 "cannot be mailed; it is in %s for the CA operator to hand over",
@@ -56,7 +56,8 @@ class MailPasswordChannel:
                 conn,
                 self.mail,
                 f"hand over the p12 password for {name}",
-                f"certdrop issued certificate {serial} for {name}.req with a PKCS#12 bundle,\n"
+                f"certdrop issued certificate {serial} for {request or name}.req with a PKCS#12 "
+                "bundle,\n"
                 f"{self.outbox / (name + '.p12')}.\n\n"
                 "The certificate has no e-mail address, so the password of the bundle could\n"
                 f"not be mailed to its holder. It is in {path} (readable by the\n"
@@ -64,17 +65,18 @@ class MailPasswordChannel:
                 "itself, then delete the file.\n",
                 now,
             )
-            return
+            return path
         enqueue(
             conn,
             self.mail,
             "password",
             [("", email)],
             f"password for your certificate {name}.p12",
-            password_mail_body(name, serial, password, self.outbox, notes),
+            password_mail_body(name, serial, password, self.outbox, notes, request),
             now,
             serial=serial,
         )
+        return None
 
     def sync(self) -> None:
         """Make password files written for holders without an e-mail address durable."""
@@ -82,12 +84,18 @@ class MailPasswordChannel:
 
 
 def password_mail_body(
-    name: str, serial: str, password: str, outbox: Path, notes: Sequence[str] = ()
+    name: str,
+    serial: str,
+    password: str,
+    outbox: Path,
+    notes: Sequence[str] = (),
+    request: str = "",
 ) -> str:
     remarks = "".join(f"Please note: {n}\n\n" for n in notes)
     return remarks + (
         "Hello,\n\n"
-        f"certdrop issued a certificate for your request {name}.req (serial {serial}).\n"
+        f"certdrop issued a certificate for your request {request or name}.req "
+        f"(serial {serial}).\n"
         f"Its PKCS#12 bundle {name}.p12 (your certificate and private key, for browsers\n"
         "and mail clients) is NOT attached to this mail; collect it from the outbox:\n\n"
         f"    {outbox / (name + '.p12')}\n\n"

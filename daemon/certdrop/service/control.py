@@ -62,11 +62,14 @@ CONTROL_HANDLERS: dict[str, ControlHandler] = {
 
 def describe(res: Result) -> str:
     if res.outcome is Outcome.ISSUED:
-        return f"ok: issued {res.name} serial {res.serial} -> outbox/{res.name}.cer"
+        return f"ok: issued {res.name} serial {res.serial} -> outbox/{res.output or res.name}.cer"
     if res.outcome is Outcome.REJECTED:
         return f"ok: {res.name} refused -> rejected/{res.name}.reason\n{res.reason}"
     if res.outcome is Outcome.REDELIVERED:
-        return f"ok: {res.name} already had serial {res.serial}; delivered again"
+        return (
+            f"ok: {res.name} already had serial {res.serial}; delivered again as "
+            f"outbox/{res.output or res.name}.cer"
+        )
     if res.outcome is Outcome.PENDING:
         return f"ok: {res.name} is waiting for approval"
     return f"ok: {res.name}: {res.outcome.value} {res.reason}".rstrip()

@@ -29,6 +29,7 @@ from ..issue.batches import Batches
 from ..issue.decide import Decider
 from ..issue.delivery import Delivery
 from ..issue.keys import DroppedKeys
+from ..issue.naming import OutputNames
 from ..issue.outcomes import Hooks, Outcomes
 from ..issue.record import Recorder
 from ..notify.alerts import queue_admin_alert
@@ -88,10 +89,21 @@ class Runtime:
             settings.watch,
             crashpoint,
         )
+        names = OutputNames(spool, store, settings.state / "passwords")
         delivery = Delivery(
-            spool, store, ca, clock, claimer, password_channel, p12_encryption, crashpoint
+            spool,
+            store,
+            ca,
+            clock,
+            claimer,
+            password_channel,
+            p12_encryption,
+            names,
+            crashpoint,
         )
-        outcomes = Outcomes(spool, store, clock, delivery, hooks, crashpoint)
+        outcomes = Outcomes(
+            spool, store, clock, delivery, hooks, settings.state / "pending-keys", crashpoint
+        )
         decider = Decider(
             settings.profiles,
             settings.crl.distribution_point,
@@ -110,6 +122,7 @@ class Runtime:
             password_channel,
             p12_encryption,
             hooks,
+            names,
             linter=linter,
             crashpoint=crashpoint,
         )
@@ -128,7 +141,7 @@ class Runtime:
             hooks,
             crashpoint=crashpoint,
         )
-        approvals = Approvals(spool, store, clock, batches, hooks)
+        approvals = Approvals(spool, store, clock, batches, outcomes, hooks)
         crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
         apache = None
         if settings.apache.enabled:

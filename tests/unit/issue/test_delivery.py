@@ -66,16 +66,16 @@ def test_password_files_are_for_the_operator_only(kit: Kit) -> None:
     assert path == kit.env.state / "passwords" / "alice.txt"
     assert mode(path) == 0o600 and mode(path.parent) == 0o700
     assert path.read_text().splitlines() == [
-        "PKCS#12 password for outbox/alice.p12 (certificate serial 0A1B)",
-        "pw-one",
+        "pw-one",  # alone on the first line: what openssl -passin file: reads
+        "The line above is the PKCS#12 password of outbox/alice.p12 (certificate serial 0A1B).",
         "Give it to the holder by another channel than the p12 itself.",
         "Note: keep keys mode 0600",
     ]
     with kit.store.begin() as conn:  # a new certificate for the name: its password replaces it
         files(conn, "alice", "", "0C0D", "pw-two")
     assert path.read_text().splitlines()[:2] == [
-        "PKCS#12 password for outbox/alice.p12 (certificate serial 0C0D)",
         "pw-two",
+        "The line above is the PKCS#12 password of outbox/alice.p12 (certificate serial 0C0D).",
     ]
     assert not [p for p in path.parent.iterdir() if p.name != "alice.txt"]  # no temporary left
 
@@ -100,22 +100,31 @@ def test_to_outbox_moves_what_is_staged(kit: Kit) -> None:
     cer = kit.spool.staged("client", "bob", ".cer")
     p12 = kit.spool.staged("client", "bob", ".p12")
     cer.write_bytes(b"the certificate")
-    kit.delivery.to_outbox(claim)  # looks for what there is: the .cer only
+    kit.delivery.to_outbox(claim, "bob", "0B")  # looks for what there is: the .cer only
     assert (kit.env.outbox / "bob.cer").read_bytes() == b"the certificate"
     assert not (kit.env.outbox / "bob.p12").exists() and not cer.exists()
 
     cer.write_bytes(b"certificate 2")
     p12.write_bytes(b"bundle 2")
-    kit.delivery.to_outbox(claim, durable=False, p12=True)
+    kit.delivery.to_outbox(claim, "bob", "0B", durable=False, p12=True)
     assert (kit.env.outbox / "bob.cer").read_bytes() == b"certificate 2"
     assert (kit.env.outbox / "bob.p12").read_bytes() == b"bundle 2"
     assert not list(kit.spool.staging_for("client").iterdir())
 
     cer.write_bytes(b"certificate 3")
     p12.write_bytes(b"not for delivery")
-    kit.delivery.to_outbox(claim, p12=False)  # told there is none: the .cer alone moves
+    kit.delivery.to_outbox(claim, "bob", "0C", p12=False)  # told there is none: the .cer alone
     assert (kit.env.outbox / "bob.cer").read_bytes() == b"certificate 3"
     assert (kit.env.outbox / "bob.p12").read_bytes() == b"bundle 2"
+    # what was under the name before went to the archive, named after what replaced it
+    archived = {p.name: p.read_bytes() for p in kit.env.archive.iterdir()}
+    assert archived == {
+        "bob.cer.replaced-by-0B": b"the certificate",
+        "bob.cer.replaced-by-0C": b"certificate 2",
+    }
+    cer.write_bytes(b"certificate 3")  # the same again (a re-delivery): nothing to archive
+    kit.delivery.to_outbox(claim, "bob", "0D", p12=False)
+    assert len(list(kit.env.archive.iterdir())) == 2
 
 
 # --- the key claimed with a request ---------------------------------------------------------------------

@@ -171,7 +171,9 @@ def test_to_pending_records_the_request_and_tells_the_hooks(kit: Kit) -> None:
     assert (kit.env.pending / "web.req").read_bytes() == pem
     assert not list(kit.spool.work_for(SERVER).iterdir())
     assert not list(kit.spool.root.rglob("web.key"))  # no private key waits in the spool
-    assert claim.notes == ["the dropped key was deleted; it is not kept while the request waits"]
+    held = kit.env.state / "pending-keys" / "web.key"  # it waits in the state folder
+    assert held.read_bytes() == key and stat.S_IMODE(held.stat().st_mode) == 0o600
+    assert stat.S_IMODE(held.parent.stat().st_mode) == 0o700
     with kit.store.begin() as conn:
         rec = kit.store.get_pending(conn, "web")
     assert rec is not None
@@ -198,9 +200,9 @@ def test_redeliver_delivers_the_certificate_the_request_already_has(kit: Kit) ->
     rec = kit.cert(first.serial)
     claim = kit.work("dora2", pem)
 
-    res = kit.outcomes.redeliver(claim, rec.serial, rec.der, rec.key_generated)
+    res = kit.outcomes.redeliver(claim, rec)
 
-    assert res == Result(Outcome.REDELIVERED, "dora2", serial=rec.serial)
+    assert res == Result(Outcome.REDELIVERED, "dora2", serial=rec.serial, output="dora2")
     assert (kit.env.outbox / "dora2.cer").read_bytes() == (kit.env.outbox / "dora.cer").read_bytes()
     assert not (kit.env.outbox / "dora2.p12").exists()
     assert (kit.env.archive / "dora2.req").read_bytes() == pem
@@ -219,7 +221,7 @@ def test_redeliver_with_the_key_builds_the_p12_for_the_existing_certificate(kit:
     assert first.serial is not None
     rec = kit.cert(first.serial)
     claim = kit.work("eve2", pem, key=key)
-    res = kit.outcomes.redeliver(claim, rec.serial, rec.der, False)
+    res = kit.outcomes.redeliver(claim, rec)
     assert res.outcome is Outcome.REDELIVERED
     bundle = open_p12(kit.env, "eve2")
     assert bundle.cert is not None
@@ -235,7 +237,7 @@ def test_redeliver_with_a_key_that_does_not_belong_refuses_the_key_only(kit: Kit
     assert first.serial is not None
     rec = kit.cert(first.serial)
     claim = kit.work("finn2", pem, key=other_key)
-    res = kit.outcomes.redeliver(claim, rec.serial, rec.der, False)
+    res = kit.outcomes.redeliver(claim, rec)
     assert res.outcome is Outcome.REDELIVERED  # the certificate is delivered all the same
     assert (kit.env.outbox / "finn2.cer").exists() and not (kit.env.outbox / "finn2.p12").exists()
     reason = (kit.env.rejected / "finn2.reason").read_text()

@@ -54,7 +54,10 @@ def test_describe_gives_one_line_per_outcome() -> None:
         "ok: b refused -> rejected/b.reason\nwhy\n"
     )
     assert describe(Result(Outcome.REDELIVERED, "c", serial="0C")) == (
-        "ok: c already had serial 0C; delivered again"
+        "ok: c already had serial 0C; delivered again as outbox/c.cer"
+    )
+    assert describe(Result(Outcome.ISSUED, "f", serial="0F", output="f-2")) == (
+        "ok: issued f serial 0F -> outbox/f-2.cer"
     )
     assert describe(Result(Outcome.PENDING, "d")) == "ok: d is waiting for approval"
     assert describe(Result(Outcome.SKIPPED, "e")) == "ok: e: skipped"
