@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p12-n", type=int, help="enrollments in the p12 burst (default 1000)")
     ap.add_argument("--crl-n", type=int, help="revoked entries for the CRL (default 100000)")
     ap.add_argument("--index-n", type=int, help="certificates in the index at start-up (100000)")
+    ap.add_argument("--outbox-n", type=int, help="files in the outbox before its burst (100000)")
     ap.add_argument("--idle-seconds", type=float, help="idle CPU window (default 5)")
     ap.add_argument(
         "--bursts",
@@ -302,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "p12_n",
         "crl_n",
         "index_n",
+        "outbox_n",
         "idle_seconds",
         "bursts",
     ):

@@ -87,3 +87,29 @@ def test_bench_burst_into_a_filled_index(tmp_path: Path) -> None:
     assert len(certdrop["runs_cpu_seconds"]) == 2
     assert abs(data["cells"]["certdrop"]["value"] - min(certdrop["runs_per_second"])) < 0.1
     assert data["cells"]["certdrop"]["note"].startswith("300 valid certificates first; median of 2")
+
+
+def test_bench_burst_into_a_full_outbox(tmp_path: Path) -> None:
+    """The burst into an outbox that already holds files, compared with the burst into an
+    empty one of the same run (tiny sizes)."""
+    out = tmp_path / "bench.json"
+    _quick_bench(
+        out,
+        "--only",
+        "folder-burst-ec-lint-off,folder-burst-ec-lint-off-outbox",
+        "--outbox-n",
+        "400",
+        "--tools",
+        "certdrop",
+    )
+    doc = json.loads(out.read_text())
+    empty, full = doc["rows"]
+    assert (empty["id"], full["id"]) == (
+        "folder-burst-ec-lint-off",
+        "folder-burst-ec-lint-off-outbox",
+    )
+    assert full["details"]["certdrop"]["outbox_n"] == 400
+    assert full["cells"]["certdrop"]["value"] > 0
+    assert full["cells"]["certdrop"]["note"].startswith("400 files in outbox/ first; ")
+    assert "of the empty-outbox burst" in full["cells"]["certdrop"]["note"]
+    assert full["target_value"] == 0.9 * empty["cells"]["certdrop"]["value"]

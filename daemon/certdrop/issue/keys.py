@@ -62,7 +62,11 @@ class DroppedKeys:
             return self.outcomes.refuse_key(path, stem, problem)
         now = self.clock.now()
         window = dt.timedelta(minutes=self.orphan_key_minutes)
-        # a key that arrives shortly after its request: build the p12 for that certificate
+        # a key that arrives shortly after its request: build the p12 for that certificate;
+        # only its holder's (the same Unix owner: on a shared folder, another user's
+        # request of the same name may have come just before)
+        owner = owner_of(st)
+        holder = owner.name or str(owner.uid)
         with self.store.begin() as conn:
             recent = [
                 r
@@ -73,6 +77,7 @@ class DroppedKeys:
                 and not r.key_generated
                 and now - r.issued_at <= window
                 and r.profile == profile
+                and r.owner == holder
             ]
         if recent:
             return self._late_key(path, profile, stem, recent[0].serial, recent[0].der, st)
