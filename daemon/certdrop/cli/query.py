@@ -296,7 +296,7 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
         )
         fp = cert.fingerprint(hashes.SHA256())
         click.echo(f"fingerprint  SHA256 {fp.hex(':').upper()}")
-        for i, (kind, path, replaced) in enumerate(files.get(r.serial, [])):
+        for i, (_kind, path, replaced) in enumerate(files.get(r.serial, [])):
             label = "files" if i == 0 else ""
             note = " (replaced by a renewal: archived)" if replaced else ""
             click.echo(f"{label:<13}{path}{note}")

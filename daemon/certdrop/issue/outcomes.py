@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..clock import Clock
 from ..faults import Crashpoint, no_crash
-from ..fsutil import atomic_write, ensure_dir, move_file
+from ..fsutil import atomic_write, ensure_dir
 from ..index.store import CertRecord, Store
 from ..intake.claim import Claim, Refusal
 from ..intake.request import ParsedRequest
@@ -199,8 +199,11 @@ class Outcomes:
             )
         self.crashpoint("mid-pending")
         if claim.key_path is not None:
+            # a copy of the daemon's own, 0600 (the dropped file is the user's, with the
+            # user's mode), then the dropped one removed
             ensure_dir(self.held_keys, 0o700)
-            move_file(claim.key_path, self.held_key(claim.name), 0o600)
+            atomic_write(self.held_key(claim.name), claim.key_path.read_bytes(), 0o600)
+            remove_quietly(claim.key_path)
         move(claim.path, target)
         log.info(
             "pending %s.req profile=%s subject=%s: waiting for 'certdrop approve %s'",

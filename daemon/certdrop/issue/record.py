@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from cryptography import x509
 
@@ -158,13 +159,20 @@ class Recorder:
             self._commit(ready, now)
             self.crashpoint("after-record")
             for item in ready:
+                # the same holder's files under the name go to the archive, also a p12
+                # the renewal does not replace with one of its own
+                for kind in item.replacing:
+                    if kind != "password":
+                        old = Path(self.spool.outbox_path(f"{item.output}.{kind}"))
+                        if os.path.lexists(old):
+                            os.rename(old, replaced_path(self.spool.archive, old, item.serial))
                 self.delivery.to_outbox(
                     item.plan.claim,
                     item.output,
                     item.serial,
                     durable=False,
                     p12=item.p12,
-                    replacing=item.replacing,
+                    replacing=(),
                 )
             fsync_dir(self.spool.outbox)
             self.crashpoint("after-deliver")
