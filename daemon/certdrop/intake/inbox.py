@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import heapq
 import itertools
 import logging
@@ -237,26 +238,26 @@ def filesystem_for(f_type: int) -> Filesystem:
     return found or Filesystem(f"an unknown filesystem type 0x{f_type:08x}", False, False)
 
 
-_statfs_fn: Any = None
+@functools.cache
+def _statfs() -> tuple[Any, type[ctypes.c_uint] | type[ctypes.c_ulong]]:
+    """libc's statfs (statfs64: no EOVERFLOW on 32-bit ABIs), and the C type of f_type:
+    a long (__fsword_t) first in the struct, except on s390x where it is an unsigned int."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "statfs64", None) or libc.statfs
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn, ctypes.c_uint if platform.machine().startswith("s390") else ctypes.c_ulong
 
 
 def statfs_type(path: Path) -> int:
     """statfs(2)'s f_type for the filesystem holding `path` (OSError when it fails)."""
-    global _statfs_fn
     if sys.platform != "linux":
         raise OSError(errno.ENOSYS, "statfs f_type is read on Linux only", str(path))
-    if _statfs_fn is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = getattr(libc, "statfs64", None) or libc.statfs  # 64: no EOVERFLOW on 32-bit ABIs
-        fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
-        fn.restype = ctypes.c_int
-        _statfs_fn = fn
+    fn, word = _statfs()
     buf = ctypes.create_string_buffer(512)  # more than struct statfs64 on every Linux ABI
-    if _statfs_fn(os.fsencode(path), buf) != 0:
+    if fn(os.fsencode(path), buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(path))
-    # f_type comes first: a long (__fsword_t), except on s390x where it is an unsigned int
-    word = ctypes.c_uint if platform.machine().startswith("s390") else ctypes.c_ulong
     return int(word.from_buffer(buf).value) & 0xFFFFFFFF
 
 
