@@ -104,7 +104,9 @@ def _print_status(
     for key, value in doc.items():
         if key in _STATUS_CORE:
             continue
-        if isinstance(value, dict):
+        if key in _STATUS_TEXT:
+            text = _STATUS_TEXT[key](value)
+        elif isinstance(value, dict):
             text = ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
         elif isinstance(value, list):
             text = f"{len(value)}"
@@ -142,6 +144,16 @@ def _print_status(
 _STATUS_CORE = frozenset({"ca", "daemon", "certificates", "requests", "pending", "expiring"})
 
 
+def _watch_text(value: dict[str, Any]) -> str:
+    from .status import watch_text
+
+    return watch_text(value)
+
+
+# extras whose text line is not the generic "key value, key value"
+_STATUS_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {"watch": _watch_text}
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Left-aligned columns, two spaces apart; the last column is not padded."""
     widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
@@ -152,16 +164,16 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 StatusExtra = Callable[["Store", Any, "Settings", dt.datetime], dict[str, Any]]
-STATUS_EXTRAS: list[StatusExtra] | None = None  # None: mail's and publish's (loaded on use)
+STATUS_EXTRAS: list[StatusExtra] | None = None  # None: watch's, mail's, publish's (on use)
 
 
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:
     extras = STATUS_EXTRAS
     if extras is None:
         from .status import mail_status as mail_extra
-        from .status import publication_status
+        from .status import publication_status, watch_status
 
-        extras = [mail_extra, publication_status]
+        extras = [watch_status, mail_extra, publication_status]
     out: dict[str, Any] = {}
     for fn in extras:
         out.update(fn(store, conn, s, now))

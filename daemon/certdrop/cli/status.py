@@ -1,5 +1,5 @@
-"""The pieces of `certdrop status` beyond the index counts: the mail queue, the CRL and
-Apache's files, read from the index and the state folder."""
+"""The pieces of `certdrop status` beyond the index counts: how the inbox is watched, the
+mail queue, the CRL and Apache's files, read from the spool, the index and the state folder."""
 
 from __future__ import annotations
 
@@ -14,8 +14,22 @@ from ..config import Settings
 from ..index.mailqueue import queue_status
 from ..index.store import Store, Transaction
 from ..index.warned import LAST_SWEEP_META_KEY
+from ..intake.inbox import watch_choice
 from ..publish.apache import META_APACHE
 from ..publish.crl import CRL_DER, META_CRL_ERROR, CrlFacts
+
+
+def watch_status(
+    store: Store, conn: Transaction, settings: Settings, now: dt.datetime
+) -> dict[str, Any]:
+    """How the daemon watches the inbox with these settings: the same decision, made here
+    from the settings and the folders' filesystems (the daemon is not asked)."""
+    return {"watch": watch_choice(settings).as_json()}
+
+
+def watch_text(doc: dict[str, Any]) -> str:
+    """The `watch` line of `certdrop status`: why says the mode and the reason."""
+    return str(doc["why"]) + (" (mode auto)" if doc["configured"] == "auto" else "")
 
 
 def mail_status(

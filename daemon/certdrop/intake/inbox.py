@@ -12,24 +12,33 @@ layer's batches.
   without a change), however long the writer pauses.
 * polling mode (network shares): a file is taken once its size and mtime have been
   stable for `settle_seconds`.
+* `[watch] mode = "auto"` polls when statfs(2) puts a watched folder on NFS, SMB/CIFS,
+  FUSE, 9p or another shared filesystem (changes made by other clients raise no inotify
+  events there), and uses events elsewhere; `choose_watch_mode` says which and why.
 * a full scan runs at start, periodically, and whenever the queue drains after a
   burst (inotify drops events when its queue overflows).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import heapq
 import itertools
 import logging
 import os
+import platform
 import stat
+import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -44,7 +53,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from ..config import WatchSettings
+from ..config import Settings, WatchSettings
 from ..fsutil import is_ignored_name
 
 log = logging.getLogger("certdrop.inbox")
@@ -147,6 +156,285 @@ class WorkQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+# --- which mode: the filesystems holding the inbox ------------------------------------------------------
+@dataclass(frozen=True)
+class Filesystem:
+    """A statfs(2) f_type: its name, and whether other machines change it behind our back."""
+
+    name: str
+    shared: bool  # network/cluster/FUSE: changes made by other clients raise no inotify events
+    known: bool = True
+
+
+_SHARED: dict[int, str] = {
+    0x6969: "nfs",
+    0x517B: "smb",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+    0x65735546: "fuse",  # sshfs, rclone, s3fs, glusterfs, virtiofs, ...
+    0x01021997: "9p",  # v9fs: QEMU/virtfs shares, WSL2's /mnt/c
+    0x00C36400: "ceph",
+    0x5346414F: "afs",
+    0x6B414653: "kafs",
+    0x73757245: "coda",
+    0x564C: "ncp",
+    0x7461636F: "ocfs2",
+    0x01161970: "gfs2",
+    0x0BD00BD0: "lustre",
+    0x47504653: "gpfs",
+    0x19830326: "beegfs",
+    0x20030528: "orangefs",
+    0xAAD7AAEA: "panfs",
+    0xBEEFDEAD: "snfs",
+    0x61636673: "acfs",
+    0x013111A8: "ibrix",
+    0xA501FCF5: "vxfs",  # may be clustered
+    0x786F4256: "vboxsf",
+    0xBACBACBC: "vmhgfs",
+    0x7C7C6673: "prl_fs",
+}
+_LOCAL: dict[int, str] = {
+    0xEF53: "ext2/ext3/ext4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x01021994: "tmpfs",
+    0x858458F6: "ramfs",
+    0x794C7630: "overlayfs",
+    0x2FC12FC1: "zfs",
+    0xCA451A4E: "bcachefs",
+    0xF2F52010: "f2fs",
+    0x52654973: "reiserfs",
+    0x3153464A: "jfs",
+    0x3434: "nilfs2",
+    0x5346544E: "ntfs",
+    0x4D44: "vfat",
+    0x2011BAB0: "exfat",
+    0x482B: "hfsplus",
+    0x00011954: "ufs",
+    0xF15F: "ecryptfs",
+    0x15013346: "udf",
+    0x9660: "iso9660",
+    0x73717368: "squashfs",
+    0xE0F5E1E2: "erofs",
+    0x9FA0: "proc",
+    0x62656572: "sysfs",
+    0x1CD1: "devpts",
+    0x64626720: "debugfs",
+    0x27E0EB: "cgroup",
+    0x63677270: "cgroup2",
+}
+FILESYSTEMS: Mapping[int, Filesystem] = MappingProxyType(
+    {magic: Filesystem(name, shared=True) for magic, name in _SHARED.items()}
+    | {magic: Filesystem(name, shared=False) for magic, name in _LOCAL.items()}
+)
+
+
+def filesystem_for(f_type: int) -> Filesystem:
+    """The table's entry for a statfs f_type; an unknown type is not taken for a share."""
+    f_type &= 0xFFFFFFFF  # f_type is a signed long on most ABIs: CIFS's magic comes negative
+    found = FILESYSTEMS.get(f_type)
+    return found or Filesystem(f"an unknown filesystem type 0x{f_type:08x}", False, False)
+
+
+@functools.cache
+def _statfs() -> tuple[Any, type[ctypes.c_uint] | type[ctypes.c_ulong]]:
+    """libc's statfs (statfs64: no EOVERFLOW on 32-bit ABIs), and the C type of f_type:
+    a long (__fsword_t) first in the struct, except on s390x where it is an unsigned int."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "statfs64", None) or libc.statfs
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn, ctypes.c_uint if platform.machine().startswith("s390") else ctypes.c_ulong
+
+
+def statfs_type(path: Path) -> int:
+    """statfs(2)'s f_type for the filesystem holding `path` (OSError when it fails)."""
+    if sys.platform != "linux":
+        raise OSError(errno.ENOSYS, "statfs f_type is read on Linux only", str(path))
+    fn, word = _statfs()
+    buf = ctypes.create_string_buffer(512)  # more than struct statfs64 on every Linux ABI
+    if fn(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+    return int(word.from_buffer(buf).value) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class FolderFilesystem:
+    """What statfs said about one watched folder (f_type, or why it could not say)."""
+
+    label: str  # "inbox", "profile folder server"
+    folder: Path
+    mount: Path  # where that filesystem is mounted (the folder itself if statfs failed)
+    f_type: int | None
+    error: str | None = None
+
+    @property
+    def filesystem(self) -> Filesystem | None:
+        return None if self.f_type is None else filesystem_for(self.f_type)
+
+    def describe(self, verb: str = "") -> str:
+        """'inbox on nfs (/mnt/share)'; with verb " is": 'the inbox is on nfs (/mnt/share)'."""
+        fs = self.filesystem
+        if fs is None:
+            return f"{self.label}: filesystem unknown ({self.error})"
+        return f"{'the ' if verb else ''}{self.label}{verb} on {fs.name} ({self.mount})"
+
+
+def _mount_point(path: Path, dev: int) -> Path:
+    """The highest folder above `path` on the same device: where its filesystem is mounted."""
+    here = path
+    while here.parent != here:
+        try:
+            if os.stat(here.parent).st_dev != dev:
+                break
+        except OSError:
+            break
+        here = here.parent
+    return here
+
+
+def _probe(label: str, folder: Path) -> tuple[FolderFilesystem, int | None]:
+    """statfs of `folder` (or, not made yet, of the folder it will be made in)."""
+    target = Path(os.path.abspath(folder))
+    try:
+        while True:
+            try:
+                st = os.stat(target)
+                break
+            except FileNotFoundError:
+                if target.parent == target:
+                    raise
+                target = target.parent
+        target = target.resolve()
+        f_type = statfs_type(target)
+    except OSError as exc:
+        return FolderFilesystem(
+            label, folder, folder, None, f"statfs {target}: {exc.strerror or exc}"
+        ), None
+    return FolderFilesystem(label, folder, _mount_point(target, st.st_dev), f_type), st.st_dev
+
+
+def probe_folders(folders: Sequence[tuple[Path, str]]) -> list[FolderFilesystem]:
+    """The filesystem of the inbox (the first folder), and of each profile folder that is
+    on another one (a mount point, or a symlink to elsewhere)."""
+    (root, _default), *others = folders
+    inbox, inbox_dev = _probe("inbox", root)
+    out = [inbox]
+    seen = {inbox_dev}
+    for folder, profile in others:
+        try:
+            dev = os.stat(folder).st_dev
+        except OSError:
+            continue  # not made yet: it will be made in the inbox
+        if dev in seen:
+            continue
+        seen.add(dev)
+        out.append(_probe(f"profile folder {profile}", folder)[0])
+    return out
+
+
+@dataclass(frozen=True)
+class WatchChoice:
+    """The watch mode in force, what was configured, and why (for the log and status)."""
+
+    mode: Literal["events", "polling"]
+    configured: str
+    why: str
+    warning: bool = False  # logged as a warning: changes may be missed or found late
+    folders: tuple[FolderFilesystem, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "configured": self.configured,
+            "why": self.why,
+            "filesystems": [
+                {
+                    "folder": str(p.folder),
+                    "type": p.filesystem.name if p.filesystem else None,
+                    "mount": str(p.mount),
+                    "shared": p.filesystem.shared if p.filesystem else None,
+                    **({"error": p.error} if p.error else {}),
+                }
+                for p in self.folders
+            ],
+        }
+
+
+def decide_watch_mode(
+    watch: WatchSettings, probes: Sequence[FolderFilesystem], inotify: bool = True
+) -> WatchChoice:
+    """auto: polling when a watched folder is on a network/FUSE share (other clients'
+    changes raise no inotify events there), events elsewhere; events/polling as set."""
+    polling = f"polling every {watch.poll_seconds:g} s"
+    events = "events (inotify)"
+    shared = [p for p in probes if p.filesystem is not None and p.filesystem.shared]
+    where = ", ".join(p.describe() for p in probes)
+    folders = tuple(probes)
+    if watch.mode == "polling":
+        return WatchChoice(
+            "polling", "polling", f"{polling}, as configured; {where}", False, folders
+        )
+    if watch.mode == "events":
+        if not shared:
+            return WatchChoice(
+                "events", "events", f"{events}, as configured; {where}", False, folders
+            )
+        why = (
+            f"{events}, as configured, although "
+            + ", ".join(p.describe(" is") for p in shared)
+            + ": changes made by other clients raise no events and are missed until the"
+            f' rescan (every {watch.rescan_seconds:g} s); set [watch] mode = "auto" or "polling"'
+        )
+        return WatchChoice("events", "events", why, True, folders)
+    if not inotify:
+        return WatchChoice(
+            "polling", "auto", f"inotify is not available here: {polling}", False, folders
+        )
+    if shared:
+        why = ", ".join(p.describe() for p in shared) + f": {polling}"
+        return WatchChoice("polling", "auto", why, False, folders)
+    unsure = [p for p in probes if p.filesystem is None or not p.filesystem.known]
+    if not unsure:
+        return WatchChoice("events", "auto", f"{where}: {events}", False, folders)
+    why = (
+        f"{where}: {events}; if that is a network share (changes made elsewhere raise no"
+        ' events), set [watch] mode = "polling"'
+    )
+    return WatchChoice("events", "auto", why, True, folders)
+
+
+def _inotify_available() -> bool:
+    try:
+        from watchdog.observers.inotify import InotifyObserver  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_watch_mode(watch: WatchSettings, folders: Sequence[tuple[Path, str]]) -> WatchChoice:
+    """The watch mode for these inbox folders (the daemon's inbox and `certdrop status`)."""
+    inotify = watch.mode != "auto" or _inotify_available()
+    return decide_watch_mode(watch, probe_folders(folders), inotify)
+
+
+def inbox_folders(
+    root: Path, profiles: Sequence[str], default_profile: str
+) -> list[tuple[Path, str]]:
+    """The folders watched: the inbox (the default profile's) and one per other profile."""
+    out = [(root, default_profile)]
+    for p in profiles:
+        if p != default_profile:
+            out.append((root / p, p))
+    return out
+
+
+def watch_choice(settings: Settings) -> WatchChoice:
+    """What the daemon's inbox for these settings watches with, and why."""
+    return Inbox.for_settings(settings, WorkQueue()).choice
 
 
 def _drop_box_observer(handler: FileSystemEventHandler) -> BaseObserver:
@@ -253,7 +541,8 @@ class Inbox:
         self.default_profile = default_profile
         self.settings = settings
         self.queue = queue
-        self.mode = self._choose_mode(settings.mode)
+        self.choice = choose_watch_mode(settings, self.folders())
+        self.mode = self.choice.mode
         self._observer: BaseObserver | None = None
         self.last_scan = 0.0  # time.monotonic() of the last full scan
         # polling mode: last (size, mtime_ns) seen per path, for the settle check
@@ -261,23 +550,20 @@ class Inbox:
         # events mode: files created (opened for writing) whose close-write is not seen yet
         self._writing: dict[Path, float] = {}
 
-    @staticmethod
-    def _choose_mode(mode: str) -> str:
-        if mode != "auto":
-            return mode
-        try:
-            from watchdog.observers.inotify import InotifyObserver  # noqa: F401
-        except ImportError:
-            return "polling"
-        return "events"
+    @classmethod
+    def for_settings(cls, settings: Settings, queue: WorkQueue) -> Inbox:
+        """The spool's inbox as these settings describe it (the daemon's, and status's)."""
+        return cls(
+            settings.spool / "inbox",
+            list(settings.profiles),
+            settings.policy.default_profile,
+            settings.watch,
+            queue,
+        )
 
     # --- folders -----------------------------------------------------------------------------------
     def folders(self) -> list[tuple[Path, str]]:
-        out = [(self.root, self.default_profile)]
-        for p in self.profiles:
-            if p != self.default_profile:
-                out.append((self.root / p, p))
-        return out
+        return inbox_folders(self.root, self.profiles, self.default_profile)
 
     def profile_for(self, path: Path) -> str | None:
         parent = path.parent
@@ -312,7 +598,10 @@ class Inbox:
         observer.daemon = True
         observer.start()
         self._observer = observer
-        log.info("watching %s (%s mode)", self.root, self.mode)
+        level = logging.WARNING if self.choice.warning else logging.INFO
+        log.log(
+            level, "watching %s: %s (mode %s)", self.root, self.choice.why, self.choice.configured
+        )
 
     def stop(self) -> None:
         if self._observer is not None:

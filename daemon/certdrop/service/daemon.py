@@ -158,13 +158,7 @@ class Daemon:
         self.worker.start()
 
     def _make_inbox(self, settings: Settings) -> Inbox:
-        return Inbox(
-            settings.spool / "inbox",
-            list(settings.profiles),
-            settings.policy.default_profile,
-            settings.watch,
-            self.queue,
-        )
+        return Inbox.for_settings(settings, self.queue)
 
     def _start_publisher(self, rt: Runtime) -> None:
         """A stale or missing CRL is made before anything else; Apache follows, debounced."""

@@ -197,3 +197,23 @@ def test_publication_status_follows_the_crl_and_the_last_apache_outcome(tmp_path
         }
     finally:
         store.close()
+
+
+# --- the watch line (cli/status.py): decided from the settings and the folder, not asked ------------
+def test_status_shows_the_watch_mode_without_a_daemon(tmp_path: Path) -> None:
+    env = make_env(tmp_path, replace={"[watch]\n": '[watch]\nmode = "polling"\n'})
+    code, out, err = env.cli("status", "--json")
+    assert code == 0, err
+    watch = json.loads(out)["watch"]
+    assert (watch["mode"], watch["configured"]) == ("polling", "polling")
+    assert watch["why"].startswith("polling every 0.2 s, as configured; inbox on ")
+    [fs] = watch["filesystems"]
+    assert fs["folder"] == str(env.inbox) and fs["type"] and "error" not in fs
+    code, out, err = env.cli("status")
+    [line] = [ln for ln in out.splitlines() if ln.startswith("watch ")]
+    assert line.split(None, 1)[1] == watch["why"]  # "(mode auto)" only when auto chose
+
+    env.write_config()  # mode = "auto" again
+    code, out, err = env.cli("status")
+    [line] = [ln for ln in out.splitlines() if ln.startswith("watch ")]
+    assert line.endswith(" (mode auto)") and "inbox on " in line
