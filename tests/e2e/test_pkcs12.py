@@ -345,6 +345,7 @@ def test_same_request_again_with_its_key_gets_the_p12(
     os.utime(dropped, (old, old))
     ca_env.drop(req, "again2.req")
     wait_for(lambda: (ca_env.outbox / "again2.p12").exists(), what="again2.p12")
+    assert wait_result(ca_env, "again2") == "outbox"  # the request done: its key removed too
     bundle = pkcs12.load_pkcs12(
         (ca_env.outbox / "again2.p12").read_bytes(), password_for(ca_env, "again2").encode()
     )
