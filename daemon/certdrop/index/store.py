@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from ..errors import IndexUnavailable, NotFoundError, SerialCollision, StoreError
 from . import schema
 from .schema import (
+    EMAIL_ATTR,
     cert_attrs,
     certificates,
     control,
@@ -119,13 +120,25 @@ class NewCertificate:
     request_fingerprint: str
     issued_at: dt.datetime
     der: bytes
-    attrs: Sequence[tuple[str, str]] = ()
+    attrs: Sequence[tuple[str, str]] = ()  # the subject's (short name, value) pairs
+    # every e-mail address the certificate carries (subject and subjectAltName), for
+    # lookups; `email` and the subject's emailAddress values are added to these
+    emails: Sequence[str] = ()
     owner: str = ""
     source: str = "issued"
     status: str = "valid"
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None
     key_generated: bool = False
+
+
+def _attr_rows(cert: NewCertificate) -> list[dict[str, str]]:
+    """The cert_attrs rows of a certificate: its subject, and its e-mail addresses."""
+    rows = [{"serial": cert.serial, "attr": a, "value": v.casefold()} for a, v in cert.attrs]
+    subject_emails = (v for a, v in cert.attrs if a == "emailAddress")
+    emails = dict.fromkeys(e.casefold() for e in (*cert.emails, cert.email, *subject_emails) if e)
+    rows += [{"serial": cert.serial, "attr": EMAIL_ATTR, "value": e} for e in emails]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -226,11 +239,9 @@ class Store:
                 )
         except IntegrityError:
             raise SerialCollision(cert.serial) from None
-        if cert.attrs:
-            conn.execute(
-                sa.insert(cert_attrs),
-                [{"serial": cert.serial, "attr": a, "value": v.casefold()} for a, v in cert.attrs],
-            )
+        rows = _attr_rows(cert)
+        if rows:
+            conn.execute(sa.insert(cert_attrs), rows)
 
     def serial_exists(self, conn: Transaction, serial: str) -> bool:
         return (
@@ -325,11 +336,7 @@ class Store:
                 for c in certs
             ],
         )
-        attrs = [
-            {"serial": c.serial, "attr": a, "value": v.casefold()}
-            for c in certs
-            for a, v in c.attrs
-        ]
+        attrs = [row for c in certs for row in _attr_rows(c)]
         if attrs:
             _insert_many(conn, cert_attrs, attrs)
 
