@@ -219,6 +219,10 @@ def test_a_version_3_index_gets_the_lookup_indexes_and_every_e_mail(tmp_path: Pa
             ("02", "bob@example.org"),
             ("04", "dave@example.org"),
         ]
+        with store.begin() as conn:
+            # found by the second subjectAltName address, which schema 3 did not record
+            assert [r.serial for r in store.find(conn, "A.L@example.org")] == ["01"]
+            assert [r.serial for r in store.find(conn, "B@X.IO")] == ["02"]
         assert store.integrity_check() == []
     finally:
         store.close()
