@@ -241,7 +241,7 @@ def list_cmd(as_json: bool, status_filter: str, expiring: int | None, search: st
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--pem", is_flag=True, help="Print the certificate(s) in PEM.")
 def show(ref: str, as_json: bool, pem: bool) -> None:
-    """Every certificate REF names, newest first, with what matched and its history.
+    """Every certificate REF names, newest first, with what matched (--json: and history).
 
     REF is a serial (hex, any case, colons allowed; 0x before it: only a serial), a
     request name, a CN or an e-mail address (CN and e-mail in any case). Unlike
