@@ -17,7 +17,16 @@ from certdrop.audit import read_audit
 from certdrop.authority.ca import CertificateAuthority
 from certdrop.index.store import Store
 from certdrop.issue.importer import parse_openssl_time
-from conftest import OPENSSL, CAEnv, load_cert, make_env, openssl_csr, openssl_verify, run
+from conftest import (
+    OPENSSL,
+    CAEnv,
+    DaemonThread,
+    load_cert,
+    make_env,
+    openssl_csr,
+    openssl_verify,
+    run,
+)
 
 CNF = """
 [ ca ]
@@ -346,3 +355,80 @@ def test_import_shows_a_progress_bar_on_a_terminal(
     screen = b"".join(chunks).decode(errors="replace")
     assert "importing" in screen and "8/8" in screen, screen
     assert "imported 3 certificate(s)" in screen
+
+
+def _crl_serials(env: CAEnv) -> set[int]:
+    """The serials the published CRL lists, as `openssl crl -text` reads them."""
+    text = run([OPENSSL, "crl", "-in", str(env.state / "crl.pem"), "-noout", "-text"]).stdout
+    return {
+        int(line.split(":", 1)[1], 16)
+        for line in text.splitlines()
+        if line.strip().startswith("Serial Number:")
+    }
+
+
+def test_import_json_publishes_the_crl_with_the_adopted_revocations(
+    tmp_path: Path, legacy: dict[str, object]
+) -> None:
+    ca = legacy["ca"]
+    assert isinstance(ca, OpensslCA)
+    bob = load_cert(Path(str(legacy["bob"])))
+    env = _adopt(tmp_path, ca)
+
+    # a dry run publishes nothing, and says so
+    res = env.cli_proc("import", str(ca.dir / "index.txt"), "--json", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["crl"] == {"status": "unchanged", "detail": "dry run"}
+    assert not (env.state / "crl.pem").exists()
+
+    # stdout is the one JSON document; the CRL it reports lists the revoked certificate
+    res = env.cli_proc("import", str(ca.dir / "index.txt"), "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["counts"]["revoked"] == 1
+    assert doc["crl"]["status"] == "published"
+    assert doc["crl"]["detail"].startswith(f"CRL 1 published in {env.state / 'crl.pem'} and ")
+    assert "(1 revoked, next update " in doc["crl"]["detail"]
+    assert _crl_serials(env) == {bob.serial_number}
+    assert "certificate revoked" in openssl_verify(
+        env.ca_cert, Path(str(legacy["bob"])), crl=env.state / "crl.pem"
+    )
+
+    # nothing new adopted: the CRL stays as it is
+    res = env.cli_proc("import", str(ca.dir / "index.txt"), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["crl"] == {
+        "status": "unchanged",
+        "detail": "no revoked certificate was imported",
+    }
+
+
+def test_import_json_while_the_daemon_runs_and_when_the_crl_cannot_be_written(
+    tmp_path: Path, legacy: dict[str, object]
+) -> None:
+    ca = legacy["ca"]
+    assert isinstance(ca, OpensslCA)
+    bob = load_cert(Path(str(legacy["bob"])))
+    env = _adopt(tmp_path / "running", ca)
+    d = DaemonThread(env).start()
+    try:
+        res = env.cli_proc("import", str(ca.dir / "index.txt"), "--json")
+    finally:
+        d.stop()
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["crl"]["status"] == "published", doc["crl"]
+    assert _crl_serials(env) == {bob.serial_number}
+
+    # the CRL cannot be replaced: the report still comes as JSON, the exit status says so
+    env = _adopt(tmp_path / "broken", ca)
+    (env.state / "crl.der").mkdir()
+    res = env.cli_proc("import", str(ca.dir / "index.txt"), "--json")
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert [i["status"] for i in doc["imported"]].count("revoked") == 1
+    assert doc["crl"]["status"] == "failed"
+    assert "crl.der" in doc["crl"]["detail"]
+    # one line naming the failure, after the log's
+    assert res.stderr.splitlines()[-1].startswith("certdrop: error: the CRL was not published: ")
+    assert "Traceback" not in res.stderr

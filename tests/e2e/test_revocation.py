@@ -189,7 +189,10 @@ def test_revoke_without_daemon_by_serial_with_colons(ca_env: CAEnv, tmp_path: Pa
 def test_revoke_refusals_are_one_clear_line(ca_env: CAEnv, tmp_path: Path) -> None:
     code, _, err = ca_env.cli("revoke", "nobody")
     assert code == 1
-    assert err == "no certificate with serial or request name 'nobody'; see 'certdrop list'"
+    assert err == (
+        "no certificate with serial, request name, CN or e-mail 'nobody'; "
+        "see 'certdrop list --search TEXT'"
+    )
     res = ca_env.cli_proc("revoke", "ABCDEF0123", "--reason", "stolen")
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
     assert "'stolen' is not an RFC 5280 revocation reason" in res.stderr

@@ -83,6 +83,16 @@ def open_store(s: Settings) -> Store:
 
 def operator_command(kind: str, payload: dict[str, Any], timeout: float = 30.0) -> None:
     """Run an operator command directly, or hand it to the running daemon and wait."""
+    answer = operator_result(kind, payload, timeout)
+    if answer is None:
+        click.echo(queued_text(kind, timeout))
+        return
+    finish(answer)
+
+
+def operator_result(kind: str, payload: dict[str, Any], timeout: float = 30.0) -> str | None:
+    """What `operator_command` prints, unprinted: the result line ('ok: ...' or
+    'error: ...'), or None when the running daemon has not answered within `timeout`."""
     from ..audit import operator_actor
     from ..service.control import execute_control, wait_for_control
     from ..service.runtime import direct_runtime
@@ -91,25 +101,23 @@ def operator_command(kind: str, payload: dict[str, Any], timeout: float = 30.0) 
     s = c.settings
     with direct_runtime(s, c.clock) as rt:
         if rt is not None:
-            result = execute_control(rt, kind, payload)
-            finish(result)
-            return
+            return execute_control(rt, kind, payload)
     store = open_store(s)
     try:
         with store.begin() as conn:
             control_id = store.push_control(
                 conn, kind, {**payload, "actor": operator_actor()}, c.clock.now()
             )
-        answer = wait_for_control(store, control_id, timeout)
+        return wait_for_control(store, control_id, timeout)
     finally:
         store.close()
-    if answer is None:
-        click.echo(
-            f"queued: the daemon has not answered within {timeout:g}s; it will carry out "
-            f"the {kind} when it gets to it (see 'certdrop status')"
-        )
-        return
-    finish(answer)
+
+
+def queued_text(kind: str, timeout: float) -> str:
+    return (
+        f"queued: the daemon has not answered within {timeout:g}s; it will carry out "
+        f"the {kind} when it gets to it (see 'certdrop status')"
+    )
 
 
 def finish(result: str) -> None:

@@ -31,7 +31,7 @@ def deny(name: str, reason: str) -> None:
 # --- revoke / crl / apache-config ----------------------------------------------------------------------------
 @click.command()
 @config_option
-@click.argument("ref", metavar="SERIAL|NAME")
+@click.argument("ref", metavar="REF")
 @click.option(
     "--reason",
     default="unspecified",
@@ -39,7 +39,13 @@ def deny(name: str, reason: str) -> None:
     help="RFC 5280 reason: " + ", ".join(REASONS) + ".",
 )
 def revoke(ref: str, reason: str) -> None:
-    """Revoke a certificate by serial (hex) or request NAME; the CRL follows at once."""
+    """Revoke the certificate REF names; the CRL follows at once.
+
+    REF is a serial (hex, any case, colons allowed; 0x before it: only a serial), a
+    request name, a CN or an e-mail address (CN and e-mail in any case). Of several
+    matches the one still valid is revoked; when several are still valid (of one holder
+    or of several), nothing is revoked and they are listed: give the serial of one.
+    """
     canonical = parse_reason(reason)  # refuse a bad reason before anything else
     operator_command("revoke", {"ref": ref.removesuffix(".req"), "reason": canonical})
 

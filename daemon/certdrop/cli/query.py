@@ -214,7 +214,14 @@ def _print_table(records: list[CertRecord], now: dt.datetime) -> None:
     metavar="DAYS",
     help="Only valid certificates ending within DAYS days.",
 )
-def list_cmd(as_json: bool, status_filter: str, expiring: int | None) -> None:
+@click.option(
+    "--search",
+    metavar="TEXT",
+    default=None,
+    help="Only certificates whose serial, request name, CN or e-mail address contains "
+    "TEXT (in any case).",
+)
+def list_cmd(as_json: bool, status_filter: str, expiring: int | None, search: str | None) -> None:
     """The index: issued, expiring, revoked."""
     c = ctx()
     s = c.settings
@@ -227,6 +234,7 @@ def list_cmd(as_json: bool, status_filter: str, expiring: int | None) -> None:
                 status=None if status_filter == "all" else status_filter,
                 now=now,
                 expiring_within=dt.timedelta(days=expiring) if expiring is not None else None,
+                search=search,
             )
     finally:
         store.close()
@@ -234,7 +242,7 @@ def list_cmd(as_json: bool, status_filter: str, expiring: int | None) -> None:
         click.echo(json.dumps({"certificates": [r.as_json(now) for r in records]}, indent=2))
         return
     if not records:
-        click.echo("no certificates")
+        click.echo("no certificates" if search is None else f"no certificate matches {search!r}")
         return
     _print_table(records, now)
 
@@ -245,7 +253,13 @@ def list_cmd(as_json: bool, status_filter: str, expiring: int | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--pem", is_flag=True, help="Print the certificate(s) in PEM.")
 def show(ref: str, as_json: bool, pem: bool) -> None:
-    """One certificate by serial, or every certificate of a request NAME."""
+    """Every certificate REF names, newest first, with what matched (--json: and history).
+
+    REF is a serial (hex, any case, colons allowed; 0x before it: only a serial), a
+    request name, a CN or an e-mail address (CN and e-mail in any case). Unlike
+    `revoke`, which refuses a REF that names several certificates still valid, `show`
+    shows them all.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
@@ -255,15 +269,17 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
     store = open_store(s)
     try:
         with store.begin() as conn:
-            records = store.find(conn, ref)
-            history = store.journal_for(conn, ref)
-            files = store.outputs_of(conn, [r.serial for r in records])
+            matches = store.lookup(conn, ref)
+            history = store.journal_for(conn, ref.strip(), [m.record.serial for m in matches])
+            files = store.outputs_of(conn, [m.record.serial for m in matches])
     finally:
         store.close()
-    if not records:
+    if not matches:
         raise CertdropError(
-            f"no certificate with serial or request name {ref!r}; see 'certdrop list'"
+            f"no certificate with serial, request name, CN or e-mail {ref.strip()!r}; "
+            "see 'certdrop list --search TEXT'"
         )
+    records = [m.record for m in matches]
     if pem:
         for r in records:
             click.echo(
@@ -276,8 +292,12 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
     if as_json:
         doc = {
             "certificates": [
-                {**r.as_json(now), "files": [path for _, path, _ in files.get(r.serial, [])]}
-                for r in records
+                {
+                    **m.record.as_json(now),
+                    "matched_by": list(m.matched_by),
+                    "files": [path for _, path, _ in files.get(m.record.serial, [])],
+                }
+                for m in matches
             ],
             "history": [
                 {**h, "at": dt.datetime.fromtimestamp(h["at"], dt.UTC).isoformat()} for h in history
@@ -285,7 +305,8 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
         }
         click.echo(json.dumps(doc, indent=2, default=str))
         return
-    for r in records:
+    for m in matches:
+        r = m.record
         cert = x509.load_der_x509_certificate(r.der)
         click.echo(f"serial       {r.serial}")
         click.echo(f"subject      {r.subject}")
@@ -308,6 +329,7 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
         )
         fp = cert.fingerprint(hashes.SHA256())
         click.echo(f"fingerprint  SHA256 {fp.hex(':').upper()}")
+        click.echo(f"matched by   {', '.join(m.matched_by)}")
         for i, (_kind, path, replaced) in enumerate(files.get(r.serial, [])):
             label = "files" if i == 0 else ""
             note = " (replaced by a renewal: archived)" if replaced else ""

@@ -10,7 +10,14 @@ from typing import Any
 import click
 
 from ..errors import CertdropError
-from .context import config_option, ctx, open_store, operator_command
+from .context import (
+    config_option,
+    ctx,
+    open_store,
+    operator_command,
+    operator_result,
+    queued_text,
+)
 
 
 # --- init ---------------------------------------------------------------------------------------------
@@ -243,11 +250,35 @@ def import_cmd(
             }
         )
         hand_over(s.state, s.spool)
-    if as_json:
-        click.echo(json.dumps(report.as_json(), indent=2))
+    # the adopted revocations must be on the CRL (and Apache's copy) right away
+    publish = bool(report.counts()["revoked"]) and not dry_run
+    if not as_json:
+        for line in iter_report_lines(report):
+            click.echo(line)
+        if publish:
+            operator_command("crl", {})
         return
-    for line in iter_report_lines(report):
-        click.echo(line)
-    if report.counts()["revoked"] and not dry_run:
-        # the adopted revocations must be on the CRL (and Apache's copy) right away
-        operator_command("crl", {})
+    # one JSON document on stdout: what became of the CRL is in it; a failure also
+    # makes the exit status 1 with the reason on stderr, as in the text mode
+    doc = report.as_json()
+    error = None
+    if not publish:
+        doc["crl"] = {
+            "status": "unchanged",
+            "detail": "dry run" if dry_run else "no revoked certificate was imported",
+        }
+    else:
+        try:
+            answer = operator_result("crl", {})
+        except CertdropError as exc:  # the CA or the index could not be opened for it
+            answer = f"error: {exc}"
+        if answer is None:
+            doc["crl"] = {"status": "queued", "detail": queued_text("crl", 30.0)}
+        elif answer.startswith("error:"):
+            error = answer.removeprefix("error:").strip()
+            doc["crl"] = {"status": "failed", "detail": error}
+        else:
+            doc["crl"] = {"status": "published", "detail": answer.removeprefix("ok:").strip()}
+    click.echo(json.dumps(doc, indent=2))
+    if error is not None:
+        raise CertdropError(f"the CRL was not published: {error}")

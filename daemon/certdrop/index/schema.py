@@ -13,7 +13,8 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 4  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl; 4: outputs
+SCHEMA_VERSION = 5  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
+# 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs
 
 metadata = sa.MetaData()
 
@@ -57,6 +58,8 @@ crl_index = sa.Index(
     certificates.c.revocation_reason,
 )
 
+# A certificate's subject attributes (attr = the short name: CN, emailAddress, ...) and,
+# under EMAIL_ATTR, every e-mail address it carries (subject or subjectAltName), for lookups.
 cert_attrs = sa.Table(
     "cert_attrs",
     metadata,
@@ -66,6 +69,7 @@ cert_attrs = sa.Table(
     sa.Index("ix_cert_attrs_lookup", "attr", "value"),
     sa.Index("ix_cert_attrs_serial", "serial"),
 )
+EMAIL_ATTR = "email"  # not a subject attribute's name: it never meets the uniqueness rules
 
 journal = sa.Table(
     "journal",
@@ -136,7 +140,7 @@ expiry_warnings = sa.Table(
     sa.Column("warned_at", sa.BigInteger, nullable=False),
 )
 
-# --- schema 4: the files each certificate was delivered as (outbox/NAME-2.cer, its p12,
+# --- schema 5: the files each certificate was delivered as (outbox/NAME-2.cer, its p12,
 # passwords/NAME-2.txt), and where they went when the same holder's renewal replaced them
 outputs = sa.Table(
     "outputs",
@@ -147,6 +151,15 @@ outputs = sa.Table(
     sa.Column("replaced_at", sa.BigInteger),  # moved to the archive by a renewal
     sa.PrimaryKeyConstraint("serial", "kind"),
     sa.Index("ix_outputs_path", "path"),
+)
+
+
+# --- schema 4: `show` and `revoke` find certificates by request name and show their history
+# by request name or serial, each with a search of an index
+LOOKUP_INDEXES = (
+    sa.Index("ix_certificates_request_name", certificates.c.request_name),
+    sa.Index("ix_journal_name", journal.c.name),
+    sa.Index("ix_journal_serial", journal.c.serial),
 )
 
 
@@ -189,6 +202,47 @@ def migrate(conn: Connection, version: int) -> None:
     metadata.create_all(conn)  # new tables; column changes get explicit steps here
     if version < 3:
         crl_index.create(conn, checkfirst=True)  # create_all skips existing tables' indexes
+    if version < 4:
+        for index in LOOKUP_INDEXES:
+            index.create(conn, checkfirst=True)
+        _add_email_rows(conn)
     conn.execute(
         sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
     )
+
+
+def _add_email_rows(conn: Connection) -> None:
+    """The EMAIL_ATTR rows of the certificates an older certdrop recorded: the subject's
+    emailAddress rows, the `email` column, and the subjectAltName e-mails of the DER."""
+    from cryptography import x509  # only here: the index reads no certificate otherwise
+
+    conn.execute(sa.delete(cert_attrs).where(cert_attrs.c.attr == EMAIL_ATTR))
+    subject_emails: dict[str, set[str]] = {}
+    for serial, value in conn.execute(
+        sa.select(cert_attrs.c.serial, cert_attrs.c.value).where(
+            cert_attrs.c.attr == "emailAddress"
+        )
+    ):
+        subject_emails.setdefault(serial, set()).add(value)
+    rows: list[dict[str, str]] = []
+    for serial, email, der in conn.execute(
+        sa.select(certificates.c.serial, certificates.c.email, certificates.c.der)
+    ):
+        found = set(subject_emails.get(serial, ()))
+        if email:
+            found.add(email.casefold())
+        try:
+            san = x509.load_der_x509_certificate(bytes(der)).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            )
+            found.update(e.casefold() for e in san.value.get_values_for_type(x509.RFC822Name))
+        except (
+            ValueError,
+            x509.ExtensionNotFound,
+            x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType,
+        ):
+            pass  # no readable subjectAltName: the subject's and the column's addresses
+        rows += [{"serial": serial, "attr": EMAIL_ATTR, "value": v} for v in sorted(found)]
+    for start in range(0, len(rows), 5_000):
+        conn.execute(sa.insert(cert_attrs), rows[start : start + 5_000])

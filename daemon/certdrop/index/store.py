@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from ..errors import IndexUnavailable, NotFoundError, SerialCollision, StoreError
 from . import schema
 from .schema import (
+    EMAIL_ATTR,
     cert_attrs,
     certificates,
     control,
@@ -108,6 +109,43 @@ def _record(row: Any) -> CertRecord:
 
 
 @dataclass(frozen=True)
+class Match:
+    """A certificate a reference names, and how: "serial", "request name", "CN", "e-mail"."""
+
+    record: CertRecord
+    matched_by: tuple[str, ...]
+
+
+def serial_forms(ref: str) -> set[str]:
+    """The index's spellings of the serial `ref` could be (hex, any case, colons or a 0x
+    prefix allowed, with or without leading zeros); empty when `ref` is not hex."""
+    cleaned = ref.replace(":", "").strip().upper().removeprefix("0X")
+    if not cleaned or any(c not in "0123456789ABCDEF" for c in cleaned):
+        return set()
+    forms = {cleaned, cleaned.lstrip("0") or "0"}
+    return forms | {("0" + f) if len(f) % 2 else f for f in forms}
+
+
+def _contains(text: str) -> sa.ColumnElement[bool]:
+    """Serial, request name, CN or an e-mail address contains `text`, in any case."""
+    folded = text.strip().casefold()
+    pattern = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    conds: list[sa.ColumnElement[bool]] = [
+        sa.func.lower(certificates.c.request_name).like(pattern, escape="\\"),
+        certificates.c.serial.in_(
+            sa.select(cert_attrs.c.serial).where(
+                cert_attrs.c.attr.in_(("CN", EMAIL_ATTR)),
+                cert_attrs.c.value.like(pattern, escape="\\"),
+            )
+        ),
+    ]
+    hexed = text.replace(":", "").strip().upper().removeprefix("0X")
+    if hexed and all(c in "0123456789ABCDEF" for c in hexed):
+        conds.append(certificates.c.serial.contains(hexed))
+    return sa.or_(*conds)
+
+
+@dataclass(frozen=True)
 class NewCertificate:
     serial: str
     subject: str
@@ -120,13 +158,25 @@ class NewCertificate:
     request_fingerprint: str
     issued_at: dt.datetime
     der: bytes
-    attrs: Sequence[tuple[str, str]] = ()
+    attrs: Sequence[tuple[str, str]] = ()  # the subject's (short name, value) pairs
+    # every e-mail address the certificate carries (subject and subjectAltName), for
+    # lookups; `email` and the subject's emailAddress values are added to these
+    emails: Sequence[str] = ()
     owner: str = ""
     source: str = "issued"
     status: str = "valid"
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None
     key_generated: bool = False
+
+
+def _attr_rows(cert: NewCertificate) -> list[dict[str, str]]:
+    """The cert_attrs rows of a certificate: its subject, and its e-mail addresses."""
+    rows = [{"serial": cert.serial, "attr": a, "value": v.casefold()} for a, v in cert.attrs]
+    subject_emails = (v for a, v in cert.attrs if a == "emailAddress")
+    emails = dict.fromkeys(e.casefold() for e in (*cert.emails, cert.email, *subject_emails) if e)
+    rows += [{"serial": cert.serial, "attr": EMAIL_ATTR, "value": e} for e in emails]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -227,11 +277,9 @@ class Store:
                 )
         except IntegrityError:
             raise SerialCollision(cert.serial) from None
-        if cert.attrs:
-            conn.execute(
-                sa.insert(cert_attrs),
-                [{"serial": cert.serial, "attr": a, "value": v.casefold()} for a, v in cert.attrs],
-            )
+        rows = _attr_rows(cert)
+        if rows:
+            conn.execute(sa.insert(cert_attrs), rows)
 
     def serial_exists(self, conn: Transaction, serial: str) -> bool:
         return (
@@ -326,11 +374,7 @@ class Store:
                 for c in certs
             ],
         )
-        attrs = [
-            {"serial": c.serial, "attr": a, "value": v.casefold()}
-            for c in certs
-            for a, v in c.attrs
-        ]
+        attrs = [row for c in certs for row in _attr_rows(c)]
         if attrs:
             _insert_many(conn, cert_attrs, attrs)
 
@@ -394,23 +438,34 @@ class Store:
             .values(path=new_path, replaced_at=to_epoch(when))
         )
 
+    def lookup(self, conn: Transaction, ref: str) -> list[Match]:
+        """Every certificate `ref` names, newest first, each with how it matched.
+
+        `ref` is a serial (hex, any case, colons allowed; with a 0x prefix it is only a
+        serial), a request name (exact), a CN or an e-mail address (subject or SAN; both
+        case-insensitive). Each is a search of an index: the primary key,
+        ix_certificates_request_name, ix_cert_attrs_lookup.
+        """
+        ref = ref.strip()
+        how: dict[str, list[str]] = {}
+        serials = serial_forms(ref)
+        if serials:
+            for serial in conn.execute(_EXISTING_SERIALS, {"serials": sorted(serials)}).scalars():
+                how.setdefault(serial, []).append("serial")
+        if ref and not (serials and ref.lower().startswith("0x")):
+            for serial in conn.execute(_BY_REQUEST_NAME, {"name": ref}).scalars():
+                how.setdefault(serial, []).append("request name")
+            for serial, attr in conn.execute(_BY_NAME_OR_EMAIL, {"value": ref.casefold()}):
+                how.setdefault(serial, []).append("CN" if attr == "CN" else "e-mail")
+        if not how:
+            return []
+        records = [_record(r) for r in conn.execute(_BY_SERIALS, {"serials": list(how)})]
+        records.sort(key=lambda r: (r.issued_at, r.serial), reverse=True)
+        return [Match(r, tuple(dict.fromkeys(how[r.serial]))) for r in records]
+
     def find(self, conn: Transaction, ref: str) -> list[CertRecord]:
-        """Certificates by serial (hex, any case, optional colons/0x) or by request name."""
-        cleaned = ref.replace(":", "").strip().upper().removeprefix("0X")
-        if cleaned and all(c in "0123456789ABCDEF" for c in cleaned):
-            variants = {cleaned, cleaned.lstrip("0") or "0"}
-            variants |= {("0" + v) if len(v) % 2 else v for v in list(variants)}
-            rows = conn.execute(
-                sa.select(certificates).where(certificates.c.serial.in_(variants))
-            ).all()
-            if rows:
-                return [_record(r) for r in rows]
-        rows = conn.execute(
-            sa.select(certificates)
-            .where(certificates.c.request_name == ref)
-            .order_by(certificates.c.issued_at.desc())
-        ).all()
-        return [_record(r) for r in rows]
+        """The certificates `ref` names (see `lookup`), newest first."""
+        return [m.record for m in self.lookup(conn, ref)]
 
     def list_certs(
         self,
@@ -419,9 +474,15 @@ class Store:
         status: str | None = None,
         now: dt.datetime | None = None,
         expiring_within: dt.timedelta | None = None,
+        search: str | None = None,
         limit: int | None = None,
     ) -> list[CertRecord]:
+        """Certificates by status and expiry; `search`: those whose serial, request name,
+        CN or e-mail address contains that text, in any case (no index answers "contains":
+        a walk of the table)."""
         q = sa.select(certificates).order_by(certificates.c.not_after)
+        if search is not None:
+            q = q.where(_contains(search))
         if status == "expired":
             assert now is not None
             q = q.where(certificates.c.status == "valid", certificates.c.not_after <= to_epoch(now))
@@ -570,8 +631,15 @@ class Store:
         )
         return {o: int(n) for o, n in rows}
 
-    def journal_for(self, conn: Transaction, name: str) -> list[dict[str, Any]]:
-        rows = conn.execute(sa.select(journal).where(journal.c.name == name).order_by(journal.c.id))
+    def journal_for(
+        self, conn: Transaction, name: str, serials: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """The journal of request `name` and of the certificates `serials`, oldest first."""
+        cond = journal.c.name == name
+        wanted = list(dict.fromkeys(serials))
+        if wanted:
+            cond = sa.or_(cond, journal.c.serial.in_(wanted))
+        rows = conn.execute(sa.select(journal).where(cond).order_by(journal.c.id))
         return [dict(r._mapping) for r in rows]
 
     # --- pending requests ----------------------------------------------------------------------
@@ -706,6 +774,15 @@ _BY_FINGERPRINTS = (
 )
 _EXISTING_SERIALS = sa.select(certificates.c.serial).where(
     certificates.c.serial.in_(sa.bindparam("serials", expanding=True))
+)
+_BY_SERIALS = sa.select(certificates).where(
+    certificates.c.serial.in_(sa.bindparam("serials", expanding=True))
+)
+_BY_REQUEST_NAME = sa.select(certificates.c.serial).where(
+    certificates.c.request_name == sa.bindparam("name")
+)
+_BY_NAME_OR_EMAIL = sa.select(cert_attrs.c.serial, cert_attrs.c.attr).where(
+    cert_attrs.c.attr.in_(("CN", EMAIL_ATTR)), cert_attrs.c.value == sa.bindparam("value")
 )
 _PENDING_BY_NAMES = sa.select(pending).where(
     pending.c.name.in_(sa.bindparam("names", expanding=True))

@@ -250,12 +250,16 @@ def _email_of(cert: x509.Certificate, pairs: list[tuple[str, str]]) -> str:
     email = next((v for n, v in pairs if n == "emailAddress"), "")
     if email:
         return email
+    emails = _san_emails(cert)
+    return emails[0] if emails else ""
+
+
+def _san_emails(cert: x509.Certificate) -> list[str]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
-        return ""
-    emails = san.get_values_for_type(x509.RFC822Name)
-    return emails[0] if emails else ""
+        return []
+    return san.get_values_for_type(x509.RFC822Name)
 
 
 class Importer:
@@ -365,6 +369,7 @@ class Importer:
             issued_at=cert.not_valid_before_utc,
             der=der,
             attrs=pairs,
+            emails=_san_emails(cert),
             owner="",
             source="imported",
             status="revoked" if revoked else "valid",

@@ -235,6 +235,7 @@ class Recorder:
                     issued_at=now,
                     der=staged.der,
                     attrs=list(decision.subject),
+                    emails=decision.emails,
                     owner=plan.claim.owner.name or str(plan.claim.owner.uid),
                     key_generated=plan.req.kind == "enrollment",
                 )

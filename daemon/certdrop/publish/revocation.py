@@ -1,18 +1,21 @@
-"""Revocation: `certdrop revoke SERIAL|NAME`, recorded in the index, then a new CRL.
+"""Revocation: `certdrop revoke REF`, recorded in the index, then a new CRL.
 
-`choose_for_revocation` decides which certificate a reference means; it never
-guesses: several still-valid matches are refused with the list of their serials.
+REF is a serial, a request name, a CN or an e-mail address (`Store.lookup`).
+`choose_for_revocation` decides which certificate it means, and never guesses: several
+still-valid matches (of one holder or of several) are refused with their list, and so
+is a serial that also names other certificates by name or address.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 
 from ..authority.reasons import parse_reason
 from ..clock import Clock
 from ..errors import CertdropError, NotFoundError
-from ..index.store import CertRecord, Store
+from ..index.store import CertRecord, Store, serial_forms
 from .apache import ApachePublisher
 from .crl import CrlPublisher
 
@@ -39,7 +42,8 @@ class Revoker:
         reason = parse_reason(reason)
         now = self.clock.now()
         with self.store.begin() as conn:
-            rec = choose_for_revocation(self.store.find(conn, ref.strip()), ref, now)
+            matches = self.store.find(conn, ref.strip())
+            rec = choose_for_revocation(matches, ref, now)
             self.store.revoke(conn, rec.serial, reason, now)
             self.store.log(
                 conn,
@@ -58,9 +62,9 @@ class Revoker:
             return (
                 f"{line}; but the CRL could not be published ({exc}); the daemon retries, "
                 "or run 'certdrop crl'"
-            )
+            ) + _superseded_note(matches, rec, ref, now)
         line += f"; CRL {facts.number} published in {self.crl.pem_path}"
-        return line + self._apache_note()
+        return line + self._apache_note() + _superseded_note(matches, rec, ref, now)
 
     def _apache_note(self) -> str:
         """What became of the Apache files (published by the CRL's listener)."""
@@ -82,11 +86,53 @@ def _describe(rec: CertRecord, now: dt.datetime) -> str:
     )
 
 
-def choose_for_revocation(matches: list[CertRecord], ref: str, now: dt.datetime) -> CertRecord:
-    """The one certificate `ref` means, or a NotFoundError that says what to do."""
+def _live(rec: CertRecord, now: dt.datetime) -> bool:
+    """Still valid: not revoked, not expired, not superseded by a renewal."""
+    return rec.effective_status(now) == "valid"
+
+
+def _superseded_note(
+    matches: Sequence[CertRecord], chosen: CertRecord, ref: str, now: dt.datetime
+) -> str:
+    """Renewed-over certificates of `ref` that have not expired: relying parties still
+    accept them (they are on no CRL), which the operator must know when a key is lost."""
+    left = [
+        r
+        for r in matches
+        if r.serial != chosen.serial and r.status == "superseded" and r.not_after > now
+    ]
+    if not left:
+        return ""
+    return (
+        f"; note: {len(left)} superseded certificate(s) of {ref.strip()!r} have not expired "
+        f"and are not revoked: {'; '.join(_describe(r, now) for r in left)}; "
+        "revoke each by serial if its key is affected"
+    )
+
+
+def choose_for_revocation(matches: Sequence[CertRecord], ref: str, now: dt.datetime) -> CertRecord:
+    """The one certificate `ref` means, or a NotFoundError that says what to do.
+
+    One match is taken unless it is revoked already. Of several, the one still valid is
+    taken (the certificates it renewed, the expired and the revoked ones need nothing);
+    several still valid are refused, whoever holds them. A serial that also names other
+    certificates (a CN or request name that looks like hex) is refused too.
+    """
+    ref = ref.strip()
     if not matches:
         raise NotFoundError(
-            f"no certificate with serial or request name {ref!r}; see 'certdrop list'"
+            f"no certificate with serial, request name, CN or e-mail {ref!r}; "
+            "see 'certdrop list --search TEXT'"
+        )
+    forms = serial_forms(ref)
+    by_serial = [r for r in matches if r.serial in forms]
+    if by_serial and len(by_serial) < len(matches):
+        others = [r for r in matches if r.serial not in forms]
+        raise NotFoundError(
+            f"{ref!r} is the serial of {_describe(by_serial[0], now)} and also the request "
+            f"name, CN or e-mail of {len(others)} other certificate(s): "
+            f"{'; '.join(_describe(r, now) for r in others)}; give the serial as "
+            f"0x{by_serial[0].serial} for the first, or the serial of another"
         )
     if len(matches) == 1:
         rec = matches[0]
@@ -97,16 +143,18 @@ def choose_for_revocation(matches: list[CertRecord], ref: str, now: dt.datetime)
                 f"{rec.revocation_reason or 'unspecified'})"
             )
         return rec
-    live = [r for r in matches if r.status != "revoked" and r.not_after > now]
+    live = [r for r in matches if _live(r, now)]
     if len(live) == 1:
         return live[0]
     listing = "; ".join(_describe(r, now) for r in matches)
     if not live:
         if all(r.status == "revoked" for r in matches):
             raise NotFoundError(f"every certificate of {ref!r} is already revoked: {listing}")
+        kinds = " or ".join(sorted({r.effective_status(now) for r in matches} - {"revoked"}))
+        article = "an" if kinds.startswith("e") else "a"
         raise NotFoundError(
-            f"no certificate of {ref!r} is still valid; to revoke an expired one anyway, "
-            f"give its serial: {listing}"
+            f"no certificate of {ref!r} is still valid; to revoke {article} {kinds} one "
+            f"anyway, give its serial: {listing}"
         )
     raise NotFoundError(
         f"{ref!r} matches {len(live)} certificates that are still valid; "

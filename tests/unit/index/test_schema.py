@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from certdrop.errors import StoreError
 from certdrop.index import mailqueue
 from certdrop.index.schema import SCHEMA_VERSION, metadata
-from certdrop.index.store import Store
+from certdrop.index.store import NewCertificate, Store
 
 T0 = dt.datetime(2030, 5, 1, 12, 0, tzinfo=dt.UTC)
 MESSAGE: dict[str, object] = {
@@ -80,9 +84,11 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
     try:
         insp = sa.inspect(store.engine)
         assert insp.has_table("mail_queue") and insp.has_table("expiry_warnings")
+        assert insp.has_table("outputs")  # schema 5: the files each certificate was delivered as
+        assert "ix_outputs_path" in {i["name"] for i in insp.get_indexes("outputs")}
         assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "4"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "5"
             # the CRL reads the revoked certificates from that index alone
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
@@ -117,3 +123,109 @@ def test_a_version_2_index_gets_the_crl_index_and_keeps_its_mail(tmp_path: Path)
             assert [m.subject for m in mailqueue.list_queue(conn)] == ["s"]
     finally:
         store.close()
+
+
+def _der(cn: str, subject_email: str | None, san_emails: list[str]) -> bytes:
+    """A real certificate (self-signed will do: the migration only reads its fields)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if subject_email:
+        attrs.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, subject_email))
+    name = x509.Name(attrs)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(T0)
+        .not_valid_after(T0 + dt.timedelta(days=30))
+    )
+    if san_emails:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(e) for e in san_emails]), critical=False
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def _v3_cert(
+    serial: str, cn: str, email: str, der: bytes, subject_email: str = ""
+) -> NewCertificate:
+    attrs = [("CN", cn)] + ([("emailAddress", subject_email)] if subject_email else [])
+    return NewCertificate(
+        serial=serial,
+        subject=f"CN={cn}",
+        common_name=cn,
+        email=email,
+        not_before=T0,
+        not_after=T0 + dt.timedelta(days=30),
+        profile="client",
+        request_name=cn.lower(),
+        request_fingerprint="",
+        issued_at=T0,
+        der=der,
+        attrs=attrs,
+    )
+
+
+LOOKUP_INDEXES = {"ix_certificates_request_name", "ix_journal_name", "ix_journal_serial"}
+
+
+def test_a_version_3_index_gets_the_lookup_indexes_and_every_e_mail(tmp_path: Path) -> None:
+    """Schema 4: `show` and `revoke` find a certificate by any e-mail address it carries,
+    also one an older certdrop recorded (whose index held the first address only)."""
+    url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
+    store = Store(url).open()
+    with store.begin() as conn:
+        for cert in (
+            # subject emailAddress and two SAN e-mails (issued: every address in the SAN)
+            _v3_cert(
+                "01",
+                "Alice",
+                "Alice@Example.org",
+                _der("Alice", "Alice@Example.org", ["Alice@Example.org", "a.l@Example.ORG"]),
+                subject_email="Alice@Example.org",
+            ),
+            # SAN e-mails only (an imported certificate)
+            _v3_cert(
+                "02", "Bob", "bob@example.org", _der("Bob", None, ["bob@example.org", "b@x.io"])
+            ),
+            # no e-mail at all
+            _v3_cert("03", "Carol", "", _der("Carol", None, [])),
+            # a DER that cannot be read: the column's address still counts
+            _v3_cert("04", "Dave", "Dave@Example.org", b"\x30\x00"),
+        ):
+            store.add_certificate(conn, cert)
+        store.log(conn, T0, "alice", "issued", serial="01")
+        # what schema 3 had: no lookup indexes, no e-mail rows
+        for name in LOOKUP_INDEXES:
+            conn.exec_driver_sql(f"DROP INDEX {name}")
+        conn.exec_driver_sql("DELETE FROM cert_attrs WHERE attr = 'email'")
+        store.set_meta(conn, "schema_version", "3")
+    store.close()
+
+    store = Store(url).open()
+    try:
+        insp = sa.inspect(store.engine)
+        names = {i["name"] for t in ("certificates", "journal") for i in insp.get_indexes(t)}
+        assert names >= LOOKUP_INDEXES
+        with store.begin() as conn:
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION)
+            rows = conn.exec_driver_sql(
+                "SELECT serial, value FROM cert_attrs WHERE attr = 'email' ORDER BY serial, value"
+            ).all()
+        assert [tuple(r) for r in rows] == [
+            ("01", "a.l@example.org"),
+            ("01", "alice@example.org"),
+            ("02", "b@x.io"),
+            ("02", "bob@example.org"),
+            ("04", "dave@example.org"),
+        ]
+        with store.begin() as conn:
+            # found by the second subjectAltName address, which schema 3 did not record
+            assert [r.serial for r in store.find(conn, "A.L@example.org")] == ["01"]
+            assert [r.serial for r in store.find(conn, "B@X.IO")] == ["02"]
+        assert store.integrity_check() == []
+    finally:
+        store.close()
+    Store(url).open().close()  # opening it again changes nothing

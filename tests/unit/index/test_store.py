@@ -141,3 +141,165 @@ def test_a_serial_already_in_the_index_collides(store: Store) -> None:
             f"{7:032X}",
             f"{8:032X}",
         }
+
+
+# --- the operator's lookups (`show`, `revoke`) and `list --search` ------------------------------------
+def _person(
+    serial: str,
+    name: str,
+    cn: str,
+    *,
+    email: str = "",
+    san: tuple[str, ...] = (),
+    days: int = 30,
+    issued_days_ago: int = 1,
+) -> NewCertificate:
+    attrs = [("CN", cn)] + ([("emailAddress", email)] if email else [])
+    return NewCertificate(
+        serial=serial,
+        subject=", ".join(f"{a}={v}" for a, v in attrs),
+        common_name=cn,
+        email=email or (san[0] if san else ""),
+        not_before=NOW - dt.timedelta(days=issued_days_ago),
+        not_after=NOW + dt.timedelta(days=days),
+        profile="client",
+        request_name=name,
+        request_fingerprint=serial.rjust(64, "0"),
+        issued_at=NOW - dt.timedelta(days=issued_days_ago),
+        der=b"\x30\x00",
+        attrs=attrs,
+        emails=(*([email] if email else []), *san),
+    )
+
+
+PEOPLE = [
+    _person("0A11", "alice", "Alice Example", email="Alice@Example.org", issued_days_ago=3),
+    # one request name for everybody, as the old procedure told people to use
+    _person("0B22", "client", "Bob Builder", san=("bob@example.org", "B.Builder@Example.ORG")),
+    _person("0C33", "client", "Jürgen Groß", email="jg@example.org", issued_days_ago=2),
+    # a CN that is also hex, and a serial that spells it
+    _person("ED", "ed_request", "Someone Else", issued_days_ago=5),
+    _person("0E44", "eddie", "Ed", days=-1),
+]
+
+
+def _lookup(store: Store, ref: str) -> list[tuple[str, tuple[str, ...]]]:
+    with store.begin() as conn:
+        return [(m.record.serial, m.matched_by) for m in store.lookup(conn, ref)]
+
+
+def test_lookup_by_serial_request_name_cn_and_e_mail(store: Store) -> None:
+    with store.begin() as conn:
+        store.add_certificates(conn, PEOPLE[:3])
+        for cert in PEOPLE[3:]:
+            store.add_certificate(conn, cert)  # the single insert writes the same rows
+    serial = [("0A11", ("serial",))]
+    for ref in ("0A11", "0a11", "a11", "0x0a11", "0A:11", " 0a:11 ", "000A11"):
+        assert _lookup(store, ref) == serial, ref
+    assert _lookup(store, "alice") == [("0A11", ("request name",))]
+    assert _lookup(store, "Alice") == []  # a request name is a file name: exact
+    for ref in ("alice example", "ALICE EXAMPLE", "Alice Example"):
+        assert _lookup(store, ref) == [("0A11", ("CN",))], ref
+    # the subject's e-mail address, and each of the subjectAltName's, in any case
+    assert _lookup(store, "alice@EXAMPLE.org") == [("0A11", ("e-mail",))]
+    assert _lookup(store, "bob@example.org") == [("0B22", ("e-mail",))]
+    assert _lookup(store, "b.builder@example.org") == [("0B22", ("e-mail",))]
+    assert _lookup(store, "JÜRGEN GROSS") == [("0C33", ("CN",))]  # casefolded: ß = ss
+    # several: newest first
+    assert _lookup(store, "client") == [("0B22", ("request name",)), ("0C33", ("request name",))]
+    assert _lookup(store, "nobody") == [] and _lookup(store, "") == []
+    # hex that is a serial and a CN: both, each with how it matched; 0x means the serial
+    assert _lookup(store, "ed") == [("0E44", ("CN",)), ("ED", ("serial",))]
+    assert _lookup(store, "0xED") == [("ED", ("serial",))]
+    with store.begin() as conn:
+        assert [r.serial for r in store.find(conn, "Ed")] == ["0E44", "ED"]
+
+
+def test_one_certificate_matched_several_ways_is_listed_once(store: Store) -> None:
+    with store.begin() as conn:
+        store.add_certificate(conn, _person("0ABC", "abc", "ABC", email="abc@example.org"))
+        store.add_certificate(conn, _person("0F01", "f01", "other", email="abc@example.org"))
+    assert _lookup(store, "abc") == [("0ABC", ("serial", "request name", "CN"))]
+    assert _lookup(store, "ABC@example.org") == [("0F01", ("e-mail",)), ("0ABC", ("e-mail",))]
+
+
+def test_the_lookups_and_the_history_are_searches_of_indexes(store: Store) -> None:
+    """Every statement `show` runs (the lookup, the journal) is answered from an index:
+    SQLite's plan searches an index and never walks a table."""
+    with store.begin() as conn:
+        store.add_certificates(
+            conn,
+            [
+                _person(f"{i:04X}", f"r{i}", f"User {i}", email=f"u{i}@example.org")
+                for i in range(1, 2_000)
+            ],
+        )
+        store.log_many(
+            conn,
+            [
+                {"at": NOW, "name": f"r{i}", "outcome": "issued", "serial": f"{i:04X}"}
+                for i in range(1, 2_000)
+            ],
+        )
+    ran: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            ran.append((statement, parameters))
+
+    sa.event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        with store.begin() as conn:
+            for ref in ("0101", "r7", "user 9", "U11@example.org"):
+                matches = store.lookup(conn, ref)
+                assert len(matches) == 1, ref
+                assert len(store.journal_for(conn, ref, [m.record.serial for m in matches])) == 1
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", capture)
+    assert len(ran) >= 4 * 4
+    used: set[str] = set()
+    with store.engine.connect() as conn:
+        for statement, parameters in ran:
+            plan = [
+                row[3]
+                for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            ]
+            assert not any(s.startswith("SCAN") for s in plan), (statement, plan)
+            used.update(
+                s.split(" USING ")[1].removeprefix("COVERING ") for s in plan if " USING " in s
+            )
+    assert {
+        "INDEX sqlite_autoindex_certificates_1 (serial=?)",
+        "INDEX ix_certificates_request_name (request_name=?)",
+        "INDEX ix_cert_attrs_lookup (attr=? AND value=?)",
+        "INDEX ix_journal_name (name=?)",
+        "INDEX ix_journal_serial (serial=?)",
+    } <= used, used
+
+
+def _search(store: Store, text: str, **kw: Any) -> list[str]:
+    with store.begin() as conn:
+        return sorted(r.serial for r in store.list_certs(conn, search=text, now=NOW, **kw))
+
+
+def test_search_finds_text_in_serial_name_cn_and_e_mail(store: Store) -> None:
+    with store.begin() as conn:
+        store.add_certificates(conn, PEOPLE)
+        store.revoke(conn, "0C33", "keyCompromise", NOW)
+    assert _search(store, "EXAMPLE") == ["0A11", "0B22", "0C33"]  # e-mail, any case
+    assert _search(store, "builder@") == ["0B22"]  # the second subjectAltName e-mail
+    assert _search(store, "BUILD") == ["0B22"]  # CN and e-mail: listed once
+    assert _search(store, "groß") == _search(store, "GROSS") == ["0C33"]
+    assert _search(store, "lien") == ["0B22", "0C33"]  # request name "client"
+    assert _search(store, "a1") == ["0A11"]  # serial
+    assert _search(store, "0a:11") == ["0A11"]
+    assert _search(store, "ED") == ["0E44", "ED"]  # serial ED, CN Ed, name ed_request
+    assert _search(store, "nobody") == []
+    # the wildcards of LIKE are text like any other
+    assert _search(store, "_") == _search(store, "D_R") == ["ED"]  # in "ed_request" only
+    assert _search(store, "%") == []
+    # with the other filters
+    assert _search(store, "example", status="revoked") == ["0C33"]
+    assert _search(store, "example", status="valid") == ["0A11", "0B22"]
+    assert _search(store, "e", status="expired") == ["0E44"]
+    assert _search(store, "example", expiring_within=dt.timedelta(days=60)) == ["0A11", "0B22"]

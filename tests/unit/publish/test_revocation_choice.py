@@ -41,12 +41,14 @@ class Rig:
         days_left: int = 300,
         revoked: bool = False,
         reason: str | None = None,
+        email: str = "",
+        superseded: bool = False,
     ) -> None:
         cert = NewCertificate(
             serial=serial,
-            subject=f"CN={cn}",
+            subject=f"CN={cn}" + (f", emailAddress={email}" if email else ""),
             common_name=cn,
-            email="",
+            email=email,
             not_before=T0 - dt.timedelta(days=10),
             not_after=T0 + dt.timedelta(days=days_left),
             profile="client",
@@ -54,7 +56,8 @@ class Rig:
             request_fingerprint=serial.rjust(64, "0"),
             issued_at=T0 - dt.timedelta(days=10),
             der=b"\x30\x00",
-            status="revoked" if revoked else "valid",
+            attrs=[("CN", cn), *([("emailAddress", email)] if email else [])],
+            status="revoked" if revoked else "superseded" if superseded else "valid",
             revoked_at=T0 - dt.timedelta(days=1) if revoked else None,
             revocation_reason=reason,
         )
@@ -107,8 +110,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 def test_nothing_matches(rig: Rig) -> None:
     with pytest.raises(NotFoundError) as err:
         choose_for_revocation(rig.find("nobody"), "nobody", T0)
-    assert (
-        str(err.value) == "no certificate with serial or request name 'nobody'; see 'certdrop list'"
+    assert str(err.value) == (
+        "no certificate with serial, request name, CN or e-mail 'nobody'; "
+        "see 'certdrop list --search TEXT'"
     )
 
 
@@ -202,7 +206,7 @@ def test_a_refused_revocation_changes_nothing(rig: Rig) -> None:
     rig.add("1001", "ivy", "Ivy")
     with pytest.raises(CertdropError, match="'stolen' is not an RFC 5280 revocation reason"):
         rig.revoker().revoke("ivy", "stolen")
-    with pytest.raises(NotFoundError, match="no certificate with serial or request name"):
+    with pytest.raises(NotFoundError, match="no certificate with serial, request name, CN or"):
         rig.revoker().revoke("nobody")
     assert rig.get("1001").status == "valid"
     assert not rig.crl.der_path.exists()
@@ -243,3 +247,93 @@ def test_the_report_says_when_apache_follows_debounced(rig: Rig) -> None:
     finally:
         debounced.close()
     assert (rig.env.root / "web" / "crl.pem").read_bytes() == rig.crl.pem_path.read_bytes()
+
+
+# --- by CN or e-mail address: several holders, renewals, names that look like serials ---------------
+def _statuses(rig: Rig, *serials: str) -> list[str]:
+    return [rig.get(s).status for s in serials]
+
+
+def test_an_e_mail_of_several_holders_still_valid_is_refused_and_nothing_revoked(rig: Rig) -> None:
+    rig.add("2001", "team-one", "Team One", email="team@example.org")
+    rig.add("2002", "team-two", "Team Two", email="Team@Example.org")
+    rig.add("2003", "team-old", "Team Old", email="team@example.org", days_left=-2)
+    with pytest.raises(NotFoundError) as err:
+        rig.revoker().revoke("TEAM@example.org", "keyCompromise")
+    msg = str(err.value)
+    assert msg.startswith(
+        "'TEAM@example.org' matches 2 certificates that are still valid; revoke one at a time "
+        "by serial: "
+    )
+    assert "2001 (valid, until 2031-12-26, CN=Team One, emailAddress=team@example.org)" in msg
+    assert "2002 (valid, until 2031-12-26, CN=Team Two, emailAddress=Team@Example.org)" in msg
+    assert "2003" not in msg
+    assert _statuses(rig, "2001", "2002", "2003") == ["valid"] * 3
+    assert not rig.crl.der_path.exists()
+    with rig.store.begin() as conn:
+        assert rig.store.journal_for(conn, "team-one", ["2001", "2002", "2003"]) == []
+
+
+def test_a_cn_of_several_holders_still_valid_is_refused(rig: Rig) -> None:
+    rig.add("2101", "alice", "Alice Martin", email="alice@example.org")
+    rig.add("2102", "amartin", "alice martin", email="a.martin@example.net")
+    with pytest.raises(NotFoundError, match=r"^'ALICE MARTIN' matches 2 certificates that are"):
+        rig.revoker().revoke("ALICE MARTIN")
+    assert _statuses(rig, "2101", "2102") == ["valid", "valid"]
+    assert not rig.crl.der_path.exists()
+    # each holder's own address is unambiguous
+    assert rig.revoker().revoke("A.Martin@example.net").startswith("revoked 2102 (CN=alice martin")
+    assert _statuses(rig, "2101", "2102") == ["valid", "revoked"]
+
+
+def test_of_a_holders_certificates_the_one_still_valid_is_revoked(rig: Rig) -> None:
+    """A renewal supersedes: of the expired, revoked, renewed-over and current certificates
+    of one address, the current one is revoked; the renewed-over one that has not expired
+    is named, since relying parties still accept it."""
+    rig.add("2201", "carl", "Carl", email="carl@example.org", days_left=-30)
+    rig.add("2202", "carl", "Carl", email="carl@example.org", revoked=True, reason="superseded")
+    rig.add("2203", "carl-2", "Carl", email="carl@example.org", superseded=True)
+    rig.add("2204", "carl-3", "Carl", email="carl@example.org")
+    line = rig.revoker().revoke("Carl@Example.ORG", "keyCompromise")
+    assert line.startswith(
+        "revoked 2204 (CN=Carl, emailAddress=carl@example.org), reason keyCompromise; "
+        f"CRL 1 published in {rig.crl.pem_path}"
+    )
+    assert line.endswith(
+        "; note: 1 superseded certificate(s) of 'Carl@Example.ORG' have not expired and are "
+        "not revoked: 2203 (superseded, until 2031-12-26, CN=Carl, emailAddress=carl@example.org); "
+        "revoke each by serial if its key is affected"
+    )
+    assert _statuses(rig, "2201", "2202", "2203", "2204") == [
+        "valid",
+        "revoked",
+        "superseded",
+        "revoked",
+    ]
+    crl = x509.load_der_x509_crl(rig.crl.der_path.read_bytes())
+    assert {e.serial_number for e in crl} == {0x2202, 0x2204}
+    # nothing of Carl's is still valid now: the expired and renewed-over ones only by serial
+    with pytest.raises(NotFoundError) as err:
+        rig.revoker().revoke("carl")
+    assert str(err.value).startswith(
+        "no certificate of 'carl' is still valid; to revoke an expired or superseded one "
+        "anyway, give its serial: "
+    )
+    assert rig.revoker().revoke("2203").startswith("revoked 2203 (CN=Carl")
+
+
+def test_a_serial_that_is_also_a_name_is_refused_until_0x_says_which(rig: Rig) -> None:
+    rig.add("0ADA", "someone", "Someone Else")
+    rig.add("2301", "ada", "Ada", email="ada@example.org")
+    for ref in ("ada", "ADA"):
+        with pytest.raises(NotFoundError) as err:
+            rig.revoker().revoke(ref)
+        assert str(err.value) == (
+            f"'{ref}' is the serial of 0ADA (valid, until 2031-12-26, CN=Someone Else) and "
+            "also the request name, CN or e-mail of 1 other certificate(s): 2301 (valid, until "
+            "2031-12-26, CN=Ada, emailAddress=ada@example.org); give the serial as 0x0ADA for "
+            "the first, or the serial of another"
+        )
+    assert _statuses(rig, "0ADA", "2301") == ["valid", "valid"]
+    assert rig.revoker().revoke("0x0ADA").startswith("revoked 0ADA (CN=Someone Else)")
+    assert rig.revoker().revoke("ada@example.org").startswith("revoked 2301 (CN=Ada")
