@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from cryptography import x509
 
@@ -39,7 +40,7 @@ from .delivery import (
     p12_mode,
     sync_passwords,
 )
-from .outcomes import Hooks, Outcome, Outcomes, Result
+from .outcomes import Hooks, Outcome, Outcomes, RequesterNotices, Result
 
 log = logging.getLogger("certdrop.pipeline")
 
@@ -76,6 +77,7 @@ class Recorder:
         *,
         linter: Linter | None,
         crashpoint: Crashpoint = no_crash,
+        notices: RequesterNotices | None = None,
     ) -> None:
         self.spool = spool
         self.store = store
@@ -87,6 +89,7 @@ class Recorder:
         self.hooks = hooks
         self.linter = linter  # shown every certificate before the CA key signs it; None: off
         self.crashpoint = crashpoint
+        self.notices = notices  # None: requesters are not told
         self.signer: Signer = self._sign_here
 
     def _sign_here(
@@ -139,7 +142,7 @@ class Recorder:
         ready: list[Signed] = []
         for plan, out in zip(plans, signed, strict=True):
             if isinstance(out, LintError):
-                results[plan.index] = self.outcomes.reject(plan.claim, [str(out)])
+                results[plan.index] = self.outcomes.reject(plan.claim, [str(out)], plan.req)
                 continue
             ready.append(self._staged(plan, out))
         if ready:
@@ -237,6 +240,10 @@ class Recorder:
             pending_names = [i.plan.claim.name for i in ready if i.plan.was_pending]
             if pending_names:
                 self.store.remove_pending_many(conn, pending_names)
+            if self.notices is not None:
+                for item, record in zip(ready, records, strict=True):
+                    if item.plan.approved:
+                        self.notices.approved(conn, record, self._delivered(item), now)
             self.store.log_many(
                 conn,
                 [
@@ -256,6 +263,14 @@ class Recorder:
                 sync_passwords(self.password_channel)
         for item in ready:
             item.password = ""
+
+    def _delivered(self, item: Signed) -> list[Path]:
+        """Where `Delivery.to_outbox` puts the outputs of `item`: the .cer, and the .p12."""
+        name = item.plan.claim.name
+        files = [self.spool.outbox / f"{name}.cer"]
+        if item.staged.p12 or item.plan.subject_key is not None:
+            files.append(self.spool.outbox / f"{name}.p12")
+        return files
 
     def _announce(self, item: Signed) -> Result:
         claim, decision = item.plan.claim, item.plan.decision

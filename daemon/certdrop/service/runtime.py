@@ -34,6 +34,7 @@ from ..issue.record import Recorder
 from ..notify.alerts import queue_admin_alert
 from ..notify.mailer import Mailer
 from ..notify.passwords import choose_password_channel
+from ..notify.requester import RequesterMail
 from ..publish.apache import CHAIN_CRLS, ApachePublisher
 from ..publish.crl import CrlPublisher
 from ..publish.revocation import Revoker
@@ -91,7 +92,9 @@ class Runtime:
         delivery = Delivery(
             spool, store, ca, clock, claimer, password_channel, p12_encryption, crashpoint
         )
-        outcomes = Outcomes(spool, store, clock, delivery, hooks, crashpoint)
+        # requesters are told by mail; None when [mail] enabled or notify_requester is false
+        requester = RequesterMail.from_settings(settings, spool)
+        outcomes = Outcomes(spool, store, clock, delivery, hooks, crashpoint, requester)
         decider = Decider(
             settings.profiles,
             settings.crl.distribution_point,
@@ -112,6 +115,7 @@ class Runtime:
             hooks,
             linter=linter,
             crashpoint=crashpoint,
+            notices=requester,
         )
         keys = DroppedKeys(
             spool, store, clock, claimer, delivery, outcomes, settings.pkcs12.orphan_key_minutes
@@ -128,7 +132,7 @@ class Runtime:
             hooks,
             crashpoint=crashpoint,
         )
-        approvals = Approvals(spool, store, clock, batches, hooks)
+        approvals = Approvals(spool, store, clock, batches, hooks, requester)
         crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
         apache = None
         if settings.apache.enabled:
@@ -146,7 +150,7 @@ class Runtime:
                 on_failure=alert if settings.mail.enabled else None,
             )
             crl.add_listener(apache.changed)
-        revoker = Revoker(store, clock, crl, apache)
+        revoker = Revoker(store, clock, crl, apache, requester)
         rt = cls(
             settings,
             clock,
