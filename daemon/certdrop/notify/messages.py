@@ -327,15 +327,15 @@ def requester_refused(
     body = (
         "Hello,\n\n"
         f"certdrop did not issue a certificate for your request {name}.req (profile {profile}).\n"
-        "This is what it found, as written in\n"
-        f"{rejected / (name + '.reason')}:\n\n"
+        "This is what it found, as written in\n\n"
+        f"    {rejected / (name + '.reason')}\n\n"
         f"{reason.rstrip()}\n\n"
         + _remarks(notes)
-        + "What to do: make a corrected request (the lines above say what to change) and\n"
-        "drop it as a new file into\n\n"
+        + "Drop the corrected request as a new file into\n\n"
         f"    {inbox}/\n\n"
-        f"The refused request was moved to {rejected / (name + '.req')}; certdrop does not\n"
-        "look at it again. If a reason is unclear, ask the CA operator.\n"
+        "The refused request was moved to\n\n"
+        f"    {rejected / (name + '.req')}\n\n"
+        "and is not looked at again. If a reason is unclear, ask the CA operator.\n"
     )
     return subject, body
 
@@ -362,15 +362,17 @@ def requester_pending(
         + _remarks(notes)
         + "Nothing is needed from you now; do not drop the request again (another request\n"
         f"named {name}.req is refused while this one waits). When the operator approves it,\n"
-        f"certdrop issues the certificate into {outbox}/ and tells you by mail where the\n"
-        "files are. If the operator denies it, you get a mail with the operator's reason.\n"
+        "certdrop issues the certificate into the outbox,\n\n"
+        f"    {outbox}/\n\n"
+        "and tells you by mail where the files are. If the operator denies it, you get a\n"
+        "mail with the operator's reason.\n"
     )
     return subject, body
 
 
 _FILE_ROLES = {
     ".cer": "the certificate (PEM)",
-    ".p12": "PKCS#12 bundle: your private key, the certificate and the CA chain",
+    ".p12": "PKCS#12 bundle: your key, the certificate, the CA chain",
 }
 
 
@@ -408,8 +410,7 @@ def requester_approved(
         f"    Valid until:  {utc_text(not_after)}\n\n"
         "Collect the files from the outbox:\n\n"
         f"{listing}{password}\n"
-        "Before the end, certdrop mails you how to renew. If you did not ask for this\n"
-        "certificate, tell the CA operator.\n"
+        "If you did not ask for this certificate, tell the CA operator.\n"
     )
     return subject, body
 
@@ -429,11 +430,13 @@ def requester_denied(
         f"the CA operator denied your certificate request {name}.req (profile {profile}),\n"
         "for this reason:\n\n"
         f"{_indented(reason.strip() or '(none given)')}\n"
-        f"No certificate was issued. The request was moved to {rejected / (name + '.req')},\n"
+        "No certificate was issued. The request was moved to\n\n"
+        f"    {rejected / (name + '.req')}\n\n"
         f"with the reason beside it in {name}.reason.\n\n"
         + _remarks(notes)
-        + "What to do: if the reason names something to change, make a new request and drop\n"
-        f"it into {inbox}/; otherwise talk to the CA operator before asking again.\n"
+        + "If the reason names something to change, make a new request and drop it into\n\n"
+        f"    {inbox}/\n\n"
+        "otherwise talk to the CA operator before asking again.\n"
     )
     return subject, body
 
