@@ -56,6 +56,9 @@ def _queued(row: Any) -> QueuedMail:
     )
 
 
+_INSERT = sa.insert(mail_queue)  # built once; the values are parameters
+
+
 def add(
     conn: Transaction,
     *,
@@ -88,11 +91,11 @@ def add(
         "next_attempt_at": to_epoch(now),
     }
     if dedupe_key is None:  # one statement: a refusal in a burst queues its mail cheaply
-        res = conn.execute(sa.insert(mail_queue).values(**values))
+        res = conn.execute(_INSERT, values)
     else:
         try:
             with conn.begin_nested():
-                res = conn.execute(sa.insert(mail_queue).values(**values))
+                res = conn.execute(_INSERT, values)
         except IntegrityError:
             return None  # queued meanwhile by another writer
     pk = res.inserted_primary_key

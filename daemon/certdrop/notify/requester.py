@@ -54,14 +54,9 @@ MAX_ADDRESS = 254  # RFC 5321: the longest path
 
 
 def usable_address(addr: str) -> bool:
-    """`addr` is a plain address certdrop may send to."""
-    if len(addr) > MAX_ADDRESS or not addr.isascii() or _ADDRESS.fullmatch(addr) is None:
-        return False
-    try:
-        check_address("", addr)
-    except MessageRefused:
-        return False
-    return True
+    """`addr` is a plain address certdrop may send to (what this admits, any mail header
+    takes: queue.py checks it once more)."""
+    return len(addr) <= MAX_ADDRESS and addr.isascii() and _ADDRESS.fullmatch(addr) is not None
 
 
 def _domain_allowed(addr: str, profile: Profile) -> bool:
@@ -126,10 +121,11 @@ class RequesterMail:
         serial: str | None = None,
     ) -> None:
         subject, body = text
-        try:
-            check_address(*to)
-        except MessageRefused:  # a display name the header cannot carry: the address alone
-            to = ("", to[1])
+        if to[0]:
+            try:
+                check_address(*to)
+            except MessageRefused:  # a display name a header cannot carry: the address alone
+                to = ("", to[1])
         enqueue(conn, self.mail, kind, [to], subject, body, now, dedupe_key=once, serial=serial)
 
     # --- the issue layer's events ---------------------------------------------------------
