@@ -92,7 +92,7 @@ class Runtime:
         delivery = Delivery(
             spool, store, ca, clock, claimer, password_channel, p12_encryption, crashpoint
         )
-        # requesters are told by mail; None when [mail] enabled or notify_requester is false
+        # requesters are told by mail; None unless [mail] enabled and notify_requester are true
         requester = RequesterMail.from_settings(settings, spool)
         outcomes = Outcomes(spool, store, clock, delivery, hooks, crashpoint, requester)
         decider = Decider(
