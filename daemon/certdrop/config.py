@@ -284,6 +284,7 @@ class MailSettings(_Section):
     password_file: str = ""
     timeout_seconds: PositiveFloat = 30.0
     ca_file: str = ""  # PEM CA certificates to trust for the SMTP server; "" = system store
+    notify_requester: bool = True  # mail requesters: refused, pending, approved, denied, revoked
 
     @field_validator("sender")
     @classmethod

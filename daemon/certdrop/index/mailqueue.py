@@ -56,6 +56,9 @@ def _queued(row: Any) -> QueuedMail:
     )
 
 
+_INSERT = sa.insert(mail_queue)  # built once; the values are parameters
+
+
 def add(
     conn: Transaction,
     *,
@@ -87,13 +90,14 @@ def add(
         "attempts": 0,
         "next_attempt_at": to_epoch(now),
     }
-    try:
-        with conn.begin_nested():
-            res = conn.execute(sa.insert(mail_queue).values(**values))
-    except IntegrityError:
-        if dedupe_key is not None:
+    if dedupe_key is None:  # one statement: a refusal in a burst queues its mail cheaply
+        res = conn.execute(_INSERT, values)
+    else:
+        try:
+            with conn.begin_nested():
+                res = conn.execute(_INSERT, values)
+        except IntegrityError:
             return None  # queued meanwhile by another writer
-        raise
     pk = res.inserted_primary_key
     assert pk is not None
     return int(pk[0])

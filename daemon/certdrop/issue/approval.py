@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from ..clock import Clock
-from ..errors import CertdropError
-from ..fsutil import move_file
-from ..index.store import Store
+from ..errors import CertdropError, RequestError
+from ..fsutil import move_file, open_nofollow, read_limited
+from ..index.store import PendingRecord, Store
+from ..intake.request import parse_many
 from ..intake.spool import Spool, move, place_rejected, remove_quietly
 from .batches import Batches
-from .outcomes import Hooks, Outcome, Outcomes, Result, reason_text
+from .outcomes import Hooks, Outcome, Outcomes, Requester, RequesterNotices, Result, reason_text
+
+MAX_WAITING_BYTES = 16 * 1024 * 1024  # the largest [watch] max_request_bytes
 
 log = logging.getLogger("certdrop.pipeline")
 
@@ -27,6 +31,7 @@ class Approvals:
         batches: Batches,
         outcomes: Outcomes,
         hooks: Hooks,
+        notices: RequesterNotices | None = None,
     ) -> None:
         self.spool = spool
         self.store = store
@@ -34,6 +39,7 @@ class Approvals:
         self.batches = batches
         self.outcomes = outcomes  # knows where the keys of pending requests wait
         self.hooks = hooks
+        self.notices = notices  # None: requesters are not told
 
     def approve(self, name: str) -> Result:
         """Issue a pending request (the approval is recorded before the move). A key that
@@ -76,13 +82,30 @@ class Approvals:
             self.store.decide_pending(conn, name, "denied", reason, now)
         src = self.spool.pending / f"{name}.req"
         text = reason_text(name, rec.profile, [f"the CA operator denied the request: {reason}"])
+        who = waiting_requester(rec, src) if self.notices is not None else None
         if os.path.lexists(src):
             place_rejected(self.spool, src, name, text, now)
         remove_quietly(self.outcomes.held_key(name))  # a denied request's key is destroyed
         with self.store.begin() as conn:
             self.store.remove_pending(conn, name)
             self.store.log(conn, now, name, "denied", profile=rec.profile, detail=reason)
+            if self.notices is not None and who is not None:
+                self.notices.denied(conn, who, reason, now)
         log.info("denied %s.req: %s", name, reason)
         if self.hooks.audit:
             self.hooks.audit({"event": "denied", "name": name, "reason": reason})
         return Result(Outcome.REJECTED, name, reason=text)
+
+
+def waiting_requester(rec: PendingRecord, path: Path) -> Requester:
+    """Who asked for the request waiting in `path`; its addresses are read from the file
+    (none when it cannot be read or parsed: the owner's bound address may still do)."""
+    emails: tuple[str, ...] = ()
+    try:
+        with open_nofollow(path) as fd:
+            [req] = parse_many([read_limited(fd, MAX_WAITING_BYTES)])
+        if not isinstance(req, RequestError):
+            emails = req.emails
+    except OSError:
+        pass
+    return Requester(rec.name, rec.profile, rec.owner or None, emails, rec.subject)

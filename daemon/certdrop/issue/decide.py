@@ -10,6 +10,7 @@ attributes); later requests of a batch see the earlier ones' plans as certificat
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -52,6 +53,7 @@ class Plan:
     spec: IssueSpec
     subject_key: PrivateKey | None  # dropped beside the request
     was_pending: bool = False
+    approved: bool = False  # issued because an operator approved it
     key_type: str = ""  # a key to make with the certificate (server-side generation)
     password: str = ""  # for the p12 of a key made here
 
@@ -120,7 +122,7 @@ class Decider:
             except IndexUnavailable:
                 raise  # the server's trouble, not the request's: kept, tried again later
             except CertdropError as exc:
-                got = self.outcomes.reject(p.claim, [str(exc)])
+                got = self.outcomes.reject(p.claim, [str(exc)], p.req)
             out.append(got)
         return out
 
@@ -134,7 +136,7 @@ class Decider:
         approved: bool,
     ) -> Plan | Result:
         claim, req = p.claim, p.req
-        reject = self.outcomes.reject
+        reject = functools.partial(self.outcomes.reject, req=req)
         profile = self.profiles[claim.profile]
         renews: list[str] = []
         for rec in previous.get(req.fingerprint, ()):
@@ -242,6 +244,7 @@ class Decider:
             spec,
             subject_key,
             was_pending=pend is not None,
+            approved=approved,
             key_type=key_type,
             password=password,
         )

@@ -12,10 +12,10 @@ import datetime as dt
 import enum
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from ..clock import Clock
 from ..faults import Crashpoint, no_crash
 from ..fsutil import atomic_write, ensure_dir
-from ..index.store import CertRecord, Store
+from ..index.store import CertRecord, NewCertificate, Store, Transaction
 from ..intake.claim import Claim, Refusal
 from ..intake.request import ParsedRequest
 from ..intake.spool import Spool, archive_path, move, place_rejected, remove_quietly
@@ -79,6 +79,51 @@ class Hooks:
             )
 
 
+@dataclass(frozen=True)
+class Requester:
+    """Who asked for a request, as far as the issue layer knows: to tell them what became of it."""
+
+    name: str  # NAME of NAME.req
+    profile: str
+    owner: str | None  # the Unix owner of the dropped file, when known
+    emails: tuple[str, ...] = ()  # the request's addresses (subject, then SAN), unchecked
+    subject: str = ""  # the request's subject, as text
+    notes: tuple[str, ...] = ()  # remarks for the requester (say, a dropped key was deleted)
+
+
+def requester_of(claim: Claim, req: ParsedRequest | None = None, subject: str = "") -> Requester:
+    return Requester(
+        claim.name,
+        claim.profile,
+        claim.owner.name,
+        req.emails if req is not None else (),
+        subject,
+        tuple(claim.notes),
+    )
+
+
+class RequesterNotices(Protocol):
+    """Tells requesters what became of their requests (notify/requester.py: by mail).
+
+    Each call is made inside the index transaction that records the event, so that the
+    notice is kept or lost with it; it adds at most one row to that transaction.
+    """
+
+    def refused(self, conn: Transaction, who: Requester, reason: str, now: dt.datetime) -> None:
+        """Refused; `reason` is the text of rejected/NAME.reason."""
+
+    def pending(self, conn: Transaction, who: Requester, now: dt.datetime, *, once: str) -> None:
+        """Waiting for an operator; `once` is the same when a crash makes the event repeat."""
+
+    def approved(
+        self, conn: Transaction, cert: NewCertificate, files: Sequence[Path], now: dt.datetime
+    ) -> None:
+        """Issued after an operator's approval; `files` are where it was delivered."""
+
+    def denied(self, conn: Transaction, who: Requester, reason: str, now: dt.datetime) -> None:
+        """Denied by an operator, for `reason`."""
+
+
 MAX_REASONS = 20  # a hostile request can have thousands of problems; the first are enough
 MAX_REASON_CHARS = 600
 
@@ -107,6 +152,7 @@ class Outcomes:
         hooks: Hooks,
         held_keys: Path,
         crashpoint: Crashpoint = no_crash,
+        notices: RequesterNotices | None = None,
     ) -> None:
         self.spool = spool
         self.held_keys = held_keys  # state/pending-keys/: keys of requests waiting for approval
@@ -115,10 +161,12 @@ class Outcomes:
         self.delivery = delivery
         self.hooks = hooks
         self.crashpoint = crashpoint
+        self.notices = notices  # None: requesters are not told
 
     # --- refusals ---------------------------------------------------------------------------
-    def reject(self, claim: Claim, reasons: list[str]) -> Result:
-        """Refuse a claimed request: rejected/NAME.req and NAME.reason."""
+    def reject(self, claim: Claim, reasons: list[str], req: ParsedRequest | None = None) -> Result:
+        """Refuse a claimed request: rejected/NAME.req and NAME.reason (`req`: the request,
+        when it could be parsed)."""
         now = self.clock.now()
         text = reason_text(claim.name, claim.profile, reasons)
         for suffix in (".cer", ".p12"):
@@ -139,6 +187,8 @@ class Outcomes:
                 conn, now, claim.name, "rejected", profile=claim.profile, detail=" | ".join(reasons)
             )
             self.store.remove_pending(conn, claim.name)
+            if self.notices is not None:
+                self.notices.refused(conn, requester_of(claim, req), text, now)
         log.info("rejected %s.req profile=%s: %s", claim.name, claim.profile, " | ".join(reasons))
         self.hooks.audit_claim("rejected", claim, reasons=reasons)
         return Result(Outcome.REJECTED, claim.name, reason=text)
@@ -197,6 +247,10 @@ class Outcomes:
             self.store.log(
                 conn, now, claim.name, "pending", profile=claim.profile, fingerprint=req.fingerprint
             )
+            if self.notices is not None:
+                st = claim.st  # the same file when a crash makes this run again
+                once = f"{req.fingerprint}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
+                self.notices.pending(conn, requester_of(claim, req, subject), now, once=once)
         self.crashpoint("mid-pending")
         if claim.key_path is not None:
             # a copy of the daemon's own, 0600 (the dropped file is the user's, with the

@@ -41,7 +41,7 @@ from .delivery import (
     sync_passwords,
 )
 from .naming import OutputNames, replaced_path
-from .outcomes import Hooks, Outcome, Outcomes, Result
+from .outcomes import Hooks, Outcome, Outcomes, RequesterNotices, Result
 
 log = logging.getLogger("certdrop.pipeline")
 
@@ -85,6 +85,7 @@ class Recorder:
         *,
         linter: Linter | None,
         crashpoint: Crashpoint = no_crash,
+        notices: RequesterNotices | None = None,
     ) -> None:
         self.spool = spool
         self.names = names
@@ -98,6 +99,7 @@ class Recorder:
         self.hooks = hooks
         self.linter = linter  # shown every certificate before the CA key signs it; None: off
         self.crashpoint = crashpoint
+        self.notices = notices  # None: requesters are not told
         self.signer: Signer = self._sign_here
 
     def _sign_here(
@@ -150,7 +152,7 @@ class Recorder:
         ready: list[Signed] = []
         for plan, out in zip(plans, signed, strict=True):
             if isinstance(out, LintError):
-                results[plan.index] = self.outcomes.reject(plan.claim, [str(out)])
+                results[plan.index] = self.outcomes.reject(plan.claim, [str(out)], plan.req)
                 continue
             ready.append(self._staged(plan, out))
         if ready:
@@ -272,6 +274,10 @@ class Recorder:
             pending_names = [i.plan.claim.name for i in ready if i.plan.was_pending]
             if pending_names:
                 self.store.remove_pending_many(conn, pending_names)
+            if self.notices is not None:
+                for item, record in zip(ready, records, strict=True):
+                    if item.plan.approved:
+                        self.notices.approved(conn, record, self._delivered(item), now)
             self.store.log_many(
                 conn,
                 [
@@ -317,6 +323,13 @@ class Recorder:
                     ensure_dir(folder, 0o700)
                     os.rename(path, dest)
                 self.store.replace_output(conn, old_serial, kind, str(dest), now)
+
+    def _delivered(self, item: Signed) -> list[Path]:
+        """Where `Delivery.to_outbox` puts the outputs of `item`: the .cer, and the .p12."""
+        files = [self.spool.outbox / f"{item.output}.cer"]
+        if item.p12:
+            files.append(self.spool.outbox / f"{item.output}.p12")
+        return files
 
     def _announce(self, item: Signed) -> Result:
         claim, decision = item.plan.claim, item.plan.decision

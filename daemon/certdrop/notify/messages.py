@@ -1,8 +1,9 @@
-"""The texts of the expiry sweep's mails and of the admin alerts about the CA's state.
+"""The texts of certdrop's mails: expiry warnings, admin alerts, and what requesters are told.
 
 Warnings to certificate holders (with exactly how to renew), the admin's digest of
-expiring certificates, and alerts about the CA certificate, the CRL and requests that
-wait for approval: each as (subject, body), plain text.
+expiring certificates, alerts about the CA certificate, the CRL and requests that
+wait for approval, and the requester's mails (refused, waiting for approval, approved,
+denied, revoked; requester.py): each as (subject, body), plain text.
 """
 
 from __future__ import annotations
@@ -109,14 +110,16 @@ def _dns_names(cert: x509.Certificate) -> list[str]:
     return [str(d) for d in san.get_values_for_type(x509.DNSName)]
 
 
+def request_file_stem(rec: CertRecord) -> str:
+    """NAME for the NAME.req that asks for a new certificate like `rec`."""
+    name = rec.request_name if is_safe_name(rec.request_name) else ""
+    return name or sanitize_name(rec.common_name.replace(" ", "_") or "renewal")
+
+
 def renewal_instructions(rec: CertRecord, cfg: SweepConfig, now: dt.datetime) -> str:
     """Exactly how to renew: which file, with what content, into which folder."""
-    cert = x509.load_der_x509_certificate(rec.der)
     folder, profile_name, profile = _request_folder(cfg, rec.profile)
-    name = rec.request_name if is_safe_name(rec.request_name) else ""
-    name = name or sanitize_name(rec.common_name.replace(" ", "_") or "renewal")
-    pairs = _subject_pairs(cert)
-    dns = _dns_names(cert)
+    name = request_file_stem(rec)
     renew_from = rec.not_after - dt.timedelta(days=profile.renew_before_days)
     cn_rule = profile.subject.get("CN")
     lines = ["How to renew: drop a new request with the same subject into the certdrop inbox, as"]
@@ -138,6 +141,23 @@ def renewal_instructions(rec: CertRecord, cfg: SweepConfig, now: dt.datetime) ->
     else:
         lines.append("You can renew now.")
     lines.append("")
+    lines += new_request_lines(rec, folder, name, password_by_mail=cfg.password_by_mail)
+    if profile_name != rec.profile:
+        lines.append(
+            f"(This certificate's profile {rec.profile!r} is not configured any more; the "
+            f"request goes to the default profile {profile_name!r}.)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def new_request_lines(
+    rec: CertRecord, folder: Path, name: str, *, password_by_mail: bool
+) -> list[str]:
+    """How to make a new request for the subject of `rec` and drop it into `folder`, as NAME.req."""
+    cert = x509.load_der_x509_certificate(rec.der)
+    pairs = _subject_pairs(cert)
+    dns = _dns_names(cert)
+    lines: list[str] = []
     if rec.key_generated:
         lines.append(
             f"Your key was made by certdrop, so ask for a new one the same way: {name}.req is a"
@@ -164,7 +184,7 @@ def renewal_instructions(rec: CertRecord, cfg: SweepConfig, now: dt.datetime) ->
         )
         lines.append(
             f"{name}.p12 comes "
-            + ("by a separate mail." if cfg.password_by_mail else "from the CA operator.")
+            + ("by a separate mail." if password_by_mail else "from the CA operator.")
         )
     else:
         cmd = (
@@ -186,12 +206,7 @@ def renewal_instructions(rec: CertRecord, cfg: SweepConfig, now: dt.datetime) ->
             f"drop {name}.key together with {name}.req if you also want a PKCS#12 bundle "
             f"({name}.p12)."
         )
-    if profile_name != rec.profile:
-        lines.append(
-            f"(This certificate's profile {rec.profile!r} is not configured any more; the "
-            f"request goes to the default profile {profile_name!r}.)"
-        )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def admin_digest(
@@ -290,5 +305,178 @@ def pending_request(rec: PendingRecord) -> tuple[str, str]:
         "Check who asked for it, then:\n\n"
         f"    certdrop approve {rec.name}\n"
         f'    certdrop deny {rec.name} --reason "..."\n'
+    )
+    return subject, body
+
+
+# --- to requesters (requester.py) ---------------------------------------------------------------
+def _indented(text: str) -> str:
+    return "".join(f"    {line}\n" if line else "\n" for line in text.splitlines())
+
+
+def _remarks(notes: Sequence[str]) -> str:
+    return "".join(f"Please note: {n}\n" for n in notes) + ("\n" if notes else "")
+
+
+def requester_refused(
+    name: str, profile: str, reason: str, inbox: Path, rejected: Path, notes: Sequence[str] = ()
+) -> tuple[str, str]:
+    """(subject, body) to a requester whose request was refused; `reason` is the text of
+    rejected/NAME.reason, given as it is."""
+    subject = f"your request {name}.req was refused"
+    body = (
+        "Hello,\n\n"
+        f"certdrop did not issue a certificate for your request {name}.req (profile {profile}).\n"
+        "This is what it found, as written in\n\n"
+        f"    {rejected / (name + '.reason')}\n\n"
+        f"{reason.rstrip()}\n\n"
+        + _remarks(notes)
+        + "Drop the corrected request as a new file into\n\n"
+        f"    {inbox}/\n\n"
+        "The refused request was moved to\n\n"
+        f"    {rejected / (name + '.req')}\n\n"
+        "and is not looked at again. If a reason is unclear, ask the CA operator.\n"
+    )
+    return subject, body
+
+
+def requester_pending(
+    name: str,
+    profile: str,
+    request_subject: str,
+    received: dt.datetime,
+    pending: Path,
+    outbox: Path,
+    notes: Sequence[str] = (),
+) -> tuple[str, str]:
+    """(subject, body) to a requester whose request waits for an operator's approval."""
+    subject = f"your request {name}.req waits for approval ({profile})"
+    body = (
+        "Hello,\n\n"
+        f"certdrop received your certificate request {name}.req for the profile {profile}:\n\n"
+        f"    Subject:   {request_subject or '-'}\n"
+        f"    Received:  {utc_text(received)}\n\n"
+        f"Certificates of the profile {profile} are issued only after the CA operator has\n"
+        "approved the request, so it waits in\n\n"
+        f"    {pending / (name + '.req')}\n\n"
+        + _remarks(notes)
+        + "Nothing is needed from you now; do not drop the request again (another request\n"
+        f"named {name}.req is refused while this one waits). When the operator approves it,\n"
+        "certdrop issues the certificate into the outbox,\n\n"
+        f"    {outbox}/\n\n"
+        "and tells you by mail where the files are. If the operator denies it, you get a\n"
+        "mail with the operator's reason.\n"
+    )
+    return subject, body
+
+
+_FILE_ROLES = {
+    ".cer": "the certificate (PEM)",
+    ".p12": "PKCS#12 bundle: your key, the certificate, the CA chain",
+}
+
+
+def requester_approved(
+    name: str,
+    profile: str,
+    cert_subject: str,
+    serial: str,
+    not_after: dt.datetime,
+    files: Sequence[Path],
+    password_by_mail: bool,
+) -> tuple[str, str]:
+    """(subject, body) to a requester whose request was approved and issued; `files` are
+    where the outputs were delivered. The p12 password is never in this mail."""
+    subject = f"your request {name}.req was approved: certificate {serial} issued"
+    width = max((len(str(f)) for f in files), default=0)
+    listing = "".join(
+        f"    {str(f).ljust(width)}   {_FILE_ROLES.get(f.suffix, '')}".rstrip() + "\n"
+        for f in files
+    )
+    p12 = [f for f in files if f.suffix == ".p12"]
+    password = ""
+    if p12:
+        password = f"\nThe password of {p12[0].name} is not in this mail: " + (
+            "it comes in a separate mail.\n"
+            if password_by_mail
+            else "the CA operator gives it to you\nby another channel.\n"
+        )
+    body = (
+        "Hello,\n\n"
+        f"the CA operator approved your request {name}.req (profile {profile}), and certdrop\n"
+        "issued your certificate:\n\n"
+        f"    Subject:      {cert_subject}\n"
+        f"    Serial:       {serial}\n"
+        f"    Valid until:  {utc_text(not_after)}\n\n"
+        "Collect the files from the outbox:\n\n"
+        f"{listing}{password}\n"
+        "If you did not ask for this certificate, tell the CA operator.\n"
+    )
+    return subject, body
+
+
+def requester_denied(
+    name: str,
+    profile: str,
+    reason: str,
+    inbox: Path,
+    rejected: Path,
+    notes: Sequence[str] = (),
+) -> tuple[str, str]:
+    """(subject, body) to a requester whose request the CA operator denied."""
+    subject = f"your request {name}.req was denied"
+    body = (
+        "Hello,\n\n"
+        f"the CA operator denied your certificate request {name}.req (profile {profile}),\n"
+        "for this reason:\n\n"
+        f"{_indented(reason.strip() or '(none given)')}\n"
+        "No certificate was issued. The request was moved to\n\n"
+        f"    {rejected / (name + '.req')}\n\n"
+        f"with the reason beside it in {name}.reason.\n\n"
+        + _remarks(notes)
+        + "If the reason names something to change, make a new request and drop it into\n\n"
+        f"    {inbox}/\n\n"
+        "otherwise talk to the CA operator before asking again.\n"
+    )
+    return subject, body
+
+
+def requester_revoked(
+    rec: CertRecord,
+    reason: str,
+    when: dt.datetime,
+    folder: Path,
+    *,
+    password_by_mail: bool,
+) -> tuple[str, str]:
+    """(subject, body) to the holder of a certificate that was revoked; `folder` is where a
+    new request goes."""
+    what = rec.common_name or rec.subject
+    subject = f"your certificate {what} (serial {rec.serial}) was revoked"
+    hello = f"Hello {rec.common_name}," if rec.common_name else "Hello,"
+    compromised = (
+        "Its private key is considered compromised: never use that key again.\n\n"
+        if reason == "keyCompromise"
+        else ""
+    )
+    body = (
+        f"{hello}\n\n"
+        "the CA operator revoked your certificate:\n\n"
+        f"    Subject:  {rec.subject}\n"
+        f"    Serial:   {rec.serial}\n"
+        f"    Reason:   {reason}\n"
+        f"    Revoked:  {utc_text(when)}\n\n"
+        "It no longer works: servers that check certdrop's revocation list (CRL) refuse it\n"
+        "as soon as they have fetched the new list.\n\n"
+        f"{compromised}"
+        "What to do: if you still need a certificate, make a NEW key (do not reuse the old\n"
+        "one) and a new request, and drop it into the inbox; the same request file dropped\n"
+        "again is refused.\n\n"
+        + "\n".join(
+            new_request_lines(
+                rec, folder, request_file_stem(rec), password_by_mail=password_by_mail
+            )
+        )
+        + "\n\nIf you did not expect this, ask the CA operator why.\n"
     )
     return subject, body

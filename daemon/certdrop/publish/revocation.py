@@ -11,15 +11,24 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 from ..authority.reasons import parse_reason
 from ..clock import Clock
 from ..errors import CertdropError, NotFoundError
-from ..index.store import CertRecord, Store, serial_forms
+from ..index.store import CertRecord, Store, Transaction, serial_forms
 from .apache import ApachePublisher
 from .crl import CrlPublisher
 
 log = logging.getLogger("certdrop.publish")
+
+
+class RevocationNotices(Protocol):
+    """Tells a certificate's holder of its revocation (notify/requester.py: by mail), inside
+    the transaction that records it."""
+
+    def revoked(self, conn: Transaction, cert: CertRecord, reason: str, now: dt.datetime) -> None:
+        """`cert` (as it was before) is revoked as of `now` for `reason`."""
 
 
 class Revoker:
@@ -31,11 +40,13 @@ class Revoker:
         clock: Clock,
         crl: CrlPublisher,
         apache: ApachePublisher | None,
+        notices: RevocationNotices | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.crl = crl
         self.apache = apache  # None when [apache] enabled = false
+        self.notices = notices  # None: holders are not told
 
     def revoke(self, ref: str, reason: str = "unspecified") -> str:
         """Revoke the certificate `ref` names; publish the CRL. Returns a report line."""
@@ -54,6 +65,8 @@ class Revoker:
                 serial=rec.serial,
                 detail=reason,
             )
+            if self.notices is not None:
+                self.notices.revoked(conn, rec, reason, now)
         log.warning("revoked %s (%s), reason %s", rec.serial, rec.subject, reason)
         line = f"revoked {rec.serial} ({rec.subject}), reason {reason}"
         try:

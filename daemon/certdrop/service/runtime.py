@@ -35,6 +35,7 @@ from ..issue.record import Recorder
 from ..notify.alerts import queue_admin_alert
 from ..notify.mailer import Mailer
 from ..notify.passwords import choose_password_channel
+from ..notify.requester import RequesterMail
 from ..publish.apache import CHAIN_CRLS, ApachePublisher
 from ..publish.crl import CrlPublisher
 from ..publish.revocation import Revoker
@@ -101,8 +102,17 @@ class Runtime:
             names,
             crashpoint,
         )
+        # requesters are told by mail; None unless [mail] enabled and notify_requester are true
+        requester = RequesterMail.from_settings(settings, spool)
         outcomes = Outcomes(
-            spool, store, clock, delivery, hooks, settings.state / "pending-keys", crashpoint
+            spool,
+            store,
+            clock,
+            delivery,
+            hooks,
+            settings.state / "pending-keys",
+            crashpoint,
+            requester,
         )
         decider = Decider(
             settings.profiles,
@@ -125,6 +135,7 @@ class Runtime:
             names,
             linter=linter,
             crashpoint=crashpoint,
+            notices=requester,
         )
         keys = DroppedKeys(
             spool, store, clock, claimer, delivery, outcomes, settings.pkcs12.orphan_key_minutes
@@ -141,7 +152,7 @@ class Runtime:
             hooks,
             crashpoint=crashpoint,
         )
-        approvals = Approvals(spool, store, clock, batches, outcomes, hooks)
+        approvals = Approvals(spool, store, clock, batches, outcomes, hooks, requester)
         crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
         apache = None
         if settings.apache.enabled:
@@ -159,7 +170,7 @@ class Runtime:
                 on_failure=alert if settings.mail.enabled else None,
             )
             crl.add_listener(apache.changed)
-        revoker = Revoker(store, clock, crl, apache)
+        revoker = Revoker(store, clock, crl, apache, requester)
         rt = cls(
             settings,
             clock,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from certdrop.index.store import PendingRecord, Store
+from certdrop.issue.outcomes import reason_text
 from certdrop.notify.expiry import SweepConfig
 from certdrop.notify.messages import (
     admin_digest,
@@ -20,6 +21,11 @@ from certdrop.notify.messages import (
     holder_warning,
     pending_request,
     renewal_instructions,
+    requester_approved,
+    requester_denied,
+    requester_pending,
+    requester_refused,
+    requester_revoked,
     utc_text,
 )
 from conftest import make_env
@@ -160,3 +166,99 @@ def test_the_pending_request_alert() -> None:
     assert "    owner:     ?\n" in body
     assert "    subject:   CN=www.example.org\n" in body
     assert f"    received:  {utc_text(T0)}\n" in body
+
+
+# --- to requesters ----------------------------------------------------------------------------
+SPOOL = Path("/srv/spool")
+
+
+def test_the_refusal_gives_the_reason_file_as_it_is_and_what_to_do() -> None:
+    reason = reason_text("alice", "client", ["CN is missing", "the key is too small"])
+    subject, body = requester_refused(
+        "alice", "client", reason, SPOOL / "inbox", SPOOL / "rejected", ["a remark"]
+    )
+    assert subject == "your request alice.req was refused"
+    assert "\n\n" + reason + "\n" in body  # exactly the text of rejected/alice.reason
+    assert "as written in\n\n    /srv/spool/rejected/alice.reason\n" in body
+    assert "Please note: a remark\n" in body
+    assert "as a new file into\n\n    /srv/spool/inbox/\n" in body
+    assert "moved to\n\n    /srv/spool/rejected/alice.req\n" in body
+
+
+def test_the_waiting_mail_says_who_decides_and_what_comes_next() -> None:
+    subject, body = requester_pending(
+        "web",
+        "server",
+        "CN=www.example.org",
+        T0,
+        SPOOL / "pending",
+        SPOOL / "outbox",
+        ["the dropped key was deleted"],
+    )
+    assert subject == "your request web.req waits for approval (server)"
+    assert "    Subject:   CN=www.example.org\n" in body
+    assert f"    Received:  {utc_text(T0)}\n" in body
+    assert "only after the CA operator has\napproved the request" in body
+    assert "    /srv/spool/pending/web.req\n" in body
+    assert "Please note: the dropped key was deleted\n" in body
+    assert "certdrop issues the certificate into the outbox,\n\n    /srv/spool/outbox/\n" in body
+    assert "If the operator denies it, you get a\nmail with the operator's reason." in body
+
+
+def test_the_approved_mail_lists_the_delivered_files_and_never_a_password() -> None:
+    files = [SPOOL / "outbox" / "web-2.p12", SPOOL / "outbox" / "web-2.cer"]  # names as given
+    _, by_mail = requester_approved(
+        "web", "server", "CN=www.example.org", "0A1B", END, files, password_by_mail=True
+    )
+    assert "    Serial:       0A1B\n" in by_mail
+    assert f"    Valid until:  {utc_text(END)}\n" in by_mail
+    assert "    /srv/spool/outbox/web-2.p12   PKCS#12 bundle: your key, the certificate" in by_mail
+    assert "    /srv/spool/outbox/web-2.cer   the certificate (PEM)\n" in by_mail
+    assert "The password of web-2.p12 is not in this mail: it comes in a separate mail." in (
+        by_mail
+    )
+    subject, by_operator = requester_approved(
+        "web", "server", "CN=www", "0A1B", END, files, password_by_mail=False
+    )
+    assert subject == "your request web.req was approved: certificate 0A1B issued"
+    assert "the CA operator gives it to you\nby another channel." in by_operator
+    _, no_p12 = requester_approved(
+        "web", "server", "CN=www", "0A1B", END, files[1:], password_by_mail=True
+    )
+    assert "password" not in no_p12 and "p12" not in no_p12
+
+
+def test_the_denial_gives_the_operators_reason() -> None:
+    subject, body = requester_denied(
+        "web", "server", "not ours\nask IT", SPOOL / "inbox" / "server", SPOOL / "rejected"
+    )
+    assert subject == "your request web.req was denied"
+    assert "for this reason:\n\n    not ours\n    ask IT\n" in body
+    assert "No certificate was issued." in body
+    assert "drop it into\n\n    /srv/spool/inbox/server/\n" in body
+    assert "(none given)" in requester_denied("w", "s", " ", SPOOL, SPOOL)[1]
+
+
+def test_the_revocation_says_when_why_and_how_to_start_again(store: Store) -> None:
+    rec = index_certificate(store, "Alice", "alice@example.org", END, request_name="alice")
+    when = T0 + dt.timedelta(hours=1)
+    subject, body = requester_revoked(
+        rec, "keyCompromise", when, SPOOL / "inbox", password_by_mail=True
+    )
+    assert subject == f"your certificate Alice (serial {rec.serial}) was revoked"
+    assert body.startswith("Hello Alice,\n\nthe CA operator revoked your certificate:\n")
+    assert f"    Serial:   {rec.serial}\n    Reason:   keyCompromise\n" in body
+    assert f"    Revoked:  {utc_text(when)}\n" in body
+    assert "never use that key again" in body
+    assert "make a NEW key" in body
+    assert "openssl req -new -utf8 -newkey ec" in body
+    assert "cp alice.req /srv/spool/inbox/" in body
+    _, plain = requester_revoked(rec, "superseded", when, SPOOL / "inbox", password_by_mail=True)
+    assert "never use that key again" not in plain
+    made = index_certificate(
+        store, "Bob", "", END, serial=0x0B, request_name="bob", key_generated=True
+    )
+    _, gen = requester_revoked(made, "unspecified", when, SPOOL / "inbox", password_by_mail=False)
+    assert gen.startswith("Hello Bob,")
+    assert '    [subject]\n    CN = "Bob"\n' in gen
+    assert "bob.p12 comes from the CA operator." in gen
