@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from certdrop.audit import read_audit
+from certdrop.index import control as commands
 from certdrop.index.store import Store
 from certdrop.service import daemon as service
 from certdrop.service import worker as worker_module
@@ -281,7 +282,7 @@ def test_a_hung_worker_gets_no_pings_until_it_moves_again(
         notify.wait_field("WATCHDOG=1", start=notify.index_of("READY=1"))
         store = Store(env.settings.database_url)
         with store.begin() as conn:
-            store.push_control(conn, "hang", {}, env.clock.now())
+            commands.push(conn, "hang", {}, env.clock.now())
         store.close()
         stalled = notify.wait_field(lambda f: f.startswith("STATUS=the worker has been busy"))
         at = notify.index_of(stalled)

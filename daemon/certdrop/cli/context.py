@@ -94,6 +94,7 @@ def operator_result(kind: str, payload: dict[str, Any], timeout: float = 30.0) -
     """What `operator_command` prints, unprinted: the result line ('ok: ...' or
     'error: ...'), or None when the running daemon has not answered within `timeout`."""
     from ..audit import operator_actor
+    from ..index import control as commands
     from ..service.control import execute_control, wait_for_control
     from ..service.runtime import direct_runtime
 
@@ -105,7 +106,7 @@ def operator_result(kind: str, payload: dict[str, Any], timeout: float = 30.0) -
     store = open_store(s)
     try:
         with store.begin() as conn:
-            control_id = store.push_control(
+            control_id = commands.push(
                 conn, kind, {**payload, "actor": operator_actor()}, c.clock.now()
             )
         return wait_for_control(store, control_id, timeout)

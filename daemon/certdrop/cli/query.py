@@ -263,6 +263,8 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
+    from ..index import outputs as delivered
+
     c = ctx()
     s = c.settings
     now = c.clock.now()
@@ -271,7 +273,7 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
         with store.begin() as conn:
             matches = store.lookup(conn, ref)
             history = store.journal_for(conn, ref.strip(), [m.record.serial for m in matches])
-            files = store.outputs_of(conn, [m.record.serial for m in matches])
+            files = delivered.of(conn, [m.record.serial for m in matches])
     finally:
         store.close()
     if not matches:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,11 +24,9 @@ from .schema import (
     EMAIL_ATTR,
     cert_attrs,
     certificates,
-    control,
     from_epoch,
     journal,
     meta,
-    outputs,
     pending,
     to_epoch,
 )
@@ -347,7 +344,7 @@ class Store:
         """Insert many certificates with one statement per table (executemany)."""
         if not certs:
             return
-        _insert_many(
+        insert_many(
             conn,
             certificates,
             [
@@ -376,67 +373,11 @@ class Store:
         )
         attrs = [row for c in certs for row in _attr_rows(c)]
         if attrs:
-            _insert_many(conn, cert_attrs, attrs)
+            insert_many(conn, cert_attrs, attrs)
 
     def get(self, conn: Transaction, serial: str) -> CertRecord | None:
         row = conn.execute(sa.select(certificates).where(certificates.c.serial == serial)).first()
         return _record(row) if row is not None else None
-
-    # --- delivered files ---------------------------------------------------------------------
-    def add_outputs(self, conn: Transaction, rows: Sequence[tuple[str, str, str]]) -> None:
-        """Record delivered files: (serial, kind, absolute path) with kind cer, p12 or password."""
-        if rows:
-            _insert_many(
-                conn,
-                outputs,
-                [{"serial": s, "kind": k, "path": p, "replaced_at": None} for s, k, p in rows],
-            )
-
-    def set_outputs(self, conn: Transaction, serial: str, files: Sequence[tuple[str, str]]) -> None:
-        """Record (kind, path) files delivered for a certificate after its issuance (a p12
-        for a key dropped later), replacing earlier ones of the same kinds."""
-        if files:
-            conn.execute(
-                sa.delete(outputs).where(
-                    outputs.c.serial == serial, outputs.c.kind.in_([k for k, _ in files])
-                )
-            )
-            self.add_outputs(conn, [(serial, k, p) for k, p in files])
-
-    def outputs_of(
-        self, conn: Transaction, serials: Iterable[str]
-    ) -> dict[str, list[tuple[str, str, bool]]]:
-        """The delivered files of certificates: serial -> [(kind, path, replaced)]."""
-        wanted = list(dict.fromkeys(serials))
-        out: dict[str, list[tuple[str, str, bool]]] = {}
-        for start in range(0, len(wanted), 500):
-            rows = conn.execute(
-                sa.select(outputs.c.serial, outputs.c.kind, outputs.c.path, outputs.c.replaced_at)
-                .where(outputs.c.serial.in_(wanted[start : start + 500]))
-                .order_by(outputs.c.serial, outputs.c.kind)
-            )
-            for serial, kind, path, replaced in rows:
-                out.setdefault(serial, []).append((kind, path, replaced is not None))
-        return out
-
-    def output_at(self, conn: Transaction, path: str) -> str | None:
-        """The serial of the certificate whose delivered file is at `path` now, if any."""
-        row = conn.execute(
-            sa.select(outputs.c.serial)
-            .where(outputs.c.path == path, outputs.c.replaced_at.is_(None))
-            .limit(1)
-        ).first()
-        return None if row is None else str(row[0])
-
-    def replace_output(
-        self, conn: Transaction, serial: str, kind: str, new_path: str, when: dt.datetime
-    ) -> None:
-        """A delivered file moved to the archive (the same holder's renewal took its name)."""
-        conn.execute(
-            sa.update(outputs)
-            .where(outputs.c.serial == serial, outputs.c.kind == kind)
-            .values(path=new_path, replaced_at=to_epoch(when))
-        )
 
     def lookup(self, conn: Transaction, ref: str) -> list[Match]:
         """Every certificate `ref` names, newest first, each with how it matched.
@@ -608,7 +549,7 @@ class Store:
 
     def log_many(self, conn: Transaction, entries: Sequence[Mapping[str, Any]]) -> None:
         if entries:
-            _insert_many(
+            insert_many(
                 conn,
                 journal,
                 [
@@ -700,44 +641,6 @@ class Store:
     def remove_pending(self, conn: Transaction, name: str) -> None:
         conn.execute(sa.delete(pending).where(pending.c.name == name))
 
-    # --- control queue (operator commands for a running daemon) -----------------------------------
-    def push_control(
-        self, conn: Transaction, kind: str, payload: Mapping[str, Any], when: dt.datetime
-    ) -> int:
-        res = conn.execute(
-            sa.insert(control).values(
-                kind=kind, payload=json.dumps(dict(payload)), created_at=to_epoch(when)
-            )
-        )
-        pk = res.inserted_primary_key
-        assert pk is not None
-        return int(pk[0])
-
-    def open_controls(self, conn: Transaction) -> list[tuple[int, str, dict[str, Any]]]:
-        rows = conn.execute(
-            sa.select(control.c.id, control.c.kind, control.c.payload)
-            .where(control.c.done_at.is_(None))
-            .order_by(control.c.id)
-        )
-        return [(int(i), k, json.loads(p)) for i, k, p in rows]
-
-    def finish_control(
-        self, conn: Transaction, control_id: int, result: str, when: dt.datetime
-    ) -> None:
-        conn.execute(
-            sa.update(control)
-            .where(control.c.id == control_id)
-            .values(done_at=to_epoch(when), result=result)
-        )
-
-    def control_result(self, conn: Transaction, control_id: int) -> str | None:
-        row = conn.execute(
-            sa.select(control.c.done_at, control.c.result).where(control.c.id == control_id)
-        ).first()
-        if row is None or row[0] is None:
-            return None
-        return str(row[1] or "")
-
 
 def _pending(row: Any) -> PendingRecord:
     m = row._mapping
@@ -789,7 +692,7 @@ _PENDING_BY_NAMES = sa.select(pending).where(
 )
 
 
-def _insert_many(conn: Transaction, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+def insert_many(conn: Transaction, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """INSERT many rows with one executemany straight to the driver.
 
     SQLAlchemy's per-row parameter processing is most of the cost of a batch of

@@ -23,6 +23,7 @@ from ..clock import Clock
 from ..errors import CAError, CertdropError
 from ..faults import Crashpoint, no_crash
 from ..fsutil import atomic_write, ensure_dir, fsync_dir, sync_filesystem, unique_path
+from ..index import outputs as delivered
 from ..index.store import CertRecord, Store, Transaction
 from ..intake.claim import Claim, Claimer, Owner
 from ..intake.spool import Spool
@@ -209,7 +210,7 @@ class Delivery:
         request name (a re-drop, a run a crash interrupted); else under the new request's
         name, placed as a new delivery of that holder's (issue/naming.py)."""
         with self.store.begin() as conn:
-            files = self.store.outputs_of(conn, [rec.serial]).get(rec.serial, [])
+            files = delivered.of(conn, [rec.serial]).get(rec.serial, [])
             recorded = next((Path(p).stem for kind, p, _ in files if kind == "cer"), "")
             if recorded and rec.request_name == claim.name:
                 return recorded
@@ -221,7 +222,7 @@ class Delivery:
         """The name a certificate's outputs were delivered under (outbox/NAME.cer); those
         delivered before outputs were recorded went out under their request's name."""
         with self.store.begin() as conn:
-            files = self.store.outputs_of(conn, [serial]).get(serial, [])
+            files = delivered.of(conn, [serial]).get(serial, [])
         return next((Path(p).stem for kind, p, _ in files if kind == "cer"), fallback)
 
     def subject_key(self, claim: Claim) -> PrivateKey:
@@ -268,7 +269,7 @@ class Delivery:
                 conn, name, email, serial, password, claim.notes, request=stem
             )
             sync_passwords(self.password_channel)
-            self.store.set_outputs(
+            delivered.replace_later(
                 conn,
                 serial,
                 [("p12", str(target))] + ([("password", str(written))] if written else []),

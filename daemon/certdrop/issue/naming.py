@@ -25,6 +25,7 @@ from cryptography import x509
 
 from ..authority.serials import serial_hex
 from ..fsutil import MAX_NAME_LENGTH
+from ..index import outputs as delivered
 from ..index.store import Store, Transaction
 from ..intake.spool import Spool
 
@@ -95,10 +96,10 @@ class OutputNames:
         cer = there.get("cer")
         cer_serial = None
         if cer is not None:
-            cer_serial = self.store.output_at(conn, str(cer)) or _serial_in(cer)
+            cer_serial = delivered.at(conn, str(cer)) or _serial_in(cer)
         mine: list[tuple[str, str, Path]] = []
         for kind, path in there.items():
-            serial = cer_serial if kind == "cer" else self.store.output_at(conn, str(path))
+            serial = cer_serial if kind == "cer" else delivered.at(conn, str(path))
             if serial is None and kind == "password":
                 serial = self._password_serial(conn, path)
                 if serial == "":

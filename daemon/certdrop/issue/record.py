@@ -29,6 +29,7 @@ from ..authority.serials import random_serial, serial_hex
 from ..errors import LintError
 from ..faults import Crashpoint, no_crash
 from ..fsutil import ensure_dir, fsync_dir, sync_filesystem, write_staged
+from ..index import outputs as delivered
 from ..index.store import NewCertificate, Store, Transaction
 from ..intake.spool import Spool, archive_path, remove_quietly
 from .decide import Plan
@@ -267,7 +268,7 @@ class Recorder:
                         files.append((item.serial, "password", str(written)))
                     wrote_password = True
             self.store.add_certificates(conn, records)
-            self.store.add_outputs(conn, files)
+            delivered.add(conn, files)
             for item in ready:
                 if item.plan.decision.supersedes:
                     self.store.supersede(conn, item.plan.decision.supersedes, item.serial)
@@ -322,7 +323,7 @@ class Recorder:
                 if kind == "password":
                     ensure_dir(folder, 0o700)
                     os.rename(path, dest)
-                self.store.replace_output(conn, old_serial, kind, str(dest), now)
+                delivered.moved(conn, old_serial, kind, str(dest), now)
 
     def _delivered(self, item: Signed) -> list[Path]:
         """Where `Delivery.to_outbox` puts the outputs of `item`: the .cer, and the .p12."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CertdropError
+from ..index import control as commands
 from ..index.store import Store
 from ..issue.outcomes import Outcome, Result
 from .runtime import Runtime
@@ -115,7 +116,7 @@ def wait_for_control(store: Store, control_id: int, timeout: float) -> str | Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with store.begin() as conn:
-            result = store.control_result(conn, control_id)
+            result = commands.result(conn, control_id)
         if result is not None:
             return result
         time.sleep(0.1)

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from ..errors import CertdropError, IndexUnavailable
+from ..index import control as commands
 from ..intake.inbox import Inbox, WorkItem, WorkQueue
 from ..issue.outcomes import Outcome, Result
 from .control import execute_control
@@ -254,7 +255,7 @@ class Worker:
                 self.recover_delay = RECOVER_FIRST_DELAY
         try:
             with rt.store.begin() as conn:
-                todo = rt.store.open_controls(conn)
+                todo = commands.open_commands(conn)
         except Exception:
             log.exception("cannot read the control table")
             return
@@ -264,4 +265,4 @@ class Worker:
             result = execute_control(rt, kind, payload)
             log.info("operator command %s %s: %s", kind, payload, result.splitlines()[0])
             with rt.store.begin() as conn:
-                rt.store.finish_control(conn, control_id, result, rt.clock.now())
+                commands.finish(conn, control_id, result, rt.clock.now())

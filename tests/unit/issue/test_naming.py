@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from certdrop.index import outputs as delivered
 from certdrop.issue.naming import OutputNames, Placement, replaced_path
 from conftest import ec_csr
 from issue_kit import Kit, make_kit
@@ -73,7 +74,7 @@ def test_files_nobody_knows_are_another_holders(kit: Kit) -> None:
 def test_a_cer_delivered_before_outputs_were_recorded_is_read(kit: Kit) -> None:
     serial, subject, owner = issued(kit, "erin", "Erin Old")
     with kit.store.begin() as conn:  # as an index of an older certdrop: no outputs rows
-        kit.store.replace_output(conn, serial, "cer", "/elsewhere", kit.clock.now())
+        delivered.moved(conn, serial, "cer", "/elsewhere", kit.clock.now())
     got = place(kit, "erin", subject, owner)
     assert got == Placement("erin", ((serial, "cer", kit.env.outbox / "erin.cer"),))
     assert place(kit, "erin", "CN=Not Erin", owner).name == "erin-2"

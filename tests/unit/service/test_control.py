@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from certdrop.index import control as commands
 from certdrop.issue.outcomes import Outcome, Result
 from certdrop.service.control import (
     CONTROL_HANDLERS,
@@ -146,9 +147,9 @@ def test_errors_are_result_lines_not_exceptions(
 def test_wait_for_control_reads_the_result_from_the_index(kit: Kit) -> None:
     store, now = kit.store, kit.clock.now()
     with store.begin() as conn:
-        done = store.push_control(conn, "crl", {}, now)
-        waiting = store.push_control(conn, "crl", {}, now)
-        assert [c[0] for c in store.open_controls(conn)] == [done, waiting]
-        store.finish_control(conn, done, "ok: done", now)
+        done = commands.push(conn, "crl", {}, now)
+        waiting = commands.push(conn, "crl", {}, now)
+        assert [c[0] for c in commands.open_commands(conn)] == [done, waiting]
+        commands.finish(conn, done, "ok: done", now)
     assert wait_for_control(store, done, 5) == "ok: done"
     assert wait_for_control(store, waiting, 0.01) is None  # no daemon answered in time

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from certdrop.index import control as commands
 from certdrop.intake.inbox import Inbox, WorkItem, WorkQueue
 from certdrop.issue.outcomes import Outcome, Result
 from certdrop.service.control import CONTROL_HANDLERS, wait_for_control
@@ -227,7 +228,7 @@ def test_the_loop_handles_drops_commands_and_reloads(
     wait_for(lambda: (kit.env.outbox / "later.cer").exists(), 10, what="later.cer")
     wait_for(lambda: worker.counts["issued"] == 1, 10, what="the result")
     with kit.store.begin() as conn:  # an operator command through the control table
-        control = kit.store.push_control(conn, "revoke", {"ref": "later"}, kit.clock.now())
+        control = commands.push(conn, "revoke", {"ref": "later"}, kit.clock.now())
     result = wait_for_control(kit.store, control, 10)
     assert result is not None and result.startswith("ok: revoked ")
     [cert] = kit.certs()
@@ -261,12 +262,12 @@ def test_a_failing_operator_command_does_not_kill_the_worker(
 
     monkeypatch.setitem(CONTROL_HANDLERS, "explode", explode)
     with kit.store.begin() as conn:
-        cid = kit.store.push_control(conn, "explode", {}, kit.clock.now())
+        cid = commands.push(conn, "explode", {}, kit.clock.now())
     result = wait_for_control(kit.store, cid, 30)
     assert result is not None and result.startswith("error: internal error")
     assert worker.alive() and not host.stop_requested.is_set()
     # ... and it goes on carrying out commands
     with kit.store.begin() as conn:
-        cid = kit.store.push_control(conn, "crl", {}, kit.clock.now())
+        cid = commands.push(conn, "crl", {}, kit.clock.now())
     result = wait_for_control(kit.store, cid, 30)
     assert result is not None and result.startswith("ok: CRL ")
