@@ -16,7 +16,7 @@ DEB_TEST_PEERS := openssl:openssl apache2:apache2 curl:curl pk12util:libnss3-too
 $(BIN)/certdrop: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,metrics]'
+	$(BIN)/pip install --quiet -e '.[test,metrics,serve]'
 	touch $@
 
 venv: $(BIN)/certdrop

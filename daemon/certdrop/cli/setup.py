@@ -1,4 +1,5 @@
-"""Setting up and running: `certdrop init`, `run`, `check-config`, `apache-config`, `import`."""
+"""Setting up and running: `certdrop init`, `run`, `serve`, `check-config`, `apache-config`,
+`import`."""
 
 from __future__ import annotations
 
@@ -87,6 +88,17 @@ def run() -> None:
     c = ctx()
     daemon = Daemon(c.settings, c.clock, config_path=c.resolved_config_path)
     sys.exit(daemon.run())
+
+
+# --- serve ----------------------------------------------------------------------------------------------
+@click.command()
+@config_option
+def serve() -> None:
+    """Answer relying parties over HTTP: CRL, CA certificates, OCSP ([http] listen)."""
+    from ..serve.server import Supervisor
+
+    c = ctx()
+    sys.exit(Supervisor(c.settings, c.clock).run())
 
 
 # --- check-config --------------------------------------------------------------------------------------------
