@@ -9,18 +9,24 @@ both (mod_ssl's OCSP client speaks 1.0, one request per connection).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import email.utils
+import hashlib
 import logging
 import os
 import signal
 import socket
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from cryptography.x509 import ocsp
 
 from ..errors import ServeError
 from .balance import ConnectionBoard
+from .ocsp import OcspAnswer
 from .published import NAMES, Document
 from .runtime import ServeRuntime
 
@@ -30,6 +36,9 @@ KEEPALIVE_SECONDS = 30.0  # an idle keep-alive connection is closed after this
 SHUTDOWN_SECONDS = 5.0  # requests in progress get this long to finish on SIGTERM
 BALANCE_POLL_SECONDS = 0.02  # a worker holding more connections than another looks again
 RETRY_AFTER = "60"  # a document not published yet: ask again in a minute
+OCSP_REQUEST = "application/ocsp-request"
+OCSP_RESPONSE = "application/ocsp-response"
+OCSP_MAX_AGE = 60  # HTTP caches keep a GET answer this long at most: revocations show soon
 
 
 def _http_date(when: dt.datetime) -> str:
@@ -88,9 +97,56 @@ def make_app(rt: ServeRuntime) -> web.Application:
 
         return handler
 
+    async def ocsp_post(request: web.Request) -> web.StreamResponse:
+        ctype = request.headers.get("Content-Type", OCSP_REQUEST).split(";")[0].strip().lower()
+        if ctype != OCSP_REQUEST:
+            return web.Response(
+                status=415, text=f"an OCSP request is sent as {OCSP_REQUEST}, not {ctype}\n"
+            )
+        body = await request.read()  # larger than client_max_size: 413
+        return _ocsp_response(rt.ocsp.respond(body, rt.clock.now()), rt.clock.now(), cache=False)
+
+    async def ocsp_get(request: web.Request) -> web.StreamResponse:
+        # RFC 5019 5: GET {url}/{url-encoding of base64 encoding of the DER request}
+        raw = request.rel_url.raw_path[len("/ocsp/") :]
+        try:
+            der = base64.b64decode(urllib.parse.unquote(raw), validate=True)
+        except (binascii.Error, ValueError):
+            der = b""  # not base64: answered as a malformed request
+        now = rt.clock.now()
+        return _ocsp_response(rt.ocsp.respond(der, now), now, cache=True)
+
     for name in NAMES:
         app.router.add_get(f"/{name}", document(name))
+    app.router.add_post("/ocsp", ocsp_post)
+    app.router.add_get("/ocsp/{request:.+}", ocsp_get)
     return app
+
+
+def _ocsp_response(answer: OcspAnswer, now: dt.datetime, *, cache: bool) -> web.Response:
+    """RFC 5019 6.2: a successful answer to a GET without nonce may be cached until
+    shortly before its nextUpdate; anything else is for this request alone."""
+    if answer.status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        log.debug("OCSP %s: %s", answer.status.name, answer.reason)
+        if answer.status == ocsp.OCSPResponseStatus.TRY_LATER:
+            log.warning("OCSP answered tryLater: %s", answer.reason)
+    headers = {"Content-Type": OCSP_RESPONSE, "Cache-Control": "no-store"}
+    if (
+        cache
+        and not answer.nonce
+        and answer.produced_at is not None
+        and answer.next_update is not None
+    ):
+        age = max(0, min(OCSP_MAX_AGE, int((answer.next_update - now).total_seconds())))
+        headers.update(
+            {
+                "Cache-Control": f"max-age={age}, public, no-transform, must-revalidate",
+                "Last-Modified": _http_date(answer.produced_at),
+                "Expires": _http_date(answer.next_update),
+                "ETag": '"' + hashlib.sha256(answer.body).hexdigest()[:32] + '"',
+            }
+        )
+    return web.Response(body=answer.body, headers=headers)
 
 
 # --- one worker process -------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from ..clock import Clock
 from ..config import Settings
+from ..index.status import StatusReader
+from .ocsp import OcspResponder, ResponderFile
 from .published import PublishedFiles
 
 MAX_REQUEST_BYTES = 16 * 1024  # an OCSP request for one certificate is about 100 octets
@@ -21,11 +23,16 @@ class ServeRuntime:
     settings: Settings
     clock: Clock
     files: PublishedFiles
+    ocsp: OcspResponder
+    index: StatusReader
     max_request_bytes: int = MAX_REQUEST_BYTES
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> ServeRuntime:
-        return cls(settings, clock, PublishedFiles(settings.state))
+        files = PublishedFiles(settings.state)
+        index = StatusReader(settings.database_url)
+        ocsp = OcspResponder(files, ResponderFile(settings.state), index)
+        return cls(settings, clock, files, ocsp, index)
 
     def close(self) -> None:
-        pass
+        self.index.close()
