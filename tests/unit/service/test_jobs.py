@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from certdrop.authority.responder import RESPONDER_FILE, ResponderCredentials
 from certdrop.config import MailSettings
 from certdrop.index.mailqueue import list_queue
 from certdrop.intake.inbox import Inbox, WorkQueue
@@ -22,7 +24,7 @@ from certdrop.notify.mailer import Mailer
 from certdrop.service.jobs import Jobs
 from certdrop.service.runtime import Runtime
 from certdrop.service.scheduler import Scheduler
-from conftest import ec_csr
+from conftest import ec_csr, lint_clean
 from issue_kit import SERVER, Kit, attrs, make_kit
 from mailpeer import SmtpPeer, mail_config
 
@@ -111,13 +113,7 @@ def test_schedule_follows_the_mail_setting(mail_kit: Kit) -> None:
 def test_the_responder_certificate_is_renewed_before_it_ends(kit: Kit) -> None:
     """The job makes the responder's key and certificate (0600) and, by the injected clock,
     a new one before the old one ends; every one is lint-clean and audited."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    from certdrop.authority.responder import RESPONDER_FILE, ResponderCredentials
-    from conftest import lint_clean
-
-    jobs, host, _ = jobs_for(kit)
+    jobs, _, _ = jobs_for(kit)
     path = kit.env.state / RESPONDER_FILE
 
     def current() -> x509.Certificate:
