@@ -214,3 +214,66 @@ def test_hostile_requests_get_an_error_status_never_a_crash(served: Served) -> N
     assert len(s.srv.children()) == 2
     assert "Response verify OK" in s.openssl_ocsp("-cert", str(s.cert("alice")))
     assert "Traceback" not in s.srv.output()
+
+
+def test_base_url_points_issued_certificates_at_the_service(tmp_path: Path) -> None:
+    """[http] base_url: the CRL distribution point and the AIA (OCSP, caIssuers) of what the
+    daemon issues (signed in its worker processes) lead relying parties to certdrop serve."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    from conftest import lint_clean, load_cert
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = make_env(tmp_path / "ca", extra=serve_config(port, f'base_url = "{base}/"\n'))
+    d = DaemonThread(env).start()
+    try:
+        req, _ = openssl_csr(tmp_path / "users", "carol", "/CN=carol", kind="ec:prime256v1")
+        env.drop(req)
+        assert wait_result(env, "carol") == "outbox"
+    finally:
+        d.stop()
+    cert = load_cert(env.outbox / "carol.cer")
+    assert lint_clean(cert.public_bytes(serialization.Encoding.DER)) == []
+    cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert [n.value for n in cdp[0].full_name or []] == [f"{base}/crl.der"]
+    aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    assert [(a.access_method, a.access_location.value) for a in aia] == [
+        (AuthorityInformationAccessOID.OCSP, f"{base}/ocsp"),
+        (AuthorityInformationAccessOID.CA_ISSUERS, f"{base}/ca.cer"),
+    ]
+    uri = subprocess.run(
+        [OPENSSL, "x509", "-in", str(env.outbox / "carol.cer"), "-noout", "-ocsp_uri"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert uri == f"{base}/ocsp"
+    srv = start_serve(env, port)  # the daemon is stopped: serve answers alone
+    try:
+        status, _, body = curl(f"{base}/ca.cer")  # what a client follows from caIssuers
+        assert status == 200 and x509.load_der_x509_certificate(body) == load_cert(env.ca_cert)
+        status, _, body = curl(f"{base}/crl.der")
+        assert status == 200 and x509.load_der_x509_crl(body).issuer == cert.issuer
+        res = subprocess.run(
+            [
+                OPENSSL,
+                "ocsp",
+                "-issuer",
+                str(env.ca_cert),
+                "-CAfile",
+                str(env.ca_cert),
+                "-cert",
+                str(env.outbox / "carol.cer"),
+                "-url",
+                uri,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Response verify OK" in res.stdout + res.stderr and ": good" in res.stdout
+    finally:
+        assert srv.stop() == 0, srv.output()
