@@ -96,7 +96,12 @@ class ServeProcess:
 
 
 def start_serve(env: CAEnv, port: int, **kw: object) -> ServeProcess:
-    return ServeProcess(env, port, **kw).wait_ready()  # type: ignore[arg-type]
+    srv = ServeProcess(env, port, **kw)  # type: ignore[arg-type]
+    try:
+        return srv.wait_ready()
+    except BaseException:
+        srv.kill()  # never left running by a test that failed
+        raise
 
 
 def curl(url: str, *args: str, out: Path | None = None) -> tuple[int, dict[str, str], bytes]:

@@ -44,8 +44,9 @@ def test_a_revoked_client_is_refused_at_once_without_a_reload(tmp_path: Path) ->
     for name in ("alice", "bob"):
         assert wait_result(env, name) == "outbox"
     srv = start_serve(env, port)
-    httpd = ApacheServer(web, block).start()
+    httpd = ApacheServer(web, block)
     try:
+        httpd.start()
 
         def status(name: str) -> int:
             return httpd.status_of(env.outbox / f"{name}.cer", keys[name])

@@ -32,6 +32,7 @@ from ..authority.serials import serial_hex
 from ..clock import utc_seconds
 from ..errors import CertdropError, IndexUnavailable, ServeError
 from ..index.status import StatusReader
+from .ocsp_der import ResponseSigner, cert_status, request_cert_id
 from .published import PublishedFiles
 
 log = logging.getLogger("certdrop.serve")
@@ -76,16 +77,19 @@ def _error(status: ocsp.OCSPResponseStatus, reason: str) -> OcspAnswer:
 
 
 class ResponderFile:
-    """`<state>/ocsp-responder.pem`, read again when it changes."""
+    """`<state>/ocsp-responder.pem`, read again when it changes, with its signer."""
 
     def __init__(self, state: Path) -> None:
         self.path = state / RESPONDER_FILE
         self._stamp: tuple[int, int, int] | None = None
-        self._creds: ResponderCredentials | None = None
+        self._signer: ResponseSigner | None = None
         self._error = ""
+        self._issued_by: str | None = None  # the CA (ca.cer's ETag) it was checked against
 
-    def get(self) -> ResponderCredentials:
-        """The responder's credentials; ServeError when there are none to use."""
+    def get(self, issuer: IssuerIds, issuer_tag: str, now: dt.datetime) -> ResponseSigner:
+        """The signer of the responder's credentials, checked against the CA `issuer`
+        (whose ca.cer has the ETag `issuer_tag`) and `now`; ServeError when there are
+        none to use."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -95,14 +99,27 @@ class ResponderFile:
             ) from None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp != self._stamp:
-            self._stamp = stamp
+            self._stamp, self._issued_by = stamp, None
             try:
-                self._creds, self._error = ResponderCredentials.from_pem(self.path.read_bytes()), ""
-            except (OSError, CertdropError) as exc:
-                self._creds, self._error = None, f"{self.path}: {exc}"
-        if self._creds is None:
+                creds = ResponderCredentials.from_pem(self.path.read_bytes())
+                self._signer, self._error = ResponseSigner(creds), ""
+            except (OSError, CertdropError, ValueError) as exc:
+                self._signer, self._error = None, f"{self.path}: {exc}"
+        signer = self._signer
+        if signer is None:
             raise ServeError(self._error)
-        return self._creds
+        if self._issued_by != issuer_tag:  # the signature is checked once, not per answer
+            problem = signer.creds.problem(issuer.cert, signer.creds.cert.not_valid_before_utc)
+            if problem is not None:
+                raise ServeError(problem)
+            self._issued_by = issuer_tag
+        cert = signer.creds.cert
+        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+            raise ServeError(
+                f"the responder certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
+                f" to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now"
+            )
+        return signer
 
 
 class IssuerIds:
@@ -138,12 +155,12 @@ class OcspResponder:
         self.index = index
         self._issuer: tuple[str, IssuerIds] | None = None
 
-    def _issuer_ids(self) -> IssuerIds:
+    def _issuer_ids(self) -> tuple[str, IssuerIds]:
         doc = self.files.get("ca.cer")
         cached = self._issuer
         if cached is None or cached[0] != doc.etag:
             cached = self._issuer = (doc.etag, IssuerIds(doc.body))
-        return cached[1]
+        return cached
 
     def respond(self, der: bytes, now: dt.datetime) -> OcspAnswer:
         """The answer to the DER request `der` at `now`."""
@@ -173,8 +190,8 @@ class OcspResponder:
                 f"a nonce of {len(nonce)} octets (RFC 8954: 1 to {MAX_NONCE})",
             )
         try:
-            issuer = self._issuer_ids()
-            creds = self.responder.get()
+            tag, issuer = self._issuer_ids()
+            signer = self.responder.get(issuer, tag, now)
         except ServeError as exc:
             return _error(ocsp.OCSPResponseStatus.TRY_LATER, str(exc))
         ours = issuer.ids.get(alg.name)
@@ -182,48 +199,25 @@ class OcspResponder:
             return _error(ocsp.OCSPResponseStatus.MALFORMED_REQUEST, f"unsupported hash {alg.name}")
         if (req.issuer_name_hash, req.issuer_key_hash) != ours:
             return _error(ocsp.OCSPResponseStatus.UNAUTHORIZED, "a certificate of another CA")
-        problem = creds.problem(issuer.cert, now)
-        if problem is not None:
-            return _error(ocsp.OCSPResponseStatus.TRY_LATER, problem)
         serial = req.serial_number
         try:
             found = self.index.status(serial_hex(serial)) if 0 < serial < 1 << 160 else None
         except IndexUnavailable as exc:
             return _error(ocsp.OCSPResponseStatus.TRY_LATER, str(exc))
         this_update = utc_seconds(now)
-        next_update = min(this_update + RESPONSE_VALIDITY, creds.cert.not_valid_after_utc)
-        revoked_at: dt.datetime | None = None
-        reason: x509.ReasonFlags | None = None
+        next_update = min(this_update + RESPONSE_VALIDITY, signer.creds.cert.not_valid_after_utc)
         if found is None:
-            cert_status, label = ocsp.OCSPCertStatus.UNKNOWN, "unknown"
+            label, status = "unknown", cert_status(None, None, known=False)
         elif found.revoked:
-            cert_status, label = ocsp.OCSPCertStatus.REVOKED, "revoked"
-            revoked_at = found.revoked_at or this_update
-            if found.reason and found.reason != "unspecified":
-                reason = x509.ReasonFlags(found.reason)
+            reason = found.reason if found.reason != "unspecified" else None
+            label, status = "revoked", cert_status(found.revoked_at or this_update, reason, True)
         else:
-            cert_status, label = ocsp.OCSPCertStatus.GOOD, "good"
-        builder = (
-            ocsp.OCSPResponseBuilder()
-            .add_response_by_hash(
-                req.issuer_name_hash,
-                req.issuer_key_hash,
-                serial,
-                alg,
-                cert_status,
-                this_update,
-                next_update,
-                revoked_at,
-                reason,
-            )
-            .responder_id(ocsp.OCSPResponderEncoding.HASH, creds.cert)
-            .certificates([creds.cert])
+            label, status = "good", cert_status(None, None, known=True)
+        body = signer.sign(
+            request_cert_id(der), status, this_update, next_update, this_update, nonce
         )
-        if nonce is not None:
-            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
-        response = builder.sign(creds.key, hashes.SHA256())
         return OcspAnswer(
-            response.public_bytes(serialization.Encoding.DER),
+            body,
             ocsp.OCSPResponseStatus.SUCCESSFUL,
             label,
             this_update,
