@@ -66,15 +66,16 @@ def _complete(buf: bytes) -> tuple[int, bytes, bool, int] | None:
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
-    head = buf[:end].decode("latin-1").lower()
+    head = buf[:end].lower()
     length = 0
-    for line in head.split("\r\n")[1:]:
-        if line.startswith("content-length:"):
-            length = int(line.split(":", 1)[1])
+    at = head.find(b"\r\ncontent-length:")
+    if at >= 0:
+        stop = head.find(b"\r\n", at + 17)
+        length = int(head[at + 17 : stop if stop > 0 else end])
     if len(buf) < end + 4 + length:
         return None
-    status = int(head.split(" ", 2)[1])
-    closes = head.startswith("http/1.0") or "connection: close" in head
+    status = int(head[9:12])
+    closes = head.startswith(b"http/1.0") or b"connection: close" in head
     return status, buf[end + 4 : end + 4 + length], closes, end + 4 + length
 
 

@@ -15,6 +15,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("cfssl-serve-1", "cfssl serve x1"),
     ("cfssl-serve-2", "cfssl serve x2"),
     ("ceiling", "cryptography ceiling"),
+    ("openssl-ocsp", "openssl ocsp -port"),
 ]
 PEERS = [c for c, _ in COLUMNS if c != "certdrop"]
 

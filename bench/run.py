@@ -47,6 +47,8 @@ def select_workloads(only: list[str]) -> list[str]:
     aliases = {"p12-ec-aes256": "p12", "crl-100k": "crl", "startup-100k": "startup"}
     aliases |= {"crl-100k-lint-off": "crl", "crl-100k-lint-on": "crl"}
     aliases |= {"idle-cpu": "idle", "memory": "startup", "latency-lint-on": "latency"}
+    aliases |= {"ocsp": "serve", "ocsp-p99": "serve", "crl-http": "serve"}
+    aliases |= {"serve-idle-cpu": "serve", "serve-memory": "serve"}
     chosen: list[str] = []
     for item in (w.strip() for arg in only for w in arg.split(",")):
         if not item:
@@ -277,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outbox-n", type=int, help="files in the outbox before its burst (100000)")
     ap.add_argument("--idle-seconds", type=float, help="idle CPU window (default 5)")
     ap.add_argument(
+        "--serve-seconds",
+        type=float,
+        help="each certdrop serve and openssl ocsp measurement (default 3)",
+    )
+    ap.add_argument(
+        "--serve-rounds", type=int, help="certdrop serve and openssl ocsp in turns (default 5)"
+    )
+    ap.add_argument(
         "--bursts",
         type=int,
         help="times each certdrop folder burst runs, the median shown (default 3; quick 1)",
@@ -306,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         "outbox_n",
         "idle_seconds",
         "bursts",
+        "serve_seconds",
+        "serve_rounds",
     ):
         value = getattr(args, opt)
         if value is not None:

@@ -19,6 +19,7 @@ import ceiling
 import csrs
 import indexfill
 import peers
+import serve_bench
 from cd_daemon import CertdropDaemon, DaemonError, tree_cpu_seconds, tree_memory_mb
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -45,6 +46,7 @@ WORKLOADS = [
     "crl",
     "startup",
     "idle",
+    "serve",
 ]
 
 
@@ -60,6 +62,8 @@ class Params:
     index_n: int = 100_000
     outbox_n: int = 100_000  # files in the outbox before the full-outbox burst
     idle_seconds: float = 5.0
+    serve_seconds: float = 3.0  # each OCSP and GET /crl.der measurement (certdrop serve)
+    serve_rounds: int = 5  # certdrop serve and openssl ocsp in turns, this many times each
     # "outside": staged in another folder, renamed into inbox/; "inside": staged as
     # inbox/.NAME.req, renamed to NAME.req; "copy": written straight into inbox/
     drop: str = "outside"
@@ -83,6 +87,8 @@ class Params:
             outbox_n=10_000,
             idle_seconds=2.0,
             bursts=1,
+            serve_seconds=1.0,
+            serve_rounds=1,
         )
 
 
@@ -911,5 +917,17 @@ def run_workload(bench: Bench, workload: str) -> list[Row]:
         return bench.startup()
     if workload == "idle":
         return [bench.idle()]
+    if workload == "serve":
+        if not (bench.wants("certdrop") or bench.wants("openssl-ocsp")):
+            return []
+        p = bench.params
+        return serve_bench.serve_rows(
+            bench.work,
+            bench.log,
+            p.serve_seconds,
+            p.serve_rounds,
+            p.idle_seconds,
+            openssl=bench.wants("openssl-ocsp"),
+        )
     print(f"unknown workload {workload}", file=sys.stderr)
     return []

@@ -26,7 +26,14 @@ def encode_length(n: int) -> bytes:
 
 def tlv(tag: int, value: bytes) -> bytes:
     """One element: tag, length, `value`."""
-    return bytes((tag,)) + encode_length(len(value)) + value
+    n = len(value)
+    if n < 0x80:  # the common lengths spelled out: this runs for every OCSP answer
+        return bytes((tag, n)) + value
+    if n < 0x100:
+        return bytes((tag, 0x81, n)) + value
+    if n < 0x10000:
+        return bytes((tag, 0x82, n >> 8, n & 0xFF)) + value
+    return bytes((tag,)) + encode_length(n) + value
 
 
 def element_header(der: bytes, pos: int = 0) -> tuple[int, int, int]:

@@ -8,7 +8,7 @@ inside an encrypted PKCS#12 bundle.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,18 @@ def sign_bytes(key: Any, data: bytes, hash_: hashes.HashAlgorithm | None) -> byt
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(data, ec.ECDSA(hash_))
     return bytes(key.sign(data, padding.PKCS1v15(), hash_))
+
+
+def signer(key: Any, hash_: hashes.HashAlgorithm | None) -> Callable[[bytes], bytes]:
+    """`sign_bytes` for one key, its algorithm chosen once (for signing many small things)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign
+    assert hash_ is not None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algorithm = ec.ECDSA(hash_)
+        return lambda data: key.sign(data, algorithm)
+    pad = padding.PKCS1v15()
+    return lambda data: bytes(key.sign(data, pad, hash_))
 
 
 def public_key_bytes(key: Any) -> bytes:

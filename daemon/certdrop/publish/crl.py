@@ -15,19 +15,22 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..authority.ca import CertificateAuthority, CrlEntry
 from ..authority.der import pem_armor
-from ..authority.lint import Linter
 from ..clock import Clock
 from ..config import CRLSettings
 from ..errors import CertdropError, LintError, PublishError
 from ..fsutil import atomic_write
 from ..index.store import Store
 from .meta import write_meta
+
+if TYPE_CHECKING:  # pkilint is loaded by those who lint, not by certdrop serve
+    from ..authority.lint import Linter
 
 log = logging.getLogger("certdrop.publish")
 

@@ -1,4 +1,4 @@
-"""HTTP for `certdrop serve`, with aiohttp (the one module that imports it).
+"""HTTP for `certdrop serve`, with aiohttp on uvloop (the one module that imports them).
 
 Each worker process runs one event loop: the routes below, answered by the objects of
 `ServeRuntime` (serve/runtime.py), on the listening socket the supervisor
@@ -21,6 +21,7 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
+import uvloop
 from aiohttp import web
 from cryptography.x509 import ocsp
 
@@ -160,7 +161,8 @@ def run_worker(
 ) -> int:
     """Serve on `sock` until SIGTERM (or until the supervisor is gone: `lifeline_fd` reads
     end of file); one byte on `ready_fd` once accepting. The exit status."""
-    return asyncio.run(_worker(sock, rt, board, index, ready_fd, lifeline_fd))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_worker(sock, rt, board, index, ready_fd, lifeline_fd))
 
 
 async def _worker(
@@ -203,6 +205,15 @@ async def _accept(
     loop = asyncio.get_running_loop()
     server = runner.server
     assert server is not None
+    closed = server.connection_lost
+
+    def connection_lost(handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        # the count told at once, not when this worker next accepts: a worker waiting in
+        # accept() with a stale count would let the other take every new connection
+        closed(handler, exc)
+        board.set(index, sum(1 for h in server.connections if h is not handler))
+
+    server.connection_lost = connection_lost  # type: ignore[method-assign]
     while True:
         board.set(index, len(server.connections))
         while not board.may_accept(index):

@@ -81,6 +81,7 @@ class ResponderFile:
 
     def __init__(self, state: Path) -> None:
         self.path = state / RESPONDER_FILE
+        self._path = str(self.path)  # stat()ed on every answer: no Path conversion each time
         self._stamp: tuple[int, int, int] | None = None
         self._signer: ResponseSigner | None = None
         self._error = ""
@@ -91,7 +92,7 @@ class ResponderFile:
         (whose ca.cer has the ETag `issuer_tag`) and `now`; ServeError when there are
         none to use."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._path)
         except FileNotFoundError:
             raise ServeError(
                 f"no OCSP responder certificate yet ({self.path}): the daemon makes one "

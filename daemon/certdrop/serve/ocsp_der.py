@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from ..authority.der import children, element_value, spki_key_bits, tlv
-from ..authority.keys import PrivateKey, sign_bytes, signature_hash
+from ..authority.keys import PrivateKey, signature_hash, signer
 from ..authority.reasons import CRL_REASON_CODES
 from ..authority.responder import ResponderCredentials
 
@@ -29,9 +29,19 @@ _GOOD = b"\x80\x00"  # [0] IMPLICIT NULL
 _UNKNOWN = b"\x82\x00"  # [2] IMPLICIT NULL
 
 
+_TIMES: dict[int, bytes] = {}  # the few GeneralizedTimes of the current second or so
+
+
 def generalized_time(when: dt.datetime) -> bytes:
     """GeneralizedTime YYYYMMDDHHMMSSZ (whole seconds, UTC), as RFC 5280 profiles it."""
-    return b"\x18\x0f" + time.strftime("%Y%m%d%H%M%SZ", time.gmtime(int(when.timestamp()))).encode()
+    seconds = int(when.timestamp())
+    der = _TIMES.get(seconds)
+    if der is None:
+        if len(_TIMES) > 64:
+            _TIMES.clear()
+        der = b"\x18\x0f" + time.strftime("%Y%m%d%H%M%SZ", time.gmtime(seconds)).encode()
+        _TIMES[seconds] = der
+    return der
 
 
 def request_cert_id(request_der: bytes) -> bytes:
@@ -70,6 +80,7 @@ class ResponseSigner:
         self._certs = tlv(0xA0, tlv(0x30, cert.public_bytes(serialization.Encoding.DER)))
         self._hash = None if signature_hash(self._key) is None else hashes.SHA256()
         self._algorithm = self._signature_algorithm()
+        self._sign = signer(self._key, self._hash)
 
     def _signature_algorithm(self) -> bytes:
         """The signatureAlgorithm cryptography writes for this key: taken from an answer
@@ -110,7 +121,7 @@ class ResponseSigner:
         if nonce is not None:
             data += tlv(0xA1, tlv(0x30, tlv(0x30, _NONCE + tlv(0x04, tlv(0x04, nonce)))))
         tbs = tlv(0x30, data)
-        signature = sign_bytes(self._key, tbs, self._hash)
+        signature = self._sign(tbs)
         basic = tlv(0x30, tbs + self._algorithm + tlv(0x03, b"\x00" + signature) + self._certs)
         return tlv(0x30, b"\x0a\x01\x00" + tlv(0xA0, tlv(0x30, _BASIC + tlv(0x04, basic))))
 

@@ -113,12 +113,12 @@ NAMES = tuple(_SOURCES)
 _Stamp = tuple[tuple[int, int, int, int], ...]
 
 
-def _stamp(state: Path, files: tuple[str, ...]) -> _Stamp:
+def _stamp(paths: tuple[str, ...]) -> _Stamp:
     """What tells that a file changed: (inode, size, mtime in ns, ctime in ns) of each."""
     out = []
-    for name in files:
+    for path in paths:
         try:
-            st = os.stat(state / name)
+            st = os.stat(path)
         except FileNotFoundError:
             out.append((0, 0, 0, 0))
             continue
@@ -132,13 +132,15 @@ class PublishedFiles:
     def __init__(self, state: Path) -> None:
         self.state = state
         self._cache: dict[str, tuple[_Stamp, Document]] = {}
+        # the files of each document as strings, made once: looked at on every request
+        self._paths = {n: tuple(str(state / f) for f in _SOURCES[n][0]) for n in NAMES}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Document:
         """The document `name` (one of NAMES) as it is now. KeyError for another name;
         ServeError (with the reason) when it is missing or unreadable."""
         files, make = _SOURCES[name]
-        stamp = _stamp(self.state, files)
+        stamp = _stamp(self._paths[name])
         cached = self._cache.get(name)
         if cached is not None and cached[0] == stamp:
             return cached[1]

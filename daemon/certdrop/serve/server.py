@@ -10,6 +10,7 @@ signal, a worker's message or the next watchdog ping.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import select
@@ -97,10 +98,14 @@ class Supervisor:
             from . import http
         except ImportError:
             raise ServeError(
-                "certdrop serve needs the Python package aiohttp; install certdrop with the "
-                "'serve' extra (pip install 'certdrop[serve]')"
+                "certdrop serve needs the Python packages aiohttp and uvloop; install certdrop "
+                "with the 'serve' extra (pip install 'certdrop[serve]')"
             ) from None
         self._http = http
+        # the objects loaded so far are shared with the workers: kept out of the garbage
+        # collector's passes, which would write to (and so copy) the pages holding them
+        gc.collect()
+        gc.freeze()
         sock = listening_socket(self.settings.http.listen)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
