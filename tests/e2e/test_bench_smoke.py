@@ -113,3 +113,34 @@ def test_bench_burst_into_a_full_outbox(tmp_path: Path) -> None:
     assert abs(row["cells"]["certdrop"]["value"] - min(details["full_per_second"])) < 0.1
     assert row["cells"]["certdrop"]["note"].startswith("400 files in outbox/ first; 2 bursts each")
     assert abs(row["target_value"] - 0.9 * min(details["empty_per_second"])) < 0.1
+
+
+def test_bench_serve_rows_beside_openssl_ocsp(tmp_path: Path) -> None:
+    """The certdrop serve rows: OCSP answered by certdrop serve and by `openssl ocsp -port`
+    on the same certificates (every answer checked for its nonce, every 50th for its
+    status), GET /crl.der, idle CPU and memory, the load generator's CPU beside them."""
+    out = tmp_path / "bench.json"
+    _quick_bench(
+        out,
+        "--only",
+        "serve",
+        "--tools",
+        "certdrop,openssl-ocsp",
+        "--serve-seconds",
+        "0.5",
+        "--idle-seconds",
+        "0.5",
+    )
+    rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"ocsp", "ocsp-p99", "crl-http", "serve-idle-cpu", "serve-memory"}
+    for tool in ("certdrop", "openssl-ocsp"):
+        cell = rows["ocsp"]["cells"][tool]
+        assert cell["value"] > 0 and not cell["error"], cell
+        assert rows["ocsp"]["details"][tool]["errors"] == 0
+        assert "load generator" in cell["note"]
+        assert rows["ocsp-p99"]["cells"][tool]["value"] > 0
+    assert rows["ocsp"]["details"]["certdrop"]["pair_ratios"]
+    assert "openssl ocsp" in rows["ocsp"]["target"]
+    assert rows["crl-http"]["cells"]["certdrop"]["value"] > 0
+    assert rows["serve-memory"]["details"]["certdrop"]["processes"] == 3
+    assert rows["serve-idle-cpu"]["cells"]["certdrop"]["value"] is not None

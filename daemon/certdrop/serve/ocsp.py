@@ -163,6 +163,22 @@ class OcspResponder:
             cached = self._issuer = (doc.etag, IssuerIds(doc.body))
         return cached
 
+    def warm_up(self, now: dt.datetime) -> None:
+        """Answer one request for serial 1, whatever the answer: what a first answer loads
+        (the index's SQL dialect, cryptography's backend) is loaded by then."""
+        try:
+            _tag, issuer = self._issuer_ids()
+        except ServeError:
+            return
+        name_hash, key_hash = issuer.ids["sha1"]
+        der = (
+            ocsp.OCSPRequestBuilder()
+            .add_certificate_by_hash(name_hash, key_hash, 1, hashes.SHA1())  # noqa: S303
+            .build()
+            .public_bytes(serialization.Encoding.DER)
+        )
+        self.respond(der, now)
+
     def respond(self, der: bytes, now: dt.datetime) -> OcspAnswer:
         """The answer to the DER request `der` at `now`."""
         try:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from ..clock import Clock
 from ..config import Settings
+from ..errors import ServeError
 from ..index.status import StatusReader
 from .ocsp import OcspResponder, ResponderFile
-from .published import PublishedFiles
+from .published import NAMES, PublishedFiles
 
 MAX_REQUEST_BYTES = 16 * 1024  # an OCSP request for one certificate is about 100 octets
 
@@ -33,6 +34,17 @@ class ServeRuntime:
         index = StatusReader(settings.database_url)
         ocsp = OcspResponder(files, ResponderFile(settings.state), index)
         return cls(settings, clock, files, ocsp, index)
+
+    def warm_up(self) -> None:
+        """Serve each document and one OCSP answer, to no one: the supervisor does this
+        before it forks, so that what answering loads lazily is loaded once and shared
+        by the workers instead of copied into each."""
+        for name in NAMES:
+            try:
+                self.files.get(name)
+            except ServeError:
+                pass  # not published yet: the workers say so when asked
+        self.ocsp.warm_up(self.clock.now())
 
     def close(self) -> None:
         self.index.close()

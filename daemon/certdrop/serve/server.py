@@ -102,6 +102,13 @@ class Supervisor:
                 "with the 'serve' extra (pip install 'certdrop[serve]')"
             ) from None
         self._http = http
+        from .runtime import ServeRuntime
+
+        warm = ServeRuntime.build(self.settings, self.clock)
+        try:
+            warm.warm_up()
+        finally:
+            warm.close()  # each worker opens the index for itself after the fork
         # the objects loaded so far are shared with the workers: kept out of the garbage
         # collector's passes, which would write to (and so copy) the pages holding them
         gc.collect()
