@@ -33,6 +33,9 @@ class ServeProcess:
         self.env = env
         self.port = port
         self.notify = NotifySocket()
+        # like systemd's notify socket: another user (a serve run as the service user) may send
+        self.notify.folder.chmod(0o755)
+        self.notify.path.chmod(0o777)
         e = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
         e.pop("CERTDROP_CONFIG", None)
         e.update(NOTIFY_SOCKET=str(self.notify.path), JOURNAL_STREAM="8:1")

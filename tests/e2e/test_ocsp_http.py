@@ -205,6 +205,46 @@ def test_hostile_requests_get_an_error_status_never_a_crash(served: Served) -> N
     for garbage in (b"", b"\x30\x80" * 50, b"GET / HTTP/1.1\r\n", req.read_bytes()[:20]):
         status, body = _http10_post(s.srv.port, garbage)
         assert status == 200 and _ocsp_status(body) == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    # a certificate of another CA, and a CertID hashed with an algorithm not taken here
+    other_key, other_ca = s.tmp / "other.key", s.tmp / "other.pem"
+    subprocess.run(
+        [
+            *(OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *(
+                "-nodes",
+                "-subj",
+                "/CN=another CA",
+                "-keyout",
+                str(other_key),
+                "-out",
+                str(other_ca),
+            ),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for issuer, extra, expected in (
+        (other_ca, [], ocsp.OCSPResponseStatus.UNAUTHORIZED),
+        (s.env.ca_cert, ["-sha3-256"], ocsp.OCSPResponseStatus.MALFORMED_REQUEST),
+    ):
+        odd = s.tmp / "odd.der"
+        subprocess.run(
+            [
+                OPENSSL,
+                "ocsp",
+                "-issuer",
+                str(issuer),
+                *extra,
+                "-serial",
+                "0x1234",
+                "-reqout",
+                str(odd),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        status, body = _http10_post(s.srv.port, odd.read_bytes())
+        assert status == 200 and _ocsp_status(body) == expected, issuer
     assert _http10_post(s.srv.port, b"\x30" * 20000)[0] == 413  # oversized
     assert _http10_post(s.srv.port, req.read_bytes(), "text/plain")[0] == 415
     status, _, body = curl(f"{s.srv.url}/ocsp/not%20base64!")

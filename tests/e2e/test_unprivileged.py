@@ -128,3 +128,76 @@ def test_daemon_runs_as_an_unprivileged_user(base: Path) -> None:
         assert stat.S_IMODE((env.state / secret).stat().st_mode) == 0o600, secret
     events = [json.loads(line) for line in (env.state / "audit.log").read_text().splitlines()]
     assert any(e["event"] == "issued" and e["name"] == "alice" and e["p12"] for e in events)
+
+
+def test_serve_answers_as_another_user_from_a_read_only_state(base: Path) -> None:
+    """certdrop serve as certdrop-http.service runs it: an unprivileged user without any
+    capability, the state folder readable and nothing in it writable, the CA key not even
+    readable (only the responder's key is the service user's): it answers OCSP and serves
+    the CRL, with the daemon stopped, and writes nothing."""
+    from apache_harness import free_port
+    from certdrop.authority.responder import RESPONDER_FILE
+    from conftest import OPENSSL, DaemonThread
+    from serve_kit import curl, serve_config, start_serve
+
+    port = free_port()
+    env = make_env(base / "env", extra=serve_config(port))
+    env.root.chmod(0o755)
+    d = DaemonThread(env).start()  # publishes the CRL, makes the responder certificate
+    try:
+        for name in ("alice", "bob"):
+            req, _ = openssl_csr(base / "users", name, f"/CN={name}", kind="ec:prime256v1")
+            env.drop(req)
+        for name in ("alice", "bob"):
+            assert wait_result(env, name) == "outbox"
+        code, out, err = env.cli("revoke", "bob", "--reason", "keyCompromise")
+        assert code == 0, (out, err)
+    finally:
+        d.stop()
+    for path in [env.state, *env.state.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # root's, readable, not writable
+    (env.state / "ca.key").chmod(0o600)  # root's: the service user cannot read it
+    responder = env.state / RESPONDER_FILE
+    os.chown(responder, UID, GID)  # the responder's key: the service user's alone
+    responder.chmod(0o600)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in env.state.rglob("*"))
+    prefix = [
+        str(SETPRIV),
+        f"--reuid={UID}",
+        f"--regid={GID}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+    ]
+    srv = start_serve(env, port, cmd_prefix=prefix)
+    try:
+        assert all(os.stat(f"/proc/{pid}").st_uid == UID for pid in [srv.proc.pid, *srv.children()])
+        for name, status in (("alice", "good"), ("bob", "revoked")):
+            cert = env.outbox / f"{name}.cer"
+            res = subprocess.run(
+                [
+                    OPENSSL,
+                    "ocsp",
+                    "-issuer",
+                    str(env.ca_cert),
+                    "-CAfile",
+                    str(env.ca_cert),
+                    "-cert",
+                    str(cert),
+                    "-url",
+                    f"{srv.url}/ocsp",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            out = res.stdout + res.stderr
+            assert "Response verify OK" in out and f"{cert}: {status}" in out, out
+        assert curl(f"{srv.url}/crl.der")[0] == 200
+        assert curl(f"{srv.url}/ca.cer")[0] == 200
+    finally:
+        assert srv.stop() == 0, srv.output()
+    assert "Traceback" not in srv.output() and "ERROR" not in srv.output(), srv.output()
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in env.state.rglob("*")) == before
+    assert [p for p in env.state.rglob("*") if p.stat().st_uid == UID] == [responder]
