@@ -8,6 +8,9 @@ and removed them) and they cannot be created, nothing is being written either: t
 database file alone is complete, and it is read as immutable until a `-wal` appears
 again (the daemon started), then normally. Each lookup is one statement in a
 transaction of its own: a revocation committed before it is seen.
+
+A SQLite file is read with the sqlite3 module alone, so that `certdrop serve` does not
+load SQLAlchemy (about 12 MB in every process); another database goes through it.
 """
 
 from __future__ import annotations
@@ -21,15 +24,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
-
 from ..errors import IndexUnavailable
-from .schema import certificates, from_epoch
 
-_STATUS = sa.select(
-    certificates.c.status, certificates.c.revoked_at, certificates.c.revocation_reason
-).where(certificates.c.serial == sa.bindparam("serial"))
+# the one statement, as SQLAlchemy writes it for `certificates` (index/schema.py); the
+# engine path below builds it from the table, tests/unit/index/test_status.py compares
+SQLITE_STATUS = (
+    "SELECT certificates.status, certificates.revoked_at, certificates.revocation_reason "
+    "\nFROM certificates \nWHERE certificates.serial = ?"
+)
 
 
 @dataclass(frozen=True)
@@ -41,60 +43,83 @@ class CertStatus:
     reason: str | None = None
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a plain SQLite URL (`sqlite:///PATH`, no query), else None."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or scheme.split("+")[0] != "sqlite" or not rest or "?" in rest:
+        return None
+    if rest == ":memory:":
+        return None
+    return Path(rest).resolve()
+
+
+def status_statement() -> Any:
+    """The lookup as a SQLAlchemy statement (databases other than a SQLite file)."""
+    import sqlalchemy as sa
+
+    from .schema import certificates
+
+    return sa.select(
+        certificates.c.status, certificates.c.revoked_at, certificates.c.revocation_reason
+    ).where(certificates.c.serial == sa.bindparam("serial"))
+
+
 class StatusReader:
     """Read-only status lookups (see the module docstring)."""
 
     def __init__(self, url: str) -> None:
-        self.url = sa.make_url(url)
-        self._sqlite_path: Path | None = None
-        if self.url.get_backend_name() == "sqlite" and self.url.database not in (
-            None,
-            "",
-            ":memory:",
-        ):
-            self._sqlite_path = Path(self.url.database).resolve()
-        self._engine: sa.Engine | None = None
+        self.url = url
+        self._sqlite_path = sqlite_file(url)
+        self._engine: Any = None  # another database: a SQLAlchemy engine
+        self._statement: Any = None
         self._immutable = False
-        self._raw: Any = None  # SQLite: the DB-API connection, statements straight to it
-        self._sql = ""
+        self._raw: sqlite3.Connection | None = None  # a SQLite file: sqlite3 straight
         self._lock = threading.Lock()
 
     # --- connections -------------------------------------------------------------------------------
-    def _sqlite_url(self, immutable: bool) -> str:
+    def _sqlite_uri(self, immutable: bool) -> str:
         assert self._sqlite_path is not None
         query = "mode=ro&immutable=1" if immutable else "mode=ro"
-        return f"sqlite:///file:{quote(str(self._sqlite_path))}?{query}&uri=true"
+        return f"file:{quote(str(self._sqlite_path))}?{query}"
 
     def _open(self) -> None:
         if self._sqlite_path is None:
+            import sqlalchemy as sa
+
+            self._statement = status_statement()
             self._engine = sa.create_engine(self.url, pool_pre_ping=True)
             return
         if not self._sqlite_path.exists():
             raise IndexUnavailable(f"the index {self._sqlite_path} does not exist (yet)")
         wal = self._sqlite_path.with_name(self._sqlite_path.name + "-wal")
+        last: BaseException | None = None
         for immutable in (False, True):
             if immutable and wal.exists():
                 break  # a writer is at work: never read the file as immutable then
-            engine = sa.create_engine(
-                self._sqlite_url(immutable),
-                poolclass=sa.pool.StaticPool,
-                connect_args={"check_same_thread": False},  # used under self._lock
-            )
             try:
-                raw = engine.raw_connection().driver_connection
-                assert raw is not None
-                raw.isolation_level = None  # autocommit: each statement sees the last commit
-                self._sql = str(_STATUS.compile(dialect=engine.dialect))
-                raw.execute(self._sql, ("",)).fetchall()
-            except (SQLAlchemyError, sqlite3.Error) as exc:
-                engine.dispose()
-                last: BaseException = exc
+                # autocommit (isolation_level None): each statement sees the last commit
+                raw = sqlite3.connect(
+                    self._sqlite_uri(immutable),
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,  # used under self._lock
+                )
+            except sqlite3.Error as exc:
+                last = exc
                 continue
-            self._engine, self._raw, self._immutable = engine, raw, immutable
+            try:
+                raw.execute(SQLITE_STATUS, ("",)).fetchall()
+            except sqlite3.Error as exc:
+                raw.close()
+                last = exc
+                continue
+            self._raw, self._immutable = raw, immutable
             return
         raise IndexUnavailable(f"the index {self._sqlite_path} cannot be read: {last}")
 
     def _close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
         if self._engine is not None:
             self._engine.dispose()
         self._engine = self._raw = None
@@ -111,27 +136,42 @@ class StatusReader:
         with self._lock:
             if self._immutable and self._wal_exists():
                 self._close()  # the daemon started: read it as a WAL database again
-            if self._engine is None:
+            if self._engine is None and self._raw is None:
                 self._open()
             try:
                 row = self._lookup(serial)
-            except (SQLAlchemyError, sqlite3.Error) as exc:
+            except _Unreadable as exc:
                 self._close()  # opened again on the next lookup
-                raise IndexUnavailable(f"the index cannot be read right now: {exc}") from None
+                raise IndexUnavailable(
+                    f"the index cannot be read right now: {exc.__cause__}"
+                ) from None
         if row is None:
             return None
         status, revoked_at, reason = row
         if status != "revoked":
             return CertStatus(False)
-        return CertStatus(True, from_epoch(revoked_at), reason)
+        when = None if revoked_at is None else dt.datetime.fromtimestamp(revoked_at, dt.UTC)
+        return CertStatus(True, when, reason)
 
     def _lookup(self, serial: str) -> Any:
         if self._raw is not None:
-            return self._raw.execute(self._sql, (serial,)).fetchone()
+            try:
+                return self._raw.execute(SQLITE_STATUS, (serial,)).fetchone()
+            except sqlite3.Error as exc:
+                raise _Unreadable from exc
+        from sqlalchemy.exc import SQLAlchemyError
+
         assert self._engine is not None
-        with self._engine.connect() as conn:
-            return conn.execute(_STATUS, {"serial": serial}).first()
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(self._statement, {"serial": serial}).first()
+        except SQLAlchemyError as exc:
+            raise _Unreadable from exc
 
     def _wal_exists(self) -> bool:
         assert self._sqlite_path is not None
         return os.path.exists(f"{self._sqlite_path}-wal")
+
+
+class _Unreadable(Exception):
+    """A lookup failed in the database (its cause says how)."""

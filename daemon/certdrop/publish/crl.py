@@ -26,11 +26,11 @@ from ..clock import Clock
 from ..config import CRLSettings
 from ..errors import CertdropError, LintError, PublishError
 from ..fsutil import atomic_write
-from ..index.store import Store
 from .meta import write_meta
 
-if TYPE_CHECKING:  # pkilint is loaded by those who lint, not by certdrop serve
+if TYPE_CHECKING:  # pkilint and SQLAlchemy: not loaded by certdrop serve
     from ..authority.lint import Linter
+    from ..index.store import Store
 
 log = logging.getLogger("certdrop.publish")
 

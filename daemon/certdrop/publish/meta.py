@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from ..index.store import Store
+if TYPE_CHECKING:  # SQLAlchemy: not loaded by certdrop serve
+    from ..index.store import Store
+
 
 log = logging.getLogger("certdrop.publish")
 

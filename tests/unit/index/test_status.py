@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from certdrop.index.status import CertStatus, StatusReader
+from certdrop.index.status import (
+    SQLITE_STATUS,
+    CertStatus,
+    StatusReader,
+    sqlite_file,
+    status_statement,
+)
 from certdrop.index.store import NewCertificate, Store
 
 NOW = dt.datetime(2031, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -141,3 +147,34 @@ def test_a_user_who_may_not_write_reads_with_the_daemon_stopped_and_running(shar
         proc.stdin.close()
         proc.wait(timeout=30)
     assert not any(f.stat().st_uid == 65534 for f in state.iterdir())  # nothing written
+
+
+def test_the_sqlite_statement_is_the_one_the_schema_makes() -> None:
+    """certdrop serve reads a SQLite file without SQLAlchemy: its statement text must be
+    what SQLAlchemy makes of index/schema.py's table."""
+    from sqlalchemy.dialects import sqlite
+
+    assert str(status_statement().compile(dialect=sqlite.dialect())) == SQLITE_STATUS
+
+
+def test_another_url_goes_through_sqlalchemy(tmp_path: Path) -> None:
+    """A URL that is not a plain SQLite file (here one with a driver option) is read through
+    SQLAlchemy's engine, with the same answers; a plain file through sqlite3 alone."""
+    path = tmp_path / "index.sqlite"
+    store = _fill(f"sqlite:///{path}")
+    assert sqlite_file(f"sqlite:///{path}") == path
+    assert sqlite_file(f"sqlite+pysqlite:///{path}") == path
+    assert sqlite_file(f"sqlite:///{path}?timeout=5") is None
+    assert sqlite_file("postgresql+psycopg://u@h/certdrop") is None
+    assert sqlite_file("sqlite:///:memory:") is None
+    reader = StatusReader(f"sqlite:///{path}?timeout=5")
+    try:
+        assert reader.status("0A11CE") == CertStatus(False)
+        assert reader.status("B0B0") == CertStatus(
+            True, NOW + dt.timedelta(hours=1), "keyCompromise"
+        )
+        assert reader.status("0BAD") is None
+        assert reader._engine is not None and reader._raw is None
+    finally:
+        reader.close()
+        store.close()
