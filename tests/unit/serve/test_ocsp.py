@@ -160,6 +160,10 @@ def test_the_answer_is_signed_by_the_delegated_responder_and_echoes_the_nonce(se
         x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING])
     )
     responder.verify_directly_issued_by(s.ca)
+    assert responder.extensions.get_extension_for_class(x509.OCSPNoCheck).critical is False
+    # short-lived: a few days, renewed by the daemon (tests/unit/service/test_jobs.py)
+    life = responder.not_valid_after_utc - responder.not_valid_before_utc
+    assert dt.timedelta(days=1) < life <= dt.timedelta(days=7)
     pub = responder.public_key()
     assert isinstance(pub, ec.EllipticCurvePublicKey)
     pub.verify(got.signature, got.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
