@@ -202,7 +202,7 @@ def shown_url(url: str) -> str:
     try:
         password = sa.engine.make_url(url).password
     except (SQLAlchemyError, ValueError):
-        return "(an unreadable URL)"
+        return url if "@" not in url else "(an unreadable URL)"
     if not password:
         return url
     scheme, sep, rest = url.partition("://")
@@ -217,7 +217,9 @@ def _one_line(error: object) -> str:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, named: str = "[paths] database") -> None:
+        """The index at `url` (not opened yet); `named`: where the URL came from, for
+        the messages about a URL that cannot be used."""
         self.url = url
         shown = shown_url(url)
         try:
@@ -232,11 +234,14 @@ class Store:
         except ImportError as exc:
             hint = _DRIVER_HINTS.get(parsed.get_backend_name(), "")
             raise StoreError(
-                f"[paths] database = {shown!r}: its driver is not installed "
+                f"{named} = {shown!r}: its driver is not installed "
                 f"({exc.name or exc})" + (f"; {hint}" if hint else "")
             ) from None
         except (SQLAlchemyError, ValueError) as exc:
-            raise StoreError(f"[paths] database = {shown!r}: cannot use it ({exc})") from None
+            raise StoreError(
+                f"{named} = {shown!r}: cannot use it ({exc}); a SQLAlchemy URL is expected, "
+                "e.g. postgresql://USER@HOST/DB or sqlite:////PATH/index.sqlite"
+            ) from None
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
