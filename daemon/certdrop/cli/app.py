@@ -76,6 +76,7 @@ def _add_syslog_priority(record: logging.LogRecord) -> bool:
 for _command in (
     setup.init,
     setup.run,
+    setup.serve,
     setup.check_config,
     query.status,
     query.list_cmd,
