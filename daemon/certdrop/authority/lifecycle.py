@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from ..clock import utc_seconds
 from ..errors import CAError, LintError
 from ..fsutil import atomic_write, ensure_dir
+from .chain import verify_chain
 from .keys import (
     generate_key,
     load_ca_key,
@@ -160,7 +161,8 @@ def adopt_ca(
     passphrase: bytes | None = None,
     chain_path: Path | None = None,
 ) -> tuple[x509.Certificate, list[str]]:
-    """Adopt an existing CA (such as the howto's ca.cer + ca.key). Returns warnings."""
+    """Adopt an existing CA (such as the howto's ca.cer + ca.key) with the chain above
+    it (`chain_path`, verified up to a self-signed root). Returns warnings."""
     if ca_exists(state):
         raise CAError(f"a CA already exists in {state}; certdrop never overwrites a CA")
     try:
@@ -203,12 +205,15 @@ def adopt_ca(
         )
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
         raise CAError(f"the CA key has only {key.key_size} bits; at least 2048 are required")
-    chain: list[x509.Certificate] = []
+    given: list[x509.Certificate] = []
     if chain_path is not None:
         try:
-            chain = x509.load_pem_x509_certificates(chain_path.read_bytes())
+            given = x509.load_pem_x509_certificates(chain_path.read_bytes())
         except (OSError, ValueError) as exc:
             raise CAError(f"cannot read the chain {chain_path}: {exc}") from None
+    # verified before anything is written: a chain that does not fit leaves no CA behind
+    chain, chain_warnings = verify_chain(cert, given, now)
+    warnings += chain_warnings
     ensure_dir(state, 0o700)
     atomic_write(state / CA_KEY, private_key_pem(key, passphrase), 0o600)
     if chain:
