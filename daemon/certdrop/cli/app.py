@@ -15,7 +15,7 @@ import click
 from .. import __version__
 from ..clock import Clock
 from ..errors import CertdropError
-from . import operate, query, setup
+from . import lifecycle, operate, query, setup
 from .context import config_option
 
 
@@ -86,6 +86,7 @@ for _command in (
     operate.crl,
     setup.apache_config,
     setup.import_cmd,
+    lifecycle.root_crl,
 ):
     cli.add_command(_command)
 

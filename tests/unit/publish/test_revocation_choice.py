@@ -12,11 +12,12 @@ import pytest
 from cryptography import x509
 
 from certdrop.authority.ca import CertificateAuthority
+from certdrop.authority.lifecycle import CHAIN_CRLS
 from certdrop.clock import ManualClock
 from certdrop.config import ApacheSettings
 from certdrop.errors import CertdropError, NotFoundError
 from certdrop.index.store import CertRecord, NewCertificate, Store
-from certdrop.publish.apache import CHAIN_CRLS, ApachePublisher
+from certdrop.publish.apache import ApachePublisher
 from certdrop.publish.crl import CrlPublisher
 from certdrop.publish.revocation import Revoker, choose_for_revocation
 from conftest import CAEnv, make_env
