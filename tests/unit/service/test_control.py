@@ -111,7 +111,7 @@ def test_crl_makes_a_new_crl_now(kit: Kit) -> None:
     assert execute_control(kit.rt, "crl", {}).startswith("ok: CRL ")
     before = crl_number(kit)
     result = execute_control(kit.rt, "crl", {})
-    assert crl_number(kit) == before + 1
+    assert crl_number(kit) == before + 1  # the same time (a ManualClock): the next number
     next_update = crl(kit).next_update_utc
     assert next_update is not None
     assert result == (
