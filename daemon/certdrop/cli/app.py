@@ -87,6 +87,8 @@ for _command in (
     setup.apache_config,
     setup.import_cmd,
     lifecycle.root_crl,
+    lifecycle.backup,
+    lifecycle.restore,
 ):
     cli.add_command(_command)
 

@@ -1,4 +1,5 @@
-"""The CA over years: the two-tier part of `certdrop init`, and `certdrop root-crl`.
+"""The CA over years: the two-tier part of `certdrop init`, `certdrop root-crl`,
+`certdrop backup` and `certdrop restore`.
 
 The offline root's folder (removable media) is opened only here, with its passphrase;
 the daemon never reads it.
@@ -198,3 +199,84 @@ def root_crl(
         raise CertdropError(f"the root CRL was not published: {answer[6:].strip()}")
     else:
         click.echo(answer.removeprefix("ok:").strip())
+
+
+# --- backup / restore --------------------------------------------------------------------------------
+@click.command()
+@config_option
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+def backup(dest: Path) -> None:
+    """A consistent copy of the state in DEST (new or empty), taken while the daemon runs:
+    the index through SQLite's online backup, the CA keys as stored, chain, CRLs,
+    passwords/, the audit log, and a manifest with checksums."""
+    from ..service.backup import take_backup
+    from ..service.ownership import hand_over
+
+    c = ctx()
+    s = c.settings
+    report = take_backup(s, dest, c.clock, c.resolved_config_path)
+    _audit(s, c.clock, "backup", {"dest": str(dest)}, f"{report.index.certificates} certificates")
+    hand_over(s.state, s.spool)  # an index opened as root: its -wal/-shm stay the service's
+    click.echo(
+        f"backed up {s.state} into {dest} in {report.seconds:.1f}s: the index "
+        f"({report.index.certificates} certificates, checked) and {report.files} files, "
+        f"{report.size / 1e6:.1f} MB; MANIFEST.json lists them with their SHA-256"
+    )
+    if _encrypted_key(dest / "state" / "ca.key") is False:
+        click.echo(
+            "  note: the CA key is stored unencrypted, and so it is in the backup: keep the "
+            "backup as safe as the CA host (or set [ca] key_passphrase_file)"
+        )
+
+
+def _audit(
+    settings: Settings, clock: Clock, command: str, args: dict[str, str], result: str
+) -> None:
+    from ..audit import AuditLog, operator_actor
+
+    log = AuditLog.in_state(settings.state, clock, actor=operator_actor())
+    log({"event": "operator", "command": command, "args": args, "ok": True, "result": result})
+
+
+def _encrypted_key(path: Path) -> bool | None:
+    try:
+        return b"ENCRYPTED" in path.read_bytes()
+    except OSError:
+        return None
+
+
+@click.command()
+@config_option
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def restore(src: Path) -> None:
+    """Put the backup SRC into the empty state folder (never over a live one); every
+    checksum and the index are checked first."""
+    from ..service.backup import restore_backup
+    from ..service.ownership import hand_over
+
+    c = ctx()
+    s = c.settings
+    report = restore_backup(s, src)
+    _audit(
+        s,
+        c.clock,
+        "restore",
+        {"src": str(src)},
+        f"backup of {report.created_at.isoformat()}, {report.index.certificates} certificates",
+    )
+    hand_over(s.state, s.spool)
+    click.echo(
+        f"restored the backup of {report.created_at:%Y-%m-%d %H:%M} UTC into {s.state}: the "
+        f"index ({report.index.certificates} certificates, integrity checked) and "
+        f"{report.files} files"
+    )
+    if report.left_out:
+        click.echo(
+            f"  left out {', '.join(report.left_out)}: the daemon publishes a fresh CRL at "
+            "start, numbered above every CRL published before"
+        )
+    click.echo(
+        "  certificates issued after the backup are in the spool's outbox/: adopt them with "
+        "'certdrop import SPOOL/outbox'; repeat the revocations made since (the old audit log "
+        "lists them)"
+    )
