@@ -87,6 +87,12 @@ class CASettings(_Section):
     key_type: KeyType = "ec-p256"
     validity_days: PositiveInt = 3650
     key_passphrase_file: str = ""
+    # a two-tier CA (init --offline-root): the issuing CA's name constraints, the root
+    permitted_email_domains: list[str] = []
+    permitted_dns_domains: list[str] = []
+    root_common_name: str = Field("", max_length=64)  # "" = common_name + " Root"
+    root_validity_days: PositiveInt = 7300
+    root_crl_days: int = Field(365, ge=2, le=3650)
 
     @field_validator("country")
     @classmethod
@@ -94,6 +100,25 @@ class CASettings(_Section):
         if value and not re.fullmatch(r"[A-Z]{2}", value):
             raise ValueError("must be a two-letter ISO 3166 country code in capitals, like BE")
         return value
+
+    @field_validator("permitted_email_domains", "permitted_dns_domains")
+    @classmethod
+    def _permitted(cls, value: list[str]) -> list[str]:
+        return [_domain(d) for d in value]
+
+    @model_validator(mode="after")
+    def _tiers(self) -> CASettings:
+        if not self.root_common_name and len(self.root_name) > 64:
+            raise ValueError(
+                "common_name + ' Root' is longer than 64 characters; set root_common_name "
+                "(at most 64)"
+            )
+        return self
+
+    @property
+    def root_name(self) -> str:
+        """The offline root's common name."""
+        return self.root_common_name or f"{self.common_name} Root"
 
 
 class PolicySettings(_Section):

@@ -116,6 +116,18 @@ class Staged:
     p12: bool = False
 
 
+# --- CRL numbers ------------------------------------------------------------------------------------
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def crl_number(now: dt.datetime, above: int = 0) -> int:
+    """The number of a CRL made at `now`: its time in nanoseconds since the epoch (as
+    Boulder numbers its CRLs), or `above` + 1 when that is larger (`above`: the highest
+    number known to be used). A number derived from the time cannot be used again by a
+    copy of the CA restored from an older backup, which a counter would be."""
+    return max((now - _EPOCH) // dt.timedelta(microseconds=1) * 1000, above + 1)
+
+
 # --- DER for CRL entries ---------------------------------------------------------------------------
 CrlEntry = tuple[int, dt.datetime | int, str | None]
 """A revoked certificate: serial, revocation time (datetime or UTC epoch seconds), reason."""

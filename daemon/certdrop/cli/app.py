@@ -15,7 +15,7 @@ import click
 from .. import __version__
 from ..clock import Clock
 from ..errors import CertdropError
-from . import operate, query, setup
+from . import database, lifecycle, operate, query, setup
 from .context import config_option
 
 
@@ -87,6 +87,10 @@ for _command in (
     operate.crl,
     setup.apache_config,
     setup.import_cmd,
+    database.migrate_db,
+    lifecycle.root_crl,
+    lifecycle.backup,
+    lifecycle.restore,
 ):
     cli.add_command(_command)
 

@@ -19,6 +19,7 @@ from .context import (
     operator_result,
     queued_text,
 )
+from .lifecycle import init_two_tier, offline_root_options
 
 
 # --- init ---------------------------------------------------------------------------------------------
@@ -39,8 +40,18 @@ from .context import (
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Certificates above an adopted intermediate CA (PEM), up to the root.",
 )
-def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> None:
-    """Create the CA (or adopt ca.cer + ca.key) and the folders; never overwrites a CA."""
+@offline_root_options
+def init(
+    ca_cert: Path | None,
+    ca_key: Path | None,
+    ca_chain: Path | None,
+    offline_root: Path | None,
+    root_passphrase_file: Path | None,
+) -> None:
+    """Create the CA (or adopt ca.cer + ca.key) and the folders; never overwrites a CA.
+
+    With --offline-root DIR: a two-tier CA, a root whose key is written only to DIR
+    (encrypted) and the online issuing CA it signs."""
     from cryptography.hazmat.primitives import hashes
 
     from ..authority.keys import read_passphrase
@@ -55,9 +66,15 @@ def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> No
     s = c.settings
     if (ca_cert is None) != (ca_key is None):
         raise click.UsageError("--ca-cert and --ca-key go together")
+    if offline_root is not None and ca_cert is not None:
+        raise click.UsageError("--offline-root creates the CA; it does not go with --ca-cert")
+    if offline_root is None and root_passphrase_file is not None:
+        raise click.UsageError("--root-passphrase-file goes with --offline-root")
     passphrase = read_passphrase(s.ca.key_passphrase_file)
     now = c.clock.now()
-    if ca_cert is not None and ca_key is not None:
+    if offline_root is not None:
+        cert = init_two_tier(s, c.clock, offline_root, root_passphrase_file, passphrase)
+    elif ca_cert is not None and ca_key is not None:
         cert, warnings = adopt_ca(s.state, ca_cert, ca_key, now, passphrase, ca_chain)
         click.echo(f"adopted CA {subject_text(cert.subject)} into {s.state}")
         for w in warnings:

@@ -12,11 +12,13 @@ import logging
 import time
 from typing import Protocol
 
+from ..authority.lifecycle import CHAIN_CRLS
 from ..clock import Clock
 from ..intake.inbox import Inbox
 from ..notify.alerts import announce_pending
-from ..notify.expiry import SweepConfig, SweepReport, sweep
+from ..notify.expiry import CrlAbove, SweepConfig, SweepReport, sweep
 from ..notify.mailer import FlushReport, Mailer
+from ..publish.upstream import read_chain_crls
 from .runtime import Runtime
 from .scheduler import Scheduler
 
@@ -83,11 +85,14 @@ class Jobs:
         rt = self.host.rt
         if rt is None:
             return None
+        now = self.clock.now()
+        above, _ = read_chain_crls(rt.settings.state / CHAIN_CRLS, rt.ca.chain, now)
         report = sweep(
             rt.store,
             SweepConfig.from_settings(rt.settings),
             rt.ca.bundle_certificates(),
-            self.clock.now(),
+            now,
+            [CrlAbove(u.name, u.number, u.next_update, u.due_at) for u in above],
         )
         self.sweeps += 1
         if report.holder_mails or report.digest or report.alerts:

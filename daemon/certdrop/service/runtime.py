@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..audit import AuditLog, operator_actor
 from ..authority.ca import CertificateAuthority, CertificateUrls
 from ..authority.keys import read_passphrase
+from ..authority.lifecycle import CHAIN_CRLS
 from ..authority.lint import Linter, shared_linter
 from ..authority.workers import WorkerPool
 from ..clock import Clock
@@ -36,7 +37,7 @@ from ..notify.alerts import queue_admin_alert
 from ..notify.mailer import Mailer
 from ..notify.passwords import choose_password_channel
 from ..notify.requester import RequesterMail
-from ..publish.apache import CHAIN_CRLS, ApachePublisher
+from ..publish.apache import ApachePublisher
 from ..publish.crl import CrlPublisher
 from ..publish.responder import ResponderPublisher
 from ..publish.revocation import Revoker

@@ -53,8 +53,9 @@ def _fill(url: str) -> Store:
     return store
 
 
-def test_good_revoked_unknown_and_a_revocation_seen_at_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+def test_good_revoked_unknown_and_a_revocation_seen_at_once(index_url: str) -> None:
+    """On SQLite (sqlite3 alone) and PostgreSQL (through SQLAlchemy)."""
+    url = index_url
     store = _fill(url)
     reader = StatusReader(url)
     try:
