@@ -2,10 +2,15 @@
 
 A request names a certificate by its issuer's name and key hashes and its serial. The
 answer for a certificate of this CA is `good`, `revoked` (with the time and the reason) or
-`unknown` (never issued here), from the index as it is at that moment (no cache: a
-revocation is answered the moment it is committed). It is signed by the delegated
-responder (`<state>/ocsp-responder.pem`, renewed by the daemon, read again when it
-changes) and carries the responder's certificate and the request's nonce.
+`unknown` (never issued here), from the index as it is at that moment (looked up for
+every request: a revocation is answered the moment it is committed). It is signed by
+the delegated responder (`<state>/ocsp-responder.pem`, renewed by the daemon, read again
+when it changes) and carries the responder's certificate and the request's nonce.
+
+An answer to a request without nonce (RFC 5019's GETs) is signed once and given again
+for up to REUSE_SECONDS to the same CertID while the index says the same and the
+responder is the same: a new status or responder makes a new answer at once. An answer
+to a nonce is for that request alone.
 
 What cannot be answered gets an unsigned error status: a request that does not parse, an
 unknown hash algorithm, a critical extension we do not know or a nonce RFC 8954 forbids:
@@ -39,6 +44,8 @@ log = logging.getLogger("certdrop.serve")
 
 RESPONSE_VALIDITY = dt.timedelta(hours=1)  # nextUpdate: how long an answer may be relied on
 MAX_NONCE = 32  # RFC 8954 2.1: a nonce of 1 to 32 octets
+REUSE_SECONDS = 60  # a nonce-less answer is given again this long (its thisUpdate as old)
+REUSE_ENTRIES = 10_000  # answers kept for that; all forgotten when full
 _HASHES: tuple[hashes.HashAlgorithm, ...] = (
     hashes.SHA1(),  # noqa: S303 (CertID's hash: RFC 5019 has clients use SHA-1)
     hashes.SHA224(),
@@ -155,6 +162,8 @@ class OcspResponder:
         self.responder = responder
         self.index = index
         self._issuer: tuple[str, IssuerIds] | None = None
+        # (CertID, CertStatus DER) -> (the signer that signed it, its answer)
+        self._reuse: dict[tuple[bytes, bytes], tuple[ResponseSigner, OcspAnswer]] = {}
 
     def _issuer_ids(self) -> tuple[str, IssuerIds]:
         doc = self.files.get("ca.cer")
@@ -230,10 +239,17 @@ class OcspResponder:
             label, status = "revoked", cert_status(found.revoked_at or this_update, reason, True)
         else:
             label, status = "good", cert_status(None, None, known=True)
-        body = signer.sign(
-            request_cert_id(der), status, this_update, next_update, this_update, nonce
-        )
-        return OcspAnswer(
+        cert_id = request_cert_id(der)
+        if nonce is None:
+            kept = self._reuse.get((cert_id, status))
+            if kept is not None and kept[0] is signer:
+                answer = kept[1]
+                assert answer.produced_at is not None and answer.next_update is not None
+                age = (now - answer.produced_at).total_seconds()
+                if 0 <= age < REUSE_SECONDS and now < answer.next_update:
+                    return answer
+        body = signer.sign(cert_id, status, this_update, next_update, this_update, nonce)
+        answer = OcspAnswer(
             body,
             ocsp.OCSPResponseStatus.SUCCESSFUL,
             label,
@@ -241,3 +257,8 @@ class OcspResponder:
             next_update,
             nonce is not None,
         )
+        if nonce is None:
+            if len(self._reuse) >= REUSE_ENTRIES:
+                self._reuse.clear()
+            self._reuse[(cert_id, status)] = (signer, answer)
+        return answer

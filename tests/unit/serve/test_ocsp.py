@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from certdrop.authority.responder import RESPONDER_FILE
+from certdrop.serve.ocsp import REUSE_SECONDS
 from certdrop.serve.runtime import ServeRuntime
 from conftest import OPENSSL, ec_csr, stock_linter
 from issue_kit import Kit, make_kit
@@ -183,6 +184,37 @@ def test_a_revocation_is_answered_at_once(setup: Setup) -> None:
     got = s.ask(req)
     assert got.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert got.revocation_reason == x509.ReasonFlags.superseded
+
+
+def test_an_answer_without_nonce_is_given_again_for_a_minute(setup: Setup) -> None:
+    """RFC 5019: a nonce-less answer is signed once and given again to the same CertID for
+    up to a minute, while the status and the responder stay; never an answer to a nonce."""
+    s = setup
+    req = _request(s.alice, s.ca)
+    now = s.kit.clock.now()
+    first = s.rt.ocsp.respond(req, now)
+    again = s.rt.ocsp.respond(req, now + dt.timedelta(seconds=REUSE_SECONDS - 1))
+    assert again.body == first.body
+    later = s.rt.ocsp.respond(req, now + dt.timedelta(seconds=REUSE_SECONDS))
+    assert later.body != first.body
+    assert later.produced_at == first.produced_at + dt.timedelta(seconds=REUSE_SECONDS)
+    # the same CertID asked with a nonce: an answer of its own, carrying that nonce
+    for nonce in (b"\x01" * 16, b"\x02" * 16):
+        got = ocsp.load_der_ocsp_response(
+            s.rt.ocsp.respond(_request(s.alice, s.ca, nonce=nonce), now).body
+        )
+        assert got.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+    # a new responder certificate signs the next answer at once
+    s.kit.rt.responder.renew()
+    renewed = s.rt.ocsp.respond(req, now + dt.timedelta(seconds=REUSE_SECONDS + 1))
+    old_signer = ocsp.load_der_ocsp_response(later.body).certificates[0]
+    new_signer = ocsp.load_der_ocsp_response(renewed.body).certificates[0]
+    assert new_signer != old_signer
+    assert s.rt.ocsp.respond(req, now + dt.timedelta(seconds=REUSE_SECONDS + 2)) == renewed
+    # a revocation: the next answer says so (test_a_revocation_is_answered_at_once too)
+    s.kit.rt.revoker.revoke(f"{s.alice.serial_number:X}", "superseded")
+    got = s.rt.ocsp.respond(req, now + dt.timedelta(seconds=REUSE_SECONDS + 2))
+    assert got.cert_status == "revoked"
 
 
 def _status(s: Setup, der: bytes) -> ocsp.OCSPResponseStatus:
