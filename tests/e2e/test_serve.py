@@ -156,3 +156,39 @@ def test_bad_listen_and_busy_port_are_one_line_each(tmp_path: Path) -> None:
         f"certdrop: error: [http] listen = '127.0.0.1:{port}': cannot listen there "
         "(another process listens there)"
     ]
+
+
+SS = shutil.which("ss")
+
+
+def _holders(port: int) -> list[int]:
+    """The pids holding the server side of the established connections on `port`."""
+    assert SS is not None
+    out = subprocess.run(
+        [SS, "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted(int(line.split("pid=")[1].split(",")[0]) for line in out.splitlines())
+
+
+@pytest.mark.skipif(SS is None, reason="needs iproute2's ss")
+def test_keepalive_connections_are_spread_over_the_workers(served) -> None:
+    """Two long-lived connections land in two workers, round after round (serve/balance.py:
+    a worker takes a connection only while it holds no more than the other)."""
+    import http.client
+
+    _env, srv = served
+    workers = sorted(srv.children())
+    assert len(workers) == 2
+    for _ in range(3):
+        conns = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20) for _ in range(2)]
+        for c in conns:
+            c.request("GET", "/ca.cer")
+            r = c.getresponse()
+            assert r.status == 200 and r.read()
+        assert _holders(srv.port) == workers
+        for c in conns:
+            c.close()
+        wait_for(lambda: _holders(srv.port) == [], 15)
