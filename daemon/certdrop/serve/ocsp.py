@@ -121,11 +121,10 @@ class ResponderFile:
             if problem is not None:
                 raise ServeError(problem)
             self._issued_by = issuer_tag
-        cert = signer.creds.cert
-        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        if not signer.not_before <= now < signer.not_after:
             raise ServeError(
-                f"the responder certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
-                f" to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now"
+                f"the responder certificate is valid from {signer.not_before:%Y-%m-%d %H:%M}"
+                f" to {signer.not_after:%Y-%m-%d %H:%M} UTC, not now"
             )
         return signer
 
@@ -231,7 +230,7 @@ class OcspResponder:
         except IndexUnavailable as exc:
             return _error(ocsp.OCSPResponseStatus.TRY_LATER, str(exc))
         this_update = utc_seconds(now)
-        next_update = min(this_update + RESPONSE_VALIDITY, signer.creds.cert.not_valid_after_utc)
+        next_update = min(this_update + RESPONSE_VALIDITY, signer.not_after)
         if found is None:
             label, status = "unknown", cert_status(None, None, known=False)
         elif found.revoked:

@@ -18,7 +18,7 @@ import time
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from ..authority.der import children, element_value, spki_key_bits, tlv
+from ..authority.der import children, element_header, element_value, spki_key_bits, tlv
 from ..authority.keys import PrivateKey, signature_hash, signer
 from ..authority.reasons import CRL_REASON_CODES
 from ..authority.responder import ResponderCredentials
@@ -45,12 +45,16 @@ def generalized_time(when: dt.datetime) -> bytes:
 
 
 def request_cert_id(request_der: bytes) -> bytes:
-    """The CertID (DER, as the client wrote it) of the single request in an OCSPRequest
+    """The CertID (DER, as the client wrote it) of the first request in an OCSPRequest
     that cryptography has parsed already (so its structure is known to be sound)."""
-    tbs = children(element_value(request_der))[0][1]
-    request_list = next(e for tag, e in children(element_value(tbs)) if tag == 0x30)
-    first = children(element_value(request_list))[0][1]
-    return children(element_value(first))[0][1]
+    _, tbs, _ = element_header(request_der, 0)  # OCSPRequest -> tbsRequest
+    _, pos, _ = element_header(request_der, tbs)  # its contents: [0] version, [1] name, list
+    tag, start, end = element_header(request_der, pos)
+    while tag != 0x30:  # past the optional version and requestorName
+        tag, start, end = element_header(request_der, end)
+    _, request, _ = element_header(request_der, start)  # the first Request's contents
+    _, _, cert_id_end = element_header(request_der, request)  # its reqCert
+    return request_der[request:cert_id_end]
 
 
 def cert_status(revoked_at: dt.datetime | None, reason: str | None, known: bool) -> bytes:
@@ -81,6 +85,9 @@ class ResponseSigner:
         self._hash = None if signature_hash(self._key) is None else hashes.SHA256()
         self._algorithm = self._signature_algorithm()
         self._sign = signer(self._key, self._hash)
+        # the responder certificate's validity, asked for every answer: read once
+        self.not_before = cert.not_valid_before_utc
+        self.not_after = cert.not_valid_after_utc
 
     def _signature_algorithm(self) -> bytes:
         """The signatureAlgorithm cryptography writes for this key: taken from an answer

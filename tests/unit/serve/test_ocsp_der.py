@@ -139,3 +139,22 @@ def test_responses_are_byte_for_byte_what_cryptography_builds(kind: str) -> None
             assert isinstance(pub, ec.EllipticCurvePublicKey)
             pub.verify(ours.signature, ours.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
         assert stock_linter().ocsp_response(der) == []
+
+
+def test_the_certid_is_found_past_a_requestor_name() -> None:
+    """RFC 6960 4.1.1: tbsRequest may carry [1] requestorName before the requestList
+    (cryptography never writes it, other clients may; [0] version is the default v1,
+    which DER leaves out)."""
+    from certdrop.authority.der import children, element_value, tlv
+
+    plain = _request(hashes.SHA1(), 0x1234, b"\x05" * 16)
+    [(tbs_tag, tbs)] = children(element_value(plain))
+    requestor = tlv(0xA1, tlv(0x81, b"alice@example.org"))  # rfc822Name
+    fuller = tlv(0x30, tlv(0x30, requestor + element_value(tbs)))
+    assert tbs_tag == 0x30
+    req = ocsp.load_der_ocsp_request(fuller)  # what the responder does first
+    assert req.serial_number == 0x1234
+    cert_id = request_cert_id(plain)
+    assert request_cert_id(fuller) == cert_id
+    assert cert_id[0] == 0x30 and bytes.fromhex("06052b0e03021a") in cert_id  # SHA-1
+    assert cert_id.endswith(bytes.fromhex("02021234"))  # the serial, last
