@@ -65,14 +65,19 @@ def _not_modified(request: web.Request, doc: Document) -> bool:
     return doc.last_modified <= since
 
 
-def _document_response(request: web.Request, doc: Document, now: dt.datetime) -> web.Response:
+def _caching_headers(doc: Document, now: dt.datetime) -> dict[str, str]:
     age = doc.fresh_for(now)
-    headers = {
+    return {
         "ETag": doc.etag,
         "Last-Modified": _http_date(doc.last_modified),
         "Cache-Control": f"public, max-age={age}, no-transform",
         "Expires": _http_date(now + dt.timedelta(seconds=age)),  # for HTTP/1.0 caches
     }
+
+
+def _document_response(
+    request: web.Request, doc: Document, headers: dict[str, str]
+) -> web.Response:
     if _not_modified(request, doc):
         return web.Response(status=304, headers=headers)
     return web.Response(body=doc.body, headers={**headers, "Content-Type": doc.media_type})
@@ -87,6 +92,9 @@ def make_app(rt: ServeRuntime) -> web.Application:
     app = web.Application(client_max_size=rt.max_request_bytes)
 
     def document(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        # the caching headers depend on the document and the second only: made once a second
+        made: list[tuple[Document, int, dict[str, str]]] = []
+
         async def handler(request: web.Request) -> web.StreamResponse:
             now = rt.clock.now()
             try:
@@ -94,7 +102,14 @@ def make_app(rt: ServeRuntime) -> web.Application:
             except ServeError as exc:
                 log.warning("GET /%s: %s", name, exc)
                 return _unavailable(str(exc))
-            return _document_response(request, doc, now)
+            second = int(now.timestamp())
+            if made and made[0][0] is doc and made[0][1] == second:
+                headers = made[0][2]
+            else:
+                # as of the second's end: max-age never reaches past nextUpdate in it
+                headers = _caching_headers(doc, dt.datetime.fromtimestamp(second + 1, dt.UTC))
+                made[:] = [(doc, second, headers)]
+            return _document_response(request, doc, headers)
 
         return handler
 
