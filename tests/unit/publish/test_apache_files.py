@@ -135,7 +135,7 @@ def make_rig(
         store,
         clock,
         env.state / CHAIN_CRLS,
-        on_failure=lambda subject, body: alerts.append((subject, body)),
+        on_failure=lambda subject, body, key=None: alerts.append((subject, body)),
     )
     crl.add_listener(apache.changed)
     return Rig(env, store, crl, apache, marks, alerts)
