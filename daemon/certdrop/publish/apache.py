@@ -85,12 +85,13 @@ class CompanionStatus:
             + (f"Output:\n{self.output}\n\n" if self.output else "")
             + (
                 "The last good files are back in place and Apache was not reloaded: it keeps\n"
-                "running with them, without the newest CRL. "
+                "running with them, without the newest CRL.\n\n"
                 if self.restored
-                else "There were no earlier good files to put back; Apache was not reloaded. "
+                else "There were no earlier good files to put back; Apache was not reloaded.\n\n"
             )
-            + "Fix the problem (journalctl -u\ncertdrop-apache-reload); certdrop publishes "
-            f"again at its next check.\nStatus file: {path}\n",
+            + "Fix the problem (journalctl -u certdrop-apache-reload shows it); certdrop\n"
+            "publishes its files again at its next check.\n\n"
+            f"Status file: {path}\n",
         )
 
 
