@@ -45,6 +45,9 @@ log = logging.getLogger("certdrop.publish")
 # meta keys (the index's key/value table)
 META_APACHE = "publish.apache"  # the last outcome (JSON), for `certdrop status`
 META_APPLIED = "publish.apache_applied"  # digest of the files Apache was last reloaded with
+# after the daemon wrote files for the companion: when it reads the companion's verdict
+# (and alerts on a failure) without waiting for the periodic check
+COMPANION_CHECK_SECONDS = 30.0
 
 
 class Alert(Protocol):
@@ -231,6 +234,8 @@ class ApachePublisher:
         self.on_failure = on_failure
         self._lock = threading.Lock()
         self._debouncer: Debouncer | None = None
+        self.companion_check_seconds = COMPANION_CHECK_SECONDS
+        self._companion_watch: Debouncer | None = None
 
     # --- life cycle -----------------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -238,6 +243,10 @@ class ApachePublisher:
         if self._debouncer is None:
             self._debouncer = Debouncer(
                 self.settings.debounce_seconds, self.publish, "certdrop-apache"
+            )
+        if self._companion_watch is None and not self.settings.reload_command:
+            self._companion_watch = Debouncer(
+                self.companion_check_seconds, self.check_companion, "certdrop-apache-companion"
             )
 
     @property
@@ -249,6 +258,9 @@ class ApachePublisher:
         if self._debouncer is not None:
             self._debouncer.close()
             self._debouncer = None
+        if self._companion_watch is not None:
+            self._companion_watch.close()
+            self._companion_watch = None
 
     def changed(self) -> None:
         """The CRL (or CA) changed: publish the files, debounced in the daemon."""
@@ -365,6 +377,8 @@ class ApachePublisher:
                 )
         if not self.settings.reload_command:
             write_meta(self.store, META_APPLIED, digest)
+            if self._companion_watch is not None:
+                self._companion_watch.trigger()  # the companion's verdict, read soon
             return ApacheOutcome(
                 True, "written", "no reload_command: the reload is left to a path unit", notes
             )
