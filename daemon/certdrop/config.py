@@ -265,6 +265,8 @@ class ApacheSettings(_Section):
     reload_command: list[str] = ["apachectl", "-k", "graceful"]
     debounce_seconds: float = Field(2.0, ge=0)
     command_timeout_seconds: PositiveFloat = 60.0
+    # the root-owned companion's last outcome (systemd/certdrop-apache-companion)
+    companion_status: Path = Path("/var/lib/certdrop-apache/status.json")
 
 
 class ExpirySettings(_Section):

@@ -27,6 +27,11 @@ from ..clock import utc_seconds
 from ..errors import CAError, LintError
 from ..fsutil import atomic_write, ensure_dir
 from .chain import verify_chain
+from .files import CA_CERT as CA_CERT  # the file names, also imported from here
+from .files import CA_CHAIN as CA_CHAIN
+from .files import CA_KEY as CA_KEY
+from .files import CHAIN_CRLS as CHAIN_CRLS
+from .files import ROOT_CRL_FILE as ROOT_CRL_FILE
 from .keys import (
     PrivateKey,
     generate_key,
@@ -39,12 +44,6 @@ from .serials import random_serial
 
 if TYPE_CHECKING:  # settings are pydantic models: not needed to sign
     from ..config import CASettings
-
-CA_KEY = "ca.key"
-CA_CERT = "ca.cer"
-CA_CHAIN = "chain.pem"
-CHAIN_CRLS = "chain-crls"  # CRLs of the CAs above this one (root-crl, or the operator)
-ROOT_CRL_FILE = "root.crl"  # the offline root's CRL in CHAIN_CRLS
 
 LintFunction = Callable[[bytes], list[str]]
 """Lints a DER document: the findings that refuse it ([] = clean)."""

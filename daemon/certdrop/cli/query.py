@@ -150,6 +150,12 @@ def _watch_text(value: dict[str, Any]) -> str:
     return watch_text(value)
 
 
+def _apache_text(value: dict[str, Any]) -> str:
+    from .status import apache_text
+
+    return apache_text(value)
+
+
 def _chain_crls_text(value: Any) -> str:
     from .status import chain_crls_text
 
@@ -160,6 +166,7 @@ def _chain_crls_text(value: Any) -> str:
 _STATUS_TEXT: dict[str, Callable[[Any], str]] = {
     "watch": _watch_text,
     "chain_crls": _chain_crls_text,
+    "apache": _apache_text,
 }
 
 

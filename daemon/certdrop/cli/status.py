@@ -17,7 +17,7 @@ from ..index.mailqueue import queue_status
 from ..index.store import Store, Transaction
 from ..index.warned import LAST_SWEEP_META_KEY
 from ..intake.inbox import watch_choice
-from ..publish.apache import META_APACHE
+from ..publish.apache import META_APACHE, read_companion_status
 from ..publish.crl import CRL_DER, META_CRL_ERROR, CrlFacts
 from ..publish.upstream import read_chain_crls, renew_hint
 
@@ -92,11 +92,31 @@ def publication_status(
             )
             if last.get("warnings"):
                 apache_doc["warning"] = "; ".join(last["warnings"])
+    companion = read_companion_status(settings.apache.companion_status)
+    if settings.apache.enabled and companion is not None:
+        # the root-owned companion has the last word on what Apache runs with
+        apache_doc["companion"] = companion.as_json()
+        if not companion.ok:
+            apache_doc.update(
+                last="FAILED",
+                action=f"companion {companion.action}",
+                at=companion.at,
+                detail=companion.detail,
+            )
     out: dict[str, Any] = {"crl": crl_doc, "apache": apache_doc}
     above = chain_crl_status(settings, now)
     if above:
         out["chain_crls"] = above
     return out
+
+
+def apache_text(doc: dict[str, Any]) -> str:
+    """The `apache` line of `certdrop status`: the publication, then the companion's word."""
+    text = ", ".join(f"{k} {v}" for k, v in doc.items() if v is not None and k != "companion")
+    comp = doc.get("companion")
+    if comp:
+        text += f"; companion {comp['last']} at {comp['at']} ({comp['action']})"
+    return text
 
 
 def chain_crl_status(settings: Settings, now: dt.datetime) -> list[dict[str, Any]]:

@@ -4,21 +4,24 @@ SQLite: the database's own online backup API (`sqlite3.Connection.backup`), in o
 step: it reads one snapshot of the database (WAL mode lets the daemon keep committing
 meanwhile) and writes it into a new file, never a copy of the live file and its -wal.
 Other databases have their own tools (pg_dump); certdrop refuses to pretend.
+
+The stdlib's sqlite3 only, no SQLAlchemy: `certdrop backup` is a short-lived process
+that often runs beside a busy daemon, and its start-up is most of its time there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy.engine import make_url
+from urllib.parse import unquote
 
 from ..errors import StoreError
 from ..fsutil import fsync_dir
-from .store import Store
 
 
 @dataclass(frozen=True)
@@ -29,44 +32,58 @@ class IndexCopy:
     certificates: int
     crl_number: int  # the last CRL number the index had claimed
     problems: tuple[str, ...]  # SQLite's check of the copy: () when it is sound
+    sha256: str = ""  # of the copy's bytes (set by backup_index)
+    size: int = 0
 
 
 def sqlite_path(url: str) -> Path:
     """The file of a SQLite index URL (StoreError for another database or :memory:)."""
-    parsed = make_url(url)
+    scheme, sep, rest = url.partition("://")
+    driver = scheme.split("+", 1)
+    path = unquote(rest[1:].split("?", 1)[0]) if rest.startswith("/") else ""
     if (
-        parsed.get_backend_name() != "sqlite"
-        or not parsed.database
-        or parsed.database == ":memory:"
+        not sep
+        or driver[0] != "sqlite"
+        or driver[1:] not in ([], ["pysqlite"])
+        or not path
+        or path == ":memory:"
     ):
+        shown = f"{scheme}://***@{url.rsplit('@', 1)[1]}" if "@" in url else url  # no password
         raise StoreError(
-            f"the index {parsed.render_as_string(hide_password=True)} is not a SQLite file: back "
-            "it up with the database's own tools (pg_dump for PostgreSQL)"
+            f"the index {shown} is not a SQLite file: back it up with the database's own "
+            "tools (pg_dump for PostgreSQL)"
         )
-    return Path(parsed.database)
+    return Path(path)
 
 
-def backup_index(store: Store, dest: Path) -> IndexCopy:
-    """Copy the index into the new file `dest` (0600) through SQLite's online backup, and
-    check the copy."""
-    sqlite_path(store.url)
+def backup_index(db: Path, dest: Path) -> IndexCopy:
+    """Copy the SQLite index `db` into the new file `dest` (0600) through SQLite's online
+    backup; then check the copy and take its SHA-256, the two side by side."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     os.close(fd)
     try:
-        with store.engine.connect() as conn:
-            source = conn.connection.driver_connection
-            assert isinstance(source, sqlite3.Connection)
+        try:
+            # mode=rw: an index that is not there is an error, never a new empty one
+            source = sqlite3.connect(f"file:{db}?mode=rw", uri=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"the index {db} cannot be opened: {exc}") from None
+        try:
             target = sqlite3.connect(tmp)
             try:
+                # made durable once below: no journal or sync of its own while it is copied
+                target.execute("PRAGMA journal_mode = OFF")
+                target.execute("PRAGMA synchronous = OFF")
                 source.backup(target)  # all pages in one step: one snapshot
-                facts = _facts(target, full=False)
                 target.execute("PRAGMA journal_mode = DELETE")  # a single file, no -wal
             finally:
                 target.close()
+        finally:
+            source.close()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        facts = _check_and_digest(tmp)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except sqlite3.Error as exc:
@@ -75,6 +92,39 @@ def backup_index(store: Store, dest: Path) -> IndexCopy:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return facts
+
+
+def _check_and_digest(path: Path) -> IndexCopy:
+    """SQLite's quick check of the copy, and its SHA-256, in two threads (both let go of
+    the GIL): beside a busy daemon the backup gets a second core's share."""
+    digest = hashlib.sha256()
+    size = 0
+
+    def read() -> None:
+        nonlocal size
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+
+    reader = threading.Thread(target=read, name="certdrop-backup-digest")
+    reader.start()
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            facts = _facts(conn, full=False)
+        finally:
+            conn.close()
+    finally:
+        reader.join()
+    return IndexCopy(
+        facts.schema_version,
+        facts.certificates,
+        facts.crl_number,
+        facts.problems,
+        digest.hexdigest(),
+        size,
+    )
 
 
 def check_index_copy(path: Path) -> IndexCopy:

@@ -6,6 +6,10 @@ atomically and only when their content changes; then the configtest command runs
 then the graceful-reload command. A failing configtest puts the previous files back
 and Apache is not reloaded. In the daemon this runs debounced in a thread of its own.
 The last outcome is kept in the index's meta table for `certdrop status`.
+
+Unprivileged, certdrop only writes the files; the root-owned companion
+(systemd/certdrop-apache-companion) checks, reloads or puts the last good files back, and
+leaves its outcome in `[apache] companion_status`, read here for the status and the alert.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +45,76 @@ log = logging.getLogger("certdrop.publish")
 # meta keys (the index's key/value table)
 META_APACHE = "publish.apache"  # the last outcome (JSON), for `certdrop status`
 META_APPLIED = "publish.apache_applied"  # digest of the files Apache was last reloaded with
+# after the daemon wrote files for the companion: when it reads the companion's verdict
+# (and alerts on a failure) without waiting for the periodic check
+COMPANION_CHECK_SECONDS = 30.0
+
+
+class Alert(Protocol):
+    """Mails the admin (subject, body); with `key`, at most once ever for that key."""
+
+    def __call__(self, subject: str, body: str, key: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class CompanionStatus:
+    """What the root-owned companion last did with the published files (its status.json)."""
+
+    ok: bool
+    action: str  # reloaded, configtest-failed, invalid-files, reload-failed, busy
+    at: str
+    detail: str
+    output: str  # the configtest's (or reload's) output
+    restored: bool
+    rejected: str  # digest of the files it refused
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "last": "ok" if self.ok else "FAILED",
+            "action": self.action,
+            "at": self.at,
+            "detail": self.detail,
+            "output": self.output or None,
+            "restored": self.restored,
+        }
+
+    def alert(self, path: Path) -> tuple[str, str]:
+        """Subject and body of the admin's alert about this failure."""
+        return (
+            f"Apache refused certdrop's files: {self.action}",
+            "The Apache companion (certdrop-apache-reload.service, as root) did not take the\n"
+            "CA bundle and CRL certdrop published.\n\n"
+            f"When: {self.at}\nWhat: {self.detail}\n\n"
+            + (f"Output:\n{self.output}\n\n" if self.output else "")
+            + (
+                "The last good files are back in place and Apache was not reloaded: it keeps\n"
+                "running with them, without the newest CRL.\n\n"
+                if self.restored
+                else "There were no earlier good files to put back; Apache was not reloaded.\n\n"
+            )
+            + "Fix the problem (journalctl -u certdrop-apache-reload shows it); certdrop\n"
+            "publishes its files again at its next check.\n\n"
+            f"Status file: {path}\n",
+        )
+
+
+def read_companion_status(path: Path) -> CompanionStatus | None:
+    """The companion's status file; None when it is absent (no companion) or unreadable."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("result") not in ("ok", "failed"):
+        return None
+    return CompanionStatus(
+        ok=doc["result"] == "ok",
+        action=str(doc.get("action") or "?"),
+        at=str(doc.get("at") or "?"),
+        detail=str(doc.get("detail") or ""),
+        output=str(doc.get("configtest") or ""),
+        restored=bool(doc.get("restored")),
+        rejected=str(doc.get("rejected_sha256") or ""),
+    )
 
 
 @dataclass(frozen=True)
@@ -148,7 +222,7 @@ class ApachePublisher:
         clock: Clock,
         chain_crl_dir: Path,
         *,
-        on_failure: Callable[[str, str], None] | None = None,
+        on_failure: Alert | None = None,
     ) -> None:
         self.settings = settings
         self.crl = crl
@@ -160,6 +234,8 @@ class ApachePublisher:
         self.on_failure = on_failure
         self._lock = threading.Lock()
         self._debouncer: Debouncer | None = None
+        self.companion_check_seconds = COMPANION_CHECK_SECONDS
+        self._companion_watch: Debouncer | None = None
 
     # --- life cycle -----------------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -167,6 +243,10 @@ class ApachePublisher:
         if self._debouncer is None:
             self._debouncer = Debouncer(
                 self.settings.debounce_seconds, self.publish, "certdrop-apache"
+            )
+        if self._companion_watch is None and not self.settings.reload_command:
+            self._companion_watch = Debouncer(
+                self.companion_check_seconds, self.check_companion, "certdrop-apache-companion"
             )
 
     @property
@@ -178,6 +258,9 @@ class ApachePublisher:
         if self._debouncer is not None:
             self._debouncer.close()
             self._debouncer = None
+        if self._companion_watch is not None:
+            self._companion_watch.close()
+            self._companion_watch = None
 
     def changed(self) -> None:
         """The CRL (or CA) changed: publish the files, debounced in the daemon."""
@@ -192,13 +275,26 @@ class ApachePublisher:
             self._debouncer.flush()
 
     def check(self) -> None:
-        """The periodic job's Apache part: publish when the files are out of date.
-        Never raises."""
+        """The periodic job's Apache part: the companion's outcome, then publish when the
+        files are out of date. Never raises."""
         try:
+            self.check_companion()
             if self.out_of_date():
                 self.changed()
         except Exception:
             log.exception("Apache file check failed")
+
+    def check_companion(self) -> CompanionStatus | None:
+        """Read the companion's status; alert the admin once per refused set of files."""
+        path = self.settings.companion_status
+        status = read_companion_status(path)
+        if status is None or status.ok:
+            return status
+        log.error("the Apache companion refused the files: %s", status.detail)
+        if self.on_failure is not None:
+            subject, body = status.alert(path)
+            self.on_failure(subject, body, f"apache-companion:{status.rejected or status.at}")
+        return status
 
     # --- the files' contents ----------------------------------------------------------------------
     def chain_crls(self) -> tuple[list[x509.CertificateRevocationList], list[str]]:
@@ -281,6 +377,8 @@ class ApachePublisher:
                 )
         if not self.settings.reload_command:
             write_meta(self.store, META_APPLIED, digest)
+            if self._companion_watch is not None:
+                self._companion_watch.trigger()  # the companion's verdict, read soon
             return ApacheOutcome(
                 True, "written", "no reload_command: the reload is left to a path unit", notes
             )

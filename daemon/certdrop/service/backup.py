@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..authority.lifecycle import CA_CERT, CA_KEY
+from ..authority.files import CA_CERT, CA_KEY
 from ..clock import Clock
 from ..config import Settings
 from ..errors import CertdropError
 from ..fsutil import atomic_write, copy_file, ensure_dir
 from ..index.backup import IndexCopy, backup_index, check_index_copy, sqlite_path
-from ..index.store import Store
 from .systemd import LOCK_FILE, StateLock
 
 MANIFEST = "MANIFEST.json"
@@ -117,11 +116,7 @@ def take_backup(
     started = time.monotonic()
     created = clock.now()
     ensure_dir(dest, 0o700)
-    store = Store(settings.database_url).open()
-    try:
-        index = backup_index(store, dest / INDEX_COPY)
-    finally:
-        store.close()
+    index = backup_index(sqlite_path(settings.database_url), dest / INDEX_COPY)
     if index.problems:
         raise BackupError(
             f"the copy of the index fails SQLite's check ({'; '.join(index.problems[:3])}): "
@@ -152,7 +147,7 @@ def take_backup(
     if config_path is not None and config_path.is_file():
         sha, size = copy_file(config_path, dest / CONFIG_COPY, 0o600)
         config = {"path": str(config_path.resolve()), "sha256": sha, "size": size}
-    index_sha, index_size = _digest(dest / INDEX_COPY)
+    index_sha, index_size = index.sha256, index.size
     manifest = {
         "format": FORMAT,
         "created_at": created.isoformat(),
@@ -268,6 +263,8 @@ def restore_backup(settings: Settings, src: Path) -> RestoreReport:
                 continue
             copy_file(src / STATE_DIR / rel, state / rel, int(manifest["files"][rel]["mode"], 8))
             restored += 1
+        from ..index.store import Store  # SQLAlchemy: only here, not in a backup's start-up
+
         Store(settings.database_url).open().close()  # an older schema is brought forward
     finally:
         lock.release()

@@ -160,8 +160,8 @@ class Runtime:
         apache = None
         if settings.apache.enabled:
 
-            def alert(subject: str, body: str) -> None:
-                queue_admin_alert(store, settings.mail, subject, body, clock.now())
+            def alert(subject: str, body: str, key: str | None = None) -> None:
+                queue_admin_alert(store, settings.mail, subject, body, clock.now(), key=key)
 
             apache = ApachePublisher(
                 settings.apache,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from certdrop.config import ApacheSettings
 from certdrop.index.store import NewCertificate, Store
 from certdrop.publish.apache import META_APACHE, ApacheOutcome, ApachePublisher
 from certdrop.publish.crl import CrlPublisher
-from conftest import CAEnv, make_env
+from conftest import CAEnv, make_env, wait_for
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -126,6 +127,7 @@ def make_rig(
         ),
         debounce_seconds=debounce,
         command_timeout_seconds=30,
+        companion_status=env.root / "companion" / "status.json",
     )
     alerts: list[tuple[str, str]] = []
     apache = ApachePublisher(
@@ -135,7 +137,7 @@ def make_rig(
         store,
         clock,
         env.state / CHAIN_CRLS,
-        on_failure=lambda subject, body: alerts.append((subject, body)),
+        on_failure=lambda subject, body, key=None: alerts.append((subject, body)),
     )
     crl.add_listener(apache.changed)
     return Rig(env, store, crl, apache, marks, alerts)
@@ -242,6 +244,43 @@ def test_without_a_reload_command_the_files_are_only_written(tmp_path: Path) -> 
         assert rig.crl_file.read_bytes() == rig.crl.pem_path.read_bytes()
         assert rig.tests() == 1 and rig.apache.out_of_date() is False
     finally:
+        rig.store.close()
+
+
+def test_the_companions_refusal_is_read_soon_after_a_write_and_alerted(tmp_path: Path) -> None:
+    """Unprivileged: the daemon writes, the root-owned companion refuses the files (its
+    status.json, as tests/e2e/test_apache_companion.py shows it written by the real one);
+    the daemon reads that verdict shortly after its write and alerts, without waiting for
+    the periodic check."""
+    rig = make_rig(make_env(tmp_path), reload=False)
+    try:
+        rig.apache.companion_check_seconds = 0.3
+        status = rig.env.root / "companion" / "status.json"
+        status.parent.mkdir()
+        status.write_text(
+            json.dumps(
+                {
+                    "result": "failed",
+                    "action": "configtest-failed",
+                    "at": "2026-12-03T20:00:00+00:00",
+                    "detail": "Apache's configtest failed; the last good files are back",
+                    "configtest": "AH00526: Syntax error",
+                    "restored": True,
+                    "rejected_sha256": "cd" * 32,
+                }
+            )
+        )
+        rig.apache.start_background()
+        time.sleep(0.6)
+        assert rig.alerts == []  # nothing written yet: nothing read
+        rig.crl.regenerate("first")
+        rig.apache.flush()
+        assert rig.crl_file.exists()
+        wait_for(lambda: rig.alerts != [], timeout=15, what="the companion's alert")
+        assert rig.alerts[0][0] == "Apache refused certdrop's files: configtest-failed"
+        assert "AH00526: Syntax error" in rig.alerts[0][1]
+    finally:
+        rig.apache.close()
         rig.store.close()
 
 

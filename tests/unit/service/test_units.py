@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,8 @@ SERVICE = UNITS / "certdrop.service"
 HTTP_SERVICE = UNITS / "certdrop-http.service"
 RELOAD_PATH = UNITS / "certdrop-apache-reload.path"
 RELOAD_SERVICE = UNITS / "certdrop-apache-reload.service"
+COMPANION = UNITS / "certdrop-apache-companion"
+COMPANION_INSTALLED = "/usr/local/lib/certdrop/certdrop-apache-companion"
 SYSUSERS = UNITS / "sysusers.d" / "certdrop.conf"
 TMPFILES = UNITS / "tmpfiles.d" / "certdrop.conf"
 
@@ -81,8 +85,10 @@ def _installed_copy(tmp_path: Path) -> Path:
         assert f"\nExecStart=certdrop {command} --config /etc/certdrop/certdrop.toml\n" in text
         text = text.replace("\nExecStart=certdrop ", f"\nExecStart={_certdrop_bin()} ")
         (folder / unit.name).write_text(text)
-    for unit in (RELOAD_PATH, RELOAD_SERVICE):
-        shutil.copy(unit, folder / unit.name)
+    shutil.copy(RELOAD_PATH, folder / RELOAD_PATH.name)
+    text = RELOAD_SERVICE.read_text()
+    assert f"\nExecStart={COMPANION_INSTALLED} " in text
+    (folder / RELOAD_SERVICE.name).write_text(text.replace(COMPANION_INSTALLED, str(COMPANION)))
     return folder
 
 
@@ -150,54 +156,89 @@ def test_apache_reload_pair_watches_the_published_files() -> None:
     assert _one(RELOAD_PATH, "Unit", "Path") == RELOAD_SERVICE.name
     assert _one(RELOAD_SERVICE, "Type") == "oneshot"
     assert _values(RELOAD_SERVICE, "User") == []  # root: Apache's reload needs it
-    script = _one(RELOAD_SERVICE, "ExecStart")
-    assert script.index("apachectl configtest") < script.index("try-reload-or-restart apache2")
-    # the defaults of [apache] are what the path unit watches
+    assert _one(RELOAD_SERVICE, "StartLimitIntervalSec", "Unit") == "0"
+    args = shlex.split(_one(RELOAD_SERVICE, "ExecStart"))
+    assert args[0] == COMPANION_INSTALLED
+    assert args[args.index("--ca-file") + 1] == watched[0]
+    assert args[args.index("--crl-file") + 1] == watched[1]
+    status_dir = args[args.index("--status-dir") + 1]
+    assert status_dir == "/var/lib/" + _one(RELOAD_SERVICE, "StateDirectory")
+    # the defaults of [apache] are what the path unit watches and the companion reports to
     from certdrop.config import ApacheSettings
 
     assert str(ApacheSettings().ca_file) == watched[0]
     assert str(ApacheSettings().crl_file) == watched[1]
+    assert str(ApacheSettings().companion_status) == f"{status_dir}/status.json"
 
 
-def test_reload_script_reloads_until_the_files_are_stable(tmp_path: Path) -> None:
-    """Run the path unit's shell script with stand-ins for apachectl and systemctl: a change
-    that lands while Apache reloads triggers one more round (never a missed CRL)."""
-    script = _one(RELOAD_SERVICE, "ExecStart").replace("$$", "$")
-    assert script.startswith("/bin/sh -ec '") and script.endswith("'")
-    body = script[len("/bin/sh -ec '") : -1]
-    etc = tmp_path / "etc"
-    (etc / "apache2" / "certdrop").mkdir(parents=True)
-    crl = etc / "apache2" / "certdrop" / "crl.pem"
-    crl.write_text("crl 1\n")
+def _pem_pair(folder: Path, n: int) -> tuple[bytes, bytes]:
+    """A CA certificate and its CRL number n (PEM), made with the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(folder / "k.pem"), "-out", str(folder / "c.pem"),
+         "-subj", f"/CN=CA {n}", "-days", "2"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (folder / "ca.cnf").write_text(
+        f"[ca]\ndefault_ca=d\n[d]\ndatabase={folder}/idx\ncrlnumber={folder}/num\n"
+        "default_md=sha256\ndefault_crl_days=2\n"
+    )
+    (folder / "idx").write_text("")
+    (folder / "num").write_text(f"{n:02x}\n")
+    subprocess.run(
+        ["openssl", "ca", "-config", str(folder / "ca.cnf"), "-gencrl", "-keyfile",
+         str(folder / "k.pem"), "-cert", str(folder / "c.pem"), "-out", str(folder / "crl.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return (folder / "c.pem").read_bytes(), (folder / "crl.pem").read_bytes()
+
+
+def test_companion_goes_round_again_when_the_files_change_during_the_reload(
+    tmp_path: Path,
+) -> None:
+    """A CRL certdrop publishes while Apache reloads is tested and reloaded too (never a
+    missed CRL); the companion's own restore (files equal to the good ones) does nothing.
+    The configtest and reload commands are stand-ins that log; openssl is real."""
+    files = tmp_path / "files"
+    files.mkdir()
+    ca1, crl1 = _pem_pair(tmp_path / "one", 1)
+    _, crl2 = _pem_pair(tmp_path / "two", 2)
+    (files / "ca.pem").write_bytes(ca1)
+    (files / "crl.pem").write_bytes(crl1)
+    (tmp_path / "next-crl.pem").write_bytes(crl2)
     calls = tmp_path / "calls"
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    # configtest logs; the first reload simulates certdrop publishing a new CRL meanwhile
-    (bindir / "apachectl").write_text(f"#!/bin/sh\necho apachectl $* >> {calls}\n")
-    (bindir / "systemctl").write_text(
-        f"#!/bin/sh\necho systemctl $* >> {calls}\n"
-        f'[ -f {tmp_path}/changed ] || {{ touch {tmp_path}/changed; echo "crl 2" > {crl}; }}\n'
+    (bindir / "configtest").write_text(f"#!/bin/sh\necho configtest >> {calls}\n")
+    # the first reload: certdrop publishes the next CRL meanwhile
+    (bindir / "reload").write_text(
+        f"#!/bin/sh\necho reload >> {calls}\n"
+        f"[ -f {tmp_path}/changed ] || {{ touch {tmp_path}/changed; "
+        f"cp {tmp_path}/next-crl.pem {files}/crl.pem; }}\n"
     )
     for f in bindir.iterdir():
         f.chmod(0o755)
-    body = (
-        body.replace("/etc/apache2", str(etc / "apache2"))
-        .replace("/usr/sbin/apachectl", str(bindir / "apachectl"))
-        .replace("/usr/bin/systemctl", str(bindir / "systemctl"))
-    )
-    subprocess.run(["/bin/sh", "-ec", body], check=True, timeout=30)
-    assert calls.read_text().splitlines() == [
-        "apachectl configtest",
-        "systemctl try-reload-or-restart apache2.service",
-        "apachectl configtest",
-        "systemctl try-reload-or-restart apache2.service",
-    ]
-    # a failing configtest stops before the reload (sh -e): Apache keeps its files
+    cmd = [
+        str(COMPANION), "--ca-file", str(files / "ca.pem"), "--crl-file", str(files / "crl.pem"),
+        "--status-dir", str(tmp_path / "status"), "--configtest", str(bindir / "configtest"),
+        "--reload", str(bindir / "reload"),
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert calls.read_text().split() == ["configtest", "reload", "configtest", "reload"]
+    assert (tmp_path / "status" / "good" / "crl.pem").read_bytes() == crl2
+    assert json.loads((tmp_path / "status" / "status.json").read_text())["result"] == "ok"
     calls.unlink()
-    (bindir / "apachectl").write_text(f"#!/bin/sh\necho apachectl $* >> {calls}\nexit 1\n")
-    res = subprocess.run(["/bin/sh", "-ec", body], timeout=30)
-    assert res.returncode != 0
-    assert calls.read_text().splitlines() == ["apachectl configtest"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and not calls.exists()  # nothing new: nothing run
+    # a symlink in the published folder is never followed by root
+    (files / "crl.pem").unlink()
+    (files / "crl.pem").symlink_to(tmp_path / "one" / "k.pem")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "symlink is refused" in res.stderr
+    assert not (files / "crl.pem").is_symlink()
+    assert (files / "crl.pem").read_bytes() == crl2  # the last good file is back
 
 
 @pytest.mark.parametrize("unit", [SERVICE, HTTP_SERVICE], ids=lambda u: u.name)
