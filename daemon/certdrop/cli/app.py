@@ -89,6 +89,7 @@ for _command in (
     lifecycle.root_crl,
     lifecycle.backup,
     lifecycle.restore,
+    lifecycle.rollover,
 ):
     cli.add_command(_command)
 

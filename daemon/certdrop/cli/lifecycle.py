@@ -1,5 +1,5 @@
 """The CA over years: the two-tier part of `certdrop init`, `certdrop root-crl`,
-`certdrop backup` and `certdrop restore`.
+`certdrop backup`, `certdrop restore` and `certdrop rollover`.
 
 The offline root's folder (removable media) is opened only here, with its passphrase;
 the daemon never reads it.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import CertdropError
-from .context import config_option, ctx, operator_result
+from .context import config_option, ctx, finish, operator_result
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -280,3 +280,65 @@ def restore(src: Path) -> None:
         "'certdrop import SPOOL/outbox'; repeat the revocations made since (the old audit log "
         "lists them)"
     )
+
+
+# --- rollover ----------------------------------------------------------------------------------------
+@click.command()
+@config_option
+@offline_root_options
+def rollover(offline_root: Path | None, root_passphrase_file: Path | None) -> None:
+    """A new CA key and certificate take over issuing (signed by the offline root when
+    the CA is two-tier: --offline-root DIR). The CA before is kept in the state's cas/
+    and stays trusted and revocable until its last certificate ends."""
+    from ..authority.keys import read_passphrase
+    from ..authority.lifecycle import ca_id, load_ca_certificates
+    from ..authority.names import subject_text
+    from ..authority.offline_root import OfflineRoot
+    from ..authority.rollover import stage_next_ca
+    from ..service.control import execute_control
+    from ..service.ownership import hand_over
+    from ..service.runtime import Runtime, direct_runtime, operator_hooks
+
+    c = ctx()
+    s = c.settings
+    _, chain = load_ca_certificates(s.state, check_key=True)
+    if chain and offline_root is None:
+        raise click.UsageError(
+            f"the CA in {s.state} is under a root: give its folder with --offline-root DIR"
+        )
+    root = None
+    if offline_root is not None:
+        root = OfflineRoot.open(offline_root, root_passphrase(root_passphrase_file, new=False))
+    lint_cert, _ = _linters(s)
+    passphrase = read_passphrase(s.ca.key_passphrase_file)
+    cert = stage_next_ca(s.state, s.ca, c.clock.now(), passphrase, root, lint_cert)
+    hand_over(s.state, s.spool)
+    click.echo(
+        f"made the next CA {subject_text(cert.subject)} ({s.ca.key_type}, valid until "
+        f"{cert.not_valid_after_utc:%Y-%m-%d})"
+        + (f", signed by the offline root in {offline_root}" if root is not None else "")
+    )
+    payload = {"ca": ca_id(cert)}
+    answer: str | None = None
+    direct = False
+    with direct_runtime(s, c.clock) as rt:
+        if rt is not None:  # no daemon: switch here, publish every CA's CRL and Apache's files
+            direct = True
+            answer = execute_control(rt, "rollover", payload)
+            if not answer.startswith("error:"):
+                fresh = Runtime.build(s, c.clock, operator_hooks(s, c.clock))
+                try:
+                    fresh.check_publication()
+                finally:
+                    fresh.close()
+                answer += "; the daemon signs with it from its next start"
+    if not direct:
+        answer = operator_result("rollover", payload, timeout=60.0)
+    hand_over(s.state, s.spool)
+    if answer is None:
+        click.echo(
+            "the daemon has not answered within 60 s; it switches to the new CA when it gets "
+            "to it (see 'certdrop status')"
+        )
+        return
+    finish(answer)

@@ -1,4 +1,4 @@
-"""Operator commands (approve, deny, revoke, crl) and how they reach a running daemon.
+"""Operator commands (approve, deny, revoke, crl, publish, rollover) and how they reach a running daemon.
 
 The CLI runs a command itself when no daemon holds the state lock; otherwise it puts
 the command into the index's control table, which the daemon's worker reads within a
@@ -13,10 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..authority.names import subject_text
+from ..authority.rollover import switch_issuing
+from ..authority.serials import serial_hex
 from ..errors import CertdropError
+from ..index import cas
 from ..index import control as commands
 from ..index.store import Store
 from ..issue.outcomes import Outcome, Result
+from ..publish.retiring import ca_record
 from .runtime import Runtime
 
 log = logging.getLogger("certdrop.service")
@@ -39,6 +44,8 @@ def _revoke(rt: Runtime, payload: dict[str, Any]) -> str:
 
 def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
     facts = rt.crl.regenerate("requested by the operator")
+    if rt.crls is not None:  # the retiring CAs' too: each CRL of a still-valid CA
+        rt.crls.regenerate_retiring("requested by the operator")
     line = (
         f"ok: CRL {facts.number} published in {rt.crl.pem_path} and {rt.crl.der_path} "
         f"({facts.revoked} revoked, next update {facts.next_update:%Y-%m-%d %H:%M} UTC)"
@@ -55,7 +62,10 @@ def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
 
 def _publish(rt: Runtime, payload: dict[str, Any]) -> str:
     """The CRLs and the Apache files, now (after `root-crl` put a new root CRL in place)."""
-    rt.crl.check()
+    if rt.crls is not None:
+        rt.crls.check()
+    else:
+        rt.crl.check()
     if rt.apache is None:
         return "ok: CRLs checked; Apache publication is off ([apache] enabled = false)"
     rt.apache.changed()
@@ -68,12 +78,33 @@ def _publish(rt: Runtime, payload: dict[str, Any]) -> str:
     return f"ok: Apache: {outcome.text()}"
 
 
+def _rollover(rt: Runtime, payload: dict[str, Any]) -> str:
+    """The CA that `certdrop rollover` staged in cas/<id>/ issues from now on; the one
+    before is retiring (index/cas.py). The daemon then builds a new runtime (`ca_changed`)."""
+    old, new = switch_issuing(rt.settings.state, str(payload["ca"]))
+    with rt.store.begin() as conn:
+        cas.register_issuing(conn, ca_record(new), rt.clock.now())
+    rt.ca_changed = True
+    log.warning(
+        "rollover: %s issues from now on; %s is retiring",
+        subject_text(new.subject),
+        subject_text(old.subject),
+    )
+    return (
+        f"ok: {subject_text(new.subject)} (serial {serial_hex(new.serial_number)}, valid until "
+        f"{new.not_valid_after_utc:%Y-%m-%d}) issues from now on; {subject_text(old.subject)} "
+        "is retiring: its certificates stay valid and revocable and its CRL is kept fresh "
+        "until the last of them ends"
+    )
+
+
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
     "approve": _approve,
     "deny": _deny,
     "revoke": _revoke,
     "crl": _crl,
     "publish": _publish,
+    "rollover": _rollover,
 }
 
 

@@ -17,6 +17,7 @@ from ..authority.ca import CertificateAuthority
 from ..authority.keys import read_passphrase
 from ..authority.lifecycle import CHAIN_CRLS
 from ..authority.lint import Linter, shared_linter
+from ..authority.rollover import finish_switch
 from ..authority.workers import WorkerPool
 from ..clock import Clock
 from ..config import Settings
@@ -39,6 +40,7 @@ from ..notify.passwords import choose_password_channel
 from ..notify.requester import RequesterMail
 from ..publish.apache import ApachePublisher
 from ..publish.crl import CrlPublisher
+from ..publish.retiring import CrlSet, load_crls
 from ..publish.revocation import Revoker
 from .systemd import StateLock
 
@@ -55,12 +57,14 @@ class Runtime:
     batches: Batches  # requests from the inbox to their end
     approvals: Approvals
     linter: Linter | None
-    crl: CrlPublisher
+    crl: CrlPublisher  # the issuing CA's
     revoker: Revoker
     hooks: Hooks = field(default_factory=Hooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
     apache: ApachePublisher | None = None  # None when [apache] enabled = false
     pool: WorkerPool | None = None
+    crls: CrlSet | None = None  # every CA's CRL: the issuing CA's and the retiring ones'
+    ca_changed: bool = False  # a rollover switched the CA: the daemon builds a new Runtime
 
     @classmethod
     def build(
@@ -75,6 +79,7 @@ class Runtime:
         hooks = hooks or Hooks()
         store = Store(settings.database_url).open()
         passphrase = read_passphrase(settings.ca.key_passphrase_file)
+        finish_switch(settings.state)  # a rollover a crash interrupted
         ca = CertificateAuthority.load(settings.state, passphrase)
         spool = Spool(settings.spool)
         spool.create(list(settings.profiles), settings.policy.default_profile)
@@ -154,7 +159,8 @@ class Runtime:
             crashpoint=crashpoint,
         )
         approvals = Approvals(spool, store, clock, batches, outcomes, hooks, requester)
-        crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
+        crls = load_crls(settings.crl, settings.state, store, ca, clock, linter, passphrase)
+        crl = crls.issuing
         apache = None
         if settings.apache.enabled:
 
@@ -169,9 +175,10 @@ class Runtime:
                 clock,
                 settings.state / CHAIN_CRLS,
                 on_failure=alert if settings.mail.enabled else None,
+                others=crls.retiring,
             )
-            crl.add_listener(apache.changed)
-        revoker = Revoker(store, clock, crl, apache, requester)
+            crls.add_listener(apache.changed)
+        revoker = Revoker(store, clock, crl, apache, requester, crls=crls)
         rt = cls(
             settings,
             clock,
@@ -186,6 +193,7 @@ class Runtime:
             hooks,
             mailer,
             apache,
+            crls=crls,
         )
         if signing_pool and (os.cpu_count() or 1) > 1:
             pool = rt.pool = WorkerPool(
@@ -202,8 +210,12 @@ class Runtime:
         return rt
 
     def check_publication(self) -> None:
-        """The periodic job: a fresh CRL, and Apache files matching it. Never raises."""
-        self.crl.check()
+        """The periodic job: fresh CRLs (retiring CAs whose certificates all ended are
+        retired), and Apache files matching them. Never raises."""
+        if self.crls is not None:
+            self.crls.check()
+        else:
+            self.crl.check()
         if self.apache is not None:
             self.apache.check()
 
