@@ -165,14 +165,11 @@ class OfflineRoot:
         settings: CASettings,
         now: dt.datetime,
         linter: LintFunction | None = None,
-        *,
-        common_name: str | None = None,
     ) -> x509.Certificate:
         """An issuing CA certificate for `public_key` ([ca] names, validity and name
-        constraints; pathLen 0), recorded in the root's index. `common_name`: instead of
-        [ca] common_name (a rollover's next CA)."""
+        constraints; pathLen 0), recorded in the root's index."""
         cert = sign_ca_certificate(
-            ca_name(settings, common_name or settings.common_name),
+            ca_name(settings, settings.common_name),
             public_key,
             self.__key,
             now,

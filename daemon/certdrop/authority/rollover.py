@@ -62,7 +62,9 @@ def stage_next_ca(
     """Make the next CA (the [ca] names, key type and validity): signed by the offline
     `root` when the CA in `state` is under one, else a new self-signed root. Its files go
     to cas/<id>/ (the key encrypted with `passphrase`, as the current one); it does not
-    issue until `switch_issuing`."""
+    issue until `switch_issuing`. It has the [ca] names as configured, usually the current
+    CA's: the issuer rule of `apache-config` keeps matching, and OpenSSL tells the two apart
+    by their key identifiers (every certificate and CRL names its CA's key)."""
     current, chain = load_ca_certificates(state, check_key=True)
     if root is None and chain:
         raise CAError(
@@ -76,13 +78,12 @@ def stage_next_ca(
             f"in {state}; is the right medium mounted?"
         )
     key = generate_key(settings.key_type)
-    name = next_ca_name(state, settings, current)
     if root is not None:
-        cert = root.issue_ca(key.public_key(), settings, now, linter, common_name=name)
+        cert = root.issue_ca(key.public_key(), settings, now, linter)
         new_chain = [root.cert]
     else:
         cert = sign_ca_certificate(
-            ca_name(settings, name),
+            ca_name(settings, settings.common_name),
             key.public_key(),
             key,
             now,
@@ -99,27 +100,6 @@ def stage_next_ca(
         atomic_write(folder / CA_CHAIN, b"".join(c.public_bytes(pem) for c in new_chain), 0o644)
     atomic_write(folder / CA_CERT, cert.public_bytes(pem), 0o644)
     return cert
-
-
-def next_ca_name(state: Path, settings: CASettings, current: x509.Certificate) -> str:
-    """The next CA's common name: [ca] common_name with the first free generation
-    ("Example CA G2", "G3", ...). Every CA of the state folder has its own name: OpenSSL
-    and mod_ssl find a certificate's issuer and a CRL's CA by name first."""
-    taken = {subject_text(current.subject)}
-    if (state / CAS).is_dir():
-        for folder in (state / CAS).iterdir():
-            try:
-                taken.add(subject_text(load_ca_certificates(folder)[0].subject))
-            except CAError:
-                continue
-    base = settings.common_name
-    generation = 2
-    while True:
-        suffix = f" G{generation}"
-        cn = base[: 64 - len(suffix)] + suffix  # a CN holds at most 64 characters
-        if subject_text(ca_name(settings, cn)) not in taken:
-            return cn
-        generation += 1
 
 
 def switch_issuing(state: Path, new_id: str) -> tuple[x509.Certificate, x509.Certificate]:

@@ -191,7 +191,7 @@ def cas_text(docs: list[dict[str, Any]]) -> str:
     """The `cas` line of `certdrop status`: each CA, its state and end."""
     parts = []
     for d in docs:
-        text = f"{d['state']} {d['subject']} (until {d['not_after'][:10]}"
+        text = f"{d['state']} {d['subject']} serial {d['serial']} (until {d['not_after'][:10]}"
         if d.get("certificates_until"):
             text += f"; its last certificate ends {d['certificates_until'][:10]}"
         parts.append(text + ")")

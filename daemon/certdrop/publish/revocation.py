@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..authority.names import subject_text
 from ..authority.reasons import parse_reason
+from ..authority.serials import serial_hex
 from ..clock import Clock
 from ..errors import CertdropError, NotFoundError
 from ..index.store import CertRecord, Store, Transaction, serial_forms
@@ -84,7 +85,10 @@ class Revoker:
             ) + _superseded_note(matches, rec, ref, now)
         line += f"; CRL {facts.number} published in {crl.pem_path}"
         if crl is not self.crl:
-            line += f" (the CRL of the retiring CA {subject_text(crl.ca.subject)})"
+            line += (
+                f" (the CRL of the retiring CA {subject_text(crl.ca.subject)} serial "
+                f"{serial_hex(crl.ca.cert.serial_number)})"
+            )
         return line + self._apache_note() + _superseded_note(matches, rec, ref, now)
 
     def _apache_note(self) -> str:

@@ -86,15 +86,17 @@ def _rollover(rt: Runtime, payload: dict[str, Any]) -> str:
         cas.register_issuing(conn, ca_record(new), rt.clock.now())
     rt.ca_changed = True
     log.warning(
-        "rollover: %s issues from now on; %s is retiring",
+        "rollover: the CA %s serial %s issues from now on; serial %s is retiring",
         subject_text(new.subject),
-        subject_text(old.subject),
+        serial_hex(new.serial_number),
+        serial_hex(old.serial_number),
     )
     return (
-        f"ok: {subject_text(new.subject)} (serial {serial_hex(new.serial_number)}, valid until "
-        f"{new.not_valid_after_utc:%Y-%m-%d}) issues from now on; {subject_text(old.subject)} "
-        "is retiring: its certificates stay valid and revocable and its CRL is kept fresh "
-        "until the last of them ends"
+        f"ok: the CA {subject_text(new.subject)} serial {serial_hex(new.serial_number)} (valid "
+        f"until {new.not_valid_after_utc:%Y-%m-%d}) issues from now on; the CA "
+        f"{subject_text(old.subject)} serial {serial_hex(old.serial_number)} is retiring: its "
+        "certificates stay valid and revocable and its CRL is kept fresh until the last of "
+        "them ends"
     )
 
 
