@@ -114,13 +114,3 @@ def last_expiry(conn: Transaction, ca_id: str) -> dt.datetime | None:
         sa.select(sa.func.max(certificates.c.not_after)).where(certificates.c.issuer == ca_id)
     ).scalar()
     return from_epoch(int(value)) if value is not None else None
-
-
-def unexpired_by_issuer(conn: Transaction, now: dt.datetime) -> dict[str | None, int]:
-    """How many certificates of each CA have not expired (valid, superseded or revoked)."""
-    rows = conn.execute(
-        sa.select(certificates.c.issuer, sa.func.count())
-        .where(certificates.c.not_after > to_epoch(now))
-        .group_by(certificates.c.issuer)
-    )
-    return {issuer: int(n) for issuer, n in rows}
