@@ -9,12 +9,13 @@ asked and what came of it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
+from ..authority.keys import read_passphrase
+from ..authority.lifecycle import ca_id
 from ..authority.names import subject_text
-from ..authority.rollover import switch_issuing
+from ..authority.rollover import stage_next_ca, switch_issuing
 from ..authority.serials import serial_hex
 from ..errors import CertdropError
 from ..index import cas
@@ -79,9 +80,17 @@ def _publish(rt: Runtime, payload: dict[str, Any]) -> str:
 
 
 def _rollover(rt: Runtime, payload: dict[str, Any]) -> str:
-    """The CA that `certdrop rollover` staged in cas/<id>/ issues from now on; the one
-    before is retiring (index/cas.py). The daemon then builds a new runtime (`ca_changed`)."""
-    old, new = switch_issuing(rt.settings.state, str(payload["ca"]))
+    """A new CA issues from now on: the one `certdrop rollover` staged under the offline
+    root (payload "ca": its id), else one made here; the one before is retiring
+    (index/cas.py). The daemon then builds a new runtime (`ca_changed`)."""
+    s = rt.settings
+    if "ca" in payload:
+        new_id = str(payload["ca"])
+    else:
+        linter = rt.linter.certificate if rt.linter is not None else None
+        passphrase = read_passphrase(s.ca.key_passphrase_file)
+        new_id = ca_id(stage_next_ca(s.state, s.ca, rt.clock.now(), passphrase, linter=linter))
+    old, new = switch_issuing(s.state, new_id)
     with rt.store.begin() as conn:
         cas.register_issuing(conn, ca_record(new), rt.clock.now())
     rt.ca_changed = True
@@ -162,11 +171,4 @@ def _audit_operator(rt: Runtime, kind: str, payload: dict[str, Any], result: str
 
 def wait_for_control(store: Store, control_id: int, timeout: float) -> str | None:
     """Wait for a running daemon to carry out an operator command."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with store.begin() as conn:
-            result = commands.result(conn, control_id)
-        if result is not None:
-            return result
-        time.sleep(0.1)
-    return None
+    return commands.wait_result(store, control_id, timeout)
