@@ -1,22 +1,25 @@
 # certdrop — the two set-up commands of the README:
 #   make run    install into .venv, create the demo CA on first run, run the daemon on config/certdrop.toml
-#   make test   install into .venv (with test extras and the Debian peers), run the whole test suite
+#   make test   install into .venv (with test extras, PostgreSQL's driver and the Debian peers), run the whole test suite
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG := config/certdrop.toml
 # Debian packages the tests talk to as real peers (installed only when missing; needs root)
-# as command:package pairs, so a peer already present (a JRE from elsewhere, say) is not reinstalled
+# as command:package pairs, so a peer already present (a JRE from elsewhere, say) is not reinstalled;
+# PostgreSQL's server commands are probed where Debian keeps them (tests/pgserver.py starts one)
 DEB_TEST_PEERS := openssl:openssl apache2:apache2 curl:curl pk12util:libnss3-tools \
-                  certtool:gnutls-bin keytool:default-jre-headless systemd-analyze:systemd
+                  certtool:gnutls-bin keytool:default-jre-headless systemd-analyze:systemd \
+                  initdb:postgresql
+PEER_PATH := /usr/sbin:/sbin$(foreach d,$(wildcard /usr/lib/postgresql/*/bin),:$(d))
 
 .PHONY: run test venv test-deps lint bench clean
 
 $(BIN)/certdrop: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,metrics]'
+	$(BIN)/pip install --quiet -e '.[test,metrics,postgresql,serve]'
 	touch $@
 
 venv: $(BIN)/certdrop
@@ -28,7 +31,7 @@ run: venv
 test-deps:
 	@missing=""; for pair in $(DEB_TEST_PEERS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
-	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  PATH="$$PATH:$(PEER_PATH)" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

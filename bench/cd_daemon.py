@@ -22,6 +22,7 @@ CONFIG = """\
 [paths]
 spool = "spool"
 state = "state"
+database = "{database}"
 
 [ca]
 common_name = "certdrop bench CA"
@@ -161,11 +162,15 @@ def _kill_all(pids: list[int], wait: float) -> int:
 class CertdropDaemon:
     """One certdrop instance in `root` (config, state, spool, log)."""
 
-    def __init__(self, root: Path, *, key_type: str = "ec-p256", lint: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, key_type: str = "ec-p256", lint: bool = False, database: str = ""
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "certdrop.toml"
-        self.config.write_text(CONFIG.format(key_type=key_type, lint="true" if lint else "false"))
+        self.config.write_text(
+            CONFIG.format(key_type=key_type, lint="true" if lint else "false", database=database)
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "daemon.log"
         self._sock: socket.socket | None = None

@@ -33,6 +33,8 @@ from certdrop.config import load_settings
 from certdrop.errors import CertdropError
 from certdrop.index.store import Store
 
+BENCH = Path(__file__).resolve().parent
+
 # workload ids, in run order (--only takes these, or a prefix of them)
 WORKLOADS = [
     "folder-burst-ec-lint-off",
@@ -40,6 +42,7 @@ WORKLOADS = [
     "folder-burst-rsa-lint-off",
     "folder-burst-ec-lint-off-100k",
     "folder-burst-ec-lint-off-outbox",
+    "folder-burst-ec-lint-off-postgresql",
     "latency",
     "p12",
     "crl",
@@ -135,8 +138,12 @@ class Bench:
 
     # --- certdrop ---------------------------------------------------------------------------------
     @contextmanager
-    def daemon(self, label: str, key_type: str, lint: bool) -> Iterator[CertdropDaemon]:
-        d = CertdropDaemon(self.work / f"certdrop-{label}", key_type=key_type, lint=lint)
+    def daemon(
+        self, label: str, key_type: str, lint: bool, database: str = ""
+    ) -> Iterator[CertdropDaemon]:
+        d = CertdropDaemon(
+            self.work / f"certdrop-{label}", key_type=key_type, lint=lint, database=database
+        )
         d.init()
         try:
             yield d
@@ -495,6 +502,68 @@ class Bench:
             "empty_per_second": [round(r, 1) for r in empty],
             "full_cpu_seconds": [c for _, c in runs["full"]],
             "empty_cpu_seconds": [c for _, c in runs["empty"]],
+        }
+        return row
+
+    def folder_burst_postgresql(self) -> Row:
+        """The EC lint-off burst through a daemon whose index is PostgreSQL (a server of
+        Debian's postgresql on this machine, its Unix socket, fsync on as in production)
+        against the same burst on SQLite; the two alternate, `bursts` pairs through fresh
+        daemons (each PostgreSQL daemon on a new database)."""
+        p = self.params
+        row = Row(
+            id="folder-burst-ec-lint-off-postgresql",
+            label=f"folder burst {p.n:,} CSRs, EC P-256 CA, lint off, index on PostgreSQL",
+            unit="rate",
+        )
+        if not self.wants("certdrop"):
+            return row
+        sys.path.insert(0, str(BENCH.parent / "tests"))
+        from pgserver import PgServer  # the tests' server: initdb + pg_ctl, socket only
+
+        files = self.pool[: p.n]
+        runs: dict[str, list[tuple[float, float]]] = {"sqlite": [], "postgresql": []}
+        server = PgServer(durable=True)
+        try:
+            server.start()
+            self.log(f"  PostgreSQL from {server.bindir} on {server.socket_dir}")
+            for i in range(p.bursts):
+                for kind in ("sqlite", "postgresql"):
+                    url = server.url(server.create_database()) if kind == "postgresql" else ""
+                    with self.daemon(f"{row.id}-{kind}-{i + 1}", "ec-p256", False, url) as d:
+                        d.start()
+                        seconds, details = self._burst(d, files)
+                    rate = len(files) / seconds
+                    runs[kind].append((rate, details["daemon_cpu_seconds"]))
+                    self.log(
+                        f"  certdrop on {kind}: {len(files)} in {seconds:.2f} s = {rate:,.0f}/s"
+                    )
+        except (DaemonError, PeerError, OSError, RuntimeError) as exc:
+            row.cells["certdrop"] = Cell(error=str(exc))
+            return row
+        finally:
+            server.stop()
+        pg = [r for r, _ in runs["postgresql"]]
+        lite = [r for r, _ in runs["sqlite"]]
+        ratios = [a / b for a, b in zip(pg, lite, strict=True)]
+        mid = (len(pg) - 1) // 2
+        pg_median, lite_median = sorted(pg)[mid], sorted(lite)[mid]
+        row.cells["certdrop"] = Cell(
+            pg_median,
+            note=(
+                f"{len(pg)} bursts each on PostgreSQL (local socket) and on SQLite, alternating: "
+                f"SQLite {lite_median:,.0f}/s; PostgreSQL/SQLite {sorted(ratios)[mid]:.0%} "
+                f"(pairs {min(ratios):.0%}-{max(ratios):.0%})"
+            ),
+        )
+        row.target = ">= 75% of the SQLite burst"
+        row.target_value = 0.75 * lite_median
+        row.details["certdrop"] = {
+            "n": len(files),
+            "postgresql_per_second": [round(r, 1) for r in pg],
+            "sqlite_per_second": [round(r, 1) for r in lite],
+            "postgresql_cpu_seconds": [c for _, c in runs["postgresql"]],
+            "sqlite_cpu_seconds": [c for _, c in runs["sqlite"]],
         }
         return row
 
@@ -990,6 +1059,8 @@ def run_workload(bench: Bench, workload: str) -> list[Row]:
         return [bench.folder_burst_big_index()]
     if workload == "folder-burst-ec-lint-off-outbox":
         return [bench.folder_burst_full_outbox()]
+    if workload == "folder-burst-ec-lint-off-postgresql":
+        return [bench.folder_burst_postgresql()]
     if workload == "latency":
         return bench.latency()
     if workload == "p12":

@@ -25,6 +25,9 @@ from certdrop.clock import Clock, SystemClock
 from certdrop.config import Settings, load_settings
 from certdrop.service.daemon import Daemon
 
+# a real PostgreSQL server, started once per session by the tests that ask (pg_url, index_url)
+pytest_plugins = ["pgserver"]
+
 REPO = Path(__file__).resolve().parent.parent
 OPENSSL = shutil.which("openssl") or "openssl"
 

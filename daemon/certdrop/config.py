@@ -349,6 +349,37 @@ class MetricsSettings(_Section):
         return value
 
 
+class HttpSettings(_Section):
+    """`certdrop serve`: where it listens, and the public URL relying parties use."""
+
+    listen: str = "127.0.0.1:8080"
+    base_url: str = ""  # "" = issued certificates carry no AIA (and no CRL URL of their own)
+    workers: int = Field(0, ge=0, le=64)  # processes answering; 0 = one per CPU
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        try:
+            split_listen(value)
+        except ValueError:
+            raise ValueError(
+                'must be HOST:PORT such as "127.0.0.1:8080", "0.0.0.0:80" or "[::]:8080"'
+            ) from None
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        url = value.strip().rstrip("/")
+        host = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)"
+        if url and not re.fullmatch(rf"https?://{host}(:\d{{1,5}})?(/[A-Za-z0-9._~\-/%]*)?", url):
+            raise ValueError(
+                "must be an http:// or https:// URL without query or fragment, such as "
+                '"http://ca.example.org" or "http://pki.example.org/certdrop"'
+            )
+        return url
+
+
 def split_listen(value: str) -> tuple[str, int]:
     """'127.0.0.1:9102' / '[::1]:9102' / 'localhost:9102' -> (host, port)."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.\-]+):(\d{1,5})", value.strip())
@@ -382,6 +413,7 @@ class Settings(BaseSettings):
     mail: MailSettings = MailSettings()
     watch: WatchSettings = WatchSettings()
     metrics: MetricsSettings = MetricsSettings()
+    http: HttpSettings = HttpSettings()
 
     # the file these settings came from (not a key of the file)
     _source: Path | None = None
@@ -442,6 +474,21 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.paths.database or f"sqlite:///{self.paths.state / 'index.sqlite'}"
+
+    @property
+    def crl_url(self) -> str:
+        """The CRL distribution point issued certificates carry ("" = none): `[crl]
+        distribution_point` when set (another place, an ldap:// URL), else under base_url."""
+        base = self.http.base_url
+        return self.crl.distribution_point or (f"{base}/crl.der" if base else "")
+
+    @property
+    def ocsp_url(self) -> str:
+        return f"{self.http.base_url}/ocsp" if self.http.base_url else ""
+
+    @property
+    def ca_issuers_url(self) -> str:
+        return f"{self.http.base_url}/ca.cer" if self.http.base_url else ""
 
     def profile_pkcs12_encryption(self, profile: str) -> str:
         override = self.profiles[profile].pkcs12_encryption

@@ -113,3 +113,26 @@ def test_bench_burst_into_a_full_outbox(tmp_path: Path) -> None:
     assert abs(row["cells"]["certdrop"]["value"] - min(details["full_per_second"])) < 0.1
     assert row["cells"]["certdrop"]["note"].startswith("400 files in outbox/ first; 2 bursts each")
     assert abs(row["target_value"] - 0.9 * min(details["empty_per_second"])) < 0.1
+
+
+def test_bench_burst_with_the_index_on_postgresql(tmp_path: Path) -> None:
+    """The burst through a daemon on a PostgreSQL index (a server the bench starts),
+    alternating with the burst on SQLite (tiny sizes, two pairs)."""
+    out = tmp_path / "bench.json"
+    _quick_bench(
+        out,
+        "--only",
+        "folder-burst-ec-lint-off-postgresql",
+        "--tools",
+        "certdrop",
+        "--bursts",
+        "2",
+    )
+    doc = json.loads(out.read_text())
+    [row] = doc["rows"]
+    assert row["id"] == "folder-burst-ec-lint-off-postgresql"
+    details = row["details"]["certdrop"]
+    assert len(details["postgresql_per_second"]) == len(details["sqlite_per_second"]) == 2
+    assert abs(row["cells"]["certdrop"]["value"] - min(details["postgresql_per_second"])) < 0.1
+    assert row["cells"]["certdrop"]["note"].startswith("2 bursts each on PostgreSQL")
+    assert abs(row["target_value"] - 0.75 * min(details["sqlite_per_second"])) < 0.1

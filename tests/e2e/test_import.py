@@ -388,11 +388,13 @@ def test_import_json_publishes_the_crl_with_the_adopted_revocations(
     doc = json.loads(res.stdout)
     assert doc["counts"]["revoked"] == 1
     assert doc["crl"]["status"] == "published"
-    # the CRL's number comes from the time it was made (Store.claim_crl_number)
-    number = x509.load_der_x509_crl((env.state / "crl.der").read_bytes()).extensions
-    crl_number = number.get_extension_for_class(x509.CRLNumber).value.crl_number
+    number = (
+        x509.load_pem_x509_crl((env.state / "crl.pem").read_bytes())
+        .extensions.get_extension_for_class(x509.CRLNumber)
+        .value.crl_number
+    )
     assert doc["crl"]["detail"].startswith(
-        f"CRL {crl_number} published in {env.state / 'crl.pem'} and "
+        f"CRL {number} published in {env.state / 'crl.pem'} and "
     )
     assert "(1 revoked, next update " in doc["crl"]["detail"]
     assert _crl_serials(env) == {bob.serial_number}

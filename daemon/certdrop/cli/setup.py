@@ -1,4 +1,5 @@
-"""Setting up and running: `certdrop init`, `run`, `check-config`, `apache-config`, `import`."""
+"""Setting up and running: `certdrop init`, `run`, `serve`, `check-config`, `apache-config`,
+`import`."""
 
 from __future__ import annotations
 
@@ -106,6 +107,17 @@ def run() -> None:
     sys.exit(daemon.run())
 
 
+# --- serve ----------------------------------------------------------------------------------------------
+@click.command()
+@config_option
+def serve() -> None:
+    """Answer relying parties over HTTP: CRL, CA certificates, OCSP ([http] listen)."""
+    from ..serve.server import Supervisor
+
+    c = ctx()
+    sys.exit(Supervisor(c.settings, c.clock).run())
+
+
 # --- check-config --------------------------------------------------------------------------------------------
 @click.command("check-config")
 @config_option
@@ -181,7 +193,13 @@ def _to_toml(values: dict[str, Any]) -> str:
     show_default=True,
     help="Where Apache logs who connected (e-mail and serial of each client certificate).",
 )
-def apache_config(log_file: str) -> None:
+@click.option(
+    "--ocsp",
+    is_flag=True,
+    help="Check revocation with certdrop's OCSP responder (certdrop serve) instead of the CRL "
+    "file: a revocation counts at once, without a reload of Apache.",
+)
+def apache_config(log_file: str, ocsp: bool) -> None:
     """Print the mod_ssl configuration that matches this setup."""
     from ..authority.lifecycle import load_ca_certificates
     from ..publish import modssl
@@ -191,7 +209,7 @@ def apache_config(log_file: str) -> None:
     ca_cert, chain = load_ca_certificates(s.state)
     click.echo(
         modssl.apache_config_text(
-            s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path
+            s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path, ocsp=ocsp
         ),
         nl=False,
     )

@@ -112,14 +112,29 @@ def key_used(conn: Transaction, dedupe_key: str) -> bool:
 
 
 def due(conn: Transaction, now: dt.datetime, limit: int) -> list[QueuedMail]:
-    """The queued messages due at `now`, longest due first, at most `limit`."""
+    """The queued messages due at `now`, longest due first, at most `limit`.
+
+    Their rows stay locked until the transaction ends; rows another transaction holds
+    are passed over (on PostgreSQL; SQLite has one writer at a time anyway)."""
     rows = conn.execute(
         sa.select(mail_queue)
         .where(mail_queue.c.status == "queued", mail_queue.c.next_attempt_at <= to_epoch(now))
         .order_by(mail_queue.c.next_attempt_at, mail_queue.c.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return [_queued(r) for r in rows]
+
+
+def claim(conn: Transaction, ids: Sequence[int], now: dt.datetime, lease: dt.timedelta) -> None:
+    """Messages `ids` (from `due`) are being sent by this host: not due for anyone else
+    until `now + lease`, when, if still queued (their sender died), they are due again."""
+    if ids:
+        conn.execute(
+            sa.update(mail_queue)
+            .where(mail_queue.c.id.in_(list(ids)), mail_queue.c.status == "queued")
+            .values(next_attempt_at=to_epoch(now + lease))
+        )
 
 
 def mark_sent(

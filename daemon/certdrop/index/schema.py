@@ -194,8 +194,16 @@ def from_epoch(value: int | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
 
 
+# PostgreSQL's advisory lock around install and migrate ("certdrop" in ASCII): hosts that
+# start at once create or upgrade the schema one after the other, each seeing what the
+# one before committed (SQLite's BEGIN IMMEDIATE does this for one file)
+INSTALL_LOCK = 0x6365727464726F70
+
+
 def install(conn: Connection) -> None:
     """Create the schema in an empty database, or migrate an older one to SCHEMA_VERSION."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(INSTALL_LOCK)))
     version = installed_version(conn)
     if version is None:
         metadata.create_all(conn)

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
 from ..errors import IndexUnavailable, NotFoundError, SerialCollision, StoreError
 from . import schema
@@ -192,25 +192,74 @@ class PendingRecord:
     decision_reason: str | None
 
 
+# the driver certdrop's extras bring for a database that names none ("postgresql://"),
+# and what to do when a URL names another one that is not installed
+_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg"}
+_DRIVER_HINTS = {
+    "postgresql": "certdrop[postgresql] brings psycopg 3: postgresql+psycopg://USER@HOST/DB"
+}
+
+
+def shown_url(url: str) -> str:
+    """`url` as the operator wrote it, without its password (for messages)."""
+    try:
+        password = sa.engine.make_url(url).password
+    except (SQLAlchemyError, ValueError):
+        return url if "@" not in url else "(an unreadable URL)"
+    if not password:
+        return url
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    user = auth.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***{at}{host}" if at else "(a URL with a password)"
+
+
+def _one_line(error: object) -> str:
+    """A driver's message (PostgreSQL's run over several lines) as one line."""
+    return " ".join(str(error).split())
+
+
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, named: str = "[paths] database") -> None:
+        """The index at `url` (not opened yet); `named`: where the URL came from, for
+        the messages about a URL that cannot be used."""
         self.url = url
+        shown = shown_url(url)
         try:
-            self.engine: Engine = sa.create_engine(url, future=True)
+            parsed = sa.engine.make_url(url)
+            parsed = parsed.set(
+                drivername=_DEFAULT_DRIVERS.get(parsed.drivername, parsed.drivername)
+            )
+            # a server may restart or fail over (Patroni, repmgr): a pooled connection
+            # is tried before use; SQLite's file needs no such check
+            options = {} if parsed.get_backend_name() == "sqlite" else {"pool_pre_ping": True}
+            self.engine: Engine = sa.create_engine(parsed, **options)
+        except ImportError as exc:
+            hint = _DRIVER_HINTS.get(parsed.get_backend_name(), "")
+            raise StoreError(
+                f"{named} = {shown!r}: its driver is not installed "
+                f"({exc.name or exc})" + (f"; {hint}" if hint else "")
+            ) from None
         except (SQLAlchemyError, ValueError) as exc:
-            raise StoreError(f"[paths] database = {url!r}: cannot use it ({exc})") from None
-        if self.engine.dialect.name == "sqlite":
+            raise StoreError(
+                f"{named} = {shown!r}: cannot use it ({exc}); a SQLAlchemy URL is expected, "
+                "e.g. postgresql://USER@HOST/DB or sqlite:////PATH/index.sqlite"
+            ) from None
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             sa.event.listen(self.engine, "begin", _sqlite_begin_immediate)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def open(self) -> Store:
-        """Create or migrate the schema; safe to call from several processes."""
+        """Create or migrate the schema; safe to call from several processes and hosts."""
         try:
             with self.engine.begin() as conn:
                 schema.install(conn)
-        except OperationalError as exc:
-            raise StoreError(f"cannot open the index {self.url}: {exc.orig}") from None
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreError(
+                f"cannot open the index {shown_url(self.url)}: {_one_line(exc.orig)}"
+            ) from None
         return self
 
     def close(self) -> None:
@@ -224,8 +273,7 @@ class Store:
                 yield conn
         except OperationalError as exc:
             raise IndexUnavailable(
-                f"the index {self.engine.url.render_as_string(hide_password=True)} cannot be "
-                f"used right now: {exc.orig}"
+                f"the index {shown_url(self.url)} cannot be used right now: {_one_line(exc.orig)}"
             ) from None
 
     def integrity_check(self) -> list[str]:
@@ -518,9 +566,12 @@ class Store:
     # --- CRL numbers ----------------------------------------------------------------------------
     def claim_crl_number(self, conn: Transaction, at_least: int) -> int:
         """The number of the next CRL: `at_least`, or one more than the last one claimed
-        when that is larger; recorded as the last one."""
+        when that is larger; recorded as the last one. The row stays locked until the transaction
+        ends, so that hosts sharing the index never draw the same number."""
         current = int(
-            conn.execute(sa.select(meta.c.value).where(meta.c.key == "crl_number")).scalar_one()
+            conn.execute(
+                sa.select(meta.c.value).where(meta.c.key == "crl_number").with_for_update()
+            ).scalar_one()
         )
         number = max(at_least, current + 1)
         conn.execute(sa.update(meta).where(meta.c.key == "crl_number").values(value=str(number)))
@@ -530,10 +581,14 @@ class Store:
         return conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def set_meta(self, conn: Transaction, key: str, value: str) -> None:
-        if conn.execute(sa.select(meta.c.key).where(meta.c.key == key)).first() is None:
-            conn.execute(sa.insert(meta).values(key=key, value=value))
-        else:
-            conn.execute(sa.update(meta).where(meta.c.key == key).values(value=value))
+        update = sa.update(meta).where(meta.c.key == key).values(value=value)
+        if conn.execute(update).rowcount:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.insert(meta).values(key=key, value=value))
+        except IntegrityError:  # another host inserted it meanwhile
+            conn.execute(update)
 
     # --- journal -------------------------------------------------------------------------------
     def log(

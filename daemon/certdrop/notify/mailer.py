@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -91,7 +92,17 @@ class Mailer:
             self._lock.release()
         return report
 
+    @property
+    def lease(self) -> dt.timedelta:
+        """How long the messages of one flush are this host's to send (several hosts share
+        one queue); one SMTP call more than the lease never starts (`_flush`)."""
+        return dt.timedelta(seconds=max(600.0, 4 * self.mail.timeout_seconds))
+
     def _flush(self, now: dt.datetime, report: FlushReport) -> None:
+        lease = self.lease
+        # the last moment a message may still be handed over: a call takes at most about
+        # two timeouts (send and answer), and the lease must still hold when it ends
+        deadline = time.monotonic() + lease.total_seconds() - 2 * self.mail.timeout_seconds
         with self.store.begin() as conn:
             todo: list[QueuedMail] = []
             for row in mailqueue.due(conn, now, self.BATCH):
@@ -104,11 +115,18 @@ class Mailer:
                     report.cancelled += 1
                 else:
                     todo.append(row)
+            # claimed in the transaction that locked the rows: another host's flush
+            # passes over them now, and finds them due again only if this host dies
+            mailqueue.claim(conn, [row.id for row in todo], now, lease)
         if not todo:
             return
         try:
             with self.transport.session() as send:
                 for i, row in enumerate(todo):
+                    if time.monotonic() > deadline:
+                        # the rest: due again when the lease ends (for this host or another)
+                        log.warning("mail flush: the lease ran out; %d left", len(todo) - i)
+                        return
                     try:
                         send(
                             compose(

@@ -1,4 +1,5 @@
-"""The daemon's scheduled jobs: CRL check, expiry sweep, mail queue flush, inbox rescan.
+"""The daemon's scheduled jobs: CRL check, OCSP responder certificate, expiry sweep, mail
+queue flush, inbox rescan.
 
 Each job asks the current runtime (replaced on SIGHUP) for what it needs and takes
 `now` from the injected clock. The issue layer's hooks land here too: an issued p12
@@ -65,6 +66,7 @@ class Jobs:
             scheduler.remove("expiry-sweep")
             scheduler.remove("mail-flush")
         scheduler.every("crl", self.crl_check_seconds, self.crl, run_now=True)
+        scheduler.every("ocsp-responder", self.crl_check_seconds, self.ocsp_responder, run_now=True)
 
     # --- the jobs ---------------------------------------------------------------------------
     def crl(self) -> None:
@@ -72,6 +74,12 @@ class Jobs:
         rt = self.host.rt
         if rt is not None:
             rt.check_publication()
+
+    def ocsp_responder(self) -> None:
+        """Renew the OCSP responder's certificate (for `certdrop serve`) before it ends."""
+        rt = self.host.rt
+        if rt is not None:
+            rt.responder.check()
 
     def expiry_sweep(self) -> SweepReport | None:
         rt = self.host.rt

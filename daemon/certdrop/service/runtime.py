@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..audit import AuditLog, operator_actor
-from ..authority.ca import CertificateAuthority
+from ..authority.ca import CertificateAuthority, CertificateUrls
 from ..authority.keys import read_passphrase
 from ..authority.lifecycle import CHAIN_CRLS
 from ..authority.lint import Linter, shared_linter
@@ -40,6 +40,7 @@ from ..notify.passwords import choose_password_channel
 from ..notify.requester import RequesterMail
 from ..publish.apache import ApachePublisher
 from ..publish.crl import CrlPublisher
+from ..publish.responder import ResponderPublisher
 from ..publish.retiring import CrlSet, load_crls
 from ..publish.revocation import Revoker
 from .systemd import StateLock
@@ -59,6 +60,7 @@ class Runtime:
     linter: Linter | None
     crl: CrlPublisher  # the issuing CA's
     revoker: Revoker
+    responder: ResponderPublisher  # the OCSP responder's certificate, for `certdrop serve`
     hooks: Hooks = field(default_factory=Hooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
     apache: ApachePublisher | None = None  # None when [apache] enabled = false
@@ -122,7 +124,7 @@ class Runtime:
         )
         decider = Decider(
             settings.profiles,
-            settings.crl.distribution_point,
+            CertificateUrls(settings.crl_url, settings.ocsp_url, settings.ca_issuers_url),
             store,
             ca,
             clock,
@@ -179,6 +181,9 @@ class Runtime:
             )
             crls.add_listener(apache.changed)
         revoker = Revoker(store, clock, crl, apache, requester, crls=crls)
+        responder = ResponderPublisher(
+            settings.state, ca, clock, linter.certificate if linter else None, hooks.audit
+        )
         rt = cls(
             settings,
             clock,
@@ -190,6 +195,7 @@ class Runtime:
             linter,
             crl,
             revoker,
+            responder,
             hooks,
             mailer,
             apache,

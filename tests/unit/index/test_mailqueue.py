@@ -6,8 +6,8 @@ A real SQLite index; what the rows hold is read back through the same module.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +18,9 @@ T0 = dt.datetime(2030, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'index.sqlite'}").open()
+def store(index_url: str) -> Iterator[Store]:
+    """An empty index on each backend: SQLite, then PostgreSQL."""
+    s = Store(index_url).open()
     yield s
     s.close()
 
@@ -162,3 +163,40 @@ def test_the_state_of_the_certificate_a_message_is_about(store: Store) -> None:
         store.revoke(conn, "0A", "superseded", T0)
         assert mailqueue.certificate_state(conn, "0A") == ("revoked", end)
         assert mailqueue.certificate_state(conn, "0B") is None
+
+
+# --- several hosts flushing one queue -------------------------------------------------------------------
+def test_hosts_flushing_at_once_take_different_messages(store: Store) -> None:
+    """Host A's flush holds the due rows it took; host B's, at the same moment, takes the
+    others without waiting, and after A's claim commits does not see A's messages until
+    the lease runs out (A died: they are due again)."""
+    ids = [add(store, f"m{i}") for i in range(6)]
+    lease = dt.timedelta(minutes=10)
+    got_b: list[list[int]] = []
+
+    def host_b() -> None:
+        with store.begin() as conn:
+            rows = mailqueue.due(conn, T0, 10)
+            mailqueue.claim(conn, [m.id for m in rows], T0, lease)
+        got_b.append([m.id for m in rows])
+
+    with store.begin() as conn:
+        taken_a = [m.id for m in mailqueue.due(conn, T0, 4)]
+        assert taken_a == ids[:4]
+        mailqueue.claim(conn, taken_a, T0, lease)
+        if store.dialect == "postgresql":  # SQLite: one writer at a time, B waits below
+            b = threading.Thread(target=host_b)
+            b.start()
+            b.join(15)
+            assert got_b == [ids[4:]]  # passed over A's locked rows, without waiting
+    if store.dialect != "postgresql":
+        host_b()
+        assert got_b == [ids[4:]]
+    with store.begin() as conn:
+        assert mailqueue.due(conn, T0 + lease - dt.timedelta(seconds=1), 10) == []
+        # a host that claimed and died: its messages are due again once the lease ends
+        assert [m.id for m in mailqueue.due(conn, T0 + lease, 10)] == ids
+        mailqueue.mark_sent(conn, ids[0], 1, T0)
+        mailqueue.claim(conn, [ids[0]], T0 + lease, lease)  # a sent message stays sent
+    assert one(store, ids[0]).status == "sent"
+    assert one(store, ids[0]).next_attempt_at == T0 + lease

@@ -7,6 +7,7 @@ its schema version), then opened by this one.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,8 @@ MESSAGE: dict[str, object] = {
 }
 
 
-def test_a_new_index(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'new.sqlite'}").open()
+def test_a_new_index(index_url: str) -> None:
+    store = Store(index_url).open()
     try:
         insp = sa.inspect(store.engine)
         assert {t.name for t in metadata.sorted_tables} <= set(insp.get_table_names())
@@ -44,8 +45,8 @@ def test_a_new_index(tmp_path: Path) -> None:
         store.close()
 
 
-def test_an_index_of_a_newer_certdrop_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'future.sqlite'}"
+def test_an_index_of_a_newer_certdrop_is_refused(index_url: str) -> None:
+    url = index_url
     Store(url).open().close()
     engine = sa.create_engine(url)
     with engine.begin() as conn:
@@ -105,8 +106,8 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
     Store(url).open().close()  # opening a current index again changes nothing
 
 
-def test_a_version_2_index_gets_the_crl_index_and_keeps_its_mail(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'v2.sqlite'}"
+def test_a_version_2_index_gets_the_crl_index_and_keeps_its_mail(index_url: str) -> None:
+    url = index_url
     store = Store(url).open()
     with store.begin() as conn:
         assert mailqueue.add(conn, now=T0, **MESSAGE) == 1
@@ -171,10 +172,10 @@ def _v3_cert(
 LOOKUP_INDEXES = {"ix_certificates_request_name", "ix_journal_name", "ix_journal_serial"}
 
 
-def test_a_version_3_index_gets_the_lookup_indexes_and_every_e_mail(tmp_path: Path) -> None:
+def test_a_version_3_index_gets_the_lookup_indexes_and_every_e_mail(index_url: str) -> None:
     """Schema 4: `show` and `revoke` find a certificate by any e-mail address it carries,
     also one an older certdrop recorded (whose index held the first address only)."""
-    url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
+    url = index_url
     store = Store(url).open()
     with store.begin() as conn:
         for cert in (
@@ -272,5 +273,72 @@ def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) ->
             ).all()
             assert "COVERING INDEX ix_certificates_crl" in str(plan)
         assert store.integrity_check() == []
+    finally:
+        store.close()
+
+
+def _open_at_once(url: str, hosts: int) -> list[BaseException]:
+    """`hosts` threads, each with an engine of its own, open the index at one moment;
+    what they raised."""
+    barrier = threading.Barrier(hosts)
+    errors: list[BaseException] = []
+
+    def host() -> None:
+        store = Store(url)
+        try:
+            barrier.wait()
+            store.open()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=host) for _ in range(hosts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
+def test_hosts_that_start_at_once_create_the_schema_once(index_url: str) -> None:
+    """Several hosts open one empty index at the same moment: every one of them opens
+    it, and it holds one schema."""
+    assert _open_at_once(index_url, 8) == []
+    store = Store(index_url).open()
+    try:
+        with store.begin() as conn:
+            rows = conn.execute(sa.text("SELECT key, value FROM meta ORDER BY key")).all()
+        assert [tuple(r) for r in rows] == [
+            ("crl_number", "0"),
+            ("schema_version", str(SCHEMA_VERSION)),
+        ]
+    finally:
+        store.close()
+
+
+def test_hosts_that_start_at_once_migrate_an_old_index_once(index_url: str) -> None:
+    """An index of schema 3 opened by several upgraded hosts at once: migrated once
+    (the e-mail rows schema 4 adds are not doubled)."""
+    store = Store(index_url).open()
+    with store.begin() as conn:
+        store.add_certificate(
+            conn,
+            _v3_cert("01", "Alice", "alice@example.org", _der("Alice", None, ["a@example.org"])),
+        )
+        for name in LOOKUP_INDEXES:
+            conn.exec_driver_sql(f"DROP INDEX {name}")
+        conn.exec_driver_sql("DELETE FROM cert_attrs WHERE attr = 'email'")
+        store.set_meta(conn, "schema_version", "3")
+    store.close()
+    assert _open_at_once(index_url, 6) == []
+    store = Store(index_url).open()
+    try:
+        with store.begin() as conn:
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION)
+            rows = conn.exec_driver_sql(
+                "SELECT value FROM cert_attrs WHERE attr = 'email' ORDER BY value"
+            ).all()
+        assert [r[0] for r in rows] == ["a@example.org", "alice@example.org"]
     finally:
         store.close()

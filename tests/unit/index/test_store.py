@@ -9,6 +9,8 @@ certificate; the lookup must be driven by ix_cert_attrs_lookup whatever the inde
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,16 @@ def _cert(serial: int, attrs: list[tuple[str, str]], *, days: int = 30) -> NewCe
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
+def store(index_url: str) -> Any:
+    """An empty index on each backend: SQLite, then PostgreSQL."""
+    s = Store(index_url).open()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Any:
+    """An empty SQLite index, for the tests that read SQLite's query plans."""
     s = Store(f"sqlite:///{tmp_path / 'index.sqlite'}").open()
     yield s
     s.close()
@@ -94,10 +105,11 @@ def test_existing_valid_answers_more_keys_than_one_query_takes(store: Store) -> 
     assert got[("emailAddress", "u5@example.org")][0].serial == f"{5:032X}"
 
 
-def test_the_lookup_is_driven_by_the_attribute_index(store: Store) -> None:
+def test_the_lookup_is_driven_by_the_attribute_index(sqlite_store: Store) -> None:
     """SQLite's plan for the statements existing_valid runs: a search of
     ix_cert_attrs_lookup, then the certificate by serial; never a walk of the
     certificates (by status) or of cert_attrs."""
+    store = sqlite_store
     with store.begin() as conn:
         store.add_certificates(conn, [_cert(i, [("CN", f"u{i}")]) for i in range(2_000)])
     ran: list[tuple[str, Any]] = []
@@ -223,9 +235,10 @@ def test_one_certificate_matched_several_ways_is_listed_once(store: Store) -> No
     assert _lookup(store, "ABC@example.org") == [("0F01", ("e-mail",)), ("0ABC", ("e-mail",))]
 
 
-def test_the_lookups_and_the_history_are_searches_of_indexes(store: Store) -> None:
+def test_the_lookups_and_the_history_are_searches_of_indexes(sqlite_store: Store) -> None:
     """Every statement `show` runs (the lookup, the journal) is answered from an index:
     SQLite's plan searches an index and never walks a table."""
+    store = sqlite_store
     with store.begin() as conn:
         store.add_certificates(
             conn,
@@ -303,3 +316,90 @@ def test_search_finds_text_in_serial_name_cn_and_e_mail(store: Store) -> None:
     assert _search(store, "example", status="valid") == ["0A11", "0B22"]
     assert _search(store, "e", status="expired") == ["0E44"]
     assert _search(store, "example", expiring_within=dt.timedelta(days=60)) == ["0A11", "0B22"]
+
+
+# --- CRL numbers: several hosts draw them from one index --------------------------------------------------
+def _draw(store: Store) -> int:
+    with store.begin() as conn:
+        return store.claim_crl_number(conn, 0)
+
+
+def test_a_crl_number_drawn_waits_for_the_one_being_drawn(store: Store) -> None:
+    """Host B draws while host A's transaction holds a number it drew: B waits for A's
+    commit and gets the number after A's, never the same one."""
+    got: list[int] = []
+    with store.begin() as conn:
+        first = store.claim_crl_number(conn, 0)
+        b = threading.Thread(target=lambda: got.append(_draw(store)))
+        b.start()
+        b.join(0.5)
+        assert b.is_alive() and got == []  # waiting for A
+    b.join(30)
+    assert got == [first + 1]
+
+
+def test_crl_numbers_drawn_at_once_are_unique_and_increasing(store: Store) -> None:
+    drawn: list[list[int]] = [[] for _ in range(4)]
+
+    def host(mine: list[int]) -> None:
+        for _ in range(25):
+            mine.append(_draw(store))
+
+    threads = [threading.Thread(target=host, args=(d,)) for d in drawn]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(n for d in drawn for n in d) == list(range(1, 101))
+    assert all(d == sorted(d) for d in drawn)  # each host's own numbers only grow
+
+
+def test_a_certificate_reads_back_as_written_and_revoked_ones_reach_the_crl(store: Store) -> None:
+    """Every column's type on each backend (bytes, booleans, times, NULLs), through the
+    single and the batch insert, and the CRL's rows read straight from the driver."""
+    der = bytes(range(256)) * 3  # every byte value, NUL included
+    one = replace(_cert(0x1F, [("CN", "Zoë")]), der=der, key_generated=True, owner="zoë")
+    many = [_cert(0x20 + i, [("CN", f"u{i}")]) for i in range(3)]
+    with store.begin() as conn:
+        store.add_certificate(conn, one)
+        store.add_certificates(conn, many)
+        store.revoke(conn, many[2].serial, "keyCompromise", NOW + dt.timedelta(hours=2))
+        store.revoke(conn, one.serial, "superseded", NOW + dt.timedelta(hours=1))
+    with store.begin() as conn:
+        got = store.get(conn, one.serial)
+        plain = store.get(conn, many[0].serial)
+        entries = store.revoked_entries(conn)
+    assert got is not None and plain is not None
+    assert (got.der, got.key_generated, got.owner, got.common_name) == (der, True, "zoë", "Zoë")
+    assert (got.not_after, got.issued_at) == (one.not_after, one.issued_at)
+    assert (got.status, got.revoked_at) == ("revoked", NOW + dt.timedelta(hours=1))
+    assert (plain.der, plain.key_generated, plain.revoked_at) == (b"\x30\x00", False, None)
+    t = int(NOW.timestamp())
+    assert entries == [(0x1F, t + 3600, "superseded"), (0x22, t + 7200, "keyCompromise")]
+
+
+def test_a_database_that_cannot_be_used_is_named_without_its_password(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as exc:
+        Store("postgresql+nosuchdriver://ca:s3cret@db.example.org/certdrop")
+    assert "s3cret" not in str(exc.value)
+    assert str(exc.value).startswith(
+        "[paths] database = 'postgresql+nosuchdriver://ca:***@db.example.org/certdrop': "
+    )
+    with pytest.raises(StoreError) as exc:
+        Store("postgresql+psycopg2://ca:s3cret@db.example.org/certdrop")
+    assert str(exc.value) == (
+        "[paths] database = 'postgresql+psycopg2://ca:***@db.example.org/certdrop': its driver "
+        "is not installed (psycopg2); certdrop[postgresql] brings psycopg 3: "
+        "postgresql+psycopg://USER@HOST/DB"
+    )
+    # no server at that socket: the index cannot be opened, and the message says where
+    nowhere = tmp_path / "nowhere"
+    store = Store(f"postgresql://ca:s3cret@/certdrop?host={nowhere}")
+    with pytest.raises(StoreError) as exc:
+        store.open()
+    message = str(exc.value)
+    assert message.startswith(
+        f"cannot open the index postgresql://ca:***@/certdrop?host={nowhere}: "
+    ), message
+    assert "s3cret" not in message and "\n" not in message
+    assert str(nowhere) in message.split(": ", 1)[1]  # the driver's words: where it looked

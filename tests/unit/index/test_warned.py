@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from certdrop.index import warned
 from certdrop.index.store import Store
@@ -11,8 +10,8 @@ from certdrop.index.store import Store
 T0 = dt.datetime(2030, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def test_thresholds_are_recorded_per_kind_and_serial(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+def test_thresholds_are_recorded_per_kind_and_serial(index_url: str) -> None:
+    url = index_url
     store = Store(url).open()
     with store.begin() as conn:
         assert warned.thresholds_done(conn, "cert", "0A") == set()

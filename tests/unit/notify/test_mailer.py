@@ -1,12 +1,16 @@
 """The Mailer: the due messages of the queue to the SMTP server, retries with backoff.
 
 The SMTP server is aiosmtpd on 127.0.0.1; time is a ManualClock, so backoff is
-tested without sleeping; the queue is a real SQLite index.
+tested without sleeping; the queue is a real SQLite index, and a real PostgreSQL one
+(also shared by two hosts flushing at once).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +20,15 @@ from certdrop.clock import ManualClock
 from certdrop.index.mailqueue import list_queue, queue_status
 from certdrop.index.store import NewCertificate, Store
 from certdrop.notify.mailer import PASSWORD_SCRUBBED, Mailer
+from conftest import wait_for
 from mailpeer import SmtpPeer, free_port
 from notify_helpers import T0, mail_settings, queue_one, row
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'index.sqlite'}").open()
+def store(index_url: str) -> Iterator[Store]:
+    """An empty index on each backend: SQLite, then PostgreSQL."""
+    s = Store(index_url).open()
     yield s
     s.close()
 
@@ -171,6 +177,64 @@ def test_a_flush_sends_at_most_a_batch(store: Store, peer: SmtpPeer) -> None:
     assert [m.subject for m in peer.messages[:2]] == ["[certdrop] m0", "[certdrop] m1"]
     with store.begin() as conn:
         assert queue_status(conn)["sent"] == Mailer.BATCH + 3
+
+
+# --- several hosts, one queue -------------------------------------------------------------------------
+_HOST = """
+import sys, time
+from pathlib import Path
+from certdrop.index.store import Store
+from certdrop.notify.mailer import Mailer
+from notify_helpers import T0, mail_settings
+url, port, go, ready = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+store = Store(url).open()
+mailer = Mailer.from_settings(store, mail_settings(port))
+ready.touch()
+while not go.exists():
+    time.sleep(0.005)
+sent = 0
+while True:
+    report = mailer.flush(T0)
+    sent += report.sent
+    if report.sent == 0:
+        break
+print(sent)
+"""
+
+
+def test_two_hosts_flushing_one_queue_send_each_message_once(
+    pg_url: str, peer: SmtpPeer, tmp_path: Path
+) -> None:
+    """Two processes (hosts) flush one PostgreSQL queue at the same moment, batch after
+    batch: each message reaches the server once, and between them they send them all."""
+    mail = mail_settings(peer.port)
+    store = Store(pg_url).open()
+    n = 6 * Mailer.BATCH
+    try:
+        for i in range(n):
+            queue_one(store, mail, ("", f"u{i}@example.org"), subject=f"m{i}")
+        go = tmp_path / "go"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        hosts = [
+            subprocess.Popen(
+                [sys.executable, "-c", _HOST, pg_url, str(peer.port), str(go), str(ready)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for ready in (tmp_path / "ready-a", tmp_path / "ready-b")
+        ]
+        wait_for(lambda: all((tmp_path / f"ready-{h}").exists() for h in "ab"), 60)
+        go.touch()
+        counts = [int(h.communicate(timeout=120)[0]) for h in hosts]
+        assert [h.returncode for h in hosts] == [0, 0]
+        ids = [m.message["Message-ID"] for m in peer.messages]
+        assert len(ids) == len(set(ids)) == n  # once each, all of them
+        assert sum(counts) == n and min(counts) > 0  # both took part
+        with store.begin() as conn:
+            assert queue_status(conn)["sent"] == n
+    finally:
+        store.close()
 
 
 # --- expiry warnings whose certificate changed -------------------------------------------------------
