@@ -1,10 +1,9 @@
 """index/cas.py: the CAs of the index, which one is current, and which certificates each
-issued (a real SQLite index)."""
+issued (a real index: SQLite, then PostgreSQL)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from certdrop.index import cas
 from certdrop.index.store import NewCertificate, Store
@@ -43,8 +42,8 @@ def _cert(serial: str, issuer: str | None, days: int, status: str = "valid") -> 
     )
 
 
-def test_the_current_ca_the_retiring_ones_and_their_certificates(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'index.sqlite'}").open()
+def test_the_current_ca_the_retiring_ones_and_their_certificates(index_url: str) -> None:
+    store = Store(index_url).open()
     try:
         old, new = _ca("aa", "01", T0), _ca("bb", "02", T0 + dt.timedelta(days=1))
         with store.begin() as conn:
