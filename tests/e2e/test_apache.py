@@ -513,7 +513,8 @@ def test_two_tier_ca_with_the_root_crl_lets_clients_in(tmp_path: Path) -> None:
     """init --offline-root: the issuing CA and the root in Apache's bundle, the root's CRL
     beside the issuing CA's, SSLCARevocationCheck chain lets a client in; openssl verifies
     the client certificate up to the root; root-crl publishes its next CRL through the
-    running daemon."""
+    running daemon; after a rollover under the root the clients of both issuing CAs get
+    in, and the old CA's client revoked is shut out."""
     httpd = ApacheServer(tmp_path / "apache", "# certdrop block goes here\n").start()
     d: DaemonThread | None = None
     try:
@@ -565,9 +566,34 @@ debounce_seconds = 0.2
         )
         assert setup.status(alice, alice_key) == 200
 
+        # the issuing CA rolled over under the root while the daemon runs: the old and the
+        # new issuing CA and the root in the bundle, the CRL of each in the CRL file
+        old_ca = load_cert(env.ca_cert)
+        res = env.cli_proc("rollover", *root_args)
+        assert res.returncode == 0, res.stderr
+        new_ca = load_cert(env.ca_cert)
+        new_ca.verify_directly_issued_by(root)
+        bundle = x509.load_pem_x509_certificates(setup.ca_file.read_bytes())
+        assert bundle == [new_ca, root, old_ca]
+        signers = [new_ca, old_ca, root]
+        assert [
+            c.is_signature_valid(k.public_key())  # type: ignore[arg-type]
+            for c, k in zip(_pem_crls(setup.crl_file), signers, strict=True)
+        ] == [True, True, True]
+        bob, bob_key = setup.issue("bob", "Bob Example", "bob@example.org")
+        wait_for(lambda: setup.status(bob, bob_key) == 200, timeout=30, what="bob let in")
+        assert setup.status(alice, alice_key) == 200
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(media / "root.cer"), "-untrusted",
+             str(env.ca_cert), str(bob)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert verify.stdout.strip().endswith(": OK"), verify.stdout + verify.stderr
+
         code, _, err = env.cli("revoke", "alice", "--reason", "keyCompromise")
         assert code == 0, err
         wait_for(lambda: setup.status(alice, alice_key) != 200, timeout=30, what="alice refused")
+        assert setup.status(bob, bob_key) == 200
     finally:
         if d is not None:
             d.stop()
