@@ -28,7 +28,10 @@ from ..errors import IndexUnavailable
 from .schema import certificates, from_epoch
 
 _STATUS = sa.select(
-    certificates.c.status, certificates.c.revoked_at, certificates.c.revocation_reason
+    certificates.c.status,
+    certificates.c.revoked_at,
+    certificates.c.revocation_reason,
+    certificates.c.issuer,
 ).where(certificates.c.serial == sa.bindparam("serial"))
 
 
@@ -39,6 +42,7 @@ class CertStatus:
     revoked: bool
     revoked_at: dt.datetime | None = None
     reason: str | None = None
+    issuer: str | None = None  # the CA that issued it (cas.id; None: recorded before schema 6)
 
 
 class StatusReader:
@@ -120,10 +124,10 @@ class StatusReader:
                 raise IndexUnavailable(f"the index cannot be read right now: {exc}") from None
         if row is None:
             return None
-        status, revoked_at, reason = row
+        status, revoked_at, reason, issuer = row
         if status != "revoked":
-            return CertStatus(False)
-        return CertStatus(True, from_epoch(revoked_at), reason)
+            return CertStatus(False, issuer=issuer)
+        return CertStatus(True, from_epoch(revoked_at), reason, issuer)
 
     def _lookup(self, serial: str) -> Any:
         if self._raw is not None:

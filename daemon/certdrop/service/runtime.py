@@ -225,6 +225,18 @@ class Runtime:
         if self.apache is not None:
             self.apache.check()
 
+    def check_responders(self) -> None:
+        """The periodic job: the OCSP responder certificate of the current CA and, after a
+        rollover, one of each retiring CA (in its cas/<id>/, issued by it), renewed when
+        due; `certdrop serve` answers for each. Never raises."""
+        self.responder.check()
+        if self.crls is None:
+            return
+        for pub in self.crls.retiring():
+            ResponderPublisher(
+                pub.folder, pub.ca, self.clock, self.responder.linter, self.hooks.audit
+            ).check()
+
     def close(self) -> None:
         if self.apache is not None:
             self.apache.close()  # a debounced Apache publication still waiting is done now
