@@ -232,3 +232,45 @@ def test_two_tier_rollover_under_the_offline_root(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 0 and res.stdout.strip().endswith(": OK"), res.stdout + res.stderr
     assert not stock_linter().crl((env.state / "crl.der").read_bytes())
+
+
+def test_a_backup_after_a_rollover_restores_both_cas(tmp_path: Path) -> None:
+    """backup and restore carry cas/: restored, the daemon signs with the new CA, the old
+    one is still retiring (its key as stored, a fresh CRL numbered above the old one's) and
+    its certificates still revocable on its CRL."""
+    env = make_env(tmp_path / "ca")
+    old_ca = load_cert(env.ca_cert)
+    d = DaemonThread(env).start()
+    try:
+        alice, _ = _issue(env, tmp_path / "u", "alice")
+        code, _, err = env.cli("rollover")
+        assert code == 0, err
+        new_ca = load_cert(env.ca_cert)
+        old_folder = env.state / "cas" / ca_id(old_ca)
+        old_number = _number(_crl(old_folder / "crl.der"))
+        res = env.cli_proc("backup", str(tmp_path / "backup"))
+        assert res.returncode == 0, res.stderr
+    finally:
+        d.stop()
+
+    fresh = make_env(tmp_path / "restored", init=False)
+    code, out, err = fresh.cli("restore", str(tmp_path / "backup"))
+    assert code == 0, err
+    assert f"cas/{ca_id(old_ca)}/crl.der" in out  # left out: made afresh
+    restored_old = fresh.state / "cas" / ca_id(old_ca)
+    assert (restored_old / "ca.key").read_bytes() == (old_folder / "ca.key").read_bytes()
+    d = DaemonThread(fresh).start()
+    try:
+        assert load_cert(fresh.ca_cert) == new_ca
+        bob, _ = _issue(fresh, tmp_path / "u2", "bob")
+        bob.verify_directly_issued_by(new_ca)
+        states = {c["key_id"]: c["state"] for c in _status(fresh)["cas"]}
+        assert states == {ca_id(new_ca): "current", ca_id(old_ca): "retiring"}
+        code, out, err = fresh.cli("revoke", "alice")
+        assert code == 0, err
+        crl = _crl(restored_old / "crl.der")
+        assert crl.get_revoked_certificate_by_serial_number(alice.serial_number)
+        assert crl.is_signature_valid(old_ca.public_key())  # type: ignore[arg-type]
+        assert _number(crl) > old_number
+    finally:
+        d.stop()
