@@ -120,6 +120,11 @@ def test_rollover_in_a_running_daemon(tmp_path: Path) -> None:
         }
         retiring = next(c for c in _status(env)["cas"] if c["state"] == "retiring")
         assert retiring["certificates_until"] == alice.not_valid_after_utc.isoformat()
+        assert retiring["crl_next_update"] == old_crl.next_update_utc.isoformat()
+        code, out, _ = env.cli("status")
+        line = next(ln for ln in out.splitlines() if ln.startswith("cas"))
+        assert f"retiring CN=Test CA,O=MyOrg,C=BE serial {sn(old_ca)} (until " in line
+        assert f"; CRL until {old_crl.next_update_utc:%Y-%m-%d %H:%M} UTC)" in line
 
         # revoking each lands on its own CA's CRL
         code, out, err = env.cli("revoke", "alice")

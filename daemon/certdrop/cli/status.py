@@ -154,6 +154,7 @@ def ca_status(
     alone until the daemon first recorded it."""
     from ..authority.lifecycle import ca_id
     from ..authority.names import subject_text
+    from ..authority.rollover import ca_folder
     from ..authority.serials import serial_hex
     from ..index import cas
 
@@ -171,6 +172,13 @@ def ca_status(
         if row.state == cas.RETIRING:
             until = cas.last_expiry(conn, row.id)
             doc["certificates_until"] = until.isoformat() if until is not None else None
+            # its CRL, which the daemon keeps fresh in cas/<id>/ (None: none yet, unreadable)
+            doc["crl_next_update"] = None
+            with contextlib.suppress(OSError, ValueError):
+                crl = x509.load_der_x509_crl(
+                    (ca_folder(settings.state, row.id) / CRL_DER).read_bytes()
+                )
+                doc["crl_next_update"] = CrlFacts.of(crl).next_update.isoformat()
         docs.append(doc)
     if not docs:
         cert, _ = load_ca_certificates(settings.state)
@@ -194,5 +202,8 @@ def cas_text(docs: list[dict[str, Any]]) -> str:
         text = f"{d['state']} {d['subject']} serial {d['serial']} (until {d['not_after'][:10]}"
         if d.get("certificates_until"):
             text += f"; its last certificate ends {d['certificates_until'][:10]}"
+        if d["state"] == "retiring":
+            crl = d.get("crl_next_update")
+            text += f"; CRL until {crl[:16].replace('T', ' ')} UTC" if crl else "; NO CRL yet"
         parts.append(text + ")")
     return "; ".join(parts)
