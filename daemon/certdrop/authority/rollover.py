@@ -2,7 +2,8 @@
 files in `cas/<id>/` to sign its CRLs until its last certificate has expired.
 
     cas/<id>/ca.key, ca.cer, chain.pem   every CA that issued or will issue, as stored
-    cas/<id>/crl.der, crl.pem            a retiring CA's CRL (crl_folder)
+    cas/<id>/crl.der, crl.pem            a retiring CA's CRL (publish/retiring.py)
+    cas/<id>/ocsp-responder.pem          its OCSP responder (publish/responder.py)
 
 `stage_next_ca` makes the next CA in `cas/<new id>/` (it does not issue yet); then
 `switch_issuing`, between two batches of the daemon, keeps the current CA in
