@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from certdrop.authority.lifecycle import ca_id
 from certdrop.authority.serials import serial_hex
 from certdrop.clock import ManualClock
+from certdrop.errors import CAError
 from conftest import (
     CAEnv,
     DaemonThread,
@@ -277,5 +279,34 @@ def test_a_backup_after_a_rollover_restores_both_cas(tmp_path: Path) -> None:
         assert crl.get_revoked_certificate_by_serial_number(alice.serial_number)
         assert crl.is_signature_valid(old_ca.public_key())  # type: ignore[arg-type]
         assert _number(crl) > old_number
+    finally:
+        d.stop()
+
+
+def test_a_daemon_that_cannot_switch_stops_and_starts_with_the_new_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are switched but the daemon cannot build its new runtime (a fault put in
+    its place): the operator is told, the daemon stops with exit status 1 (the service
+    manager restarts it) and signs with the new CA from its next start."""
+    env = make_env(tmp_path / "ca")
+    d = DaemonThread(env).start()
+
+    def cannot_build(settings: object) -> object:
+        raise CAError("the disk went away")
+
+    monkeypatch.setattr(d.daemon, "_runtime", cannot_build)
+    code, _, err = env.cli("rollover")
+    assert code == 1
+    assert "but the daemon could not switch to it (the disk went away)" in err
+    d.thread.join(timeout=60)
+    assert not d.thread.is_alive() and d.daemon.exit_code == 1
+    monkeypatch.undo()
+
+    new_ca = load_cert(env.ca_cert)
+    d = DaemonThread(env).start()
+    try:
+        frank, _ = _issue(env, tmp_path / "u", "frank")
+        frank.verify_directly_issued_by(new_ca)
     finally:
         d.stop()

@@ -340,11 +340,12 @@ class Daemon:
         self._reload_done(True, "")
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
-    def rebuild(self) -> None:
+    def rebuild(self) -> str:
         """After a rollover: a new runtime over the same settings, so that the new CA
         signs (in new signing processes) and every CA's CRL and the Apache files are
         published now. When it cannot be built, the daemon stops with exit status 1: the
-        service manager restarts it, and the start loads the new CA from the state."""
+        service manager restarts it, and the start loads the new CA from the state.
+        Returns why it could not ('' when it could)."""
         old_rt = self.rt
         try:
             rt = self._runtime(self.settings)
@@ -353,7 +354,7 @@ class Daemon:
             self.worker.last_error = f"rollover: {exc}"
             self.exit_code = 1
             self.request_stop()
-            return
+            return str(exc)
         with self._swap_lock:
             self.rt = rt
             if rt.apache is not None:
@@ -366,6 +367,7 @@ class Daemon:
         if rt.apache is not None:
             rt.apache.flush()  # both CAs in Apache's files now, not after the debounce
         log.info("the CA %s signs from now on", subject_text(rt.ca.subject))
+        return ""
 
     def _reload_done(self, ok: bool, reason: str) -> None:
         self.last_reload = (self.clock.now(), ok, reason)

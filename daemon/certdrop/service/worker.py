@@ -44,7 +44,7 @@ class Host(Protocol):
 
     def reload(self) -> None: ...
 
-    def rebuild(self) -> None: ...
+    def rebuild(self) -> str: ...
 
     def announce_ready(self) -> None: ...
 
@@ -268,7 +268,13 @@ class Worker:
             if rt.ca_changed:
                 # a rollover: the new CA signs from the next batch on; the command is
                 # answered once it does
-                self.host.rebuild()
+                problem = self.host.rebuild()
+                if problem:
+                    result = (
+                        f"error: {result.removeprefix('ok:').strip()}; but the daemon could "
+                        f"not switch to it ({problem}): it stops, and signs with the new CA "
+                        "when it starts again"
+                    )
                 rt = self.host.rt or rt
             log.info("operator command %s %s: %s", kind, payload, result.splitlines()[0])
             with rt.store.begin() as conn:

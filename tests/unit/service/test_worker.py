@@ -37,7 +37,7 @@ class Host:
     def reload(self) -> None:
         self.reloads += 1
 
-    def rebuild(self) -> None:
+    def rebuild(self) -> str:
         raise AssertionError("no rollover in these tests")
 
     def announce_ready(self) -> None:
