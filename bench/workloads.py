@@ -126,7 +126,7 @@ class Bench:
 
     def __post_init__(self) -> None:
         p = self.params
-        self.pool = csrs.pool(max(p.n, p.latency_drops + p.warmup))
+        self.pool = csrs.pool(max(p.n, p.latency_drops + p.warmup, p.rollovers + 20))
 
     def wants(self, tool: str) -> bool:
         return tool in self.params.tools
