@@ -128,6 +128,11 @@ def test_rollover_in_a_running_daemon(tmp_path: Path) -> None:
         assert f"retiring CN=Test CA,O=MyOrg,C=BE serial {sn(old_ca)} (until " in line
         assert f"; CRL until {old_crl.next_update_utc:%Y-%m-%d %H:%M} UTC)" in line
 
+        # show says which CA issued each
+        code, out, err = env.cli("show", "alice", "--json")
+        assert code == 0, err
+        assert [c["ca"] for c in json.loads(out)["certificates"]] == [ca_id(old_ca)]
+
         # revoking each lands on its own CA's CRL
         code, out, err = env.cli("revoke", "alice")
         assert code == 0, err

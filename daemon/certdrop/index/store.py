@@ -79,6 +79,7 @@ class CertRecord:
             "issued_at": self.issued_at.isoformat(),
             "owner": self.owner,
             "source": self.source,
+            "ca": self.issuer,  # the key id of the CA that issued it (status --json: cas)
         }
 
 
