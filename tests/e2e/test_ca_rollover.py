@@ -315,3 +315,40 @@ def test_a_daemon_that_cannot_switch_stops_and_starts_with_the_new_ca(
         frank.verify_directly_issued_by(new_ca)
     finally:
         d.stop()
+
+
+def test_serve_publishes_the_retiring_cas_crl(tmp_path: Path) -> None:
+    """certdrop serve: /crl.der is the current CA's; the retiring CA's CRL (and
+    certificate) under /cas/<key id>/, as status --json names it; anything else is 404."""
+    from serve_kit import curl, free_port, serve_config, start_serve
+
+    port = free_port()
+    env = make_env(tmp_path / "ca", extra=serve_config(port))
+    old_ca = load_cert(env.ca_cert)
+    d = DaemonThread(env).start()
+    try:
+        alice, _ = _issue(env, tmp_path / "u", "alice")
+        for args in (["rollover"], ["revoke", "alice"]):
+            code, _, err = env.cli(*args)
+            assert code == 0, err
+        new_ca = load_cert(env.ca_cert)
+        srv = start_serve(env, port)
+        try:
+            status, _, body = curl(f"{srv.url}/crl.der")
+            assert status == 200
+            assert x509.load_der_x509_crl(body).is_signature_valid(new_ca.public_key())  # type: ignore[arg-type]
+            base = f"{srv.url}/cas/{ca_id(old_ca)}"
+            status, headers, body = curl(f"{base}/crl.der")
+            assert status == 200 and headers["content-type"] == "application/pkix-crl"
+            old_crl = x509.load_der_x509_crl(body)
+            assert old_crl.is_signature_valid(old_ca.public_key())  # type: ignore[arg-type]
+            assert old_crl.get_revoked_certificate_by_serial_number(alice.serial_number)
+            status, _, body = curl(f"{base}/ca.cer")
+            assert status == 200 and x509.load_der_x509_certificate(body) == old_ca
+            for path in (f"{base}/ca.key", "/cas/../ca.key", f"/cas/{'ab' * 32}/crl.der"):
+                status, _, _ = curl(srv.url + path if path.startswith("/") else path)
+                assert status == 404, path
+        finally:
+            assert srv.stop() == 0, srv.output()
+    finally:
+        d.stop()
