@@ -71,13 +71,16 @@ class CrlSet:
     def all(self) -> list[CrlPublisher]:
         return [self.issuing, *self.retiring()]
 
-    def for_issuer(self, issuer: str | None) -> CrlPublisher:
+    def for_issuer(self, issuer: str | None) -> CrlPublisher | None:
         """The CRL that lists the certificates of the CA `issuer` (the issuing CA's for
-        a certificate no CA has claimed yet)."""
+        a certificate no CA has claimed yet); None when that CA publishes none any more
+        (retired, or its key could not be loaded)."""
+        if issuer is None or issuer == self.issuing.ca.id:
+            return self.issuing
         for pub in self.retiring():
             if pub.ca.id == issuer:
                 return pub
-        return self.issuing
+        return None
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener()` after every new CRL of any CA, and when a CA is retired."""

@@ -76,6 +76,11 @@ class Revoker:
         log.warning("revoked %s (%s), reason %s", rec.serial, rec.subject, reason)
         line = f"revoked {rec.serial} ({rec.subject}), reason {reason}"
         crl = self.crls.for_issuer(rec.issuer) if self.crls is not None else self.crl
+        if crl is None:
+            return (
+                f"{line}; it was issued by the CA {rec.issuer}, which publishes no CRL any "
+                "more (retired, or its key in cas/ cannot be loaded: see the certdrop log)"
+            ) + _superseded_note(matches, rec, ref, now)
         try:
             facts = crl.regenerate(f"{rec.serial} revoked")
         except CertdropError as exc:

@@ -20,6 +20,7 @@ from certdrop.index import cas
 from certdrop.index.store import NewCertificate, Store
 from certdrop.publish.apache import ApachePublisher
 from certdrop.publish.retiring import CrlSet, load_crls
+from certdrop.publish.revocation import Revoker
 from conftest import CAEnv, make_env, stock_linter
 
 T0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -79,6 +80,7 @@ def test_each_ca_keeps_its_own_crl_until_its_last_certificate_ends(tmp_path: Pat
         assert crls.for_issuer(old_id) is retiring
         assert crls.for_issuer(new_id) is crls.issuing
         assert crls.for_issuer(None) is crls.issuing  # no CA claimed it: the current one's
+        assert crls.for_issuer("cc" * 32) is None  # a CA that publishes no CRL
         retiring.regenerate("0A revoked")
         crls.issuing.regenerate("0B revoked")
         old_crl = x509.load_der_x509_crl(retiring.der_path.read_bytes())
@@ -171,5 +173,15 @@ def test_a_retiring_ca_whose_key_is_gone_is_said(
         assert "the retiring CA CN=Test CA,O=MyOrg,C=BE cannot sign its CRL any more" in (
             caplog.text
         )
+        # its certificate is still revoked in the index, and the operator is told where
+        # it is not published (not the current CA's CRL, which does not list it)
+        before = crls.issuing.der_path.read_bytes() if crls.issuing.der_path.exists() else b""
+        line = Revoker(store, clock, crls.issuing, None, crls=crls).revoke("0A")
+        assert line.startswith("revoked 0A (CN=0A), reason unspecified; it was issued by the CA ")
+        assert f"{old_id}, which publishes no CRL any more" in line
+        with store.begin() as conn:
+            assert store.get(conn, "0A").status == "revoked"  # type: ignore[union-attr]
+        after = crls.issuing.der_path.read_bytes() if crls.issuing.der_path.exists() else b""
+        assert after == before
     finally:
         store.close()
