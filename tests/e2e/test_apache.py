@@ -191,6 +191,49 @@ def test_apache_lets_in_refuses_and_follows_revocation(setup: Setup, tmp_path: P
     assert httpd.running()
 
 
+def _pem_crls(path: Path) -> list[x509.CertificateRevocationList]:
+    marker = b"-----BEGIN X509 CRL-----"
+    return [x509.load_pem_x509_crl(marker + b) for b in path.read_bytes().split(marker)[1:]]
+
+
+def test_rollover_keeps_both_cas_clients_in_until_one_is_revoked(setup: Setup) -> None:
+    env, httpd = setup.env, setup.httpd
+    old_ca = load_cert(env.ca_cert)
+    alice, alice_key = setup.issue("alice", "Alice Example", "alice@example.org")
+    assert setup.status(alice, alice_key) == 200
+
+    # the operator rolls the CA over while everything runs
+    res = env.cli_proc("rollover")
+    assert res.returncode == 0, res.stderr
+    new_ca = load_cert(env.ca_cert)
+    assert new_ca.subject == old_ca.subject and new_ca.public_key() != old_ca.public_key()
+    # both CA certificates in the bundle, both CRLs (each signed by its CA) in the CRL file
+    assert x509.load_pem_x509_certificates(setup.ca_file.read_bytes()) == [new_ca, old_ca]
+    crls = _pem_crls(setup.crl_file)
+    assert crls[0].is_signature_valid(new_ca.public_key())  # type: ignore[arg-type]
+    assert crls[1].is_signature_valid(old_ca.public_key())  # type: ignore[arg-type]
+
+    bob, bob_key = setup.issue("bob", "Bob Example", "bob@example.org")
+    load_cert(bob).verify_directly_issued_by(new_ca)
+    # Apache was reloaded with both: the old CA's client and the new CA's get in
+    wait_for(lambda: setup.status(bob, bob_key) == 200, timeout=30, what="bob let in")
+    assert setup.status(alice, alice_key) == 200
+    code, block, err = env.cli("apache-config")
+    assert code == 0 and "SSLVerifyDepth 1" in block, err
+
+    # the old CA's client revoked: shut out; the new CA's client still gets in
+    res = env.cli_proc("revoke", "alice", "--reason", "keyCompromise")
+    assert res.returncode == 0, res.stderr
+    assert "the CRL of the retiring CA CN=Test CA,O=MyOrg,C=BE serial " in res.stdout
+    wait_for(lambda: setup.status(alice, alice_key) != 200, timeout=30, what="alice refused")
+    assert "certificate revoked" in httpd.error_log_text()
+    assert setup.status(bob, bob_key) == 200
+    [_, old_crl] = _pem_crls(setup.crl_file)
+    assert old_crl.get_revoked_certificate_by_serial_number(load_cert(alice).serial_number)
+    st = setup.apache_status()
+    assert st["last"] == "ok" and httpd.running()
+
+
 def test_broken_configtest_leaves_apache_serving_old_files(setup: Setup) -> None:
     env, httpd = setup.env, setup.httpd
     alice, alice_key = setup.issue("alice", "Alice Example", "alice@example.org")
@@ -470,7 +513,8 @@ def test_two_tier_ca_with_the_root_crl_lets_clients_in(tmp_path: Path) -> None:
     """init --offline-root: the issuing CA and the root in Apache's bundle, the root's CRL
     beside the issuing CA's, SSLCARevocationCheck chain lets a client in; openssl verifies
     the client certificate up to the root; root-crl publishes its next CRL through the
-    running daemon."""
+    running daemon; after a rollover under the root the clients of both issuing CAs get
+    in, and the old CA's client revoked is shut out."""
     httpd = ApacheServer(tmp_path / "apache", "# certdrop block goes here\n").start()
     d: DaemonThread | None = None
     try:
@@ -522,9 +566,34 @@ debounce_seconds = 0.2
         )
         assert setup.status(alice, alice_key) == 200
 
+        # the issuing CA rolled over under the root while the daemon runs: the old and the
+        # new issuing CA and the root in the bundle, the CRL of each in the CRL file
+        old_ca = load_cert(env.ca_cert)
+        res = env.cli_proc("rollover", *root_args)
+        assert res.returncode == 0, res.stderr
+        new_ca = load_cert(env.ca_cert)
+        new_ca.verify_directly_issued_by(root)
+        bundle = x509.load_pem_x509_certificates(setup.ca_file.read_bytes())
+        assert bundle == [new_ca, root, old_ca]
+        signers = [new_ca, old_ca, root]
+        assert [
+            c.is_signature_valid(k.public_key())  # type: ignore[arg-type]
+            for c, k in zip(_pem_crls(setup.crl_file), signers, strict=True)
+        ] == [True, True, True]
+        bob, bob_key = setup.issue("bob", "Bob Example", "bob@example.org")
+        wait_for(lambda: setup.status(bob, bob_key) == 200, timeout=30, what="bob let in")
+        assert setup.status(alice, alice_key) == 200
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(media / "root.cer"), "-untrusted",
+             str(env.ca_cert), str(bob)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert verify.stdout.strip().endswith(": OK"), verify.stdout + verify.stderr
+
         code, _, err = env.cli("revoke", "alice", "--reason", "keyCompromise")
         assert code == 0, err
         wait_for(lambda: setup.status(alice, alice_key) != 200, timeout=30, what="alice refused")
+        assert setup.status(bob, bob_key) == 200
     finally:
         if d is not None:
             d.stop()

@@ -72,3 +72,63 @@ def test_a_revoked_client_is_refused_at_once_without_a_reload(tmp_path: Path) ->
         assert srv.stop() == 0, srv.output()
         if d.alive():
             d.stop()
+
+
+def test_after_a_rollover_both_cas_clients_are_checked_by_ocsp(tmp_path: Path) -> None:
+    """A rollover while the daemon runs: Apache (OCSP variant, both CA certificates in its
+    bundle) lets in a client of the old CA and one of the new; the old one revoked is
+    refused at once (answered by the old CA's responder), the new one still gets in."""
+    if not apache_available():
+        pytest.fail("Debian's apache2 with mod_ssl is needed: run 'make test-deps' (as root)")
+    from certdrop.authority.lifecycle import ca_id
+    from certdrop.authority.rollover import ca_folder
+    from conftest import load_cert
+
+    port = free_port()
+    web = tmp_path / "apache"
+    bundle = web / "certdrop" / "ca-bundle.pem"
+    env = make_env(
+        tmp_path / "ca",
+        extra=serve_config(port)
+        + f'[apache]\nca_file = "{bundle}"\ncrl_file = "{web / "certdrop" / "crl.pem"}"\n',
+    )
+    code, block, err = env.cli(
+        "apache-config", "--ocsp", "--log-file", str(web / "logs" / "clients.log")
+    )
+    assert code == 0, err
+    old_ca = load_cert(env.ca_cert)
+    d = DaemonThread(env).start()
+    users = tmp_path / "users"
+    keys = {}
+    req, keys["alice"] = openssl_csr(users, "alice", "/CN=alice", kind="ec:prime256v1")
+    env.drop(req)
+    assert wait_result(env, "alice") == "outbox"
+    res = env.cli_proc("rollover")
+    assert res.returncode == 0, res.stderr
+    req, keys["carol"] = openssl_csr(users, "carol", "/CN=carol", kind="ec:prime256v1")
+    env.drop(req)
+    assert wait_result(env, "carol") == "outbox"
+    # what the Apache publisher would write (it is off here: nothing may reload Apache)
+    bundle.parent.mkdir(parents=True)
+    old_cer = ca_folder(env.state, ca_id(old_ca)) / "ca.cer"
+    bundle.write_bytes(env.ca_cert.read_bytes() + old_cer.read_bytes())
+    srv = start_serve(env, port)
+    httpd = ApacheServer(web, block)
+    try:
+        httpd.start()
+
+        def status(name: str) -> int:
+            return httpd.status_of(env.outbox / f"{name}.cer", keys[name])
+
+        assert status("alice") == 200, httpd.error_log_text()[-3000:]
+        assert status("carol") == 200, httpd.error_log_text()[-3000:]
+        code, out, err = env.cli("revoke", "alice", "--reason", "keyCompromise")
+        assert code == 0, (out, err)
+        wait_for(lambda: status("alice") != 200, timeout=5, what="alice refused")
+        assert status("carol") == 200
+        log = httpd.error_log_text()
+        assert "OCSP validation completed, certificate status: revoked" in log, log[-3000:]
+    finally:
+        httpd.stop()
+        assert srv.stop() == 0, srv.output()
+        d.stop()

@@ -96,6 +96,16 @@ def test_daemon_runs_as_an_unprivileged_user(base: Path) -> None:
         assert wait_result(env, "alice") == "outbox", log.read_text()
         assert not (env.inbox / "alice.key").exists()
         assert (env.outbox / "alice.p12").exists()
+        # the CA rolled over by the operator, as the service user, while the daemon runs
+        res = subprocess.run(
+            [*cmd[: cmd.index(sys.executable) + 5], "rollover"],
+            capture_output=True,
+            text=True,
+            env=e,
+            timeout=90,
+        )
+        assert res.returncode == 0, res.stderr + log.read_text()
+        assert "issues from now on" in res.stdout
         # the operator's commands, as the service user (sudo -u certdrop certdrop status)
         res = subprocess.run(
             [*cmd[: cmd.index(sys.executable) + 5], "status", "--json"],
@@ -126,6 +136,10 @@ def test_daemon_runs_as_an_unprivileged_user(base: Path) -> None:
         assert path.stat().st_uid == UID, path
     for secret in ("audit.log", "passwords/alice.txt", "ca.key"):
         assert stat.S_IMODE((env.state / secret).stat().st_mode) == 0o600, secret
+    kept = sorted(env.state.glob("cas/*/ca.key"))
+    assert len(kept) == 2  # the CA before the rollover and the one after
+    for secret in kept:
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
     events = [json.loads(line) for line in (env.state / "audit.log").read_text().splitlines()]
     assert any(e["event"] == "issued" and e["name"] == "alice" and e["p12"] for e in events)
 

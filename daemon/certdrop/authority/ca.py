@@ -47,7 +47,7 @@ from .keys import (
     sign_bytes,
     signature_hash,
 )
-from .lifecycle import CA_CERT, CA_KEY, LintFunction, load_ca_certificates
+from .lifecycle import CA_CERT, CA_KEY, LintFunction, ca_id, load_ca_certificates
 from .names import build_name, subject_text
 from .reasons import CRL_REASON_CODES
 
@@ -346,6 +346,11 @@ class CertificateAuthority:
     @property
     def key_algorithm(self) -> str:
         return key_algorithm(self.__key)
+
+    @functools.cached_property
+    def id(self) -> str:
+        """The CA's id in the index (`lifecycle.ca_id`)."""
+        return ca_id(self.cert)
 
     def bundle_certificates(self) -> list[x509.Certificate]:
         """The CA certificate and everything above it (what relying parties trust)."""

@@ -13,6 +13,7 @@ adopted (and written as configured); `CertificateAuthority.load` loads it for si
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,12 @@ if TYPE_CHECKING:  # settings are pydantic models: not needed to sign
 
 LintFunction = Callable[[bytes], list[str]]
 """Lints a DER document: the findings that refuse it ([] = clean)."""
+
+
+def ca_id(cert: x509.Certificate) -> str:
+    """How the index names a CA: the SHA-256 (hex) of its SubjectPublicKeyInfo. A rollover
+    always makes a new key, so every CA of a state folder has its own."""
+    return hashlib.sha256(public_key_bytes(cert.public_key())).hexdigest()
 
 
 def ca_exists(state: Path) -> bool:

@@ -91,6 +91,7 @@ for _command in (
     lifecycle.root_crl,
     lifecycle.backup,
     lifecycle.restore,
+    lifecycle.rollover,
 ):
     cli.add_command(_command)
 

@@ -95,21 +95,27 @@ def operator_result(kind: str, payload: dict[str, Any], timeout: float = 30.0) -
     'error: ...'), or None when the running daemon has not answered within `timeout`."""
     from ..audit import operator_actor
     from ..index import control as commands
-    from ..service.control import execute_control, wait_for_control
-    from ..service.runtime import direct_runtime
+    from ..service.systemd import StateLock
 
     c = ctx()
     s = c.settings
-    with direct_runtime(s, c.clock) as rt:
-        if rt is not None:
-            return execute_control(rt, kind, payload)
+    lock = StateLock(s.state)
+    if lock.acquire():
+        # no daemon: the command runs here (only then is the whole daemon imported)
+        lock.release()
+        from ..service.control import execute_control
+        from ..service.runtime import direct_runtime
+
+        with direct_runtime(s, c.clock) as rt:
+            if rt is not None:
+                return execute_control(rt, kind, payload)
     store = open_store(s)
     try:
         with store.begin() as conn:
             control_id = commands.push(
                 conn, kind, {**payload, "actor": operator_actor()}, c.clock.now()
             )
-        return wait_for_control(store, control_id, timeout)
+        return commands.wait_result(store, control_id, timeout)
     finally:
         store.close()
 

@@ -1,5 +1,5 @@
 """The CA over years: the two-tier part of `certdrop init`, `certdrop root-crl`,
-`certdrop backup` and `certdrop restore`.
+`certdrop backup`, `certdrop restore` and `certdrop rollover`.
 
 The offline root's folder (removable media) is opened only here, with its passphrase;
 the daemon never reads it.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import CertdropError
-from .context import config_option, ctx, operator_result
+from .context import config_option, ctx, finish, operator_result
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -280,3 +280,87 @@ def restore(src: Path) -> None:
         "'certdrop import SPOOL/outbox'; repeat the revocations made since (the old audit log "
         "lists them)"
     )
+
+
+# --- rollover ----------------------------------------------------------------------------------------
+@click.command()
+@config_option
+@offline_root_options
+def rollover(offline_root: Path | None, root_passphrase_file: Path | None) -> None:
+    """A new CA key and certificate take over issuing (signed by the offline root when
+    the CA is two-tier: --offline-root DIR). The CA before is kept in the state's cas/
+    and stays trusted and revocable until its last certificate ends."""
+    from ..authority.lifecycle import load_ca_certificates
+    from ..service.ownership import hand_over
+    from ..service.systemd import StateLock
+
+    c = ctx()
+    s = c.settings
+    _, chain = load_ca_certificates(s.state, check_key=True)
+    if chain and offline_root is None:
+        raise click.UsageError(
+            f"the CA in {s.state} is under a root: give its folder with --offline-root DIR"
+        )
+    # a CA under the offline root is made here (the root's key never reaches the daemon);
+    # else the daemon (or, without one, this process) makes the next CA itself
+    payload: dict[str, Any] = {}
+    if offline_root is not None:
+        payload["ca"] = _stage_under_root(s, c.clock, offline_root, root_passphrase_file)
+        hand_over(s.state, s.spool)  # made as root: the service reads it
+    lock = StateLock(s.state)
+    running = not lock.acquire()
+    lock.release()
+    if running:
+        answer = operator_result("rollover", payload, timeout=60.0)
+    else:
+        answer = _rollover_here(s, c.clock, payload)
+        hand_over(s.state, s.spool)
+    if answer is None:
+        click.echo(
+            "the daemon has not answered within 60 s; it switches to the new CA when it gets "
+            "to it (see 'certdrop status')"
+        )
+        return
+    finish(answer)
+
+
+def _stage_under_root(
+    settings: Settings, clock: Clock, folder: Path, passphrase_file: Path | None
+) -> str:
+    """The next issuing CA, signed by the offline root in `folder`: its id."""
+    from ..authority.keys import read_passphrase
+    from ..authority.lifecycle import ca_id
+    from ..authority.names import subject_text
+    from ..authority.offline_root import OfflineRoot
+    from ..authority.rollover import stage_next_ca
+
+    root = OfflineRoot.open(folder, root_passphrase(passphrase_file, new=False))
+    lint_cert, _ = _linters(settings)
+    passphrase = read_passphrase(settings.ca.key_passphrase_file)
+    cert = stage_next_ca(settings.state, settings.ca, clock.now(), passphrase, root, lint_cert)
+    click.echo(
+        f"made the next CA {subject_text(cert.subject)} ({settings.ca.key_type}, valid until "
+        f"{cert.not_valid_after_utc:%Y-%m-%d}), signed by the offline root in {folder}"
+    )
+    return ca_id(cert)
+
+
+def _rollover_here(settings: Settings, clock: Clock, payload: dict[str, Any]) -> str | None:
+    """No daemon runs: the rollover in this process, then every CA's CRL and Apache's
+    files published as the daemon would at its start. None when a daemon started meanwhile
+    (it is then handed the command)."""
+    from ..service.control import execute_control
+    from ..service.runtime import Runtime, direct_runtime, operator_hooks
+
+    with direct_runtime(settings, clock) as rt:
+        if rt is None:
+            return operator_result("rollover", payload, timeout=60.0)
+        answer = execute_control(rt, "rollover", payload)
+        if answer.startswith("error:"):
+            return answer
+        fresh = Runtime.build(settings, clock, operator_hooks(settings, clock))
+        try:
+            fresh.check_publication()
+        finally:
+            fresh.close()
+    return answer + "; the daemon signs with it from its next start"

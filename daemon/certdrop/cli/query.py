@@ -162,11 +162,18 @@ def _chain_crls_text(value: Any) -> str:
     return chain_crls_text(value)
 
 
+def _cas_text(value: Any) -> str:
+    from .status import cas_text
+
+    return cas_text(value)
+
+
 # extras whose text line is not the generic "key value, key value"
 _STATUS_TEXT: dict[str, Callable[[Any], str]] = {
     "watch": _watch_text,
     "chain_crls": _chain_crls_text,
     "apache": _apache_text,
+    "cas": _cas_text,
 }
 
 
@@ -186,10 +193,10 @@ STATUS_EXTRAS: list[StatusExtra] | None = None  # None: watch's, mail's, publish
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:
     extras = STATUS_EXTRAS
     if extras is None:
+        from .status import ca_status, publication_status, watch_status
         from .status import mail_status as mail_extra
-        from .status import publication_status, watch_status
 
-        extras = [watch_status, mail_extra, publication_status]
+        extras = [ca_status, watch_status, mail_extra, publication_status]
     out: dict[str, Any] = {}
     for fn in extras:
         out.update(fn(store, conn, s, now))

@@ -164,3 +164,66 @@ def chain_crls_text(docs: list[dict[str, Any]]) -> str:
         else:
             parts.append(f"{d['ca']}: {d['state']}")
     return "; ".join(parts)
+
+
+def ca_status(
+    store: Store, conn: Transaction, settings: Settings, now: dt.datetime
+) -> dict[str, Any]:
+    """Every CA of the state (`cas`): the current one, the retiring ones (their last
+    certificate's end) and the retired ones, from the index; the CA in the state folder
+    alone until the daemon first recorded it."""
+    from ..authority.lifecycle import ca_id
+    from ..authority.names import subject_text
+    from ..authority.rollover import ca_folder
+    from ..authority.serials import serial_hex
+    from ..index import cas
+
+    rows = cas.list_cas(conn)
+    docs: list[dict[str, Any]] = []
+    for row in rows:
+        doc: dict[str, Any] = {
+            "subject": row.subject,
+            "serial": row.serial,
+            "key_id": row.id,
+            "state": row.state,
+            "not_after": row.not_after.isoformat(),
+            "since": row.since.isoformat(),
+        }
+        if row.state == cas.RETIRING:
+            until = cas.last_expiry(conn, row.id)
+            doc["certificates_until"] = until.isoformat() if until is not None else None
+            # its CRL, which the daemon keeps fresh in cas/<id>/ (None: none yet, unreadable)
+            doc["crl_next_update"] = None
+            with contextlib.suppress(OSError, ValueError):
+                crl = x509.load_der_x509_crl(
+                    (ca_folder(settings.state, row.id) / CRL_DER).read_bytes()
+                )
+                doc["crl_next_update"] = CrlFacts.of(crl).next_update.isoformat()
+        docs.append(doc)
+    if not docs:
+        cert, _ = load_ca_certificates(settings.state)
+        docs.append(
+            {
+                "subject": subject_text(cert.subject),
+                "serial": serial_hex(cert.serial_number),
+                "key_id": ca_id(cert),
+                "state": cas.CURRENT,
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "since": None,
+            }
+        )
+    return {"cas": docs}
+
+
+def cas_text(docs: list[dict[str, Any]]) -> str:
+    """The `cas` line of `certdrop status`: each CA, its state and end."""
+    parts = []
+    for d in docs:
+        text = f"{d['state']} {d['subject']} serial {d['serial']} (until {d['not_after'][:10]}"
+        if d.get("certificates_until"):
+            text += f"; its last certificate ends {d['certificates_until'][:10]}"
+        if d["state"] == "retiring":
+            crl = d.get("crl_next_update")
+            text += f"; CRL until {crl[:16].replace('T', ' ')} UTC" if crl else "; NO CRL yet"
+        parts.append(text + ")")
+    return "; ".join(parts)

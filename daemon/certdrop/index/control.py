@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
 from .schema import control, to_epoch
-from .store import Transaction
+from .store import Store, Transaction
 
 
 def push(conn: Transaction, kind: str, payload: Mapping[str, Any], when: dt.datetime) -> int:
@@ -53,3 +54,16 @@ def result(conn: Transaction, control_id: int) -> str | None:
     if row is None or row[0] is None:
         return None
     return str(row[1] or "")
+
+
+def wait_result(store: Store, control_id: int, timeout: float) -> str | None:
+    """The result line of command `control_id` once the daemon wrote it (None after
+    `timeout` seconds); polled every 0.1 s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with store.begin() as conn:
+            found = result(conn, control_id)
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    return None

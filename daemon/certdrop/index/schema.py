@@ -13,8 +13,9 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 5  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
-# 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs
+SCHEMA_VERSION = 6  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
+# 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs;
+# 6: cas, certificates.issuer (in ix_certificates_crl)
 
 metadata = sa.MetaData()
 
@@ -46,16 +47,20 @@ certificates = sa.Table(
     sa.Column("source", sa.String(16), nullable=False, default="issued"),
     sa.Column("key_generated", sa.Boolean, nullable=False, default=False),
     sa.Column("der", sa.LargeBinary, nullable=False),
+    # schema 6: the CA that issued it (cas.id); NULL in rows written before, until the
+    # CA that was issuing then claims them (index/cas.py)
+    sa.Column("issuer", sa.String(64)),
 )
 
 # the CRL reads every revoked certificate from this index alone, not from the table's rows
-# (which hold the DER): no table scan
+# (which hold the DER): no table scan; each CA's CRL filters on the issuer in it
 crl_index = sa.Index(
     "ix_certificates_crl",
     certificates.c.status,
     certificates.c.revoked_at,
     certificates.c.serial,
     certificates.c.revocation_reason,
+    certificates.c.issuer,
 )
 
 # A certificate's subject attributes (attr = the short name: CN, emailAddress, ...) and,
@@ -154,6 +159,22 @@ outputs = sa.Table(
 )
 
 
+# --- schema 6: the CAs of this index: the current one (it issues), those retiring (their certificates
+# are still valid: their CRLs are kept fresh) and those retired (their last certificate expired)
+cas = sa.Table(
+    "cas",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # SHA-256 (hex) of the CA's public key
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("serial", sa.String(42), nullable=False),
+    sa.Column("not_before", sa.BigInteger, nullable=False),
+    sa.Column("not_after", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # current, retiring, retired
+    sa.Column("since", sa.BigInteger, nullable=False),  # in this state since
+    sa.Column("der", sa.LargeBinary, nullable=False),  # the CA certificate
+)
+
+
 # --- schema 4: `show` and `revoke` find certificates by request name and show their history
 # by request name or serial, each with a search of an index
 LOOKUP_INDEXES = (
@@ -208,8 +229,14 @@ def installed_version(conn: Connection) -> int | None:
 def migrate(conn: Connection, version: int) -> None:
     """Bring an index of schema `version` to SCHEMA_VERSION."""
     metadata.create_all(conn)  # new tables; column changes get explicit steps here
-    if version < 3:
-        crl_index.create(conn, checkfirst=True)  # create_all skips existing tables' indexes
+    if version < 6:
+        # the issuer column (create_all adds no column to a table), and the CRL index with
+        # it (schema 3 made it without; create_all skips the indexes of existing tables)
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("certificates")}
+        if "issuer" not in columns:
+            conn.exec_driver_sql("ALTER TABLE certificates ADD COLUMN issuer VARCHAR(64)")
+        crl_index.drop(conn, checkfirst=True)
+        crl_index.create(conn)
     if version < 4:
         for index in LOOKUP_INDEXES:
             index.create(conn, checkfirst=True)

@@ -27,10 +27,10 @@ from urllib.parse import quote
 from ..errors import IndexUnavailable
 
 # the one statement, as SQLAlchemy writes it for `certificates` (index/schema.py); the
-# engine path below builds it from the table, tests/unit/index/test_status.py compares
+# engine path below builds it from the table, tests/unit/index/test_status_lookup.py compares
 SQLITE_STATUS = (
-    "SELECT certificates.status, certificates.revoked_at, certificates.revocation_reason "
-    "\nFROM certificates \nWHERE certificates.serial = ?"
+    "SELECT certificates.status, certificates.revoked_at, certificates.revocation_reason, "
+    "certificates.issuer \nFROM certificates \nWHERE certificates.serial = ?"
 )
 
 
@@ -41,6 +41,7 @@ class CertStatus:
     revoked: bool
     revoked_at: dt.datetime | None = None
     reason: str | None = None
+    issuer: str | None = None  # the CA that issued it (cas.id; None: recorded before schema 6)
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -60,7 +61,10 @@ def status_statement() -> Any:
     from .schema import certificates
 
     return sa.select(
-        certificates.c.status, certificates.c.revoked_at, certificates.c.revocation_reason
+        certificates.c.status,
+        certificates.c.revoked_at,
+        certificates.c.revocation_reason,
+        certificates.c.issuer,
     ).where(certificates.c.serial == sa.bindparam("serial"))
 
 
@@ -147,11 +151,11 @@ class StatusReader:
                 ) from None
         if row is None:
             return None
-        status, revoked_at, reason = row
+        status, revoked_at, reason, issuer = row
         if status != "revoked":
-            return CertStatus(False)
+            return CertStatus(False, issuer=issuer)
         when = None if revoked_at is None else dt.datetime.fromtimestamp(revoked_at, dt.UTC)
-        return CertStatus(True, when, reason)
+        return CertStatus(True, when, reason, issuer)
 
     def _lookup(self, serial: str) -> Any:
         if self._raw is not None:

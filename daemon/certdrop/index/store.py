@@ -54,6 +54,7 @@ class CertRecord:
     source: str
     key_generated: bool
     der: bytes
+    issuer: str | None = None  # the CA that issued it (cas.id); None: not yet claimed
 
     def effective_status(self, now: dt.datetime) -> str:
         if self.status == "valid" and self.not_after <= now:
@@ -78,6 +79,7 @@ class CertRecord:
             "issued_at": self.issued_at.isoformat(),
             "owner": self.owner,
             "source": self.source,
+            "ca": self.issuer,  # the key id of the CA that issued it (status --json: cas)
         }
 
 
@@ -102,6 +104,7 @@ def _record(row: Any) -> CertRecord:
         source=m["source"],
         key_generated=bool(m["key_generated"]),
         der=bytes(m["der"]),
+        issuer=m["issuer"],
     )
 
 
@@ -165,6 +168,7 @@ class NewCertificate:
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None
     key_generated: bool = False
+    issuer: str | None = None  # the CA that issued it (cas.id)
 
 
 def _attr_rows(cert: NewCertificate) -> list[dict[str, str]]:
@@ -318,6 +322,7 @@ class Store:
                         source=cert.source,
                         key_generated=cert.key_generated,
                         der=cert.der,
+                        issuer=cert.issuer,
                     )
                 )
         except IntegrityError:
@@ -415,6 +420,7 @@ class Store:
                     "source": c.source,
                     "key_generated": c.key_generated,
                     "der": c.der,
+                    "issuer": c.issuer,
                 }
                 for c in certs
             ],
@@ -507,20 +513,27 @@ class Store:
         )
         return rec
 
-    def revoked_entries(self, conn: Transaction) -> list[tuple[int, int, str | None]]:
+    def revoked_entries(
+        self, conn: Transaction, issuer: str | None = None, *, unclaimed: bool = False
+    ) -> list[tuple[int, int, str | None]]:
         """(serial, revocation time in UTC epoch seconds, reason) of every revoked
-        certificate, for the CRL (`CertificateAuthority.build_crl` takes the epoch as is).
+        certificate of the CA `issuer` (None: of every CA; `unclaimed`: and those no CA
+        claimed yet, which the issuing CA's CRL lists), for the CRL
+        (`CertificateAuthority.build_crl` takes the epoch as is).
 
         Expired certificates stay on the CRL: small CAs issue few, and dropping them
         would need the expiredCertsOnCRL extension to stay correct.
         """
-        stmt = (
-            sa.select(
-                certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason
-            )
-            .where(certificates.c.status == sa.literal_column("'revoked'"))
-            .order_by(certificates.c.revoked_at)
+        c = certificates.c
+        stmt = sa.select(c.serial, c.revoked_at, c.revocation_reason).where(
+            c.status == sa.literal_column("'revoked'")
         )
+        if issuer is not None:
+            # a literal: the issuer is a hex digest, and the statement goes to the driver
+            # as it is (any paramstyle); both tests read ix_certificates_crl alone
+            mine = c.issuer == sa.literal_column(f"'{_hex(issuer)}'")
+            stmt = stmt.where(sa.or_(mine, c.issuer.is_(None)) if unclaimed else mine)
+        stmt = stmt.order_by(c.revoked_at)
         # straight from the driver's cursor, in this transaction: no SQLAlchemy per-row
         # work (the statement has no parameters: any paramstyle)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -696,6 +709,13 @@ class Store:
 
     def remove_pending(self, conn: Transaction, name: str) -> None:
         conn.execute(sa.delete(pending).where(pending.c.name == name))
+
+
+def _hex(value: str) -> str:
+    """`value` when it is hex digits (a CA id, a serial): safe inside an SQL literal."""
+    if not value or any(ch not in "0123456789abcdefABCDEF" for ch in value):
+        raise ValueError(f"not a hex identifier: {value!r}")
+    return value
 
 
 def _pending(row: Any) -> PendingRecord:

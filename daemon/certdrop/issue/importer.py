@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from ..authority.lifecycle import ca_id
 from ..authority.names import OID_NAMES, subject_text
 from ..authority.reasons import OPENSSL_REASONS
 from ..authority.serials import serial_hex
@@ -375,6 +376,7 @@ class Importer:
             status="revoked" if revoked else "valid",
             revoked_at=cand.revoked_at if revoked else None,
             revocation_reason=cand.revocation_reason if revoked else None,
+            issuer=ca_id(self.ca_cert),
         )
         if not self.dry_run:
             try:

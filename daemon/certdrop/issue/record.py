@@ -241,6 +241,7 @@ class Recorder:
                     emails=decision.emails,
                     owner=plan.claim.owner.name or str(plan.claim.owner.uid),
                     key_generated=plan.req.kind == "enrollment",
+                    issuer=self.ca.id,
                 )
             )
         with self.store.begin() as conn:

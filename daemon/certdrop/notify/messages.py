@@ -257,9 +257,12 @@ def ca_expiry(name: str, serial: str, not_after: dt.datetime, now: dt.datetime) 
         f"The CA certificate\n\n    {name}\n    serial {serial}\n\n{state}.\n\n"
         "Certificates issued now end no later than the CA itself; when it has expired,\n"
         "no client certificate it issued is accepted any more, and certdrop cannot issue.\n"
-        "Plan the change: make a new CA (or have the parent CA issue a new certificate\n"
-        "for this one), give it to Apache and to the clients that trust this CA, and\n"
-        "re-issue the client certificates before that date.\n"
+        "Roll the CA over before that date: 'certdrop rollover' (with --offline-root DIR\n"
+        "when an offline root signs it). A new CA key and certificate take over issuing;\n"
+        "Apache's files then hold both CAs, and the certificates of this one stay valid\n"
+        "and revocable until they end. Give the new CA certificate to the other relying\n"
+        "parties that trust this CA, and renew the client certificates before that date\n"
+        '(docs/operations.md, "Rolling the CA over").\n'
     )
     return subject, body
 

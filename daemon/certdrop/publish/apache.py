@@ -1,7 +1,8 @@
 """Apache httpd's client-certificate files, kept current.
 
-`[apache] ca_file` holds the CA and every CA above it, merged; `crl_file` holds this
-CA's CRL and those of the CAs above it (from `<state>/chain-crls/`). Both are written
+`[apache] ca_file` holds the CA and every CA above it, merged (after a rollover, the
+retiring CAs too); `crl_file` holds the CRL of each of them (those of the CAs above it
+from `<state>/chain-crls/`). Both are written
 atomically and only when their content changes; then the configtest command runs,
 then the graceful-reload command. A failing configtest puts the previous files back
 and Apache is not reloaded. In the daemon this runs debounced in a thread of its own.
@@ -29,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..authority.ca import CertificateAuthority
+from ..authority.names import subject_text
 from ..clock import Clock
 from ..config import ApacheSettings
 from ..errors import PublishError
@@ -223,10 +225,13 @@ class ApachePublisher:
         chain_crl_dir: Path,
         *,
         on_failure: Alert | None = None,
+        others: Callable[[], Sequence[CrlPublisher]] | None = None,
     ) -> None:
         self.settings = settings
         self.crl = crl
         self.ca = ca
+        # the retiring CAs (after a rollover): their certificates and CRLs go in too
+        self.others = others
         self.store = store
         self.clock = clock
         self.chain_crl_dir = chain_crl_dir
@@ -297,21 +302,45 @@ class ApachePublisher:
         return status
 
     # --- the files' contents ----------------------------------------------------------------------
+    def _other_crls(self) -> list[CrlPublisher]:
+        return list(self.others()) if self.others is not None else []
+
     def chain_crls(self) -> tuple[list[x509.CertificateRevocationList], list[str]]:
-        """The CRLs of the CAs above this one (from <state>/chain-crls/), and warnings."""
-        found, warnings = read_chain_crls(self.chain_crl_dir, self.ca.chain, self.clock.now())
+        """The CRLs of the CAs above this one and the retiring ones (from
+        <state>/chain-crls/), and warnings."""
+        chain = _unique([*self.ca.chain, *(c for p in self._other_crls() for c in p.ca.chain)])
+        found, warnings = read_chain_crls(self.chain_crl_dir, chain, self.clock.now())
         return [u.crl for u in found if u.crl is not None], warnings
 
     def contents(self) -> tuple[bytes, bytes, list[str]]:
-        """What ca_file and crl_file must contain now (PEM), and warnings."""
+        """What ca_file and crl_file must contain now (PEM), and warnings: the issuing CA,
+        the retiring ones and every CA above them; the CRL of each."""
         pem = serialization.Encoding.PEM
-        ca_bundle = b"".join(c.public_bytes(pem) for c in self.ca.bundle_certificates())
+        others = self._other_crls()
+        certs = _unique(
+            [
+                *self.ca.bundle_certificates(),
+                *(c for p in others for c in p.ca.bundle_certificates()),
+            ]
+        )
+        ca_bundle = b"".join(c.public_bytes(pem) for c in certs)
         own = self.crl.published_crl()
         if own is None:
             raise PublishError(f"there is no CRL in {self.crl.der_path} yet; run 'certdrop crl'")
-        upstream, warnings = self.chain_crls()
-        crls = b"".join(c.public_bytes(pem) for c in [own, *upstream])
-        return ca_bundle, crls, warnings
+        warnings: list[str] = []
+        retiring: list[x509.CertificateRevocationList] = []
+        for pub in others:
+            crl = pub.published_crl()
+            if crl is None:
+                warnings.append(
+                    f"no CRL of the retiring CA {subject_text(pub.ca.subject)} in "
+                    f"{pub.der_path} yet: its clients are refused until there is one"
+                )
+            else:
+                retiring.append(crl)
+        upstream, more = self.chain_crls()
+        crls = b"".join(c.public_bytes(pem) for c in [own, *retiring, *upstream])
+        return ca_bundle, crls, warnings + more
 
     def out_of_date(self) -> bool:
         """The files differ from what they should be, or were never reloaded."""
@@ -432,6 +461,11 @@ class ApachePublisher:
         except ValueError:
             return None
         return ApacheOutcome(bool(doc.get("ok")), str(doc.get("action")), str(doc.get("detail")))
+
+
+def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """`certs` in order, each once."""
+    return list(dict.fromkeys(certs))
 
 
 def _restore(previous: dict[Path, bytes | None], changed: list[Path]) -> None:

@@ -32,7 +32,7 @@ from .meta import write_meta
 
 if TYPE_CHECKING:  # pkilint and SQLAlchemy: not loaded by certdrop serve
     from ..authority.lint import Linter
-    from ..index.store import Store
+    from ..index.store import Store, Transaction
 
 log = logging.getLogger("certdrop.publish")
 
@@ -75,6 +75,9 @@ class CrlPublisher:
         ca: CertificateAuthority,
         clock: Clock,
         linter: Linter | None,
+        *,
+        folder: Path | None = None,
+        issuing: bool = True,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -82,16 +85,23 @@ class CrlPublisher:
         self.ca = ca
         self.clock = clock
         self.linter = linter
+        # where its CRL goes: the state folder for the issuing CA, cas/<id>/ for another
+        self.folder = folder or state
+        # the issuing CA's CRL also lists what no CA has claimed yet (index/cas.py)
+        self.issuing = issuing
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.RLock()
 
     @property
     def pem_path(self) -> Path:
-        return self.state / CRL_PEM
+        return self.folder / CRL_PEM
 
     @property
     def der_path(self) -> Path:
-        return self.state / CRL_DER
+        return self.folder / CRL_DER
+
+    def _revoked(self, conn: Transaction) -> list[CrlEntry]:
+        return list(self.store.revoked_entries(conn, self.ca.id, unclaimed=self.issuing))
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener()` is called after every new CRL (it must not raise)."""
@@ -143,7 +153,7 @@ class CrlPublisher:
             return f"{self.pem_path} and {self.der_path} differ"
         listed = {r.serial_number for r in crl}
         with self.store.begin() as conn:
-            revoked = {serial for serial, _at, _reason in self.store.revoked_entries(conn)}
+            revoked = {serial for serial, _at, _reason in self._revoked(conn)}
         if listed != revoked:
             return "the CRL does not list exactly the revoked certificates of the index"
         return None
@@ -173,7 +183,7 @@ class CrlPublisher:
             # derived from the time, above the published CRL's and the index's last: an
             # index restored from an older backup cannot use a number again
             number = self.store.claim_crl_number(conn, crl_number(now, published))
-            entries = list(self.store.revoked_entries(conn))
+            entries = self._revoked(conn)
         this_update = now
         next_update = now + dt.timedelta(days=self.settings.validity_days)
         der = self.ca.build_crl_der(entries, number, this_update, next_update)
@@ -196,7 +206,8 @@ class CrlPublisher:
         # DER first, PEM last; both are complete or absent (atomic renames)
         atomic_write(self.der_path, der, FILE_MODE)
         atomic_write(self.pem_path, pem_armor("X509 CRL", der), FILE_MODE)
-        write_meta(self.store, META_CRL_NEXT_UPDATE, next_update.isoformat())
+        if self.issuing:  # status and metrics show the current CA's CRL
+            write_meta(self.store, META_CRL_NEXT_UPDATE, next_update.isoformat())
         facts = CrlFacts.of(x509.load_der_x509_crl(der))
         log.info(
             "published CRL %d (%d revoked, next update %s UTC): %s",

@@ -13,12 +13,15 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+from ..authority.names import subject_text
 from ..authority.reasons import parse_reason
+from ..authority.serials import serial_hex
 from ..clock import Clock
 from ..errors import CertdropError, NotFoundError
 from ..index.store import CertRecord, Store, Transaction, serial_forms
 from .apache import ApachePublisher
 from .crl import CrlPublisher
+from .retiring import CrlSet
 
 log = logging.getLogger("certdrop.publish")
 
@@ -41,12 +44,15 @@ class Revoker:
         crl: CrlPublisher,
         apache: ApachePublisher | None,
         notices: RevocationNotices | None = None,
+        *,
+        crls: CrlSet | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.crl = crl
+        self.crl = crl  # the issuing CA's
         self.apache = apache  # None when [apache] enabled = false
         self.notices = notices  # None: holders are not told
+        self.crls = crls  # every CA's: a certificate goes on the CRL of the CA that issued it
 
     def revoke(self, ref: str, reason: str = "unspecified") -> str:
         """Revoke the certificate `ref` names; publish the CRL. Returns a report line."""
@@ -69,14 +75,25 @@ class Revoker:
                 self.notices.revoked(conn, rec, reason, now)
         log.warning("revoked %s (%s), reason %s", rec.serial, rec.subject, reason)
         line = f"revoked {rec.serial} ({rec.subject}), reason {reason}"
+        crl = self.crls.for_issuer(rec.issuer) if self.crls is not None else self.crl
+        if crl is None:
+            return (
+                f"{line}; it was issued by the CA {rec.issuer}, which publishes no CRL any "
+                "more (retired, or its key in cas/ cannot be loaded: see the certdrop log)"
+            ) + _superseded_note(matches, rec, ref, now)
         try:
-            facts = self.crl.regenerate(f"{rec.serial} revoked")
+            facts = crl.regenerate(f"{rec.serial} revoked")
         except CertdropError as exc:
             return (
                 f"{line}; but the CRL could not be published ({exc}); the daemon retries, "
                 "or run 'certdrop crl'"
             ) + _superseded_note(matches, rec, ref, now)
-        line += f"; CRL {facts.number} published in {self.crl.pem_path}"
+        line += f"; CRL {facts.number} published in {crl.pem_path}"
+        if crl is not self.crl:
+            line += (
+                f" (the CRL of the retiring CA {subject_text(crl.ca.subject)} serial "
+                f"{serial_hex(crl.ca.cert.serial_number)})"
+            )
         return line + self._apache_note() + _superseded_note(matches, rec, ref, now)
 
     def _apache_note(self) -> str:

@@ -132,8 +132,23 @@ def make_app(rt: ServeRuntime) -> web.Application:
         now = rt.clock.now()
         return _ocsp_response(rt.ocsp.respond(der, now), now, cache=True)
 
+    async def ca_document(request: web.Request) -> web.StreamResponse:
+        # /cas/<id>/<name>: one CA of the state by its key id (a retiring CA's CRL)
+        ident, name = request.match_info["ident"], request.match_info["name"]
+        files = rt.files.of_ca(ident)
+        if files is None or name not in NAMES:
+            return web.Response(status=404, text="no such CA document here\n")
+        now = rt.clock.now()
+        try:
+            doc = files.get(name)
+        except ServeError as exc:
+            log.warning("GET /cas/%s/%s: %s", ident, name, exc)
+            return _unavailable(str(exc))
+        return _document_response(request, doc, now)
+
     for name in NAMES:
         app.router.add_get(f"/{name}", document(name))
+    app.router.add_get("/cas/{ident}/{name}", ca_document)
     app.router.add_post("/ocsp", ocsp_post)
     app.router.add_get("/ocsp/{request:.+}", ocsp_get)
     return app

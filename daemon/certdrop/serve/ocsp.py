@@ -16,13 +16,20 @@ What cannot be answered gets an unsigned error status: a request that does not p
 unknown hash algorithm, a critical extension we do not know or a nonce RFC 8954 forbids:
 malformedRequest; a certificate of another CA: unauthorized (RFC 5019 2.2.3); no usable
 responder certificate or an index that cannot be read now: tryLater.
+
+After a rollover the retiring CAs are answered for too: each `<state>/cas/<id>/` that
+holds a responder certificate (the daemon keeps one, issued by that CA, for every
+retiring CA) is an issuer this responder knows; a serial the index records under
+another CA is `unknown` for it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +49,8 @@ from .published import PublishedFiles
 
 log = logging.getLogger("certdrop.serve")
 
+CAS = "cas"  # the folders of every CA after a rollover (authority/rollover.py)
+RESCAN_SECONDS = 10.0  # cas/ is listed again at least this often
 RESPONSE_VALIDITY = dt.timedelta(hours=1)  # nextUpdate: how long an answer may be relied on
 MAX_NONCE = 32  # RFC 8954 2.1: a nonce of 1 to 32 octets
 REUSE_SECONDS = 60  # a nonce-less answer is given again this long (its thisUpdate as old)
@@ -140,9 +149,48 @@ class IssuerIds:
         )
         key = spki_key_bits(spki)
         self.cert = cert
+        self.id = hashlib.sha256(spki).hexdigest()  # as the index names a CA (lifecycle.ca_id)
         self.ids: dict[str, tuple[bytes, bytes]] = {}
         for alg in _HASHES:
             self.ids[alg.name] = (_digest(alg, name), _digest(alg, key))
+
+
+class RetiringIssuers:
+    """The retiring CAs' folders (`cas/<id>/` with a responder certificate): their ids,
+    issuer hashes and responder files; listed again when cas/ changes, or after
+    RESCAN_SECONDS (a responder file added inside a folder does not change cas/)."""
+
+    def __init__(self, state: Path) -> None:
+        self.folder = state / CAS
+        self._seen: int | None = None
+        self._listed_at = 0.0
+        self._issuers: dict[str, tuple[IssuerIds, ResponderFile]] = {}
+
+    def get(self) -> dict[str, tuple[IssuerIds, ResponderFile]]:
+        try:
+            mtime = os.stat(self.folder).st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        now = time.monotonic()
+        if mtime != self._seen or now - self._listed_at >= RESCAN_SECONDS:
+            self._seen, self._listed_at = mtime, now
+            found: dict[str, tuple[IssuerIds, ResponderFile]] = {}
+            for sub in sorted(self.folder.iterdir()):
+                if not (sub / RESPONDER_FILE).exists():
+                    continue
+                known = self._issuers.get(sub.name)
+                if known is not None:
+                    found[sub.name] = known  # its certificate never changes; keep its cache
+                    continue
+                try:
+                    cert = x509.load_pem_x509_certificate((sub / "ca.cer").read_bytes())
+                except (OSError, ValueError) as exc:
+                    log.warning("the CA in %s cannot be read: %s", sub, exc)
+                    continue
+                ids = IssuerIds(cert.public_bytes(serialization.Encoding.DER))
+                found[sub.name] = (ids, ResponderFile(sub))
+            self._issuers = found
+        return self._issuers
 
 
 def _digest(alg: hashes.HashAlgorithm, data: bytes) -> bytes:
@@ -163,6 +211,7 @@ class OcspResponder:
         self._issuer: tuple[str, IssuerIds] | None = None
         # (CertID, CertStatus DER) -> (the signer that signed it, its answer)
         self._reuse: dict[tuple[bytes, bytes], tuple[ResponseSigner, OcspAnswer]] = {}
+        self.retiring = RetiringIssuers(responder.path.parent)
 
     def _issuer_ids(self) -> tuple[str, IssuerIds]:
         doc = self.files.get("ca.cer")
@@ -214,21 +263,40 @@ class OcspResponder:
                 ocsp.OCSPResponseStatus.MALFORMED_REQUEST,
                 f"a nonce of {len(nonce)} octets (RFC 8954: 1 to {MAX_NONCE})",
             )
+        if alg.name not in {a.name for a in _HASHES}:
+            return _error(ocsp.OCSPResponseStatus.MALFORMED_REQUEST, f"unsupported hash {alg.name}")
+        asked = (req.issuer_name_hash, req.issuer_key_hash)
         try:
             tag, issuer = self._issuer_ids()
-            signer = self.responder.get(issuer, tag, now)
+            current = issuer.ids[alg.name] == asked
+            responder = self.responder
+            if not current:  # a retiring CA's certificate (after a rollover)?
+                match = next(
+                    (
+                        (ident, ids, file)
+                        for ident, (ids, file) in self.retiring.get().items()
+                        if ids.ids[alg.name] == asked
+                    ),
+                    None,
+                )
+                if match is None:
+                    return _error(
+                        ocsp.OCSPResponseStatus.UNAUTHORIZED, "a certificate of another CA"
+                    )
+                tag, issuer, responder = match
+            signer = responder.get(issuer, tag, now)
         except ServeError as exc:
             return _error(ocsp.OCSPResponseStatus.TRY_LATER, str(exc))
-        ours = issuer.ids.get(alg.name)
-        if ours is None:
-            return _error(ocsp.OCSPResponseStatus.MALFORMED_REQUEST, f"unsupported hash {alg.name}")
-        if (req.issuer_name_hash, req.issuer_key_hash) != ours:
-            return _error(ocsp.OCSPResponseStatus.UNAUTHORIZED, "a certificate of another CA")
         serial = req.serial_number
         try:
             found = self.index.status(serial_hex(serial)) if 0 < serial < 1 << 160 else None
         except IndexUnavailable as exc:
             return _error(ocsp.OCSPResponseStatus.TRY_LATER, str(exc))
+        if found is not None and found.issuer != issuer.id:
+            # a serial of another of this state's CAs; rows no CA claimed yet are the
+            # current CA's (index/cas.py)
+            if not (current and found.issuer is None):
+                found = None
         this_update = utc_seconds(now)
         next_update = min(this_update + RESPONSE_VALIDITY, signer.not_after)
         if found is None:

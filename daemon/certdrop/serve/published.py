@@ -5,6 +5,10 @@
     /ca.cer     the CA certificate, DER (RFC 5280 4.2.2.1)        application/pkix-cert
     /chain.pem  the CA certificate and every CA above it, PEM     application/pem-certificate-chain
 
+After a rollover each CA of the state is published under `/cas/<id>/` too (the same four
+names, from `<state>/cas/<id>/`; `<id>` is the key id `status --json` lists): the retiring
+CA's CRL, which the daemon keeps fresh until the CA is retired.
+
 Each file is read again when it changes (its inode, size or modification time; the daemon
 replaces files atomically), so a new CRL is served on the next request, with no reload.
 A CRL is served with Last-Modified = its thisUpdate and a freshness lifetime that never
@@ -25,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..authority.lifecycle import CA_CERT, CA_CHAIN
+from ..authority.rollover import CAS
 from ..errors import ServeError
 from ..publish.crl import CRL_DER, CRL_PEM
 
@@ -135,6 +140,21 @@ class PublishedFiles:
         # the files of each document as strings, made once: looked at on every request
         self._paths = {n: tuple(str(state / f) for f in _SOURCES[n][0]) for n in NAMES}
         self._lock = threading.Lock()
+        self._cas: dict[str, PublishedFiles] = {}
+
+    def of_ca(self, ident: str) -> PublishedFiles | None:
+        """The documents of the CA `ident` in `cas/<ident>/` (after a rollover), None when
+        the state holds no such CA (`ident`: 64 lower-case hex digits, nothing else)."""
+        if len(ident) != 64 or any(c not in "0123456789abcdef" for c in ident):
+            return None
+        folder = self.state / CAS / ident
+        if not (folder / CA_CERT).is_file():
+            return None
+        with self._lock:
+            files = self._cas.get(ident)
+            if files is None:
+                files = self._cas[ident] = PublishedFiles(folder)
+        return files
 
     def get(self, name: str) -> Document:
         """The document `name` (one of NAMES) as it is now. KeyError for another name;

@@ -1,4 +1,4 @@
-"""Operator commands (approve, deny, revoke, crl) and how they reach a running daemon.
+"""Operator commands (approve, deny, revoke, crl, publish, rollover) and how they reach a running daemon.
 
 The CLI runs a command itself when no daemon holds the state lock; otherwise it puts
 the command into the index's control table, which the daemon's worker reads within a
@@ -9,14 +9,20 @@ asked and what came of it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
+from ..authority.keys import read_passphrase
+from ..authority.lifecycle import ca_id
+from ..authority.names import subject_text
+from ..authority.rollover import stage_next_ca, switch_issuing
+from ..authority.serials import serial_hex
 from ..errors import CertdropError
+from ..index import cas
 from ..index import control as commands
 from ..index.store import Store
 from ..issue.outcomes import Outcome, Result
+from ..publish.retiring import ca_record
 from .runtime import Runtime
 
 log = logging.getLogger("certdrop.service")
@@ -39,6 +45,8 @@ def _revoke(rt: Runtime, payload: dict[str, Any]) -> str:
 
 def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
     facts = rt.crl.regenerate("requested by the operator")
+    if rt.crls is not None:  # the retiring CAs' too: each CRL of a still-valid CA
+        rt.crls.regenerate_retiring("requested by the operator")
     line = (
         f"ok: CRL {facts.number} published in {rt.crl.pem_path} and {rt.crl.der_path} "
         f"({facts.revoked} revoked, next update {facts.next_update:%Y-%m-%d %H:%M} UTC)"
@@ -55,7 +63,10 @@ def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
 
 def _publish(rt: Runtime, payload: dict[str, Any]) -> str:
     """The CRLs and the Apache files, now (after `root-crl` put a new root CRL in place)."""
-    rt.crl.check()
+    if rt.crls is not None:
+        rt.crls.check()
+    else:
+        rt.crl.check()
     if rt.apache is None:
         return "ok: CRLs checked; Apache publication is off ([apache] enabled = false)"
     rt.apache.changed()
@@ -68,12 +79,43 @@ def _publish(rt: Runtime, payload: dict[str, Any]) -> str:
     return f"ok: Apache: {outcome.text()}"
 
 
+def _rollover(rt: Runtime, payload: dict[str, Any]) -> str:
+    """A new CA issues from now on: the one `certdrop rollover` staged under the offline
+    root (payload "ca": its id), else one made here; the one before is retiring
+    (index/cas.py). The daemon then builds a new runtime (`ca_changed`)."""
+    s = rt.settings
+    if "ca" in payload:
+        new_id = str(payload["ca"])
+    else:
+        linter = rt.linter.certificate if rt.linter is not None else None
+        passphrase = read_passphrase(s.ca.key_passphrase_file)
+        new_id = ca_id(stage_next_ca(s.state, s.ca, rt.clock.now(), passphrase, linter=linter))
+    old, new = switch_issuing(s.state, new_id)
+    with rt.store.begin() as conn:
+        cas.register_issuing(conn, ca_record(new), rt.clock.now())
+    rt.ca_changed = True
+    log.warning(
+        "rollover: the CA %s serial %s issues from now on; serial %s is retiring",
+        subject_text(new.subject),
+        serial_hex(new.serial_number),
+        serial_hex(old.serial_number),
+    )
+    return (
+        f"ok: the CA {subject_text(new.subject)} serial {serial_hex(new.serial_number)} (valid "
+        f"until {new.not_valid_after_utc:%Y-%m-%d}) issues from now on; the CA "
+        f"{subject_text(old.subject)} serial {serial_hex(old.serial_number)} is retiring: its "
+        "certificates stay valid and revocable and its CRL is kept fresh until the last of "
+        "them ends"
+    )
+
+
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
     "approve": _approve,
     "deny": _deny,
     "revoke": _revoke,
     "crl": _crl,
     "publish": _publish,
+    "rollover": _rollover,
 }
 
 
@@ -129,11 +171,4 @@ def _audit_operator(rt: Runtime, kind: str, payload: dict[str, Any], result: str
 
 def wait_for_control(store: Store, control_id: int, timeout: float) -> str | None:
     """Wait for a running daemon to carry out an operator command."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with store.begin() as conn:
-            result = commands.result(conn, control_id)
-        if result is not None:
-            return result
-        time.sleep(0.1)
-    return None
+    return commands.wait_result(store, control_id, timeout)

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from ..audit import AuditLog
+from ..authority.names import subject_text
 from ..authority.workers import settle_heap
 from ..clock import Clock
 from ..config import Settings, load_settings
@@ -338,6 +339,35 @@ class Daemon:
         )
         self._reload_done(True, "")
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def rebuild(self) -> str:
+        """After a rollover: a new runtime over the same settings, so that the new CA
+        signs (in new signing processes) and every CA's CRL and the Apache files are
+        published now. When it cannot be built, the daemon stops with exit status 1: the
+        service manager restarts it, and the start loads the new CA from the state.
+        Returns why it could not ('' when it could)."""
+        old_rt = self.rt
+        try:
+            rt = self._runtime(self.settings)
+        except (CertdropError, OSError) as exc:
+            log.error("after the rollover the runtime could not be rebuilt: %s; stopping", exc)
+            self.worker.last_error = f"rollover: {exc}"
+            self.exit_code = 1
+            self.request_stop()
+            return str(exc)
+        with self._swap_lock:
+            self.rt = rt
+            if rt.apache is not None:
+                rt.apache.start_background()
+        if old_rt is not None:
+            old_rt.close()
+        assert self.scheduler is not None
+        self.jobs.schedule(self.scheduler, rt)
+        rt.check_publication()
+        if rt.apache is not None:
+            rt.apache.flush()  # both CAs in Apache's files now, not after the debounce
+        log.info("the CA %s signs from now on", subject_text(rt.ca.subject))
+        return ""
 
     def _reload_done(self, ok: bool, reason: str) -> None:
         self.last_reload = (self.clock.now(), ok, reason)

@@ -76,10 +76,11 @@ class Jobs:
             rt.check_publication()
 
     def ocsp_responder(self) -> None:
-        """Renew the OCSP responder's certificate (for `certdrop serve`) before it ends."""
+        """Renew the OCSP responder's certificates (for `certdrop serve`: the current CA's,
+        and each retiring CA's) before they end."""
         rt = self.host.rt
         if rt is not None:
-            rt.responder.check()
+            rt.check_responders()
 
     def expiry_sweep(self) -> SweepReport | None:
         rt = self.host.rt

@@ -17,6 +17,7 @@ from ..authority.ca import CertificateAuthority, CertificateUrls
 from ..authority.keys import read_passphrase
 from ..authority.lifecycle import CHAIN_CRLS
 from ..authority.lint import Linter, shared_linter
+from ..authority.rollover import finish_switch
 from ..authority.workers import WorkerPool
 from ..clock import Clock
 from ..config import Settings
@@ -40,6 +41,7 @@ from ..notify.requester import RequesterMail
 from ..publish.apache import ApachePublisher
 from ..publish.crl import CrlPublisher
 from ..publish.responder import ResponderPublisher
+from ..publish.retiring import CrlSet, load_crls
 from ..publish.revocation import Revoker
 from .systemd import StateLock
 
@@ -56,13 +58,15 @@ class Runtime:
     batches: Batches  # requests from the inbox to their end
     approvals: Approvals
     linter: Linter | None
-    crl: CrlPublisher
+    crl: CrlPublisher  # the issuing CA's
     revoker: Revoker
     responder: ResponderPublisher  # the OCSP responder's certificate, for `certdrop serve`
     hooks: Hooks = field(default_factory=Hooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
     apache: ApachePublisher | None = None  # None when [apache] enabled = false
     pool: WorkerPool | None = None
+    crls: CrlSet | None = None  # every CA's CRL: the issuing CA's and the retiring ones'
+    ca_changed: bool = False  # a rollover switched the CA: the daemon builds a new Runtime
 
     @classmethod
     def build(
@@ -77,6 +81,7 @@ class Runtime:
         hooks = hooks or Hooks()
         store = Store(settings.database_url).open()
         passphrase = read_passphrase(settings.ca.key_passphrase_file)
+        finish_switch(settings.state)  # a rollover a crash interrupted
         ca = CertificateAuthority.load(settings.state, passphrase)
         spool = Spool(settings.spool)
         spool.create(list(settings.profiles), settings.policy.default_profile)
@@ -156,7 +161,8 @@ class Runtime:
             crashpoint=crashpoint,
         )
         approvals = Approvals(spool, store, clock, batches, outcomes, hooks, requester)
-        crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
+        crls = load_crls(settings.crl, settings.state, store, ca, clock, linter, passphrase)
+        crl = crls.issuing
         apache = None
         if settings.apache.enabled:
 
@@ -171,9 +177,10 @@ class Runtime:
                 clock,
                 settings.state / CHAIN_CRLS,
                 on_failure=alert if settings.mail.enabled else None,
+                others=crls.retiring,
             )
-            crl.add_listener(apache.changed)
-        revoker = Revoker(store, clock, crl, apache, requester)
+            crls.add_listener(apache.changed)
+        revoker = Revoker(store, clock, crl, apache, requester, crls=crls)
         responder = ResponderPublisher(
             settings.state, ca, clock, linter.certificate if linter else None, hooks.audit
         )
@@ -192,6 +199,7 @@ class Runtime:
             hooks,
             mailer,
             apache,
+            crls=crls,
         )
         if signing_pool and (os.cpu_count() or 1) > 1:
             pool = rt.pool = WorkerPool(
@@ -208,10 +216,26 @@ class Runtime:
         return rt
 
     def check_publication(self) -> None:
-        """The periodic job: a fresh CRL, and Apache files matching it. Never raises."""
-        self.crl.check()
+        """The periodic job: fresh CRLs (retiring CAs whose certificates all ended are
+        retired), and Apache files matching them. Never raises."""
+        if self.crls is not None:
+            self.crls.check()
+        else:
+            self.crl.check()
         if self.apache is not None:
             self.apache.check()
+
+    def check_responders(self) -> None:
+        """The periodic job: the OCSP responder certificate of the current CA and, after a
+        rollover, one of each retiring CA (in its cas/<id>/, issued by it), renewed when
+        due; `certdrop serve` answers for each. Never raises."""
+        self.responder.check()
+        if self.crls is None:
+            return
+        for pub in self.crls.retiring():
+            ResponderPublisher(
+                pub.folder, pub.ca, self.clock, self.responder.linter, self.hooks.audit
+            ).check()
 
     def close(self) -> None:
         if self.apache is not None:

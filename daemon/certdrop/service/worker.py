@@ -44,6 +44,8 @@ class Host(Protocol):
 
     def reload(self) -> None: ...
 
+    def rebuild(self) -> str: ...
+
     def announce_ready(self) -> None: ...
 
 
@@ -263,6 +265,17 @@ class Worker:
             rt.batches.flush(self)
         for control_id, kind, payload in todo:
             result = execute_control(rt, kind, payload)
+            if rt.ca_changed:
+                # a rollover: the new CA signs from the next batch on; the command is
+                # answered once it does
+                problem = self.host.rebuild()
+                if problem:
+                    result = (
+                        f"error: {result.removeprefix('ok:').strip()}; but the daemon could "
+                        f"not switch to it ({problem}): it stops, and signs with the new CA "
+                        "when it starts again"
+                    )
+                rt = self.host.rt or rt
             log.info("operator command %s %s: %s", kind, payload, result.splitlines()[0])
             with rt.store.begin() as conn:
                 commands.finish(conn, control_id, result, rt.clock.now())

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from certdrop.errors import StoreError
-from certdrop.index import control, mailqueue, outputs, warned
+from certdrop.index import cas, control, mailqueue, outputs, warned
 from certdrop.index.migrate import copy_index, table_checksums
 from certdrop.index.schema import metadata
 from certdrop.index.store import NewCertificate, Store
@@ -78,6 +78,10 @@ def fill(store: Store, n: int = 120) -> None:
         outputs.moved(conn, f"{1:032X}", "cer", "/spool/archive/user1.cer", T0)
         for _ in range(7):
             store.claim_crl_number(conn, 0)
+        # two CAs (a rollover): the one before claims the certificates (schema 6)
+        for ident, start in (("aa", T0), ("bb", T0 + dt.timedelta(days=2))):
+            ca = cas.NewCa(ident * 32, "CN=Zoë's CA", ident, start, start, b"\x30\x00")
+            cas.register_issuing(conn, ca, start)
         store.set_meta(conn, "expiry_last_sweep", T0.isoformat())
 
 

@@ -89,7 +89,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
         assert "ix_outputs_path" in {i["name"] for i in insp.get_indexes("outputs")}
         assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "5"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "6"
             # the CRL reads the revoked certificates from that index alone
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
@@ -230,6 +230,51 @@ def test_a_version_3_index_gets_the_lookup_indexes_and_every_e_mail(index_url: s
     finally:
         store.close()
     Store(url).open().close()  # opening it again changes nothing
+
+
+def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) -> None:
+    """Schema 6: the CAs of the index, and the issuer of each certificate (NULL in the
+    rows written before, until the CA that was issuing claims them) in the CRL's index."""
+    url = f"sqlite:///{tmp_path / 'v5.sqlite'}"
+    store = Store(url).open()
+    with store.begin() as conn:
+        store.add_certificate(conn, _v3_cert("01", "Alice", "", _der("Alice", None, [])))
+        store.revoke(conn, "01", "keyCompromise", T0)
+        # what schema 5 had: no cas table, no issuer column, the CRL index without it
+        conn.exec_driver_sql("DROP TABLE cas")
+        conn.exec_driver_sql("DROP INDEX ix_certificates_crl")
+        conn.exec_driver_sql("ALTER TABLE certificates DROP COLUMN issuer")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_certificates_crl ON certificates "
+            "(status, revoked_at, serial, revocation_reason)"
+        )
+        store.set_meta(conn, "schema_version", "5")
+    store.close()
+
+    store = Store(url).open()
+    try:
+        insp = sa.inspect(store.engine)
+        assert insp.has_table("cas")
+        [crl_index] = [
+            i for i in insp.get_indexes("certificates") if i["name"] == "ix_certificates_crl"
+        ]
+        assert crl_index["column_names"][-1] == "issuer"
+        with store.begin() as conn:
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "6"
+            assert store.get(conn, "01").issuer is None  # type: ignore[union-attr]
+            # the issuing CA's CRL lists what no CA has claimed yet; another CA's does not
+            assert store.revoked_entries(conn, "ab" * 32, unclaimed=True) == [
+                (1, int(T0.timestamp()), "keyCompromise")
+            ]
+            assert store.revoked_entries(conn, "cd" * 32) == []
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
+                "certificates WHERE status = 'revoked' AND issuer = 'ab' ORDER BY revoked_at"
+            ).all()
+            assert "COVERING INDEX ix_certificates_crl" in str(plan)
+        assert store.integrity_check() == []
+    finally:
+        store.close()
 
 
 def _open_at_once(url: str, hosts: int) -> list[BaseException]:

@@ -135,6 +135,7 @@ def test_the_ca_and_crl_alerts() -> None:
     subject, body = ca_expiry("CN=Test CA", "0A", T0 + dt.timedelta(days=30), T0)
     assert subject == "the CA certificate CN=Test CA expires in 30 days"
     assert body.startswith("The CA certificate\n\n    CN=Test CA\n    serial 0A\n\nexpires in 30")
+    assert "Roll the CA over before that date: 'certdrop rollover'" in body
     subject, body = ca_expiry("CN=Test CA", "0A", T0 - dt.timedelta(days=1), T0)
     assert subject == "the CA certificate CN=Test CA has EXPIRED"
     assert f"expired on {utc_text(T0 - dt.timedelta(days=1))}." in body

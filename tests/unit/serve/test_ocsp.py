@@ -291,3 +291,60 @@ def test_no_usable_responder_certificate_means_try_later(setup: Setup) -> None:
     assert _status(s, req) == ocsp.OCSPResponseStatus.TRY_LATER
     s.kit.rt.responder.renew()  # what the daemon's job does
     assert _status(s, req) == ocsp.OCSPResponseStatus.SUCCESSFUL
+
+
+def test_after_a_rollover_the_retiring_ca_is_answered_for_too(setup: Setup) -> None:
+    """The daemon keeps a responder certificate of the retiring CA in its cas/<id>/;
+    serve answers for both CAs, each signed by its own responder, and a serial of one CA
+    asked under the other is unknown."""
+    from certdrop.authority.lifecycle import ca_id
+    from certdrop.authority.rollover import ca_folder
+    from certdrop.service.control import execute_control
+    from certdrop.service.runtime import Runtime
+
+    s = setup
+    kit, old_ca = s.kit, s.ca
+    assert execute_control(kit.rt, "rollover", {}).startswith("ok: ")
+    kit.rt.close()
+    kit.rt = Runtime.build(kit.env.settings, kit.clock, kit.rt.hooks)
+    kit.rt.check_publication()
+    kit.rt.check_responders()
+    new_ca = kit.rt.ca.cert
+    old_folder = ca_folder(kit.env.state, ca_id(old_ca))
+    old_responder = x509.load_pem_x509_certificates((old_folder / RESPONDER_FILE).read_bytes())
+    old_responder[0].verify_directly_issued_by(old_ca)
+    carol = _issue(kit, "carol")
+    carol.verify_directly_issued_by(new_ca)
+
+    # the old CA's certificates: answered, signed by the old CA's responder
+    for cert, status in (
+        (s.alice, ocsp.OCSPCertStatus.GOOD),
+        (s.bob, ocsp.OCSPCertStatus.REVOKED),
+    ):
+        got = s.ask(_request(cert, old_ca))
+        assert got.certificate_status == status
+        assert got.certificates[0].issuer == old_ca.subject
+        got.certificates[0].verify_directly_issued_by(old_ca)
+    # the new CA's: its own responder (renewed for it)
+    got = s.ask(_request(carol, new_ca))
+    assert got.certificate_status == ocsp.OCSPCertStatus.GOOD
+    got.certificates[0].verify_directly_issued_by(new_ca)
+    # a serial asked under the CA that did not issue it: unknown
+    assert s.ask(_request(carol, old_ca)).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    assert s.ask(_request(s.alice, new_ca)).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+
+    # openssl checks the old CA's answer against the old CA
+    req = s.tmp / "alice-old.req.der"
+    subprocess.run(
+        [OPENSSL, "ocsp", "-issuer", str(old_folder / "ca.cer"), "-cert",
+         str(kit.env.outbox / "alice.cer"), "-nonce", "-reqout", str(req)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (s.tmp / "resp.der").write_bytes(s.rt.ocsp.respond(req.read_bytes(), kit.clock.now()).body)
+    res = subprocess.run(
+        [OPENSSL, "ocsp", "-reqin", str(req), "-respin", str(s.tmp / "resp.der"),
+         "-CAfile", str(old_folder / "ca.cer"), "-resp_text"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert "Response verify OK" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert "Cert Status: good" in res.stdout

@@ -44,7 +44,7 @@ def operator_events(kit: Kit) -> list[dict[str, Any]]:
 
 
 def test_the_commands_a_daemon_carries_out() -> None:
-    assert sorted(CONTROL_HANDLERS) == ["approve", "crl", "deny", "publish", "revoke"]
+    assert sorted(CONTROL_HANDLERS) == ["approve", "crl", "deny", "publish", "revoke", "rollover"]
 
 
 def test_describe_gives_one_line_per_outcome() -> None:
