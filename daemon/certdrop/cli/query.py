@@ -150,8 +150,17 @@ def _watch_text(value: dict[str, Any]) -> str:
     return watch_text(value)
 
 
+def _cluster_text(value: dict[str, Any]) -> str:
+    from .status import cluster_text
+
+    return cluster_text(value)
+
+
 # extras whose text line is not the generic "key value, key value"
-_STATUS_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {"watch": _watch_text}
+_STATUS_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+    "watch": _watch_text,
+    "cluster": _cluster_text,
+}
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -170,10 +179,10 @@ STATUS_EXTRAS: list[StatusExtra] | None = None  # None: watch's, mail's, publish
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:
     extras = STATUS_EXTRAS
     if extras is None:
+        from .status import cluster_status, publication_status, watch_status
         from .status import mail_status as mail_extra
-        from .status import publication_status, watch_status
 
-        extras = [watch_status, mail_extra, publication_status]
+        extras = [watch_status, mail_extra, publication_status, cluster_status]
     out: dict[str, Any] = {}
     for fn in extras:
         out.update(fn(store, conn, s, now))

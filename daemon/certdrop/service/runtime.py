@@ -8,6 +8,7 @@ daemon holds the state lock and runs the operator command itself.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from ..authority.lint import Linter, shared_linter
 from ..authority.workers import WorkerPool
 from ..clock import Clock
 from ..config import Settings
+from ..errors import CertdropError
 from ..faults import Crashpoint, no_crash
 from ..index.store import Store
 from ..intake.claim import Claimer
@@ -39,7 +41,10 @@ from ..notify.requester import RequesterMail
 from ..publish.apache import CHAIN_CRLS, ApachePublisher
 from ..publish.crl import CrlPublisher
 from ..publish.revocation import Revoker
+from .cluster import host_id
 from .systemd import StateLock
+
+log = logging.getLogger("certdrop.service")
 
 
 @dataclass
@@ -70,12 +75,17 @@ class Runtime:
         *,
         signing_pool: bool = False,
         crashpoint: Crashpoint = no_crash,
+        host: str | None = None,
     ) -> Runtime:
+        """`host`: this host's id (service/cluster.py); on a shared index its claims go
+        to the spool's .claims/HOST/ and the CRLs it signs are recorded under it."""
         hooks = hooks or Hooks()
         store = Store(settings.database_url).open()
         passphrase = read_passphrase(settings.ca.key_passphrase_file)
         ca = CertificateAuthority.load(settings.state, passphrase)
-        spool = Spool(settings.spool)
+        if host is None and settings.clustered:
+            host = host_id(settings.state)
+        spool = Spool(settings.spool, host if settings.clustered else None)
         spool.create(list(settings.profiles), settings.policy.default_profile)
         linter = shared_linter() if settings.policy.lint else None
         mailer = Mailer.from_settings(store, settings.mail) if settings.mail.enabled else None
@@ -154,6 +164,7 @@ class Runtime:
         )
         approvals = Approvals(spool, store, clock, batches, outcomes, hooks, requester)
         crl = CrlPublisher(settings.crl, settings.state, store, ca, clock, linter)
+        crl.host = host or ""
         apache = None
         if settings.apache.enabled:
 
@@ -200,11 +211,23 @@ class Runtime:
             )
         return rt
 
-    def check_publication(self) -> None:
-        """The periodic job: a fresh CRL, and Apache files matching it. Never raises."""
-        self.crl.check()
+    def check_publication(self, lead: bool = True) -> None:
+        """The periodic job: the index's latest CRL in this host's files, a fresh CRL
+        (made by the leading host only), and Apache files matching it. Never raises."""
+        self.follow_crl()
+        if lead:
+            self.crl.check()
         if self.apache is not None:
             self.apache.check()
+
+    def follow_crl(self) -> None:
+        """Publish a CRL another host sharing the index signed. Never raises."""
+        try:
+            self.crl.follow()
+        except CertdropError as exc:
+            log.error("publishing the index's latest CRL: %s", exc)
+        except Exception:
+            log.exception("publishing the index's latest CRL failed")
 
     def close(self) -> None:
         if self.apache is not None:

@@ -89,7 +89,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
         assert "ix_outputs_path" in {i["name"] for i in insp.get_indexes("outputs")}
         assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "5"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "6"
             # the CRL reads the revoked certificates from that index alone
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "

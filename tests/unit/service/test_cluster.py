@@ -1,0 +1,122 @@
+"""This host among the hosts sharing a PostgreSQL index: its id, the lead and its hand-over,
+and the claims of a dead host taken over.
+
+Real PostgreSQL (tests/pgserver.py), real time with short leases (a heartbeat of 0.2 s,
+a lease of 1 s), real folders.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from certdrop.clock import SystemClock
+from certdrop.config import ClusterSettings, PathsSettings, Settings
+from certdrop.intake.spool import Spool
+from certdrop.service.cluster import Cluster, host_id, read_host_id
+from conftest import wait_for
+
+
+def _settings(tmp_path: Path, name: str, url: str) -> Settings:
+    state = tmp_path / name
+    state.mkdir(exist_ok=True)
+    return Settings(
+        paths=PathsSettings(spool=tmp_path / "spool", state=state, database=url),
+        cluster=ClusterSettings(heartbeat_seconds=0.2, lease_seconds=1.0),
+    )
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, pg_url: str) -> Iterator[list[Cluster]]:
+    made: list[Cluster] = []
+    for name in ("one", "two"):
+        s = _settings(tmp_path, name, pg_url)
+        made.append(Cluster(s, SystemClock(), host_id(s.state)))
+    yield made
+    for c in made:
+        if c.is_alive():
+            c.stop()
+
+
+def test_two_state_folders_on_one_machine_are_two_hosts(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert read_host_id(a) is None
+    first = host_id(a)
+    assert host_id(a) == read_host_id(a) == first  # kept
+    assert host_id(b) != first
+    (b / "host-id").write_text("../../etc\n")
+    assert read_host_id(b) is None  # not an id: a new one is made
+    assert host_id(b) != "../../etc"
+
+
+def test_one_leads_and_the_other_takes_over_when_it_dies(hosts: list[Cluster]) -> None:
+    one, two = hosts
+    led: list[str] = []
+    one.on_lead = lambda: led.append(one.host)
+    two.on_lead = lambda: led.append(two.host)
+    one.start()
+    two.start()
+    assert one.is_leader() and not two.is_leader()
+    assert two.leader == one.host
+    time.sleep(1.5)  # several leases: the leader renews its own
+    assert one.is_leader() and not two.is_leader()
+    # the leader dies: its thread stops, nothing is given up
+    one._stop.set()
+    assert one._thread is not None
+    one._thread.join()
+    start = time.monotonic()
+    assert wait_for(two.is_leader, timeout=5)
+    assert time.monotonic() - start < 1.0 + 0.2 + 0.5  # a lease and a heartbeat
+    assert not one.is_leader()  # stopped leading by its own clock
+    assert led == [one.host, two.host]
+
+
+def test_a_host_stopping_hands_the_lead_over_at_once(hosts: list[Cluster]) -> None:
+    one, two = hosts
+    one.start()
+    two.start()
+    one.stop()
+    assert wait_for(two.is_leader, timeout=1)
+
+
+def test_the_claims_of_a_dead_host_are_taken_over(tmp_path: Path, hosts: list[Cluster]) -> None:
+    one, two = hosts
+    one.start()
+    two.start()
+    spool_one = Spool(tmp_path / "spool", one.host)
+    spool_two = Spool(tmp_path / "spool", two.host)
+    for spool in (spool_one, spool_two):
+        spool.create(["client"], "client")
+    (spool_one.work_for("client") / "alice.req").write_bytes(b"req")
+    (spool_one.work_for("client") / "alice.key").write_bytes(b"key")
+    (spool_one.staging_for("client") / ".alice.cer.staged").write_bytes(b"cer")
+    (spool_two.work_for("client") / "bob.req").write_bytes(b"mine")
+    (spool_one.work_for("client") / "bob.req").write_bytes(b"same name: waits")
+    assert two.take_over(spool_two) == 0  # one is alive
+    one._stop.set()
+    assert one._thread is not None
+    one._thread.join()
+    time.sleep(1.5)
+    two._next_takeover = 0.0
+    assert two.take_over(spool_two) == 1
+    assert (spool_two.work_for("client") / "alice.req").read_bytes() == b"req"
+    assert (spool_two.work_for("client") / "alice.key").read_bytes() == b"key"
+    assert (spool_two.staging_for("client") / ".alice.cer.staged").read_bytes() == b"cer"
+    assert (spool_two.work_for("client") / "bob.req").read_bytes() == b"mine"
+    assert (spool_one.work_for("client") / "bob.req").exists()
+    # once this host's own bob is finished, the other one follows
+    (spool_two.work_for("client") / "bob.req").unlink()
+    two._next_takeover = 0.0
+    assert two.take_over(spool_two) == 1
+    # the dead host comes back: registered again, nothing of its own to take over
+    one._stop.clear()
+    one.beat()
+    two._next_takeover = 0.0
+    (spool_one.work_for("client") / "carol.req").write_bytes(b"new claim")
+    assert two.take_over(spool_two) == 0
+    assert (spool_one.work_for("client") / "carol.req").exists()
