@@ -222,6 +222,8 @@ class Runtime:
 
     def follow_crl(self) -> None:
         """Publish a CRL another host sharing the index signed. Never raises."""
+        if not self.settings.clustered:
+            return  # the only host signs every CRL itself
         try:
             self.crl.follow()
         except CertdropError as exc:
