@@ -120,3 +120,52 @@ def test_the_claims_of_a_dead_host_are_taken_over(tmp_path: Path, hosts: list[Cl
     (spool_one.work_for("client") / "carol.req").write_bytes(b"new claim")
     assert two.take_over(spool_two) == 0
     assert (spool_one.work_for("client") / "carol.req").exists()
+
+
+def _freeze(c: Cluster) -> None:
+    """The heartbeat thread stops where it is, as in a process frozen by SIGSTOP."""
+    c._stop.set()
+    assert c._thread is not None
+    c._thread.join()
+    c._stop.clear()
+
+
+def test_a_frozen_leader_wakes_up_led(hosts: list[Cluster]) -> None:
+    one, two = hosts
+    one.start()
+    two.start()
+    assert one.is_leader()
+    _freeze(one)
+    # by its own monotonic clock, a heartbeat before its lease ends
+    wait_for(lambda: not one.is_leader(), timeout=2, what="the frozen leader to stop leading")
+    assert wait_for(two.is_leader, timeout=3)
+    one.beat()  # it wakes up: the lease is another's now
+    assert not one.is_leader() and one.leader == two.host
+    assert two.is_leader()
+
+
+def test_the_leader_keeps_the_lead_when_its_connections_are_cut(
+    hosts: list[Cluster], pg_url: str
+) -> None:
+    """The server ends every session of the database (a restart, a failover proxy): the
+    next heartbeat reconnects and renews; the lease is a row, not a session."""
+    import sqlalchemy as sa
+
+    from certdrop.index.store import Store
+
+    one, two = hosts
+    one.start()
+    admin = Store(pg_url)
+    with admin.engine.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        conn.commit()
+    admin.close()
+    one.beat()
+    assert one.is_leader()
+    two.start()
+    assert two.leader == one.host and not two.is_leader()
