@@ -433,6 +433,9 @@ class Daemon:
             f"issued {c.get('issued', 0)}, rejected {c.get('rejected', 0)}, "
             f"pending {c.get('pending', 0)}, queue {len(self.queue)}"
         )
+        cluster = self.cluster
+        if cluster is not None and cluster.clustered:
+            line += "; leading" if cluster.is_leader() else f"; {cluster.leader or 'nobody'} leads"
         if self.worker.last_error:
             line += f"; last error: {self.worker.last_error}"
         return line
