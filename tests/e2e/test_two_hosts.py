@@ -260,3 +260,56 @@ def test_two_hosts_one_killed_mid_burst(tmp_path: Path, pg_url: str, peer: SmtpP
         assert "Traceback" not in (tmp_path / log).read_text(errors="replace"), log
     # the survivor did take requests over from the killed host
     assert f"claimed by host {host_a}" in (tmp_path / "b.log").read_text()
+
+
+def test_a_request_held_on_one_host_is_approved_on_the_other(
+    tmp_path: Path, pg_url: str, peer: SmtpPeer
+) -> None:
+    """A server request with its key waits for approval after host a claimed it; host a
+    stops; the operator approves on host b, which issues it with the held key (a p12)."""
+    from conftest import DaemonThread
+
+    spool = tmp_path / "spool"
+    a = _env(tmp_path / "a", spool, pg_url, peer.port, init=True)
+    b = _env(tmp_path / "b", spool, pg_url, peer.port, init=False)
+    res = b.cli_proc(
+        "init", "--ca-cert", str(a.state / "ca.cer"), "--ca-key", str(a.state / "ca.key")
+    )
+    assert res.returncode == 0, res.stderr
+    pem, key = ec_csr("web.example.org")
+    inbox = spool / "inbox" / "server"
+    da = DaemonThread(a).start()
+    try:
+        (inbox / ".web.key.part").write_bytes(key)
+        os.chmod(inbox / ".web.key.part", 0o600)
+        os.rename(inbox / ".web.key.part", inbox / "web.key")
+        (inbox / ".web.req.part").write_bytes(pem)
+        os.rename(inbox / ".web.req.part", inbox / "web.req")
+        wait_for(lambda: (spool / "pending" / "web.req").exists(), 30, what="web pending")
+    finally:
+        da.stop()
+    # the key is held on the shared spool, not in host a's state folder
+    assert not (a.state / "pending-keys").exists()
+    db = DaemonThread(b).start()
+    try:
+        res = b.cli_proc("approve", "web")
+        assert res.returncode == 0, res.stderr
+        assert "issued web" in res.stdout
+        wait_for(lambda: (spool / "outbox" / "web.p12").exists(), 30, what="web.p12")
+    finally:
+        db.stop()
+    cert = x509.load_pem_x509_certificate((spool / "outbox" / "web.cer").read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=web.example.org"
+    # the p12 holds the key dropped on host a, opened with the password host b wrote
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    password = (b.state / "passwords" / "web.txt").read_text().splitlines()[0]
+    bundle = pkcs12.load_pkcs12((spool / "outbox" / "web.p12").read_bytes(), password.encode())
+    assert bundle.key is not None and bundle.cert is not None
+    assert bundle.cert.certificate == cert
+    dropped = serialization.load_pem_private_key(key, None)
+    raw = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert bundle.key.public_key().public_bytes(
+        serialization.Encoding.DER, raw
+    ) == dropped.public_key().public_bytes(serialization.Encoding.DER, raw)

@@ -5,6 +5,7 @@
     work/.staged/PROFILE/                    outputs written before the index commit
     .claims/HOST/PROFILE/, .claims/HOST/.staged/PROFILE/
                                              work/ of one host when several share the spool
+    .claims/.held-keys/                      their keys of requests waiting for approval
     outbox/ rejected/ pending/ archive/      results
 
 A request is claimed by renaming it into work/PROFILE/, so the profile survives a
@@ -31,6 +32,7 @@ FOLDER_MODES = {
     "work": 0o700,
 }
 CLAIMS = ".claims"  # the hosts' own work/ folders on a shared spool
+HELD_KEYS = ".held-keys"  # in .claims/: keys of pending requests, for whichever host approves
 
 
 class Spool:

@@ -175,7 +175,9 @@ class Cluster:
                         "host %s has been silent for %g s: taken for dead", dead, self.lease_seconds
                     )
             others = sorted(
-                d.name for d in spool.claims.iterdir() if d.is_dir() and d.name != self.host
+                d.name
+                for d in spool.claims.iterdir()
+                if d.is_dir() and d.name != self.host and not d.name.startswith(".")
             )
             moved = 0
             for other in others:

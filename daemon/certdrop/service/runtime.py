@@ -25,7 +25,7 @@ from ..faults import Crashpoint, no_crash
 from ..index.store import Store
 from ..intake.claim import Claimer
 from ..intake.request import parse_chunk, parse_many
-from ..intake.spool import Spool
+from ..intake.spool import HELD_KEYS, Spool
 from ..issue.approval import Approvals
 from ..issue.batches import Batches
 from ..issue.decide import Decider
@@ -120,7 +120,8 @@ class Runtime:
             clock,
             delivery,
             hooks,
-            settings.state / "pending-keys",
+            # the key of a request waiting for approval: where any host may approve it
+            spool.claims / HELD_KEYS if settings.clustered else settings.state / "pending-keys",
             crashpoint,
             requester,
         )
