@@ -156,14 +156,18 @@ def latest_crl(conn: Transaction, ca: str) -> tuple[int, bytes] | None:
 def save_crl(
     conn: Transaction, ca: str, number: int, der: bytes, this_update: dt.datetime, host: str
 ) -> None:
-    """The CRL just signed (in the transaction that drew its number, under that row's
-    lock: a later number is never replaced by an earlier one)."""
+    """A CRL of CA key `ca`, unless the index holds a later one already (a CRL just
+    signed is saved in the transaction that drew its number, under that row's lock)."""
     values = {"number": number, "der": der, "this_update": to_epoch(this_update), "signed_by": host}
     update = sa.update(crls).where(crls.c.ca == ca, crls.c.number < number).values(**values)
     if conn.execute(update).rowcount:
         return
     if latest_crl_number(conn, ca) is None:
-        conn.execute(sa.insert(crls).values(ca=ca, **values))
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.insert(crls).values(ca=ca, **values))
+        except IntegrityError:  # another host stored one meanwhile
+            conn.execute(update)
 
 
 def lock_if_gone(conn: Transaction, host: str) -> bool:

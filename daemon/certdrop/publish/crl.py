@@ -231,14 +231,30 @@ class CrlPublisher:
 
     def follow(self) -> CrlFacts | None:
         """Publish the index's latest CRL of this CA (signed by any host sharing the index)
-        to this host's files when it is newer than theirs; then tell the listeners."""
+        to this host's files when it is newer than theirs; then tell the listeners. A CRL
+        of this host's files newer than the index's (an index moved over with migrate-db,
+        a CRL signed before the index kept them) goes into the index instead."""
         with self._lock:
             with self.store.begin() as conn:
                 number = membership.latest_crl_number(conn, self.ca.key_id)
-            if number is None or number == self._followed:
+            if number is not None and number == self._followed:
                 return None
             previous = self.published_crl()
-            if previous is not None and CrlFacts.of(previous).number >= number:
+            mine = CrlFacts.of(previous).number if previous is not None else None
+            if mine is not None and (number is None or mine > number):
+                assert previous is not None
+                with self.store.begin() as conn:
+                    membership.save_crl(
+                        conn,
+                        self.ca.key_id,
+                        mine,
+                        previous.public_bytes(serialization.Encoding.DER),
+                        previous.last_update_utc,
+                        self.host,
+                    )
+                self._followed = mine
+                return None
+            if number is None or (mine is not None and mine >= number):
                 self._followed = number
                 return None
             with self.store.begin() as conn:
