@@ -156,9 +156,16 @@ def _cluster_text(value: dict[str, Any]) -> str:
     return cluster_text(value)
 
 
+def _chain_crls_text(value: Any) -> str:
+    from .status import chain_crls_text
+
+    return chain_crls_text(value)
+
+
 # extras whose text line is not the generic "key value, key value"
-_STATUS_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+_STATUS_TEXT: dict[str, Callable[[Any], str]] = {
     "watch": _watch_text,
+    "chain_crls": _chain_crls_text,
     "cluster": _cluster_text,
 }
 
