@@ -34,6 +34,8 @@ from .schema import (
 
 Transaction: TypeAlias = Connection  # one index transaction (from Store.begin)
 
+IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=60000"  # ms, PostgreSQL
+
 
 @dataclass(frozen=True)
 class CertRecord:
@@ -230,7 +232,14 @@ class Store:
             )
             # a server may restart or fail over (Patroni, repmgr): a pooled connection
             # is tried before use; SQLite's file needs no such check
-            options = {} if parsed.get_backend_name() == "sqlite" else {"pool_pre_ping": True}
+            options: dict[str, Any] = {}
+            if parsed.get_backend_name() != "sqlite":
+                options["pool_pre_ping"] = True
+            if parsed.get_backend_name() == "postgresql" and "options" not in parsed.query:
+                # a process frozen inside a transaction (SIGSTOP, a paused VM) would hold
+                # its row locks, and keep the other hosts from taking its claims over, for
+                # as long as it is frozen: the server ends such a session after a minute
+                options["connect_args"] = {"options": IDLE_IN_TRANSACTION}
             self.engine: Engine = sa.create_engine(parsed, **options)
         except ImportError as exc:
             hint = _DRIVER_HINTS.get(parsed.get_backend_name(), "")

@@ -162,3 +162,17 @@ def test_a_host_taken_for_dead_records_nothing(store: Store) -> None:
             store.add_certificates(conn, [_cert(2)])
     with store.begin() as conn:
         assert store.existing_serials(conn, [f"{1:032X}", f"{2:032X}"]) == {f"{1:032X}"}
+
+
+def test_a_session_frozen_in_a_transaction_is_ended_by_the_server(pg_url: str) -> None:
+    """A host frozen inside a transaction keeps its row locks only a minute: the server
+    ends the session (and the others can take its claims over)."""
+    import sqlalchemy as sa
+
+    s = Store(pg_url).open()
+    try:
+        with s.begin() as conn:
+            value = conn.execute(sa.text("SHOW idle_in_transaction_session_timeout")).scalar()
+        assert value == "1min"
+    finally:
+        s.close()
