@@ -309,3 +309,82 @@ def test_a_request_held_on_one_host_is_approved_on_the_other(
     assert bundle.key.public_key().public_bytes(
         serialization.Encoding.DER, raw
     ) == dropped.public_key().public_bytes(serialization.Encoding.DER, raw)
+
+
+def test_a_frozen_host_wakes_up_and_issues_nothing_twice(
+    tmp_path: Path, pg_url: str, peer: SmtpPeer
+) -> None:
+    """Host a is frozen (SIGSTOP) mid-burst for a few leases: b takes the lead (and a's
+    claims, when a did not freeze inside a transaction on its host row); a wakes up
+    (SIGCONT), records nothing for claims taken from it, and joins again. Each request
+    issued once."""
+    n = 300
+    spool = tmp_path / "spool"
+    a = _env(tmp_path / "a", spool, pg_url, peer.port, init=True)
+    b = _env(tmp_path / "b", spool, pg_url, peer.port, init=False)
+    res = b.cli_proc(
+        "init", "--ca-cert", str(a.state / "ca.cer"), "--ca-key", str(a.state / "ca.key")
+    )
+    assert res.returncode == 0, res.stderr
+    burst = tmp_path / "burst"
+    burst.mkdir()
+    names = [f"frozen{i:03d}" for i in range(n)]
+    for i, name in enumerate(names):
+        pem, _ = ec_csr(f"Frozen {i}")
+        (burst / name).write_bytes(pem)
+    store = Store(pg_url).open()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    outbox = spool / "outbox"
+    try:
+        procs["a"] = _start(a, tmp_path / "a.log")
+        wait_for(lambda: (a.state / "crl.der").exists(), 30, what="host a's first CRL")
+        procs["b"] = _start(b, tmp_path / "b.log")
+        wait_for(lambda: (b.state / "crl.der").exists(), 30, what="host b's copy of the CRL")
+        host_a = (a.state / "host-id").read_text().strip()
+        host_b = (b.state / "host-id").read_text().strip()
+        assert _cluster(b)["leader"] == host_a
+        for name in names:
+            os.rename(burst / name, spool / "inbox" / f"{name}.req")
+        wait_for(lambda: len(list(outbox.glob("*.cer"))) >= n // 5, 60, interval=0.01)
+        os.killpg(procs["a"].pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: _cluster(b)["leader"] == host_b, 30, interval=0.2, what="b leads")
+            # frozen for a few leases: b takes a's claims over unless a froze inside a
+            # transaction that holds its host row (the fence: then they wait for a)
+            time.sleep(3 * LEASE)
+        finally:
+            os.killpg(procs["a"].pid, signal.SIGCONT)
+        wait_for(lambda: len(list(outbox.glob("*.cer"))) == n, 120, interval=0.1)
+        # a is awake: alive again (registered again if it was taken for dead), not leading
+        wait_for(
+            lambda: (
+                {h["id"]: h["state"] for h in _cluster(b)["hosts"]}  # type: ignore[attr-defined,index]
+                == {host_a: "alive", host_b: "alive"}
+            ),
+            30,
+            interval=0.2,
+            what="a alive again",
+        )
+        assert _cluster(a)["leader"] == host_b
+        time.sleep(2 * LEASE)  # time for a to try whatever it had in hand
+        assert procs["a"].poll() is None and procs["b"].poll() is None
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    with store.begin() as conn:
+        rows = conn.execute(sa.select(certificates.c.serial, certificates.c.request_name)).all()
+    store.close()
+    assert sorted(r[1] for r in rows) == names  # one certificate per request
+    assert len({r[0] for r in rows}) == n
+    assert sorted(p.stem for p in outbox.glob("*.cer")) == names
+    assert sorted(p.name for p in (spool / "archive").iterdir()) == [f"{x}.req" for x in names]
+    assert not [p for p in (spool / ".claims").rglob("*") if p.is_file()]
+    assert not list((spool / "rejected").iterdir())  # no stale refusal from the frozen host
+    for log in ("a.log", "b.log"):
+        assert "Traceback" not in (tmp_path / log).read_text(errors="replace"), log

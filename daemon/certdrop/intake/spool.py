@@ -150,7 +150,13 @@ def place_rejected(
     atomic_write(reason_path, text.encode("utf-8"), 0o644, owner=owner)
     if before_move is not None:
         before_move()
-    move(src, target)
+    try:
+        move(src, target)
+    except FileNotFoundError:
+        # gone meanwhile (taken over by another host while this one was frozen): no
+        # reason without its request
+        remove_quietly(reason_path)
+        raise
     return target
 
 
@@ -159,13 +165,13 @@ def remove_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def adopt_claims(spool: Spool, other: str) -> int:
+def adopt_claims(spool: Spool, other: str) -> tuple[int, int]:
     """Move the claims another host left in .claims/OTHER/ (requests, their keys, staged
-    outputs) into this host's folders, to be processed as after a crash; the number of
-    requests moved. A name this host holds already stays where it is (tried again later).
-    """
+    outputs) into this host's folders, to be processed as after a crash; the numbers of
+    requests and of other files moved. A name this host holds already stays where it is
+    (tried again later)."""
     source = spool.claims / other
-    moved = 0
+    moved = others = 0
     touched: set[Path] = set()
     for folder in sorted(source.iterdir()):
         if folder.name == ".staged":
@@ -187,6 +193,8 @@ def adopt_claims(spool: Spool, other: str) -> int:
                 touched.update((src_dir, dst_dir))
                 if entry.name.endswith(".req"):
                     moved += 1
+                else:
+                    others += 1
     for folder in touched:
         fsync_dir(folder)
-    return moved
+    return moved, others

@@ -80,6 +80,8 @@ class Cluster:
         self._next_takeover = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # set when this host finds itself taken for dead; cleared by `rejoin`
+        self.taken_for_dead = threading.Event()
 
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,13 +138,20 @@ class Cluster:
         was_leader = self.is_leader()
         now = self.clock.now()
         with self.store.begin() as conn:
-            if not rows.beat(conn, self.host, now):
-                log.warning(
-                    "host %s was taken for dead (its claims were taken over); registering again",
-                    self.host,
-                )
-                rows.register(conn, self.host, os.getpid(), now)
-            holder = rows.try_lead(conn, self.host, now, self.lease_seconds)
+            if self.taken_for_dead.is_set() or not rows.beat(conn, self.host, now):
+                # frozen or cut off for longer than a lease: another host has its claims
+                # now; nothing is recorded for them here (the fence), and this host joins
+                # again only once the worker has dropped the work in hand (`rejoin`)
+                if not self.taken_for_dead.is_set():
+                    log.warning(
+                        "host %s was taken for dead (its claims were taken over); joining "
+                        "again once the work in hand is dropped",
+                        self.host,
+                    )
+                    self.taken_for_dead.set()
+                holder = rows.leader(conn, now)
+            else:
+                holder = rows.try_lead(conn, self.host, now, self.lease_seconds)
         self.leader = holder
         if holder == self.host:
             # a heartbeat short of the lease: the others take it only once it has expired
@@ -156,10 +165,18 @@ class Cluster:
         elif was_leader and not self.is_leader():
             log.warning("host %s no longer leads; %s does", self.host, holder or "nobody")
 
+    def rejoin(self) -> None:
+        """After being taken for dead: the work in hand was dropped (its commits refused);
+        this host registers again and records from now on."""
+        with self.store.begin() as conn:
+            rows.register(conn, self.host, os.getpid(), self.clock.now())
+        self.taken_for_dead.clear()
+        log.warning("host %s joined the hosts again", self.host)
+
     # --- the claims of dead hosts -----------------------------------------------------------
     def take_over(self, spool: Spool) -> int:
         """Move the claims of hosts taken for dead into this host's folder (at most once a
-        heartbeat); the number of requests moved."""
+        heartbeat); the number of files moved (requests, keys, staged outputs)."""
         if not self.clustered or spool.host != self.host:
             return 0
         mono = time.monotonic()
@@ -185,10 +202,10 @@ class Cluster:
                     # the row stays locked while its claims move: a host coming back waits
                     if not rows.lock_if_gone(conn, other):
                         continue
-                    count = adopt_claims(spool, other)
-                if count:
-                    log.warning("took over %d request(s) claimed by host %s", count, other)
-                moved += count
+                    requests, files = adopt_claims(spool, other)
+                if requests:
+                    log.warning("took over %d request(s) claimed by host %s", requests, other)
+                moved += requests + files  # staged outputs alone: recovery clears them
             return moved
         except (OSError, StoreError) as exc:
             log.error("taking over the claims of dead hosts: %s", exc)

@@ -241,6 +241,16 @@ class Worker:
         """The claims of hosts taken for dead, moved into this host's folder, are
         processed as after a crash (the index knows what they recorded already)."""
         cluster = self.host.cluster
+        if cluster is not None and cluster.taken_for_dead.is_set():
+            # the batches in flight are another host's now: their commits are refused
+            # (put back, and gone from this host's folder); then this host joins again
+            rt.batches.flush(self)
+            try:
+                cluster.rejoin()
+            except CertdropError as exc:
+                log.error("joining the hosts again: %s", exc)
+                return
+            self.retry_work_later()  # what was claimed meanwhile is processed again
         if cluster is None or not cluster.take_over(rt.spool):
             return
         rt.batches.flush(self)

@@ -103,7 +103,7 @@ def test_the_claims_of_a_dead_host_are_taken_over(tmp_path: Path, hosts: list[Cl
     one._thread.join()
     time.sleep(1.5)
     two._next_takeover = 0.0
-    assert two.take_over(spool_two) == 1
+    assert two.take_over(spool_two) == 3  # alice.req, alice.key, its staged .cer
     assert (spool_two.work_for("client") / "alice.req").read_bytes() == b"req"
     assert (spool_two.work_for("client") / "alice.key").read_bytes() == b"key"
     assert (spool_two.staging_for("client") / ".alice.cer.staged").read_bytes() == b"cer"
@@ -113,9 +113,15 @@ def test_the_claims_of_a_dead_host_are_taken_over(tmp_path: Path, hosts: list[Cl
     (spool_two.work_for("client") / "bob.req").unlink()
     two._next_takeover = 0.0
     assert two.take_over(spool_two) == 1
-    # the dead host comes back: registered again, nothing of its own to take over
+    # the dead host comes back: it finds itself taken for dead, and joins again only when
+    # its worker has dropped the work in hand; then its new claims are its own
     one._stop.clear()
     one.beat()
+    assert one.taken_for_dead.is_set() and not one.is_leader()
+    one.beat()  # still out until it rejoins
+    assert one.taken_for_dead.is_set()
+    one.rejoin()
+    assert not one.taken_for_dead.is_set()
     two._next_takeover = 0.0
     (spool_one.work_for("client") / "carol.req").write_bytes(b"new claim")
     assert two.take_over(spool_two) == 0
