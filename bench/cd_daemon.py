@@ -20,7 +20,7 @@ from pathlib import Path
 CONFIG = """\
 # written by bench/run
 [paths]
-spool = "spool"
+spool = "{spool}"
 state = "state"
 database = "{database}"
 
@@ -163,13 +163,26 @@ class CertdropDaemon:
     """One certdrop instance in `root` (config, state, spool, log)."""
 
     def __init__(
-        self, root: Path, *, key_type: str = "ec-p256", lint: bool = False, database: str = ""
+        self,
+        root: Path,
+        *,
+        key_type: str = "ec-p256",
+        lint: bool = False,
+        database: str = "",
+        spool: Path | None = None,
     ) -> None:
+        """`spool`: a spool another daemon shares (a second host); else root/spool."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "certdrop.toml"
+        self._spool = spool or root / "spool"
         self.config.write_text(
-            CONFIG.format(key_type=key_type, lint="true" if lint else "false", database=database)
+            CONFIG.format(
+                key_type=key_type,
+                lint="true" if lint else "false",
+                database=database,
+                spool=self._spool,
+            )
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "daemon.log"
@@ -182,7 +195,7 @@ class CertdropDaemon:
     # --- paths ------------------------------------------------------------------------------
     @property
     def spool(self) -> Path:
-        return self.root / "spool"
+        return self._spool
 
     @property
     def state(self) -> Path:
@@ -215,8 +228,17 @@ class CertdropDaemon:
         return self.proc.pid
 
     # --- lifecycle --------------------------------------------------------------------------
-    def init(self) -> None:
-        res = cli(self.config, "init")
+    def init(self, join: CertdropDaemon | None = None) -> None:
+        """`certdrop init`; with `join`, a further host of `join`'s CA (its CA files)."""
+        args = ["init"]
+        if join is not None:
+            args += [
+                "--ca-cert",
+                str(join.state / "ca.cer"),
+                "--ca-key",
+                str(join.state / "ca.key"),
+            ]
+        res = cli(self.config, *args)
         if res.returncode != 0:
             raise DaemonError(f"certdrop init failed: {(res.stderr or res.stdout).strip()}")
 

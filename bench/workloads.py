@@ -49,6 +49,7 @@ WORKLOADS = [
     "folder-burst-ec-lint-off-outbox",
     "backup-100k",
     "folder-burst-ec-lint-off-postgresql",
+    "folder-burst-ec-lint-off-two-hosts",
     "latency",
     "p12",
     "crl",
@@ -690,6 +691,84 @@ class Bench:
         }
         return row
 
+    def folder_burst_two_hosts(self) -> Row:
+        """The EC lint-off burst into one spool that two daemons share (two hosts on one
+        PostgreSQL database, the second joined with init --ca-cert/--ca-key) against the
+        same burst through one daemon on PostgreSQL; alternating, `bursts` pairs, each on
+        a new database and spool."""
+        p = self.params
+        row = Row(
+            id="folder-burst-ec-lint-off-two-hosts",
+            label=f"folder burst {p.n:,} CSRs, EC P-256 CA, lint off, two hosts on one spool",
+            unit="rate",
+        )
+        if not self.wants("certdrop"):
+            return row
+        sys.path.insert(0, str(BENCH.parent / "tests"))
+        from pgserver import PgServer
+
+        files = self.pool[: p.n]
+        runs: dict[str, list[float]] = {"one": [], "two": []}
+        shares: list[float] = []
+        server = PgServer(durable=True)
+        try:
+            server.start()
+            for i in range(p.bursts):
+                for kind in ("one", "two"):
+                    url = server.url(server.create_database())
+                    label = f"{row.id}-{kind}-{i + 1}"
+                    with self.daemon(f"{label}-a", "ec-p256", False, url) as d:
+                        if kind == "one":
+                            d.start()
+                            seconds, _ = self._burst(d, files)
+                        else:
+                            other = CertdropDaemon(
+                                self.work / f"certdrop-{label}-b",
+                                key_type="ec-p256",
+                                database=url,
+                                spool=d.spool,
+                            )
+                            other.init(join=d)
+                            with other:
+                                d.start()
+                                other.start()
+                                seconds, _ = self._burst(d, files)
+                                other.check_healthy()
+                            shares.append(_issued_by_first(d, len(files)))
+                    rate = len(files) / seconds
+                    runs[kind].append(rate)
+                    self.log(
+                        f"  certdrop, {kind} host(s): {len(files)} in {seconds:.2f} s = {rate:,.0f}/s"
+                    )
+        except (DaemonError, PeerError, OSError, RuntimeError) as exc:
+            row.cells["certdrop"] = Cell(error=str(exc))
+            return row
+        finally:
+            server.stop()
+        two, one = runs["two"], runs["one"]
+        ratios = [a / b for a, b in zip(two, one, strict=True)]
+        mid = (len(two) - 1) // 2
+        two_median, one_median = sorted(two)[mid], sorted(one)[mid]
+        row.cells["certdrop"] = Cell(
+            two_median,
+            note=(
+                f"{len(two)} bursts each through two daemons on one spool and through one, "
+                f"alternating, on PostgreSQL (local socket): one {one_median:,.0f}/s; two/one "
+                f"{sorted(ratios)[mid]:.0%} (pairs {min(ratios):.0%}-{max(ratios):.0%}); the "
+                f"first host issued {min(shares):.0%}-{max(shares):.0%} of each burst"
+            ),
+        )
+        row.target = ">= the rate of one daemon"
+        row.target_value = one_median
+        row.details["certdrop"] = {
+            "n": len(files),
+            "two_hosts_per_second": [round(r, 1) for r in two],
+            "one_host_per_second": [round(r, 1) for r in one],
+            "first_host_share": [round(x, 3) for x in shares],
+            "cores": os.cpu_count(),
+        }
+        return row
+
     def latency(self) -> list[Row]:
         p = self.params
         p50 = Row(
@@ -1186,6 +1265,8 @@ def run_workload(bench: Bench, workload: str) -> list[Row]:
         return bench.backup_during_burst()
     if workload == "folder-burst-ec-lint-off-postgresql":
         return [bench.folder_burst_postgresql()]
+    if workload == "folder-burst-ec-lint-off-two-hosts":
+        return [bench.folder_burst_two_hosts()]
     if workload == "latency":
         return bench.latency()
     if workload == "p12":
@@ -1212,3 +1293,15 @@ def run_workload(bench: Bench, workload: str) -> list[Row]:
         return [bench.rollover()]
     print(f"unknown workload {workload}", file=sys.stderr)
     return []
+
+
+def _issued_by_first(d: CertdropDaemon, n: int) -> float:
+    """The share of a shared-spool burst the first daemon issued (its audit log's count)."""
+    issued = 0
+    try:
+        for line in (d.state / "audit.log").read_text(errors="replace").splitlines():
+            if '"event": "issued"' in line:
+                issued += 1
+    except OSError:
+        return float("nan")
+    return issued / n if n else 0.0

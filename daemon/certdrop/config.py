@@ -340,6 +340,24 @@ class WatchSettings(_Section):
     rescan_seconds: PositiveFloat = 60.0
 
 
+class ClusterSettings(_Section):
+    """Several hosts on one PostgreSQL index: how often each host says it is alive, and
+    how long the leader's lease (and a host's claims on the spool) outlive its last word."""
+
+    heartbeat_seconds: float = Field(5.0, ge=0.2, le=60)
+    lease_seconds: float = Field(20.0, ge=1, le=300)
+
+    @model_validator(mode="after")
+    def _lease_longer(self) -> ClusterSettings:
+        if self.lease_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"lease_seconds = {self.lease_seconds:g} must be at least twice "
+                f"heartbeat_seconds = {self.heartbeat_seconds:g} (a lease must outlive a "
+                "late heartbeat)"
+            )
+        return self
+
+
 class MetricsSettings(_Section):
     listen: str = ""  # "" = off; else HOST:PORT for the Prometheus endpoint, e.g. 127.0.0.1:9102
 
@@ -416,6 +434,7 @@ class Settings(BaseSettings):
     watch: WatchSettings = WatchSettings()
     metrics: MetricsSettings = MetricsSettings()
     http: HttpSettings = HttpSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     # the file these settings came from (not a key of the file)
     _source: Path | None = None
@@ -476,6 +495,12 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.paths.database or f"sqlite:///{self.paths.state / 'index.sqlite'}"
+
+    @property
+    def clustered(self) -> bool:
+        """Several hosts may share the index and the spool: the index is on PostgreSQL
+        (an SQLite file has one host, which always leads)."""
+        return self.database_url.startswith(("postgresql", "postgres"))
 
     @property
     def crl_url(self) -> str:

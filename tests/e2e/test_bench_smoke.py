@@ -167,3 +167,27 @@ def test_bench_burst_with_the_index_on_postgresql(tmp_path: Path) -> None:
     assert abs(row["cells"]["certdrop"]["value"] - min(details["postgresql_per_second"])) < 0.1
     assert row["cells"]["certdrop"]["note"].startswith("2 bursts each on PostgreSQL")
     assert abs(row["target_value"] - 0.75 * min(details["sqlite_per_second"])) < 0.1
+
+
+def test_bench_burst_into_one_spool_shared_by_two_hosts(tmp_path: Path) -> None:
+    """Two daemons on one spool and one PostgreSQL database against one daemon (tiny
+    sizes, two pairs): both rates and the first host's share are recorded."""
+    out = tmp_path / "bench.json"
+    _quick_bench(
+        out,
+        "--only",
+        "folder-burst-ec-lint-off-two-hosts",
+        "--tools",
+        "certdrop",
+        "--bursts",
+        "2",
+    )
+    doc = json.loads(out.read_text())
+    [row] = doc["rows"]
+    assert row["id"] == "folder-burst-ec-lint-off-two-hosts"
+    details = row["details"]["certdrop"]
+    assert len(details["two_hosts_per_second"]) == len(details["one_host_per_second"]) == 2
+    assert all(0.0 <= share <= 1.0 for share in details["first_host_share"])
+    assert abs(row["cells"]["certdrop"]["value"] - min(details["two_hosts_per_second"])) < 0.1
+    assert row["cells"]["certdrop"]["note"].startswith("2 bursts each through two daemons")
+    assert abs(row["target_value"] - min(details["one_host_per_second"])) < 0.1

@@ -47,6 +47,7 @@ def test_demo_config_has_every_spec_key_and_loads() -> None:
             "password_file",
         ],
         "watch": ["mode", "poll_seconds", "settle_seconds", "max_request_bytes"],
+        "cluster": ["heartbeat_seconds", "lease_seconds"],
         "http": ["listen", "base_url"],
     }
     for section, keys in spec_keys.items():
@@ -79,6 +80,8 @@ def test_defaults_without_sections(tmp_path: Path) -> None:
     assert s.expiry.warn_days == [30, 7, 1]
     assert s.watch.max_request_bytes == 65536
     assert s.database_url == "sqlite:////var/lib/certdrop/index.sqlite"
+    assert not s.clustered  # SQLite: one host
+    assert (s.cluster.heartbeat_seconds, s.cluster.lease_seconds) == (5.0, 20.0)
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
@@ -120,6 +123,12 @@ def test_environment_overrides(tmp_path: Path) -> None:
             "refresh_before_days must be smaller",
         ),
         ("this is not toml", {}, "cannot be read"),
+        (
+            "[cluster]\nheartbeat_seconds = 5\nlease_seconds = 6\n",
+            {},
+            "lease_seconds = 6 must be at least twice heartbeat_seconds = 5",
+        ),
+        ("[cluster]\nheartbeat_seconds = 0\n", {}, "cluster.heartbeat_seconds = 0"),
         ('[http]\nlisten = "8080"\n', {}, "http.listen = '8080': must be HOST:PORT"),
         (
             '[http]\nbase_url = "ca.example.org"\n',

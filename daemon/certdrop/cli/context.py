@@ -109,11 +109,16 @@ def operator_result(kind: str, payload: dict[str, Any], timeout: float = 30.0) -
         with direct_runtime(s, c.clock) as rt:
             if rt is not None:
                 return execute_control(rt, kind, payload)
+    from ..service.cluster import read_host_id
+
     store = open_store(s)
+    # on an index shared by several hosts, the daemon of this state folder carries it out
+    host = read_host_id(s.state) if s.clustered else None
+    extra = {"host": host} if host else {}
     try:
         with store.begin() as conn:
             control_id = commands.push(
-                conn, kind, {**payload, "actor": operator_actor()}, c.clock.now()
+                conn, kind, {**payload, "actor": operator_actor(), **extra}, c.clock.now()
             )
         return commands.wait_result(store, control_id, timeout)
     finally:

@@ -156,6 +156,12 @@ def _apache_text(value: dict[str, Any]) -> str:
     return apache_text(value)
 
 
+def _cluster_text(value: dict[str, Any]) -> str:
+    from .status import cluster_text
+
+    return cluster_text(value)
+
+
 def _chain_crls_text(value: Any) -> str:
     from .status import chain_crls_text
 
@@ -174,6 +180,7 @@ _STATUS_TEXT: dict[str, Callable[[Any], str]] = {
     "chain_crls": _chain_crls_text,
     "apache": _apache_text,
     "cas": _cas_text,
+    "cluster": _cluster_text,
 }
 
 
@@ -193,10 +200,10 @@ STATUS_EXTRAS: list[StatusExtra] | None = None  # None: watch's, mail's, publish
 def _status_extras(store: Store, conn: Any, s: Settings, now: dt.datetime) -> dict[str, Any]:
     extras = STATUS_EXTRAS
     if extras is None:
-        from .status import ca_status, publication_status, watch_status
+        from .status import ca_status, cluster_status, publication_status, watch_status
         from .status import mail_status as mail_extra
 
-        extras = [ca_status, watch_status, mail_extra, publication_status]
+        extras = [ca_status, watch_status, mail_extra, publication_status, cluster_status]
     out: dict[str, Any] = {}
     for fn in extras:
         out.update(fn(store, conn, s, now))

@@ -13,6 +13,7 @@ from cryptography import x509
 from ..authority.lifecycle import CHAIN_CRLS, load_ca_certificates
 from ..config import Settings
 from ..errors import CertdropError
+from ..index import membership
 from ..index.mailqueue import queue_status
 from ..index.store import Store, Transaction
 from ..index.warned import LAST_SWEEP_META_KEY
@@ -227,3 +228,43 @@ def cas_text(docs: list[dict[str, Any]]) -> str:
             text += f"; CRL until {crl[:16].replace('T', ' ')} UTC" if crl else "; NO CRL yet"
         parts.append(text + ")")
     return "; ".join(parts)
+
+
+def cluster_status(
+    store: Store, conn: Transaction, settings: Settings, now: dt.datetime
+) -> dict[str, Any]:
+    """This host (the id in the state folder), the leader and the hosts registered in the
+    index: alive (a heartbeat within a lease), silent, or stopped (or taken for dead)."""
+    from ..service.cluster import read_host_id
+
+    lease = settings.cluster.lease_seconds
+    hosts = []
+    for h in membership.list_hosts(conn):
+        if h.retired:
+            state = "stopped"
+        elif (now - h.last_seen).total_seconds() > lease:
+            state = "silent"
+        else:
+            state = "alive"
+        hosts.append(
+            {
+                "id": h.id,
+                "state": state,
+                "started": h.started.isoformat(),
+                "last_seen": h.last_seen.isoformat(),
+                "pid": h.pid,
+            }
+        )
+    return {
+        "cluster": {
+            "host": read_host_id(settings.state),
+            "leader": membership.leader(conn, now),
+            "hosts": hosts,
+        }
+    }
+
+
+def cluster_text(doc: dict[str, Any]) -> str:
+    """The `cluster` line: this host, the leader, the hosts and their state."""
+    hosts = ", ".join(f"{h['id']} {h['state']}" for h in doc["hosts"]) or "none registered"
+    return f"this host {doc['host'] or '(never ran)'}, leader {doc['leader'] or 'none'}; hosts: {hosts}"

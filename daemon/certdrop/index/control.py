@@ -30,13 +30,18 @@ def push(conn: Transaction, kind: str, payload: Mapping[str, Any], when: dt.date
     return int(pk[0])
 
 
-def open_commands(conn: Transaction) -> list[tuple[int, str, dict[str, Any]]]:
+def open_commands(
+    conn: Transaction, host: str | None = None
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """The commands not carried out yet; with `host`, those pushed for that host (its
+    payload's "host", from the CLI run with that host's state folder) or for any host."""
     rows = conn.execute(
         sa.select(control.c.id, control.c.kind, control.c.payload)
         .where(control.c.done_at.is_(None))
         .order_by(control.c.id)
     )
-    return [(int(i), k, json.loads(p)) for i, k, p in rows]
+    found = [(int(i), k, json.loads(p)) for i, k, p in rows]
+    return [c for c in found if host is None or c[2].get("host") in (None, host)]
 
 
 def finish(conn: Transaction, control_id: int, result: str, when: dt.datetime) -> None:

@@ -13,9 +13,10 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 6  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
+SCHEMA_VERSION = 7  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
 # 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs;
 # 6: cas, certificates.issuer (in ix_certificates_crl)
+# 7: hosts, leases, crls (several hosts on one index)
 
 metadata = sa.MetaData()
 
@@ -172,6 +173,38 @@ cas = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),  # current, retiring, retired
     sa.Column("since", sa.BigInteger, nullable=False),  # in this state since
     sa.Column("der", sa.LargeBinary, nullable=False),  # the CA certificate
+)
+
+
+# --- schema 7: several hosts on one index (cluster.py): who is alive, who leads, and the
+# latest signed CRL of each CA key, which every host publishes to its own files
+hosts = sa.Table(
+    "hosts",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("started", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),  # milliseconds since the epoch
+    sa.Column("pid", sa.Integer, nullable=False, default=0),
+    sa.Column("retired_at", sa.BigInteger),  # silent too long: its claims were taken over
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),  # "leader"
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("acquired_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),  # milliseconds since the epoch
+)
+
+crls = sa.Table(
+    "crls",
+    metadata,
+    sa.Column("ca", sa.String(64), primary_key=True),  # the CA key's id (SHA-256 of its SPKI)
+    sa.Column("number", sa.BigInteger, nullable=False),
+    sa.Column("this_update", sa.BigInteger, nullable=False),
+    sa.Column("signed_by", sa.String(128), nullable=False, default=""),
+    sa.Column("der", sa.LargeBinary, nullable=False),
 )
 
 

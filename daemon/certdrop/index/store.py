@@ -25,6 +25,7 @@ from .schema import (
     cert_attrs,
     certificates,
     from_epoch,
+    hosts,
     journal,
     meta,
     pending,
@@ -32,6 +33,8 @@ from .schema import (
 )
 
 Transaction: TypeAlias = Connection  # one index transaction (from Store.begin)
+
+IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=60000"  # ms, PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,14 @@ class Store:
             )
             # a server may restart or fail over (Patroni, repmgr): a pooled connection
             # is tried before use; SQLite's file needs no such check
-            options = {} if parsed.get_backend_name() == "sqlite" else {"pool_pre_ping": True}
+            options: dict[str, Any] = {}
+            if parsed.get_backend_name() != "sqlite":
+                options["pool_pre_ping"] = True
+            if parsed.get_backend_name() == "postgresql" and "options" not in parsed.query:
+                # a process frozen inside a transaction (SIGSTOP, a paused VM) would hold
+                # its row locks, and keep the other hosts from taking its claims over, for
+                # as long as it is frozen: the server ends such a session after a minute
+                options["connect_args"] = {"options": IDLE_IN_TRANSACTION}
             self.engine: Engine = sa.create_engine(parsed, **options)
         except ImportError as exc:
             hint = _DRIVER_HINTS.get(parsed.get_backend_name(), "")
@@ -247,6 +257,9 @@ class Store:
                 "e.g. postgresql://USER@HOST/DB or sqlite:////PATH/index.sqlite"
             ) from None
         self.dialect = self.engine.dialect.name
+        # a daemon sharing the index with other hosts: its id; certificates are recorded
+        # only while this host has not been taken for dead (see _fence)
+        self.fence_host: str | None = None
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             sa.event.listen(self.engine, "begin", _sqlite_begin_immediate)
@@ -397,6 +410,8 @@ class Store:
         """Insert many certificates with one statement per table (executemany)."""
         if not certs:
             return
+        if self.fence_host is not None:
+            _fence(conn, self.fence_host)
         insert_many(
             conn,
             certificates,
@@ -766,6 +781,21 @@ _BY_NAME_OR_EMAIL = sa.select(cert_attrs.c.serial, cert_attrs.c.attr).where(
 _PENDING_BY_NAMES = sa.select(pending).where(
     pending.c.name.in_(sa.bindparam("names", expanding=True))
 )
+
+
+def _fence(conn: Transaction, host: str) -> None:
+    """Refuse to record for a host taken for dead: its claims belong to another host now.
+
+    The host's row is share-locked to the end of the transaction: a host taking over its
+    claims waits for this commit, and then sees what it recorded."""
+    query = sa.select(hosts.c.id).where(hosts.c.id == host, hosts.c.retired_at.is_(None))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    if conn.execute(query).first() is None:
+        raise IndexUnavailable(
+            f"this host ({host}) was taken for dead and its claimed requests were taken "
+            "over by another host; nothing is recorded for them here"
+        )
 
 
 def insert_many(conn: Transaction, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:

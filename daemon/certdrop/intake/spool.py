@@ -3,6 +3,9 @@
     inbox/NAME.req, inbox/PROFILE/NAME.req   dropped by users (a drop-box, mode 1733)
     work/PROFILE/NAME.req                    claimed, being processed (0700)
     work/.staged/PROFILE/                    outputs written before the index commit
+    .claims/HOST/PROFILE/, .claims/HOST/.staged/PROFILE/
+                                             work/ of one host when several share the spool
+    .claims/.held-keys/                      their keys of requests waiting for approval
     outbox/ rejected/ pending/ archive/      results
 
 A request is claimed by renaming it into work/PROFILE/, so the profile survives a
@@ -28,19 +31,25 @@ FOLDER_MODES = {
     "archive": 0o750,
     "work": 0o700,
 }
+CLAIMS = ".claims"  # the hosts' own work/ folders on a shared spool
+HELD_KEYS = ".held-keys"  # in .claims/: keys of pending requests, for whichever host approves
 
 
 class Spool:
     """The spool's folders (paths computed once: they are used for every request)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str | None = None) -> None:
+        """`host`: this host's id when several hosts share the spool; its claims then go
+        to .claims/HOST/ (renames are exclusive: a request moved there is this host's)."""
         self.root = root
+        self.host = host
+        self.claims = root / CLAIMS
         self.inbox = root / "inbox"
         self.outbox = root / "outbox"
         self.rejected = root / "rejected"
         self.pending = root / "pending"
         self.archive = root / "archive"
-        self.work = root / "work"
+        self.work = root / "work" if host is None else self.claims / host
         self._work_profiles: dict[str, Path] = {}
         self._staging: dict[str, Path] = {}
 
@@ -58,6 +67,9 @@ class Spool:
         ensure_dir(self.inbox, INBOX_MODE if drop_box else 0o755)
         for name, mode in FOLDER_MODES.items():
             ensure_dir(self.root / name, mode)
+        if self.host is not None:
+            ensure_dir(self.claims, 0o700)
+            ensure_dir(self.work, 0o700)
         for profile in profiles:
             ensure_dir(self.work / profile, 0o700)
             ensure_dir(self.staging_for(profile), 0o700)
@@ -138,10 +150,51 @@ def place_rejected(
     atomic_write(reason_path, text.encode("utf-8"), 0o644, owner=owner)
     if before_move is not None:
         before_move()
-    move(src, target)
+    try:
+        move(src, target)
+    except FileNotFoundError:
+        # gone meanwhile (taken over by another host while this one was frozen): no
+        # reason without its request
+        remove_quietly(reason_path)
+        raise
     return target
 
 
 def remove_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def adopt_claims(spool: Spool, other: str) -> tuple[int, int]:
+    """Move the claims another host left in .claims/OTHER/ (requests, their keys, staged
+    outputs) into this host's folders, to be processed as after a crash; the numbers of
+    requests and of other files moved. A name this host holds already stays where it is
+    (tried again later)."""
+    source = spool.claims / other
+    moved = others = 0
+    touched: set[Path] = set()
+    for folder in sorted(source.iterdir()):
+        if folder.name == ".staged":
+            pairs = [(p, spool.staging_for(p.name)) for p in sorted(folder.iterdir()) if p.is_dir()]
+        elif folder.is_dir() and not folder.name.startswith("."):
+            pairs = [(folder, spool.work_for(folder.name))]
+        else:
+            continue
+        for src_dir, dst_dir in pairs:
+            ensure_dir(dst_dir, 0o700)
+            for entry in sorted(src_dir.iterdir()):
+                dst = dst_dir / entry.name
+                if os.path.lexists(dst):
+                    continue
+                try:
+                    os.rename(entry, dst)
+                except FileNotFoundError:  # its host came back and finished it
+                    continue
+                touched.update((src_dir, dst_dir))
+                if entry.name.endswith(".req"):
+                    moved += 1
+                else:
+                    others += 1
+    for folder in touched:
+        fsync_dir(folder)
+    return moved, others

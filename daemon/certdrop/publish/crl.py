@@ -91,6 +91,8 @@ class CrlPublisher:
         self.issuing = issuing
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.RLock()
+        self.host = ""  # this host's id, recorded with the CRLs it signs
+        self._followed: int | None = None  # the index's latest CRL number seen by `follow`
 
     @property
     def pem_path(self) -> Path:
@@ -176,39 +178,28 @@ class CrlPublisher:
         return facts
 
     def _regenerate(self, why: str) -> CrlFacts:
+        from ..index import membership  # SQLAlchemy: not loaded by certdrop serve
+
         now = self.clock.now()
         previous = self.published_crl()
         published = CrlFacts.of(previous).number if previous is not None else 0
+        # one transaction from the number to the stored DER: the number's row lock orders
+        # the hosts sharing the index, and each CRL lists every revocation committed
+        # before its number was drawn
         with self.store.begin() as conn:
             # derived from the time, above the published CRL's and the index's last: an
             # index restored from an older backup cannot use a number again
             number = self.store.claim_crl_number(conn, crl_number(now, published))
             entries = self._revoked(conn)
-        this_update = now
-        next_update = now + dt.timedelta(days=self.settings.validity_days)
-        der = self.ca.build_crl_der(entries, number, this_update, next_update)
-        if self.linter is not None:
-            lint_der = der
-            if len(entries) > LINT_FULL_CRL_MAX:
-                # pkilint's cost grows with the entries: a large CRL is linted as a CRL
-                # of the same frame (same issuer, number, dates, extensions) holding its
-                # first and last entries and one entry of every other shape (serial
-                # length, time type, reason): every kind of entry the real one has, at a
-                # nearly constant cost
-                lint_der = self.ca.build_crl_der(
-                    _lint_sample(entries), number, this_update, next_update
-                )
-            findings = self.linter.crl(lint_der)
-            if findings:
-                raise LintError(
-                    f"CRL {number} would not be standards-compliant: " + "; ".join(findings)
-                )
-        # DER first, PEM last; both are complete or absent (atomic renames)
-        atomic_write(self.der_path, der, FILE_MODE)
-        atomic_write(self.pem_path, pem_armor("X509 CRL", der), FILE_MODE)
+            this_update = now
+            next_update = now + dt.timedelta(days=self.settings.validity_days)
+            der = self.ca.build_crl_der(entries, number, this_update, next_update)
+            self._lint(der, entries, number, this_update, next_update)
+            membership.save_crl(conn, self.ca.key_id, number, der, this_update, self.host)
+        facts = self._write_files(der)
+        self._followed = facts.number
         if self.issuing:  # status and metrics show the current CA's CRL
             write_meta(self.store, META_CRL_NEXT_UPDATE, next_update.isoformat())
-        facts = CrlFacts.of(x509.load_der_x509_crl(der))
         log.info(
             "published CRL %d (%d revoked, next update %s UTC): %s",
             facts.number,
@@ -216,6 +207,83 @@ class CrlPublisher:
             f"{facts.next_update:%Y-%m-%d %H:%M}",
             why,
         )
+        return facts
+
+    def _lint(
+        self,
+        der: bytes,
+        entries: Sequence[CrlEntry],
+        number: int,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+    ) -> None:
+        if self.linter is None:
+            return
+        lint_der = der
+        if len(entries) > LINT_FULL_CRL_MAX:
+            # pkilint's cost grows with the entries: a large CRL is linted as a CRL
+            # of the same frame (same issuer, number, dates, extensions) holding its
+            # first and last entries and one entry of every other shape (serial
+            # length, time type, reason): every kind of entry the real one has, at a
+            # nearly constant cost
+            lint_der = self.ca.build_crl_der(
+                _lint_sample(entries), number, this_update, next_update
+            )
+        findings = self.linter.crl(lint_der)
+        if findings:
+            raise LintError(
+                f"CRL {number} would not be standards-compliant: " + "; ".join(findings)
+            )
+
+    def _write_files(self, der: bytes) -> CrlFacts:
+        # DER first, PEM last; both are complete or absent (atomic renames)
+        atomic_write(self.der_path, der, FILE_MODE)
+        atomic_write(self.pem_path, pem_armor("X509 CRL", der), FILE_MODE)
+        return CrlFacts.of(x509.load_der_x509_crl(der))
+
+    def follow(self) -> CrlFacts | None:
+        """Publish the index's latest CRL of this CA (signed by any host sharing the index)
+        to this host's files when it is newer than theirs; then tell the listeners. A CRL
+        of this host's files newer than the index's (an index moved over with migrate-db,
+        a CRL signed before the index kept them) goes into the index instead."""
+        from ..index import membership
+
+        with self._lock:
+            with self.store.begin() as conn:
+                number = membership.latest_crl_number(conn, self.ca.key_id)
+            if number is not None and number == self._followed:
+                return None
+            previous = self.published_crl()
+            mine = CrlFacts.of(previous).number if previous is not None else None
+            if mine is not None and (number is None or mine > number):
+                assert previous is not None
+                with self.store.begin() as conn:
+                    membership.save_crl(
+                        conn,
+                        self.ca.key_id,
+                        mine,
+                        previous.public_bytes(serialization.Encoding.DER),
+                        previous.last_update_utc,
+                        self.host,
+                    )
+                self._followed = mine
+                return None
+            if number is None or (mine is not None and mine >= number):
+                self._followed = number
+                return None
+            with self.store.begin() as conn:
+                latest = membership.latest_crl(conn, self.ca.key_id)
+            if latest is None or not self.ca.signed_this_crl(latest[1]):
+                log.error("the index's latest CRL is not signed by this CA; not published")
+                return None
+            try:
+                facts = self._write_files(latest[1])
+            except OSError as exc:
+                raise PublishError(f"the CRL could not be written: {exc}") from None
+            self._followed = facts.number
+            log.info("published CRL %d from the index (%d revoked)", facts.number, facts.revoked)
+        for listener in self._listeners:
+            listener()
         return facts
 
     def refresh(self) -> CrlFacts | None:

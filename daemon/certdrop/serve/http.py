@@ -144,7 +144,7 @@ def make_app(rt: ServeRuntime) -> web.Application:
         except ServeError as exc:
             log.warning("GET /cas/%s/%s: %s", ident, name, exc)
             return _unavailable(str(exc))
-        return _document_response(request, doc, now)
+        return _document_response(request, doc, _caching_headers(doc, now))
 
     for name in NAMES:
         app.router.add_get(f"/{name}", document(name))

@@ -156,7 +156,7 @@ def _audit_operator(rt: Runtime, kind: str, payload: dict[str, Any], result: str
     """Every operator command is in the audit log, with who asked and what came of it."""
     if rt.hooks.audit is None:
         return
-    args = {k: v for k, v in payload.items() if k != "actor"}
+    args = {k: v for k, v in payload.items() if k not in ("actor", "host")}
     event: dict[str, Any] = {
         "event": "operator",
         "command": kind,

@@ -30,6 +30,7 @@ from ..errors import CertdropError, ConfigError, IndexUnavailable
 from ..faults import crashpoint_from_environment
 from ..intake.inbox import Inbox, WorkQueue
 from ..issue.outcomes import Hooks
+from .cluster import Cluster, host_id
 from .jobs import Jobs
 from .runtime import Runtime
 from .scheduler import Scheduler
@@ -65,6 +66,8 @@ class Daemon:
         self.ready = threading.Event()
         self._wake = threading.Event()
         self.rt: Runtime | None = None
+        self.host = ""  # this host's id (service/cluster.py), known once started
+        self.cluster: Cluster | None = None
         self.inbox: Inbox | None = None
         self.scheduler: Scheduler | None = None
         self.worker = Worker(self, self.queue)
@@ -133,11 +136,25 @@ class Daemon:
             audit=self.audit,
             audit_batch=self.audit.batch,
         )
-        return Runtime.build(
-            settings, self.clock, hooks, signing_pool=True, crashpoint=self._crashpoint
+        rt = Runtime.build(
+            settings,
+            self.clock,
+            hooks,
+            signing_pool=True,
+            crashpoint=self._crashpoint,
+            host=self.host,
         )
+        if settings.clustered:
+            rt.store.fence_host = self.host  # nothing recorded once taken for dead
+        return rt
 
     def _start(self) -> None:
+        self.notifier.notify("STATUS=joining the hosts sharing the index")
+        self.host = host_id(self.settings.state)
+        self.cluster = cluster = Cluster(self.settings, self.clock, self.host)
+        cluster.on_lead = self.jobs.on_lead
+        cluster.on_beat = self._follow_crl
+        cluster.start()
         self.rt = rt = self._runtime(self.settings)
         self._start_publisher(rt)
         self.metrics_server = self._start_metrics(self.settings)
@@ -166,7 +183,17 @@ class Daemon:
         if rt.apache is not None:
             rt.apache.start_background()
         self.notifier.notify("STATUS=checking the CRL")
-        rt.check_publication()
+        rt.check_publication(lead=self.is_leader())
+
+    def is_leader(self) -> bool:
+        """This host leads the CA-wide jobs (always, with SQLite)."""
+        return self.cluster is None or self.cluster.is_leader()
+
+    def _follow_crl(self) -> None:
+        """After each heartbeat: a CRL another host signed, to this host's files."""
+        rt = self.rt
+        if rt is not None:
+            rt.follow_crl()
 
     # --- what the worker and the jobs ask of the daemon ------------------------------------------
     def announce_ready(self) -> None:
@@ -224,6 +251,8 @@ class Daemon:
                 problems.append("the inbox observer thread is not running")
             if self.scheduler is None or not self.scheduler.is_alive():
                 problems.append("the scheduler is not running")
+            if self.cluster is not None and not self.cluster.is_alive():
+                problems.append("the heartbeat thread is not running")
         return problems
 
     def _stalled(self) -> str:
@@ -267,6 +296,8 @@ class Daemon:
             self.exit_code = 1
         if self.scheduler is not None:
             self.scheduler.shutdown()
+        if self.cluster is not None and self.worker.join(timeout=0):
+            self.cluster.stop()  # the claims are all finished: this host stops cleanly
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
@@ -432,6 +463,9 @@ class Daemon:
             f"issued {c.get('issued', 0)}, rejected {c.get('rejected', 0)}, "
             f"pending {c.get('pending', 0)}, queue {len(self.queue)}"
         )
+        cluster = self.cluster
+        if cluster is not None and cluster.clustered:
+            line += "; leading" if cluster.is_leader() else f"; {cluster.leader or 'nobody'} leads"
         if self.worker.last_error:
             line += f"; last error: {self.worker.last_error}"
         return line

@@ -1,6 +1,12 @@
 """The daemon's scheduled jobs: CRL check, OCSP responder certificate, expiry sweep, mail
 queue flush, inbox rescan.
 
+The CA-wide ones (CRL renewal, expiry sweep, mail flush) run on the leading host only
+(service/cluster.py; with SQLite the one host leads); every host publishes the index's
+latest CRL to its own files and keeps its Apache files matching. The OCSP responder's
+certificate is each host's own (its key never leaves the host's state folder): every host
+renews its own.
+
 Each job asks the current runtime (replaced on SIGHUP) for what it needs and takes
 `now` from the injected clock. The issue layer's hooks land here too: an issued p12
 password or a pending request may be waiting in the mail queue, so the flush runs soon.
@@ -39,6 +45,8 @@ class Host(Protocol):
     @property
     def busy_with_requests(self) -> bool: ...
 
+    def is_leader(self) -> bool: ...
+
 
 class Jobs:
     """The scheduled jobs (see the module docstring)."""
@@ -73,7 +81,7 @@ class Jobs:
         """Renew the CRL when due (by the injected clock), fix the Apache files."""
         rt = self.host.rt
         if rt is not None:
-            rt.check_publication()
+            rt.check_publication(lead=self.host.is_leader())
 
     def ocsp_responder(self) -> None:
         """Renew the OCSP responder's certificates (for `certdrop serve`: the current CA's,
@@ -84,7 +92,7 @@ class Jobs:
 
     def expiry_sweep(self) -> SweepReport | None:
         rt = self.host.rt
-        if rt is None:
+        if rt is None or not self.host.is_leader():
             return None
         now = self.clock.now()
         above, _ = read_chain_crls(rt.settings.state / CHAIN_CRLS, rt.ca.chain, now)
@@ -102,7 +110,7 @@ class Jobs:
 
     def mail_flush(self) -> FlushReport | None:
         rt = self.host.rt
-        if rt is None or rt.mailer is None:
+        if rt is None or rt.mailer is None or not self.host.is_leader():
             return None
         report = rt.mailer.flush(self.clock.now())
         if report.errors:
@@ -135,6 +143,13 @@ class Jobs:
             return
         if not rt.mailer.busy:  # a running flush is followed by the next interval anyway
             scheduler.run_soon("mail-flush")
+
+    def on_lead(self) -> None:
+        """This host has just become the leader: the CA-wide jobs run now."""
+        scheduler = self.host.scheduler
+        if scheduler is not None:
+            for job in ("crl", "expiry-sweep", "mail-flush"):
+                scheduler.run_soon(job)
 
     # --- the issue layer's hooks ---------------------------------------------------------------
     def on_issued(self, serial: str, superseded: list[str]) -> None:

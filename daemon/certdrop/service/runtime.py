@@ -8,6 +8,7 @@ daemon holds the state lock and runs the operator command itself.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,11 +22,12 @@ from ..authority.rollover import finish_switch
 from ..authority.workers import WorkerPool
 from ..clock import Clock
 from ..config import Settings
+from ..errors import CertdropError
 from ..faults import Crashpoint, no_crash
 from ..index.store import Store
 from ..intake.claim import Claimer
 from ..intake.request import parse_chunk, parse_many
-from ..intake.spool import Spool
+from ..intake.spool import HELD_KEYS, Spool
 from ..issue.approval import Approvals
 from ..issue.batches import Batches
 from ..issue.decide import Decider
@@ -43,7 +45,10 @@ from ..publish.crl import CrlPublisher
 from ..publish.responder import ResponderPublisher
 from ..publish.retiring import CrlSet, load_crls
 from ..publish.revocation import Revoker
+from .cluster import host_id
 from .systemd import StateLock
+
+log = logging.getLogger("certdrop.service")
 
 
 @dataclass
@@ -77,13 +82,18 @@ class Runtime:
         *,
         signing_pool: bool = False,
         crashpoint: Crashpoint = no_crash,
+        host: str | None = None,
     ) -> Runtime:
+        """`host`: this host's id (service/cluster.py); on a shared index its claims go
+        to the spool's .claims/HOST/ and the CRLs it signs are recorded under it."""
         hooks = hooks or Hooks()
         store = Store(settings.database_url).open()
         passphrase = read_passphrase(settings.ca.key_passphrase_file)
         finish_switch(settings.state)  # a rollover a crash interrupted
         ca = CertificateAuthority.load(settings.state, passphrase)
-        spool = Spool(settings.spool)
+        if host is None and settings.clustered:
+            host = host_id(settings.state)
+        spool = Spool(settings.spool, host if settings.clustered else None)
         spool.create(list(settings.profiles), settings.policy.default_profile)
         linter = shared_linter() if settings.policy.lint else None
         mailer = Mailer.from_settings(store, settings.mail) if settings.mail.enabled else None
@@ -118,7 +128,8 @@ class Runtime:
             clock,
             delivery,
             hooks,
-            settings.state / "pending-keys",
+            # the key of a request waiting for approval: where any host may approve it
+            spool.claims / HELD_KEYS if settings.clustered else settings.state / "pending-keys",
             crashpoint,
             requester,
         )
@@ -163,6 +174,8 @@ class Runtime:
         approvals = Approvals(spool, store, clock, batches, outcomes, hooks, requester)
         crls = load_crls(settings.crl, settings.state, store, ca, clock, linter, passphrase)
         crl = crls.issuing
+        for pub in crls.all():
+            pub.host = host or ""  # recorded with the CRLs it signs (several hosts)
         apache = None
         if settings.apache.enabled:
 
@@ -215,13 +228,16 @@ class Runtime:
             )
         return rt
 
-    def check_publication(self) -> None:
-        """The periodic job: fresh CRLs (retiring CAs whose certificates all ended are
-        retired), and Apache files matching them. Never raises."""
-        if self.crls is not None:
-            self.crls.check()
-        else:
-            self.crl.check()
+    def check_publication(self, lead: bool = True) -> None:
+        """The periodic job: the index's latest CRL in this host's files; fresh CRLs, made
+        by the leading host only (retiring CAs whose certificates all ended are retired);
+        and Apache files matching them. Never raises."""
+        self.follow_crl()
+        if lead:
+            if self.crls is not None:
+                self.crls.check()
+            else:
+                self.crl.check()
         if self.apache is not None:
             self.apache.check()
 
@@ -236,6 +252,17 @@ class Runtime:
             ResponderPublisher(
                 pub.folder, pub.ca, self.clock, self.responder.linter, self.hooks.audit
             ).check()
+
+    def follow_crl(self) -> None:
+        """Publish a CRL another host sharing the index signed. Never raises."""
+        if not self.settings.clustered:
+            return  # the only host signs every CRL itself
+        try:
+            self.crl.follow()
+        except CertdropError as exc:
+            log.error("publishing the index's latest CRL: %s", exc)
+        except Exception:
+            log.exception("publishing the index's latest CRL failed")
 
     def close(self) -> None:
         if self.apache is not None:

@@ -20,6 +20,7 @@ from ..errors import CertdropError, IndexUnavailable
 from ..index import control as commands
 from ..intake.inbox import Inbox, WorkItem, WorkQueue
 from ..issue.outcomes import Outcome, Result
+from .cluster import Cluster
 from .control import execute_control
 from .runtime import Runtime
 
@@ -39,6 +40,7 @@ class Host(Protocol):
 
     rt: Runtime | None
     inbox: Inbox | None
+    cluster: Cluster | None  # None: the only host
     stop_requested: threading.Event
     reload_requested: threading.Event
 
@@ -237,6 +239,29 @@ class Worker:
         if self._recover_at is None or at < self._recover_at:
             self._recover_at = at
 
+    def _take_over(self, rt: Runtime) -> None:
+        """The claims of hosts taken for dead, moved into this host's folder, are
+        processed as after a crash (the index knows what they recorded already)."""
+        cluster = self.host.cluster
+        if cluster is not None and cluster.taken_for_dead.is_set():
+            # the batches in flight are another host's now: their commits are refused
+            # (put back, and gone from this host's folder); then this host joins again
+            rt.batches.flush(self)
+            try:
+                cluster.rejoin()
+            except CertdropError as exc:
+                log.error("joining the hosts again: %s", exc)
+                return
+            self.retry_work_later()  # what was claimed meanwhile is processed again
+        if cluster is None or not cluster.take_over(rt.spool):
+            return
+        rt.batches.flush(self)
+        try:
+            self.recover(rt)
+        except (OSError, IndexUnavailable) as exc:
+            log.error("the requests taken over could not be processed yet: %s", exc)
+            self.retry_work_later()
+
     def _poll_controls(self, rt: Runtime) -> None:
         """Recovery of work/ when due, and operator commands; a batch in flight is
         finished first only when there is something to do."""
@@ -255,9 +280,11 @@ class Worker:
                 self.retry_work_later()
             else:
                 self.recover_delay = RECOVER_FIRST_DELAY
+        self._take_over(rt)
+        cluster = self.host.cluster
         try:
             with rt.store.begin() as conn:
-                todo = commands.open_commands(conn)
+                todo = commands.open_commands(conn, cluster.host if cluster else None)
         except Exception:
             log.exception("cannot read the control table")
             return

@@ -217,3 +217,27 @@ def test_status_shows_the_watch_mode_without_a_daemon(tmp_path: Path) -> None:
     code, out, err = env.cli("status")
     [line] = [ln for ln in out.splitlines() if ln.startswith("watch ")]
     assert line.endswith(" (mode auto)") and "inbox on " in line
+
+
+def test_status_shows_this_host_the_leader_and_the_hosts(tmp_path: Path) -> None:
+    """With SQLite the one host leads; before its first run it has no id, after a clean
+    stop it shows as stopped and nobody leads."""
+    env = make_env(tmp_path)
+    code, out, err = env.cli("status", "--json")
+    assert code == 0, err
+    assert json.loads(out)["cluster"] == {"host": None, "leader": None, "hosts": []}
+    d = DaemonThread(env).start()
+    try:
+        host = (env.state / "host-id").read_text().strip()
+        code, out, err = env.cli("status", "--json")
+        doc = json.loads(out)["cluster"]
+        assert (doc["host"], doc["leader"]) == (host, host)
+        assert [(h["id"], h["state"]) for h in doc["hosts"]] == [(host, "alive")]
+        code, out, err = env.cli("status")
+        [line] = [ln for ln in out.splitlines() if ln.startswith("cluster")]
+        assert line.split(None, 1)[1] == (f"this host {host}, leader {host}; hosts: {host} alive")
+    finally:
+        d.stop()
+    doc = json.loads(env.cli("status", "--json")[1])["cluster"]
+    assert doc["leader"] is None
+    assert [(h["id"], h["state"]) for h in doc["hosts"]] == [(host, "stopped")]

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from certdrop.errors import StoreError
-from certdrop.index import cas, control, mailqueue, outputs, warned
+from certdrop.index import cas, control, mailqueue, membership, outputs, warned
 from certdrop.index.migrate import copy_index, table_checksums
 from certdrop.index.schema import metadata
 from certdrop.index.store import NewCertificate, Store
@@ -83,6 +83,9 @@ def fill(store: Store, n: int = 120) -> None:
             ca = cas.NewCa(ident * 32, "CN=Zoë's CA", ident, start, start, b"\x30\x00")
             cas.register_issuing(conn, ca, start)
         store.set_meta(conn, "expiry_last_sweep", T0.isoformat())
+        membership.register(conn, "ca1-00aa11", 4242, T0)
+        membership.try_lead(conn, "ca1-00aa11", T0, 20.0)
+        membership.save_crl(conn, "ab" * 32, 7, b"\x30\x00\xff", T0, "ca1-00aa11")
 
 
 @pytest.fixture

@@ -274,3 +274,55 @@ def test_a_large_crl_is_linted_through_a_sample_of_its_shape(tmp_path: Path) -> 
     assert len(published) == n
     assert {r.serial_number for r in published} == {0x1000 + i for i in range(n)}
     assert stock_linter().crl(der) == []  # the whole CRL, as the sample promised
+
+
+def _second_host(rig: Rig, root: Path) -> tuple[CrlPublisher, list[int]]:
+    """Another host's publisher: the same CA and index, a state folder of its own."""
+    state = root / "state2"
+    state.mkdir()
+    other = CrlPublisher(rig.env.settings.crl, state, rig.store, rig.ca, rig.clock, linter=None)
+    other.host = "two-000002"
+    told: list[int] = []
+    other.add_listener(
+        lambda: told.append(CrlFacts.of(x509.load_der_x509_crl(other.der_path.read_bytes())).number)
+    )
+    return other, told
+
+
+def test_another_host_publishes_the_crl_signed_here(rig: Rig, tmp_path: Path) -> None:
+    other, told = _second_host(rig, tmp_path)
+    assert other.follow() is None and not other.der_path.exists()  # none signed yet
+    rig.crl.host = "one-000001"
+    rig.add_revoked("0A01", "alice", "keyCompromise")
+    first = rig.crl.regenerate("test").number
+    facts = other.follow()
+    assert facts is not None and facts.number == first and told == [first]
+    assert other.der_path.read_bytes() == rig.crl.der_path.read_bytes()
+    assert other.pem_path.read_bytes() == rig.crl.pem_path.read_bytes()
+    assert other.follow() is None and told == [first]  # nothing new
+    # a CRL the other host signs has a later number, and comes back here
+    rig.clock.advance(dt.timedelta(hours=1))
+    second = other.regenerate("on the other host").number
+    assert second > first
+    assert rig.crl.follow() is not None and rig.facts().number == second
+    assert rig.told == [first, second]
+
+
+def test_a_crl_newer_than_the_index_s_goes_into_the_index(rig: Rig, tmp_path: Path) -> None:
+    """An index that holds no CRL yet (moved over with migrate-db from a release that did
+    not keep them): the host's own CRL is stored for the others, not replaced."""
+    import sqlalchemy as sa
+
+    from certdrop.index.schema import crls
+
+    rig.crl.regenerate("one")
+    rig.clock.advance(dt.timedelta(hours=1))
+    mine_number = rig.crl.regenerate("two").number
+    with rig.store.begin() as conn:
+        conn.execute(sa.delete(crls))
+    mine = rig.crl.der_path.read_bytes()
+    assert rig.crl.follow() is None
+    assert rig.crl.der_path.read_bytes() == mine
+    other, told = _second_host(rig, tmp_path)
+    assert other.follow() is not None and told == [mine_number]
+    assert other.der_path.read_bytes() == mine

@@ -49,10 +49,14 @@ class Host:
     inbox: Inbox | None = None
     scheduler: Scheduler | None = field(default_factory=RecordingScheduler)
     busy: bool = False
+    leader: bool = True
 
     @property
     def busy_with_requests(self) -> bool:
         return self.busy
+
+    def is_leader(self) -> bool:
+        return self.leader
 
 
 @pytest.fixture

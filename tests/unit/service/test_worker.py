@@ -27,6 +27,7 @@ class Host:
     def __init__(self, rt: Runtime | None, queue: WorkQueue, inbox: Inbox | None) -> None:
         self.rt = rt
         self.inbox = inbox
+        self.cluster = None  # the only host
         self.queue = queue
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
