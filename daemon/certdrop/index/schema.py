@@ -13,8 +13,9 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 5  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
-# 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs
+SCHEMA_VERSION = 6  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
+# 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs;
+# 6: ix_cert_attrs_value (value, attr) instead of ix_cert_attrs_lookup (attr, value)
 
 metadata = sa.MetaData()
 
@@ -66,9 +67,13 @@ cert_attrs = sa.Table(
     sa.Column("serial", sa.String(42), sa.ForeignKey("certificates.serial"), nullable=False),
     sa.Column("attr", sa.String(32), nullable=False),
     sa.Column("value", sa.Text, nullable=False),  # casefolded
-    sa.Index("ix_cert_attrs_lookup", "attr", "value"),
+    # value first: a search for values of one attribute has no index of the attribute
+    # alone to fall back on, which PostgreSQL, before it has statistics (a burst into a
+    # new index), takes to be selective, then reads every row of that attribute
+    sa.Index("ix_cert_attrs_value", "value", "attr"),
     sa.Index("ix_cert_attrs_serial", "serial"),
 )
+attrs_value_index = next(i for i in cert_attrs.indexes if i.name == "ix_cert_attrs_value")
 EMAIL_ATTR = "email"  # not a subject attribute's name: it never meets the uniqueness rules
 
 journal = sa.Table(
@@ -214,6 +219,9 @@ def migrate(conn: Connection, version: int) -> None:
         for index in LOOKUP_INDEXES:
             index.create(conn, checkfirst=True)
         _add_email_rows(conn)
+    if version < 6:
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_cert_attrs_lookup")
+        attrs_value_index.create(conn, checkfirst=True)
     conn.execute(
         sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
     )

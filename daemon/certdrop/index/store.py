@@ -348,23 +348,33 @@ class Store:
     ) -> dict[tuple[str, str], list[CertRecord]]:
         """Valid certificates carrying any of the (attribute, folded value) pairs.
 
-        One query per attribute (`attr = ? AND value IN (...)`), which SQLite answers
-        with searches of ix_cert_attrs_lookup. It does not match a row-value IN on
-        (attr, value) to that index: that query walks every valid certificate
-        (tests/unit/index/test_store.py checks the plan).
+        Per attribute, the serials carrying its values (a search of ix_cert_attrs_value),
+        then those certificates by primary key, the valid ones kept here. Each statement
+        has one index that answers all of its conditions: no plan that hangs on the
+        planner's estimates, which PostgreSQL has none of in a new index during a burst
+        (a join, or a status condition, had it read every valid certificate per batch).
+        tests/unit/index/test_store.py checks the plans on both backends.
         """
         by_attr: dict[str, list[str]] = {}
         for attr, value in dict.fromkeys(keys):
             by_attr.setdefault(attr, []).append(value)
         out: dict[tuple[str, str], list[CertRecord]] = {}
+        cutoff = from_epoch(to_epoch(now))  # whole seconds, as the index keeps times
         for attr, values in by_attr.items():
             for start in range(0, len(values), 500):
-                rows = conn.execute(
-                    _VALID_WITH_ATTR,
-                    {"attr": attr, "values": values[start : start + 500], "now": to_epoch(now)},
-                )
-                for r in rows:
-                    out.setdefault((attr, r._mapping["_value"]), []).append(_record(r))
+                pairs = conn.execute(
+                    _SERIALS_WITH_ATTR, {"attr": attr, "values": values[start : start + 500]}
+                ).all()
+                wanted = list(dict.fromkeys(serial for serial, _value in pairs))
+                valid: dict[str, CertRecord] = {}
+                for first in range(0, len(wanted), 500):
+                    for r in conn.execute(_BY_SERIALS, {"serials": wanted[first : first + 500]}):
+                        rec = _record(r)
+                        if rec.status == "valid" and rec.not_after > cutoff:  # type: ignore[operator]
+                            valid[rec.serial] = rec
+                for serial, value in pairs:
+                    if serial in valid:
+                        out.setdefault((attr, value), []).append(valid[serial])
         return out
 
     def by_fingerprints(
@@ -433,7 +443,7 @@ class Store:
         `ref` is a serial (hex, any case, colons allowed; with a 0x prefix it is only a
         serial), a request name (exact), a CN or an e-mail address (subject or SAN; both
         case-insensitive). Each is a search of an index: the primary key,
-        ix_certificates_request_name, ix_cert_attrs_lookup.
+        ix_certificates_request_name, ix_cert_attrs_value.
         """
         ref = ref.strip()
         how: dict[str, list[str]] = {}
@@ -716,15 +726,9 @@ def _pending(row: Any) -> PendingRecord:
 # The statements the issue layer runs for every batch, built once: building a select
 # is most of the cost of a small query (SQLAlchemy caches the compiled form by a key
 # it computes from the statement object, once for an object that is reused).
-_VALID_WITH_ATTR = (
-    sa.select(certificates, cert_attrs.c.value.label("_value"))
-    .join(cert_attrs, cert_attrs.c.serial == certificates.c.serial)
-    .where(
-        cert_attrs.c.attr == sa.bindparam("attr"),
-        cert_attrs.c.value.in_(sa.bindparam("values", expanding=True)),
-        certificates.c.status == "valid",
-        certificates.c.not_after > sa.bindparam("now"),
-    )
+_SERIALS_WITH_ATTR = sa.select(cert_attrs.c.serial, cert_attrs.c.value).where(
+    cert_attrs.c.value.in_(sa.bindparam("values", expanding=True)),
+    cert_attrs.c.attr == sa.bindparam("attr"),
 )
 _BY_FINGERPRINTS = (
     sa.select(certificates)
@@ -749,12 +753,20 @@ _PENDING_BY_NAMES = sa.select(pending).where(
 
 
 def insert_many(conn: Transaction, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """INSERT many rows with one executemany straight to the driver.
+    """INSERT many rows straight to the driver: one executemany (SQLite), or one
+    statement of arrays (PostgreSQL, where each row of an executemany still costs).
 
     SQLAlchemy's per-row parameter processing is most of the cost of a batch of
     thousands; the values here are plain ints, strings and bytes already, which every
     driver takes as they are. The statement is still compiled for the dialect.
     """
+    if conn.dialect.name == "postgresql":
+        # one statement whatever the number of rows: the columns as arrays, unnested
+        keys = tuple(rows[0])
+        conn.exec_driver_sql(
+            _unnest_sql(table, keys, conn.dialect), tuple([r[k] for r in rows] for k in keys)
+        )
+        return
     sql, order = _insert_sql(table, tuple(rows[0]), conn.dialect)
     if order is not None:
         params: list[Any] = [tuple(r[k] for k in order) for r in rows]
@@ -772,6 +784,14 @@ def _insert_sql(
     compiled = sa.insert(table).compile(dialect=dialect, column_keys=list(keys))
     order = tuple(compiled.positiontup or ()) if compiled.positional else None
     return str(compiled), order
+
+
+@functools.lru_cache(maxsize=64)
+def _unnest_sql(table: sa.Table, keys: tuple[str, ...], dialect: Any) -> str:
+    """PostgreSQL's INSERT of many rows given as one array per column."""
+    arrays = ", ".join(f"%s::{table.c[k].type.compile(dialect=dialect)}[]" for k in keys)
+    # names from the schema, values as parameters
+    return f"INSERT INTO {table.name} ({', '.join(keys)}) SELECT * FROM unnest({arrays})"  # noqa: S608
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

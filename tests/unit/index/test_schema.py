@@ -89,7 +89,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
         assert "ix_outputs_path" in {i["name"] for i in insp.get_indexes("outputs")}
         assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "5"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "6"
             # the CRL reads the revoked certificates from that index alone
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
@@ -295,5 +295,46 @@ def test_hosts_that_start_at_once_migrate_an_old_index_once(index_url: str) -> N
                 "SELECT value FROM cert_attrs WHERE attr = 'email' ORDER BY value"
             ).all()
         assert [r[0] for r in rows] == ["a@example.org", "alice@example.org"]
+    finally:
+        store.close()
+
+
+def test_a_version_5_index_gets_the_value_first_attribute_index(index_url: str) -> None:
+    """Schema 6: ix_cert_attrs_value (value, attr) replaces ix_cert_attrs_lookup (attr,
+    value); the rows stay and the lookups find them."""
+    store = Store(index_url).open()
+    with store.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_cert_attrs_value")
+        conn.exec_driver_sql("CREATE INDEX ix_cert_attrs_lookup ON cert_attrs (attr, value)")
+        store.add_certificates(
+            conn,
+            [
+                NewCertificate(
+                    serial="0A",
+                    subject="CN=Old",
+                    common_name="Old",
+                    email="",
+                    not_before=T0 - dt.timedelta(days=1),
+                    not_after=T0 + dt.timedelta(days=30),
+                    profile="client",
+                    request_name="old",
+                    request_fingerprint="",
+                    issued_at=T0 - dt.timedelta(days=1),
+                    der=b"0",
+                    attrs=[("CN", "Old")],
+                )
+            ],
+        )
+        store.set_meta(conn, "schema_version", "5")
+    store.close()
+
+    store = Store(index_url).open()
+    try:
+        names = {i["name"] for i in sa.inspect(store.engine).get_indexes("cert_attrs")}
+        assert "ix_cert_attrs_value" in names and "ix_cert_attrs_lookup" not in names
+        with store.begin() as conn:
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION)
+            assert [m.record.serial for m in store.lookup(conn, "OLD")] == ["0A"]
+            assert list(store.existing_valid(conn, [("CN", "old")], T0)) == [("CN", "old")]
     finally:
         store.close()
