@@ -50,7 +50,9 @@ def status(as_json: bool, days: int) -> None:
             counts = store.counts(conn, now)
             outcomes = store.outcome_counts(conn)
             pend = store.list_pending(conn)
-            expiring = store.list_certs(conn, now=now, expiring_within=dt.timedelta(days=days))
+            expiring = store.list_certs(
+                conn, now=now, expiring_within=dt.timedelta(days=days), der=False
+            )
             extra = _status_extras(store, conn, s, now)
     finally:
         store.close()
@@ -158,9 +160,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Left-aligned columns, two spaces apart; the last column is not padded."""
     widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
-    click.echo(fmt.format(*headers).rstrip())
-    for row in rows:
-        click.echo(fmt.format(*row).rstrip())
+    # one write: a listing of a big index has tens of thousands of lines
+    click.echo("\n".join(fmt.format(*row).rstrip() for row in (headers, *rows)))
 
 
 StatusExtra = Callable[["Store", Any, "Settings", dt.datetime], dict[str, Any]]
@@ -235,6 +236,7 @@ def list_cmd(as_json: bool, status_filter: str, expiring: int | None, search: st
                 now=now,
                 expiring_within=dt.timedelta(days=expiring) if expiring is not None else None,
                 search=search,
+                der=False,
             )
     finally:
         store.close()

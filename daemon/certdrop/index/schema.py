@@ -15,7 +15,8 @@ from ..errors import StoreError
 
 SCHEMA_VERSION = 6  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
 # 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs;
-# 6: ix_cert_attrs_value (value, attr) instead of ix_cert_attrs_lookup (attr, value)
+# 6: ix_cert_attrs_value (value, attr) instead of ix_cert_attrs_lookup (attr, value);
+# ix_certificates_expiry (status, not_after) instead of ix_certificates_status
 
 metadata = sa.MetaData()
 
@@ -38,7 +39,7 @@ certificates = sa.Table(
     sa.Column("profile", sa.String(64), nullable=False),
     sa.Column("request_name", sa.Text, nullable=False, default=""),
     sa.Column("request_fingerprint", sa.String(64), nullable=False, default="", index=True),
-    sa.Column("status", sa.String(16), nullable=False, default="valid", index=True),
+    sa.Column("status", sa.String(16), nullable=False, default="valid"),
     sa.Column("revoked_at", sa.BigInteger),
     sa.Column("revocation_reason", sa.String(32)),
     sa.Column("superseded_by", sa.String(42)),
@@ -48,6 +49,10 @@ certificates = sa.Table(
     sa.Column("key_generated", sa.Boolean, nullable=False, default=False),
     sa.Column("der", sa.LargeBinary, nullable=False),
 )
+
+# the valid certificates ending in a window (list --expiring, the expiry warnings), in
+# order of their end: a range of this index, not a walk of every valid certificate
+expiry_index = sa.Index("ix_certificates_expiry", certificates.c.status, certificates.c.not_after)
 
 # the CRL reads every revoked certificate from this index alone, not from the table's rows
 # (which hold the DER): no table scan
@@ -222,6 +227,8 @@ def migrate(conn: Connection, version: int) -> None:
     if version < 6:
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_cert_attrs_lookup")
         attrs_value_index.create(conn, checkfirst=True)
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_certificates_status")
+        expiry_index.create(conn, checkfirst=True)
     conn.execute(
         sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
     )

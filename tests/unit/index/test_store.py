@@ -175,6 +175,35 @@ def test_the_uniqueness_lookup_searches_indexes_with_all_its_conditions(store: S
                 assert "certificates_pkey" in text and "serial)::text = " in conds[0], text
 
 
+def test_the_expiring_listing_is_a_range_of_the_expiry_index(store: Store) -> None:
+    """`list --expiring` and the expiry warnings read the valid certificates ending in a
+    window from ix_certificates_expiry (status, not_after), already in order: neither a
+    walk of every valid certificate nor a sort."""
+    with store.begin() as conn:
+        store.add_certificates(
+            conn, [_cert(i, [("CN", f"u{i}")], days=1 + i % 365) for i in range(2_000)]
+        )
+
+    def run() -> None:
+        with store.begin() as conn:
+            got = store.list_certs(conn, now=NOW, expiring_within=dt.timedelta(days=30), der=False)
+            assert len(got) == sum(1 + i % 365 <= 30 for i in range(2_000)) and got[0].der == b""
+            assert [r.not_after for r in got] == sorted(r.not_after for r in got)
+
+    ran = _statements(store, run)
+    assert len(ran) == 1
+    plan = _plan(store, *ran[0])
+    text = "\n".join(plan)
+    if store.dialect == "sqlite":
+        assert plan == [
+            "SEARCH certificates USING INDEX ix_certificates_expiry "
+            "(status=? AND not_after>? AND not_after<?)"
+        ], plan
+    else:
+        assert "ix_certificates_expiry" in text and "Sort" not in text, text
+        assert "not_after >" in text and "not_after <=" in text, text
+
+
 def test_a_serial_already_in_the_index_collides(store: Store) -> None:
     with store.begin() as conn:
         store.add_certificate(conn, _cert(7, [("CN", "Alice")]))
