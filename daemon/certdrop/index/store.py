@@ -485,30 +485,42 @@ class Store:
         or e-mail address contains that text, in any case (no index answers "contains":
         a walk of the table). der=False: the records' `der` is b"", not read."""
         columns = [c for c in certificates.columns if der or c.name != "der"]
-        q = sa.select(*columns).order_by(certificates.c.not_after)
-        if search is not None:
-            q = q.where(_contains(search))
-        if status == "expired":
-            assert now is not None
-            q = q.where(certificates.c.status == "valid", certificates.c.not_after <= to_epoch(now))
-        elif status == "valid":
-            assert now is not None
-            q = q.where(certificates.c.status == "valid", certificates.c.not_after > to_epoch(now))
-        elif status is not None:
-            q = q.where(certificates.c.status == status)
-        if expiring_within is not None:
-            assert now is not None
-            q = q.where(
-                certificates.c.status == "valid",
-                certificates.c.not_after > to_epoch(now),
-                certificates.c.not_after <= to_epoch(now + expiring_within),
-            )
-        if limit is not None:
-            q = q.limit(limit)
+        q = _listing(columns, status, now, expiring_within, search, limit)
         # straight from the driver's cursor: SQLAlchemy's per-row work was most of the
         # time of a listing of tens of thousands
         names = [c.name for c in columns]
         return [_record_of(dict(zip(names, r, strict=True))) for r in _driver_rows(conn, q)]
+
+    def list_lines(
+        self,
+        conn: Transaction,
+        *,
+        status: str | None = None,
+        now: dt.datetime,
+        expiring_within: dt.timedelta | None = None,
+        search: str | None = None,
+    ) -> list[tuple[str, str, str, str, str, str]]:
+        """What `list_certs` selects, as the CLI's table shows it: (serial, status with
+        "expired" for a valid one past its end, end date YYYY-MM-DD, profile, request
+        name, subject) per certificate; no record built (a listing of a big index has
+        tens of thousands)."""
+        c = certificates.c
+        q = _listing(
+            [c.serial, c.status, c.not_after, c.profile, c.request_name, c.subject],
+            status,
+            now,
+            expiring_within,
+            search,
+            None,
+        )
+        t = to_epoch(now)
+        epoch_day = dt.date(1970, 1, 1).toordinal()
+        out = []
+        for serial, state, end, profile, name, subject in _driver_rows(conn, q):
+            state = "expired" if state == "valid" and end <= t else state
+            ymd = dt.date.fromordinal(epoch_day + end // 86_400).isoformat()  # UTC
+            out.append((serial, state, ymd, profile, name, subject))
+        return out
 
     def revoke(self, conn: Transaction, serial: str, reason: str, when: dt.datetime) -> CertRecord:
         rec = self.get(conn, serial)
@@ -759,6 +771,38 @@ _BY_NAME_OR_EMAIL = sa.select(cert_attrs.c.serial, cert_attrs.c.attr).where(
 _PENDING_BY_NAMES = sa.select(pending).where(
     pending.c.name.in_(sa.bindparam("names", expanding=True))
 )
+
+
+def _listing(
+    columns: Sequence[sa.ColumnElement[Any]],
+    status: str | None,
+    now: dt.datetime | None,
+    expiring_within: dt.timedelta | None,
+    search: str | None,
+    limit: int | None,
+) -> sa.Select[Any]:
+    """The SELECT of `list_certs` and `list_lines`."""
+    q = sa.select(*columns).order_by(certificates.c.not_after)
+    if search is not None:
+        q = q.where(_contains(search))
+    if status == "expired":
+        assert now is not None
+        q = q.where(certificates.c.status == "valid", certificates.c.not_after <= to_epoch(now))
+    elif status == "valid":
+        assert now is not None
+        q = q.where(certificates.c.status == "valid", certificates.c.not_after > to_epoch(now))
+    elif status is not None:
+        q = q.where(certificates.c.status == status)
+    if expiring_within is not None:
+        assert now is not None
+        q = q.where(
+            certificates.c.status == "valid",
+            certificates.c.not_after > to_epoch(now),
+            certificates.c.not_after <= to_epoch(now + expiring_within),
+        )
+    if limit is not None:
+        q = q.limit(limit)
+    return q
 
 
 def _driver_rows(conn: Transaction, stmt: sa.Select[Any]) -> Sequence[Any]:
