@@ -19,7 +19,7 @@ PEER_PATH := /usr/sbin:/sbin$(foreach d,$(wildcard /usr/lib/postgresql/*/bin),:$
 $(BIN)/certdrop: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,metrics,postgresql]'
+	$(BIN)/pip install --quiet -e '.[test,metrics,postgresql,serve]'
 	touch $@
 
 venv: $(BIN)/certdrop

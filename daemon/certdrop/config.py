@@ -87,6 +87,12 @@ class CASettings(_Section):
     key_type: KeyType = "ec-p256"
     validity_days: PositiveInt = 3650
     key_passphrase_file: str = ""
+    # a two-tier CA (init --offline-root): the issuing CA's name constraints, the root
+    permitted_email_domains: list[str] = []
+    permitted_dns_domains: list[str] = []
+    root_common_name: str = Field("", max_length=64)  # "" = common_name + " Root"
+    root_validity_days: PositiveInt = 7300
+    root_crl_days: int = Field(365, ge=2, le=3650)
 
     @field_validator("country")
     @classmethod
@@ -94,6 +100,25 @@ class CASettings(_Section):
         if value and not re.fullmatch(r"[A-Z]{2}", value):
             raise ValueError("must be a two-letter ISO 3166 country code in capitals, like BE")
         return value
+
+    @field_validator("permitted_email_domains", "permitted_dns_domains")
+    @classmethod
+    def _permitted(cls, value: list[str]) -> list[str]:
+        return [_domain(d) for d in value]
+
+    @model_validator(mode="after")
+    def _tiers(self) -> CASettings:
+        if not self.root_common_name and len(self.root_name) > 64:
+            raise ValueError(
+                "common_name + ' Root' is longer than 64 characters; set root_common_name "
+                "(at most 64)"
+            )
+        return self
+
+    @property
+    def root_name(self) -> str:
+        """The offline root's common name."""
+        return self.root_common_name or f"{self.common_name} Root"
 
 
 class PolicySettings(_Section):
@@ -324,6 +349,37 @@ class MetricsSettings(_Section):
         return value
 
 
+class HttpSettings(_Section):
+    """`certdrop serve`: where it listens, and the public URL relying parties use."""
+
+    listen: str = "127.0.0.1:8080"
+    base_url: str = ""  # "" = issued certificates carry no AIA (and no CRL URL of their own)
+    workers: int = Field(0, ge=0, le=64)  # processes answering; 0 = one per CPU
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        try:
+            split_listen(value)
+        except ValueError:
+            raise ValueError(
+                'must be HOST:PORT such as "127.0.0.1:8080", "0.0.0.0:80" or "[::]:8080"'
+            ) from None
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        url = value.strip().rstrip("/")
+        host = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)"
+        if url and not re.fullmatch(rf"https?://{host}(:\d{{1,5}})?(/[A-Za-z0-9._~\-/%]*)?", url):
+            raise ValueError(
+                "must be an http:// or https:// URL without query or fragment, such as "
+                '"http://ca.example.org" or "http://pki.example.org/certdrop"'
+            )
+        return url
+
+
 def split_listen(value: str) -> tuple[str, int]:
     """'127.0.0.1:9102' / '[::1]:9102' / 'localhost:9102' -> (host, port)."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.\-]+):(\d{1,5})", value.strip())
@@ -357,6 +413,7 @@ class Settings(BaseSettings):
     mail: MailSettings = MailSettings()
     watch: WatchSettings = WatchSettings()
     metrics: MetricsSettings = MetricsSettings()
+    http: HttpSettings = HttpSettings()
 
     # the file these settings came from (not a key of the file)
     _source: Path | None = None
@@ -417,6 +474,21 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.paths.database or f"sqlite:///{self.paths.state / 'index.sqlite'}"
+
+    @property
+    def crl_url(self) -> str:
+        """The CRL distribution point issued certificates carry ("" = none): `[crl]
+        distribution_point` when set (another place, an ldap:// URL), else under base_url."""
+        base = self.http.base_url
+        return self.crl.distribution_point or (f"{base}/crl.der" if base else "")
+
+    @property
+    def ocsp_url(self) -> str:
+        return f"{self.http.base_url}/ocsp" if self.http.base_url else ""
+
+    @property
+    def ca_issuers_url(self) -> str:
+        return f"{self.http.base_url}/ca.cer" if self.http.base_url else ""
 
     def profile_pkcs12_encryption(self, profile: str) -> str:
         override = self.profiles[profile].pkcs12_encryption

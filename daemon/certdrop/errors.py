@@ -61,3 +61,7 @@ class MailError(CertdropError):
 
 class LintError(CertdropError):
     """A to-be-signed certificate or CRL has lint findings of WARNING or worse."""
+
+
+class ServeError(CertdropError):
+    """`certdrop serve` cannot start or cannot answer (address in use, no CA, no aiohttp)."""

@@ -179,3 +179,35 @@ def move_file(src: Path, dst: Path, mode: int) -> None:
         os.unlink(src)
         return
     fsync_dir(dst.parent)
+
+
+def copy_file(src: Path, dst: Path, mode: int) -> tuple[str, int]:
+    """Copy `src` (never through a symlink) to `dst` atomically and durably with `mode`;
+    returns the SHA-256 (hex) and size of the bytes copied."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = 0
+    tmp = _tmp_name(dst)
+    with open_nofollow(src) as rfd:
+        os.set_blocking(rfd, True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            try:
+                while chunk := os.read(rfd, 1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, dst)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    fsync_dir(dst.parent)
+    return digest.hexdigest(), size

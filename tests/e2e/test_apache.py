@@ -463,3 +463,69 @@ debounce_seconds = 0.2
         if d is not None:
             d.stop()
         httpd.stop()
+
+
+# --- a two-tier CA: the offline root's CRL ----------------------------------------------------------
+def test_two_tier_ca_with_the_root_crl_lets_clients_in(tmp_path: Path) -> None:
+    """init --offline-root: the issuing CA and the root in Apache's bundle, the root's CRL
+    beside the issuing CA's, SSLCARevocationCheck chain lets a client in; openssl verifies
+    the client certificate up to the root; root-crl publishes its next CRL through the
+    running daemon."""
+    httpd = ApacheServer(tmp_path / "apache", "# certdrop block goes here\n").start()
+    d: DaemonThread | None = None
+    try:
+        extra = f"""
+[apache]
+enabled = true
+ca_file = "{httpd.root}/certdrop/ca-bundle.pem"
+crl_file = "{httpd.root}/certdrop/crl.pem"
+configtest_command = {json.dumps(httpd.configtest_command)}
+reload_command = {json.dumps(httpd.reload_command)}
+debounce_seconds = 0.2
+"""
+        env = make_env(tmp_path / "ca", extra=extra, init=False)
+        media, pass_file = tmp_path / "media", tmp_path / "root-pass"
+        pass_file.write_text("root secret\n")
+        root_args = ["--offline-root", str(media), "--root-passphrase-file", str(pass_file)]
+        code, _, err = env.cli("init", *root_args)
+        assert code == 0, err
+        code, block, err = env.cli("apache-config", "--log-file", str(httpd.root / "logs/c.log"))
+        assert code == 0, err
+        assert "SSLVerifyDepth 2" in block and "SSLCARevocationCheck chain" in block
+        httpd.set_client_auth(block)
+        d = DaemonThread(env).start()
+        setup = Setup(env, httpd, d, tmp_path / "users")
+        wait_for(lambda: httpd.curl()[1] != 0, timeout=30, what="Apache to require certificates")
+        root = load_cert(media / "root.cer")
+        bundle = x509.load_pem_x509_certificates(setup.ca_file.read_bytes())
+        assert [c.subject for c in bundle] == [load_cert(env.ca_cert).subject, root.subject]
+
+        alice, alice_key = setup.issue("alice", "Alice Example", "alice@example.org")
+        wait_for(lambda: setup.status(alice, alice_key) == 200, timeout=30, what="alice let in")
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(media / "root.cer"), "-untrusted",
+             str(env.state / "chain.pem"), "-untrusted", str(env.ca_cert), str(alice)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert verify.stdout.strip().endswith(": OK"), verify.stdout + verify.stderr
+
+        # the ceremony, while the daemon runs: the new root CRL reaches Apache's file
+        res = env.cli_proc("root-crl", *root_args)
+        assert res.returncode == 0, res.stderr
+        assert "Apache: reloaded" in res.stdout
+        blocks = setup.crl_file.read_text().split("-----END X509 CRL-----")[:-1]
+        crls = [x509.load_pem_x509_crl((b + "-----END X509 CRL-----\n").encode()) for b in blocks]
+        assert crls[1].issuer == root.subject
+        assert (
+            crls[1].public_bytes(serialization.Encoding.PEM)
+            == (media / "root-crl.pem").read_bytes()
+        )
+        assert setup.status(alice, alice_key) == 200
+
+        code, _, err = env.cli("revoke", "alice", "--reason", "keyCompromise")
+        assert code == 0, err
+        wait_for(lambda: setup.status(alice, alice_key) != 200, timeout=30, what="alice refused")
+    finally:
+        if d is not None:
+            d.stop()
+        httpd.stop()

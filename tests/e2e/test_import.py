@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certdrop.audit import read_audit
@@ -387,7 +388,14 @@ def test_import_json_publishes_the_crl_with_the_adopted_revocations(
     doc = json.loads(res.stdout)
     assert doc["counts"]["revoked"] == 1
     assert doc["crl"]["status"] == "published"
-    assert doc["crl"]["detail"].startswith(f"CRL 1 published in {env.state / 'crl.pem'} and ")
+    number = (
+        x509.load_pem_x509_crl((env.state / "crl.pem").read_bytes())
+        .extensions.get_extension_for_class(x509.CRLNumber)
+        .value.crl_number
+    )
+    assert doc["crl"]["detail"].startswith(
+        f"CRL {number} published in {env.state / 'crl.pem'} and "
+    )
     assert "(1 revoked, next update " in doc["crl"]["detail"]
     assert _crl_serials(env) == {bob.serial_number}
     assert "certificate revoked" in openssl_verify(

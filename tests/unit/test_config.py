@@ -47,6 +47,7 @@ def test_demo_config_has_every_spec_key_and_loads() -> None:
             "password_file",
         ],
         "watch": ["mode", "poll_seconds", "settle_seconds", "max_request_bytes"],
+        "http": ["listen", "base_url"],
     }
     for section, keys in spec_keys.items():
         for key in keys:
@@ -119,6 +120,13 @@ def test_environment_overrides(tmp_path: Path) -> None:
             "refresh_before_days must be smaller",
         ),
         ("this is not toml", {}, "cannot be read"),
+        ('[http]\nlisten = "8080"\n', {}, "http.listen = '8080': must be HOST:PORT"),
+        (
+            '[http]\nbase_url = "ca.example.org"\n',
+            {},
+            "http.base_url = 'ca.example.org': must be an http:// or https:// URL",
+        ),
+        ("", {"CERTDROP_HTTP__WORKERS": "-1"}, "http.workers = '-1'"),
     ],
 )
 def test_invalid_configuration_is_one_clear_line(
@@ -141,3 +149,22 @@ def test_invalid_configuration_is_one_clear_line(
     assert proc.returncode == 78
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("certdrop: error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_base_url_gives_the_urls_issued_certificates_carry(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[http]\nbase_url = "http://pki.example.org/certdrop/"\n')
+    s = load_settings(cfg, {})
+    assert s.http.base_url == "http://pki.example.org/certdrop"
+    assert s.crl_url == "http://pki.example.org/certdrop/crl.der"
+    assert s.ocsp_url == "http://pki.example.org/certdrop/ocsp"
+    assert s.ca_issuers_url == "http://pki.example.org/certdrop/ca.cer"
+    # an explicit [crl] distribution_point wins for the CRL; none at all: no URLs
+    cfg.write_text(
+        '[http]\nbase_url = "http://pki.example.org"\n'
+        '[crl]\ndistribution_point = "ldap://ldap.example.org/cn=CA?certificateRevocationList"\n'
+    )
+    assert load_settings(cfg, {}).crl_url.startswith("ldap://")
+    cfg.write_text("")
+    s = load_settings(cfg, {})
+    assert (s.crl_url, s.ocsp_url, s.ca_issuers_url) == ("", "", "")

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from ..clock import utc_seconds
 from ..errors import CAError, LintError
@@ -57,6 +57,7 @@ EKU_OIDS = {
     "email_protection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
     "code_signing": ExtendedKeyUsageOID.CODE_SIGNING,
     "time_stamping": ExtendedKeyUsageOID.TIME_STAMPING,
+    "ocsp_signing": ExtendedKeyUsageOID.OCSP_SIGNING,  # the OCSP responder's (responder.py)
 }
 
 
@@ -74,6 +75,18 @@ class IssueSpec:
     dns_names: Sequence[str] = ()
     serial: int = 0
     crl_distribution_point: str = ""
+    ocsp_url: str = ""  # authorityInfoAccess: where relying parties ask OCSP
+    ca_issuers_url: str = ""  # authorityInfoAccess: where the issuing CA's certificate is
+    ocsp_nocheck: bool = False  # id-pkix-ocsp-nocheck: an OCSP responder's own certificate
+
+
+@dataclass(frozen=True)
+class CertificateUrls:
+    """Where relying parties find what issued certificates point to ("" = not carried)."""
+
+    crl: str = ""  # the CRL distribution point
+    ocsp: str = ""  # AIA: the OCSP responder
+    ca_issuers: str = ""  # AIA: the issuing CA's certificate
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,18 @@ class Staged:
     not_before: dt.datetime
     not_after: dt.datetime
     p12: bool = False
+
+
+# --- CRL numbers ------------------------------------------------------------------------------------
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def crl_number(now: dt.datetime, above: int = 0) -> int:
+    """The number of a CRL made at `now`: its time in nanoseconds since the epoch (as
+    Boulder numbers its CRLs), or `above` + 1 when that is larger (`above`: the highest
+    number known to be used). A number derived from the time cannot be used again by a
+    copy of the CA restored from an older backup, which a counter would be."""
+    return max((now - _EPOCH) // dt.timedelta(microseconds=1) * 1000, above + 1)
 
 
 # --- DER for CRL entries ---------------------------------------------------------------------------
@@ -230,6 +255,32 @@ def _crl_distribution_points(url: str) -> bytes:
         ),
         False,
     )
+
+
+# id-pe-authorityInfoAccess (1.3.6.1.5.5.7.1.1) and id-pkix-ocsp-nocheck (1.3.6.1.5.5.7.48.1.5)
+_AIA_OID = bytes.fromhex("06082b06010505070101")
+_OCSP_NOCHECK = tlv(0x30, bytes.fromhex("06092b0601050507300105") + tlv(0x04, b"\x05\x00"))
+
+
+@functools.lru_cache(maxsize=16)
+def _authority_information_access(ocsp_url: str, ca_issuers_url: str) -> bytes:
+    """authorityInfoAccess (RFC 5280 4.2.2.1), non-critical: OCSP first, then caIssuers."""
+    access = []
+    if ocsp_url:
+        access.append(
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+            )
+        )
+    if ca_issuers_url:
+        access.append(
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS,
+                x509.UniformResourceIdentifier(ca_issuers_url),
+            )
+        )
+    value = x509.AuthorityInformationAccess(access).public_bytes()
+    return tlv(0x30, _AIA_OID + tlv(0x04, value))
 
 
 def _signature_algorithm(key: PrivateKey, hash_: hashes.HashAlgorithm | None) -> bytes:
@@ -362,6 +413,10 @@ class CertificateAuthority:
             exts.append(_subject_alt_name_der(spec.emails, spec.dns_names, len(subject) == 0))
         if spec.crl_distribution_point:
             exts.append(_crl_distribution_points(spec.crl_distribution_point))
+        if spec.ocsp_url or spec.ca_issuers_url:
+            exts.append(_authority_information_access(spec.ocsp_url, spec.ca_issuers_url))
+        if spec.ocsp_nocheck:
+            exts.append(_OCSP_NOCHECK)
         serial = spec.serial.to_bytes(spec.serial.bit_length() // 8 + 1, "big")
         return tlv(
             0x30,

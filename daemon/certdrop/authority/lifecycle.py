@@ -2,7 +2,9 @@
 
     ca.key      the CA's private key (0600; encrypted when a passphrase is configured)
     ca.cer      the CA certificate (PEM); a CA exists once it exists
-    chain.pem   the certificates above an adopted intermediate CA, when there are any
+    chain.pem   the certificates above an intermediate CA (adopted, or under an offline
+                root), from its issuer to the root
+    chain-crls/ the CRLs of the CAs above it (the offline root's, from `root-crl`)
 
 Nothing here ever overwrites a CA. The CA key is read here only to be created or
 adopted (and written as configured); `CertificateAuthority.load` loads it for signing.
@@ -14,7 +16,7 @@ import datetime as dt
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +26,9 @@ from cryptography.x509.oid import NameOID
 from ..clock import utc_seconds
 from ..errors import CAError, LintError
 from ..fsutil import atomic_write, ensure_dir
+from .chain import verify_chain
 from .keys import (
+    PrivateKey,
     generate_key,
     load_ca_key,
     private_key_pem,
@@ -39,6 +43,8 @@ if TYPE_CHECKING:  # settings are pydantic models: not needed to sign
 CA_KEY = "ca.key"
 CA_CERT = "ca.cer"
 CA_CHAIN = "chain.pem"
+CHAIN_CRLS = "chain-crls"  # CRLs of the CAs above this one (root-crl, or the operator)
+ROOT_CRL_FILE = "root.crl"  # the offline root's CRL in CHAIN_CRLS
 
 LintFunction = Callable[[bytes], list[str]]
 """Lints a DER document: the findings that refuse it ([] = clean)."""
@@ -86,18 +92,8 @@ def load_ca_certificates(
     return cert, chain
 
 
-def create_ca(
-    state: Path,
-    settings: CASettings,
-    now: dt.datetime,
-    passphrase: bytes | None = None,
-    linter: LintFunction | None = None,
-) -> x509.Certificate:
-    """Create a new root CA in `state`; never overwrites an existing one."""
-    if ca_exists(state):
-        raise CAError(f"a CA already exists in {state}; certdrop never overwrites a CA")
-    ensure_dir(state, 0o700)
-    key = generate_key(settings.key_type)
+def ca_name(settings: CASettings, common_name: str) -> x509.Name:
+    """A CA's subject: the [ca] attributes with `common_name`."""
     attrs: list[x509.NameAttribute[str]] = []
     if settings.country:
         attrs.append(x509.NameAttribute(NameOID.COUNTRY_NAME, settings.country))
@@ -109,19 +105,59 @@ def create_ca(
         attrs.append(
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, settings.organizational_unit)
         )
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, settings.common_name))
-    name = x509.Name(attrs)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
+
+
+def name_constraints(settings: CASettings) -> x509.NameConstraints | None:
+    """The [ca] permitted_* domains as name constraints (None when there are none)."""
+    permitted: list[x509.GeneralName] = [
+        *(x509.RFC822Name(d) for d in settings.permitted_email_domains),
+        *(x509.DNSName(d) for d in settings.permitted_dns_domains),
+    ]
+    if not permitted:
+        return None
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
+def sign_ca_certificate(
+    subject: x509.Name,
+    public_key: Any,
+    signing_key: PrivateKey,
+    now: dt.datetime,
+    days: int,
+    *,
+    issuer: x509.Certificate | None = None,
+    path_length: int | None = 0,
+    constraints: x509.NameConstraints | None = None,
+    linter: LintFunction | None = None,
+) -> x509.Certificate:
+    """A CA certificate for `public_key`, self-signed by `signing_key` without an
+    `issuer`, else signed by it for `issuer` (and ending with it at the latest); linted
+    (LintError) when a linter is given."""
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    if issuer is None:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    else:
+        try:
+            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            )
+        except x509.ExtensionNotFound:
+            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key())
     start = utc_seconds(now) - dt.timedelta(minutes=5)
+    end = start + dt.timedelta(days=days)
+    if issuer is not None:
+        end = min(end, issuer.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
+        .subject_name(subject)
+        .issuer_name(subject if issuer is None else issuer.subject)
+        .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=settings.validity_days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -137,19 +173,50 @@ def create_ca(
             critical=True,
         )
         .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
+        .add_extension(aki, critical=False)
     )
-    cert = builder.sign(key, signature_hash(key))  # type: ignore[arg-type]
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)  # RFC 5280 4.2.1.10
+    cert = builder.sign(signing_key, signature_hash(signing_key))  # type: ignore[arg-type]
     if linter is not None:
         findings = linter(cert.public_bytes(serialization.Encoding.DER))
         if findings:
             raise LintError("the CA certificate would not lint clean: " + "; ".join(findings))
+    return cert
+
+
+def create_ca(
+    state: Path,
+    settings: CASettings,
+    now: dt.datetime,
+    passphrase: bytes | None = None,
+    linter: LintFunction | None = None,
+) -> x509.Certificate:
+    """Create a new root CA in `state`; never overwrites an existing one."""
+    if ca_exists(state):
+        raise CAError(f"a CA already exists in {state}; certdrop never overwrites a CA")
+    key = generate_key(settings.key_type)
+    cert = sign_ca_certificate(
+        ca_name(settings, settings.common_name),
+        key.public_key(),
+        key,
+        now,
+        settings.validity_days,
+        linter=linter,
+    )
+    ensure_dir(state, 0o700)
     # key first (0600), certificate last: a CA exists once ca.cer exists
     atomic_write(state / CA_KEY, private_key_pem(key, passphrase), 0o600)
     atomic_write(state / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert
+
+
+def install_chain_crl(state: Path, crl: x509.CertificateRevocationList) -> Path:
+    """Put the CRL of the root above this CA where the publishers read it."""
+    ensure_dir(state / CHAIN_CRLS, 0o755)
+    path = state / CHAIN_CRLS / ROOT_CRL_FILE
+    atomic_write(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    return path
 
 
 def adopt_ca(
@@ -160,7 +227,8 @@ def adopt_ca(
     passphrase: bytes | None = None,
     chain_path: Path | None = None,
 ) -> tuple[x509.Certificate, list[str]]:
-    """Adopt an existing CA (such as the howto's ca.cer + ca.key). Returns warnings."""
+    """Adopt an existing CA (such as the howto's ca.cer + ca.key) with the chain above
+    it (`chain_path`, verified up to a self-signed root). Returns warnings."""
     if ca_exists(state):
         raise CAError(f"a CA already exists in {state}; certdrop never overwrites a CA")
     try:
@@ -203,12 +271,15 @@ def adopt_ca(
         )
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
         raise CAError(f"the CA key has only {key.key_size} bits; at least 2048 are required")
-    chain: list[x509.Certificate] = []
+    given: list[x509.Certificate] = []
     if chain_path is not None:
         try:
-            chain = x509.load_pem_x509_certificates(chain_path.read_bytes())
+            given = x509.load_pem_x509_certificates(chain_path.read_bytes())
         except (OSError, ValueError) as exc:
             raise CAError(f"cannot read the chain {chain_path}: {exc}") from None
+    # verified before anything is written: a chain that does not fit leaves no CA behind
+    chain, chain_warnings = verify_chain(cert, given, now)
+    warnings += chain_warnings
     ensure_dir(state, 0o700)
     atomic_write(state / CA_KEY, private_key_pem(key, passphrase), 0o600)
     if chain:

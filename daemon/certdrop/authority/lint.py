@@ -1,4 +1,5 @@
-"""pkilint's RFC 5280 linters, built once and reused for every certificate and CRL.
+"""pkilint's RFC 5280 and RFC 6960 linters, built once and reused for every certificate, CRL
+and OCSP response shape.
 
 pkilint walks a document's tree and, at every node, asks every validator of a container
 whether it matches that node (`NodeVisitor.match`: path, path pattern, ASN.1 type,
@@ -25,6 +26,7 @@ from pkilint.pkix import (
     crl,
     extension,
     name,
+    ocsp,
 )
 from pkilint.pkix.certificate.certificate_extension import ExtendedKeyUsageCriticalityValidator
 from pkilint.validation import (
@@ -172,8 +174,18 @@ class Linter:
             ],
         )
         self.fast = fast and fast_dispatch(self.certificate_validator, self.crl_validator)
+        # RFC 6960 responses (what `certdrop serve` answers), as pkilint's lint_ocsp_response
+        self.ocsp_validator = ocsp.create_pkix_ocsp_response_validator_container(
+            [
+                ocsp.create_response_decoder(),
+                create_attribute_decoder(name.ATTRIBUTE_TYPE_MAPPINGS),
+                create_extension_decoder(extension.EXTENSION_MAPPINGS),
+            ],
+            [],
+        )
         self._cert_loader = loader.RFC5280CertificateDocumentLoader()
         self._crl_loader = loader.RFC5280CertificateListDocumentLoader()
+        self._ocsp_loader = loader.RFC6960OCSPResponseDocumentLoader()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -189,13 +201,13 @@ class Linter:
         return out
 
     def _validate(self, der: bytes, kind: str) -> list[Any] | str:
-        """pkilint's results for the DER `kind` ("certificate" or "crl"), or the finding
-        that it does not decode."""
-        loader_, validator = (
-            (self._cert_loader, self.certificate_validator)
-            if kind == "certificate"
-            else (self._crl_loader, self.crl_validator)
-        )
+        """pkilint's results for the DER `kind` ("certificate", "crl" or "ocsp"), or the
+        finding that it does not decode."""
+        loader_, validator = {
+            "certificate": (self._cert_loader, self.certificate_validator),
+            "crl": (self._crl_loader, self.crl_validator),
+            "ocsp": (self._ocsp_loader, self.ocsp_validator),
+        }[kind]
         with self._lock:
             try:
                 doc = loader_.load_der_document(der, kind)
@@ -212,6 +224,13 @@ class Linter:
 
     def crl(self, der: bytes, threshold: ValidationFindingSeverity = THRESHOLD) -> list[str]:
         got = self._validate(der, "crl")
+        return [got] if isinstance(got, str) else self._findings(got, threshold)
+
+    def ocsp_response(
+        self, der: bytes, threshold: ValidationFindingSeverity = THRESHOLD
+    ) -> list[str]:
+        """Findings of WARNING or worse for a DER OCSP response ([] = clean)."""
+        got = self._validate(der, "ocsp")
         return [got] if isinstance(got, str) else self._findings(got, threshold)
 
     def results(self, der: bytes, kind: str = "certificate") -> list[tuple[str, str, str]] | str:

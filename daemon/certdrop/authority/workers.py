@@ -50,7 +50,19 @@ _worker_ca: CertificateAuthority | None = None
 _worker_linter: Linter | None = None
 
 _Plain = tuple[
-    list[tuple[str, str]], bytes, float, float, list[str], list[str], list[str], list[str], int, str
+    list[tuple[str, str]],
+    bytes,
+    float,
+    float,
+    list[str],
+    list[str],
+    list[str],
+    list[str],
+    int,
+    str,
+    str,
+    str,
+    bool,
 ]
 
 
@@ -66,11 +78,14 @@ def _to_plain(spec: IssueSpec) -> _Plain:
         list(spec.dns_names),
         spec.serial,
         spec.crl_distribution_point,
+        spec.ocsp_url,
+        spec.ca_issuers_url,
+        spec.ocsp_nocheck,
     )
 
 
 def _from_plain(p: _Plain) -> IssueSpec:
-    subject, spki, nb, na, ku, eku, emails, dns, serial, dp = p
+    subject, spki, nb, na, ku, eku, emails, dns, serial, dp, ocsp_url, issuers, nocheck = p
     return IssueSpec(
         subject=subject,
         public_key=spki or None,  # DER: written into the TBS as it is, and compared after
@@ -82,6 +97,9 @@ def _from_plain(p: _Plain) -> IssueSpec:
         dns_names=dns,
         serial=serial,
         crl_distribution_point=dp,
+        ocsp_url=ocsp_url,
+        ca_issuers_url=issuers,
+        ocsp_nocheck=nocheck,
     )
 
 

@@ -15,7 +15,7 @@ import click
 from .. import __version__
 from ..clock import Clock
 from ..errors import CertdropError
-from . import database, operate, query, setup
+from . import database, lifecycle, operate, query, setup
 from .context import config_option
 
 
@@ -76,6 +76,7 @@ def _add_syslog_priority(record: logging.LogRecord) -> bool:
 for _command in (
     setup.init,
     setup.run,
+    setup.serve,
     setup.check_config,
     query.status,
     query.list_cmd,
@@ -87,6 +88,9 @@ for _command in (
     setup.apache_config,
     setup.import_cmd,
     database.migrate_db,
+    lifecycle.root_crl,
+    lifecycle.backup,
+    lifecycle.restore,
 ):
     cli.add_command(_command)
 

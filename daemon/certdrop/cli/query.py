@@ -152,8 +152,17 @@ def _watch_text(value: dict[str, Any]) -> str:
     return watch_text(value)
 
 
+def _chain_crls_text(value: Any) -> str:
+    from .status import chain_crls_text
+
+    return chain_crls_text(value)
+
+
 # extras whose text line is not the generic "key value, key value"
-_STATUS_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {"watch": _watch_text}
+_STATUS_TEXT: dict[str, Callable[[Any], str]] = {
+    "watch": _watch_text,
+    "chain_crls": _chain_crls_text,
+}
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -1,4 +1,5 @@
-"""Setting up and running: `certdrop init`, `run`, `check-config`, `apache-config`, `import`."""
+"""Setting up and running: `certdrop init`, `run`, `serve`, `check-config`, `apache-config`,
+`import`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .context import (
     operator_result,
     queued_text,
 )
+from .lifecycle import init_two_tier, offline_root_options
 
 
 # --- init ---------------------------------------------------------------------------------------------
@@ -38,8 +40,18 @@ from .context import (
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Certificates above an adopted intermediate CA (PEM), up to the root.",
 )
-def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> None:
-    """Create the CA (or adopt ca.cer + ca.key) and the folders; never overwrites a CA."""
+@offline_root_options
+def init(
+    ca_cert: Path | None,
+    ca_key: Path | None,
+    ca_chain: Path | None,
+    offline_root: Path | None,
+    root_passphrase_file: Path | None,
+) -> None:
+    """Create the CA (or adopt ca.cer + ca.key) and the folders; never overwrites a CA.
+
+    With --offline-root DIR: a two-tier CA, a root whose key is written only to DIR
+    (encrypted) and the online issuing CA it signs."""
     from cryptography.hazmat.primitives import hashes
 
     from ..authority.keys import read_passphrase
@@ -54,9 +66,15 @@ def init(ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> No
     s = c.settings
     if (ca_cert is None) != (ca_key is None):
         raise click.UsageError("--ca-cert and --ca-key go together")
+    if offline_root is not None and ca_cert is not None:
+        raise click.UsageError("--offline-root creates the CA; it does not go with --ca-cert")
+    if offline_root is None and root_passphrase_file is not None:
+        raise click.UsageError("--root-passphrase-file goes with --offline-root")
     passphrase = read_passphrase(s.ca.key_passphrase_file)
     now = c.clock.now()
-    if ca_cert is not None and ca_key is not None:
+    if offline_root is not None:
+        cert = init_two_tier(s, c.clock, offline_root, root_passphrase_file, passphrase)
+    elif ca_cert is not None and ca_key is not None:
         cert, warnings = adopt_ca(s.state, ca_cert, ca_key, now, passphrase, ca_chain)
         click.echo(f"adopted CA {subject_text(cert.subject)} into {s.state}")
         for w in warnings:
@@ -87,6 +105,17 @@ def run() -> None:
     c = ctx()
     daemon = Daemon(c.settings, c.clock, config_path=c.resolved_config_path)
     sys.exit(daemon.run())
+
+
+# --- serve ----------------------------------------------------------------------------------------------
+@click.command()
+@config_option
+def serve() -> None:
+    """Answer relying parties over HTTP: CRL, CA certificates, OCSP ([http] listen)."""
+    from ..serve.server import Supervisor
+
+    c = ctx()
+    sys.exit(Supervisor(c.settings, c.clock).run())
 
 
 # --- check-config --------------------------------------------------------------------------------------------
@@ -164,7 +193,13 @@ def _to_toml(values: dict[str, Any]) -> str:
     show_default=True,
     help="Where Apache logs who connected (e-mail and serial of each client certificate).",
 )
-def apache_config(log_file: str) -> None:
+@click.option(
+    "--ocsp",
+    is_flag=True,
+    help="Check revocation with certdrop's OCSP responder (certdrop serve) instead of the CRL "
+    "file: a revocation counts at once, without a reload of Apache.",
+)
+def apache_config(log_file: str, ocsp: bool) -> None:
     """Print the mod_ssl configuration that matches this setup."""
     from ..authority.lifecycle import load_ca_certificates
     from ..publish import modssl
@@ -174,7 +209,7 @@ def apache_config(log_file: str) -> None:
     ca_cert, chain = load_ca_certificates(s.state)
     click.echo(
         modssl.apache_config_text(
-            s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path
+            s, ca_cert, chain, log_file=log_file, config_path=c.resolved_config_path, ocsp=ocsp
         ),
         nl=False,
     )

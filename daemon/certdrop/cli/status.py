@@ -10,13 +10,16 @@ from typing import Any
 
 from cryptography import x509
 
+from ..authority.lifecycle import CHAIN_CRLS, load_ca_certificates
 from ..config import Settings
+from ..errors import CertdropError
 from ..index.mailqueue import queue_status
 from ..index.store import Store, Transaction
 from ..index.warned import LAST_SWEEP_META_KEY
 from ..intake.inbox import watch_choice
 from ..publish.apache import META_APACHE
 from ..publish.crl import CRL_DER, META_CRL_ERROR, CrlFacts
+from ..publish.upstream import read_chain_crls, renew_hint
 
 
 def watch_status(
@@ -89,4 +92,55 @@ def publication_status(
             )
             if last.get("warnings"):
                 apache_doc["warning"] = "; ".join(last["warnings"])
-    return {"crl": crl_doc, "apache": apache_doc}
+    out: dict[str, Any] = {"crl": crl_doc, "apache": apache_doc}
+    above = chain_crl_status(settings, now)
+    if above:
+        out["chain_crls"] = above
+    return out
+
+
+def chain_crl_status(settings: Settings, now: dt.datetime) -> list[dict[str, Any]]:
+    """The CRLs of the CAs above the issuing CA (the offline root's): number, end, when
+    the next one is due ([] for a CA that is its own root)."""
+    try:
+        _, chain = load_ca_certificates(settings.state)
+    except CertdropError:
+        return []
+    found, _ = read_chain_crls(settings.state / CHAIN_CRLS, chain, now)
+    docs: list[dict[str, Any]] = []
+    for u in found:
+        doc: dict[str, Any] = {"ca": u.name, "number": u.number}
+        if u.crl is None or u.next_update is None or u.due_at is None:
+            doc["state"] = "MISSING: Apache refuses every client; " + renew_hint(
+                settings.state / CHAIN_CRLS
+            )
+        else:
+            doc.update(
+                {
+                    "next_update": u.next_update.isoformat(),
+                    "due": u.due_at.isoformat(),
+                    "state": (
+                        "EXPIRED: Apache refuses every client"
+                        if now >= u.next_update
+                        else "due: sign the next one now"
+                        if now >= u.due_at
+                        else "fresh"
+                    ),
+                }
+            )
+        docs.append(doc)
+    return docs
+
+
+def chain_crls_text(docs: list[dict[str, Any]]) -> str:
+    """The `chain_crls` line of `certdrop status`."""
+    parts = []
+    for d in docs:
+        if d.get("due"):
+            parts.append(
+                f"{d['ca']}: CRL {d['number']} until {d['next_update'][:16].replace('T', ' ')}, "
+                f"next due {d['due'][:10]} ({d['state']}; certdrop root-crl --offline-root DIR)"
+            )
+        else:
+            parts.append(f"{d['ca']}: {d['state']}")
+    return "; ".join(parts)

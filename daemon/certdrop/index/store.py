@@ -582,19 +582,19 @@ class Store:
             "superseded": int(row[4] or 0),
         }
 
-    # --- CRL number ----------------------------------------------------------------------------
-    def next_crl_number(self, conn: Transaction) -> int:
-        """The CRL number after the last one drawn; the row stays locked until the
-        transaction ends, so that hosts sharing the index never draw the same number."""
+    # --- CRL numbers ----------------------------------------------------------------------------
+    def claim_crl_number(self, conn: Transaction, at_least: int) -> int:
+        """The number of the next CRL: `at_least`, or one more than the last one claimed
+        when that is larger; recorded as the last one. The row stays locked until the transaction
+        ends, so that hosts sharing the index never draw the same number."""
         current = int(
             conn.execute(
                 sa.select(meta.c.value).where(meta.c.key == "crl_number").with_for_update()
             ).scalar_one()
         )
-        conn.execute(
-            sa.update(meta).where(meta.c.key == "crl_number").values(value=str(current + 1))
-        )
-        return current + 1
+        number = max(at_least, current + 1)
+        conn.execute(sa.update(meta).where(meta.c.key == "crl_number").values(value=str(number)))
+        return number
 
     def get_meta(self, conn: Transaction, key: str) -> str | None:
         return conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..authority.ca import CertificateAuthority, IssueSpec
+from ..authority.ca import CertificateAuthority, CertificateUrls, IssueSpec
 from ..authority.keys import PrivateKey, subject_key_matches
 from ..authority.serials import random_serial, serial_hex
 from ..clock import Clock
@@ -67,7 +67,7 @@ class Decider:
     def __init__(
         self,
         profiles: Mapping[str, Profile],
-        crl_distribution_point: str,
+        urls: CertificateUrls,
         store: Store,
         ca: CertificateAuthority,
         clock: Clock,
@@ -75,7 +75,7 @@ class Decider:
         delivery: Delivery,
     ) -> None:
         self.profiles = profiles
-        self.crl_distribution_point = crl_distribution_point
+        self.urls = urls
         self.store = store
         self.ca = ca
         self.clock = clock
@@ -226,7 +226,9 @@ class Decider:
             emails=decision.emails,
             dns_names=decision.dns_names,
             serial=random_serial(),
-            crl_distribution_point=self.crl_distribution_point,
+            crl_distribution_point=self.urls.crl,
+            ocsp_url=self.urls.ocsp,
+            ca_issuers_url=self.urls.ca_issuers,
         )
         # later requests of this batch see this one as a valid certificate
         for key in p.unique:

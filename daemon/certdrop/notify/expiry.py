@@ -12,8 +12,10 @@ index transaction it
   admin (`notify_admin`);
 * alerts the admin when a CA certificate of the chain comes within 90/30/7/1 days
   of its end, when the CRL was not refreshed in time (index meta key
-  `crl_next_update`, written by the CRL publisher; skipped when absent), and
-  about pending requests that were never announced (the pending hook normally
+  `crl_next_update`, written by the CRL publisher; skipped when absent), when the
+  CRL of a CA above it (the offline root's) is missing, due (a quarter of its
+  validity, at most 30 days, before its nextUpdate), close to its end or expired,
+  and about pending requests that were never announced (the pending hook normally
   does that at once).
 
 Messages go into the durable mail queue (queue.py); their texts are in messages.py;
@@ -37,12 +39,26 @@ from ..index import warned
 from ..index.schema import from_epoch
 from ..index.store import CertRecord, Store, Transaction
 from .alerts import admin_recipients, pending_alert, queue_admin_alert
-from .messages import admin_digest, ca_expiry, crl_overdue, holder_warning
+from .messages import admin_digest, ca_expiry, chain_crl_due, crl_overdue, holder_warning
 from .queue import enqueue
 
 log = logging.getLogger("certdrop.expiry")
 
 CA_WARN_DAYS = (90, 30, 7, 1)
+CHAIN_CRL_WARN_DAYS = (7, 1, 0)  # after the first alert (when due): these, and expired
+
+
+@dataclass(frozen=True)
+class CrlAbove:
+    """The CRL of a CA above the issuing CA, as the sweep needs it (publish/upstream.py
+    reads them from the state folder)."""
+
+    ca: str  # the CA's name
+    number: int | None  # None: there is no CRL of it
+    next_update: dt.datetime | None
+    due_at: dt.datetime | None
+
+
 CRL_META_KEY = "crl_next_update"  # epoch seconds or ISO 8601 (UTC), set by the CRL publisher
 
 
@@ -80,7 +96,11 @@ class SweepReport:
 
 
 def sweep(
-    store: Store, cfg: SweepConfig, ca_certs: Sequence[x509.Certificate], now: dt.datetime
+    store: Store,
+    cfg: SweepConfig,
+    ca_certs: Sequence[x509.Certificate],
+    now: dt.datetime,
+    crls_above: Sequence[CrlAbove] = (),
 ) -> SweepReport:
     report = SweepReport()
     if not cfg.mail.enabled:
@@ -92,6 +112,8 @@ def sweep(
         for cert in ca_certs:
             _ca_certificate(conn, cfg, cert, now, report)
         _crl(conn, store, cfg, ca_name, now, report)
+        for above in crls_above:
+            _crl_above(conn, cfg, above, now, report)
         for rec in store.list_pending(conn):
             if rec.decision is None and pending_alert(conn, cfg.mail, rec, now):
                 report.alerts.append(f"pending {rec.name}")
@@ -222,3 +244,29 @@ def _crl(
     subject, body = crl_overdue(ca_name, number, next_update, cfg.crl.refresh_before_days, now)
     if queue_admin_alert(conn, cfg.mail, subject, body, now, key=key):
         report.alerts.append(subject)
+
+
+def _crl_above(
+    conn: Transaction, cfg: SweepConfig, above: CrlAbove, now: dt.datetime, report: SweepReport
+) -> None:
+    """One alert when the CRL is due, then at 7 and 1 days before its end and when it has
+    ended (those of them inside the due window); one when there is none."""
+    if above.number is None or above.next_update is None or above.due_at is None:
+        subject, body = chain_crl_due(above.ca, None, None, now)
+        if queue_admin_alert(conn, cfg.mail, subject, body, now, key=f"chain-crl-none:{above.ca}"):
+            report.alerts.append(subject)
+        return
+    if now < above.due_at:
+        return
+    lead_days = max(int((above.next_update - above.due_at).total_seconds() // 86400), 1)
+    thresholds = sorted({lead_days, *(d for d in CHAIN_CRL_WARN_DAYS if d < lead_days)})
+    # the first threshold is the due date's (in whole days): the first alert comes with it
+    left = above.next_update - now
+    serial = str(above.number)[-42:]
+    threshold, todo = _new_threshold(conn, "chain-crl", serial, left, thresholds)
+    if threshold is not None:
+        subject, body = chain_crl_due(above.ca, above.number, above.next_update, now)
+        key = f"chain-crl:{serial}:{threshold}"
+        if queue_admin_alert(conn, cfg.mail, subject, body, now, key=key):
+            report.alerts.append(subject)
+    warned.record(conn, "chain-crl", serial, todo, now)

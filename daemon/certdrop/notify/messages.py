@@ -289,6 +289,34 @@ def crl_overdue(
     return subject, body
 
 
+def chain_crl_due(
+    ca_name: str, number: int | None, next_update: dt.datetime | None, now: dt.datetime
+) -> tuple[str, str]:
+    """(subject, body) of the alert about the CRL of a CA above the issuing CA (the
+    offline root's) that is missing, due for its ceremony, or expired."""
+    if number is None or next_update is None:
+        subject = f"there is no CRL of {ca_name}: Apache refuses every client certificate"
+        state = "certdrop has no CRL of it in its state folder (chain-crls/)"
+    elif next_update <= now:
+        subject = f"the CRL of {ca_name} has EXPIRED: Apache refuses every client certificate"
+        state = f"its current CRL (number {number}) ended at {utc_text(next_update)}"
+    else:
+        left = next_update - now
+        subject = f"the CRL of {ca_name} is due: it expires {days_text(left)}"
+        state = (
+            f"its current CRL (number {number}) ends {days_text(left)}, at {utc_text(next_update)}"
+        )
+    body = (
+        f"The CA above the issuing CA\n\n    {ca_name}\n\n{state}.\n\n"
+        "With SSLCARevocationCheck chain, mod_ssl refuses every client certificate once\n"
+        "the CRL of a CA in the chain is missing or past its nextUpdate. certdrop cannot\n"
+        "renew it: its key is offline. Mount the root's medium and run\n\n"
+        "    certdrop root-crl --offline-root DIR\n\n"
+        "(the CRL is published with the rest; 'certdrop status' shows the next due date).\n"
+    )
+    return subject, body
+
+
 # --- pending requests -----------------------------------------------------------------------------
 def pending_request(rec: PendingRecord) -> tuple[str, str]:
     """(subject, body) of the alert about a request that waits for approval."""

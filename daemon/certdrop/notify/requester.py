@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..config import Profile, Settings
@@ -130,18 +130,7 @@ class RequesterMail:
 
     # --- the issue layer's events ---------------------------------------------------------
     def refused(self, conn: Transaction, who: Requester, reason: str, now: dt.datetime) -> None:
-        to = self._to(who)
-        if not to:
-            return
-        text = requester_refused(
-            who.name,
-            who.profile,
-            reason,
-            self.inbox_for(who.profile),
-            self.spool.rejected,
-            who.notes,
-        )
-        self._queue(conn, "requester-refused", ("", to), text, now)
+        self._with_reason(conn, "requester-refused", requester_refused, who, reason, now)
 
     def pending(self, conn: Transaction, who: Requester, now: dt.datetime, *, once: str) -> None:
         to = self._to(who)
@@ -184,10 +173,22 @@ class RequesterMail:
         )
 
     def denied(self, conn: Transaction, who: Requester, reason: str, now: dt.datetime) -> None:
+        self._with_reason(conn, "requester-denied", requester_denied, who, reason, now)
+
+    def _with_reason(
+        self,
+        conn: Transaction,
+        kind: str,
+        message: Callable[..., tuple[str, str]],
+        who: Requester,
+        reason: str,
+        now: dt.datetime,
+    ) -> None:
+        """A refusal or a denial: the reason, where the request went, what to do."""
         to = self._to(who)
         if not to:
             return
-        text = requester_denied(
+        text = message(
             who.name,
             who.profile,
             reason,
@@ -195,7 +196,7 @@ class RequesterMail:
             self.spool.rejected,
             who.notes,
         )
-        self._queue(conn, "requester-denied", ("", to), text, now)
+        self._queue(conn, kind, ("", to), text, now)
 
     # --- the revoker's ----------------------------------------------------------------------
     def revoked(self, conn: Transaction, cert: CertRecord, reason: str, now: dt.datetime) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..authority.ca import CertificateAuthority
-from ..authority.names import subject_text
 from ..clock import Clock
 from ..config import ApacheSettings
 from ..errors import PublishError
@@ -35,12 +33,10 @@ from ..fsutil import atomic_write
 from ..index.store import Store
 from .crl import FILE_MODE, CrlPublisher
 from .meta import read_meta, write_meta
+from .upstream import read_chain_crls
 
 log = logging.getLogger("certdrop.publish")
 
-CHAIN_CRLS = (
-    "chain-crls"  # CRLs of the CAs above an adopted intermediate, put there by the operator
-)
 
 # meta keys (the index's key/value table)
 META_APACHE = "publish.apache"  # the last outcome (JSON), for `certdrop status`
@@ -207,52 +203,8 @@ class ApachePublisher:
     # --- the files' contents ----------------------------------------------------------------------
     def chain_crls(self) -> tuple[list[x509.CertificateRevocationList], list[str]]:
         """The CRLs of the CAs above this one (from <state>/chain-crls/), and warnings."""
-        warnings: list[str] = []
-        found: dict[bytes, x509.CertificateRevocationList] = {}
-        if not self.ca.chain:
-            return [], []
-        files = sorted(self.chain_crl_dir.glob("*")) if self.chain_crl_dir.is_dir() else []
-        candidates: list[tuple[Path, x509.CertificateRevocationList]] = []
-        for path in files:
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            try:
-                data = path.read_bytes()
-                if b"-----BEGIN" in data:
-                    blocks = re.findall(
-                        rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", data, re.S
-                    )
-                    candidates += [(path, x509.load_pem_x509_crl(b)) for b in blocks]
-                else:
-                    candidates.append((path, x509.load_der_x509_crl(data)))
-            except (OSError, ValueError) as exc:
-                warnings.append(f"{path} is not a CRL ({exc})")
-        now = self.clock.now()
-        for ca_cert in self.ca.chain:
-            key = ca_cert.subject.public_bytes()
-            best: x509.CertificateRevocationList | None = None
-            for path, crl in candidates:
-                if crl.issuer != ca_cert.subject:
-                    continue
-                if not crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
-                    warnings.append(f"{path}: CRL not signed by {subject_text(ca_cert.subject)}")
-                    continue
-                if best is None or crl.last_update_utc > best.last_update_utc:
-                    best = crl
-            if best is None:
-                warnings.append(
-                    f"no CRL of {subject_text(ca_cert.subject)} in {self.chain_crl_dir}: with "
-                    "SSLCARevocationCheck chain, Apache refuses every client until there is one"
-                )
-                continue
-            if best.next_update_utc is not None and best.next_update_utc <= now:
-                warnings.append(
-                    f"the CRL of {subject_text(ca_cert.subject)} expired at "
-                    f"{best.next_update_utc:%Y-%m-%d %H:%M} UTC: Apache refuses every client; "
-                    f"put a fresh one in {self.chain_crl_dir}"
-                )
-            found[key] = best
-        return list(found.values()), warnings
+        found, warnings = read_chain_crls(self.chain_crl_dir, self.ca.chain, self.clock.now())
+        return [u.crl for u in found if u.crl is not None], warnings
 
     def contents(self) -> tuple[bytes, bytes, list[str]]:
         """What ca_file and crl_file must contain now (PEM), and warnings."""

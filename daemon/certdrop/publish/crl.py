@@ -1,7 +1,9 @@
 """The CRL: made, linted and published as `<state>/crl.pem` and `<state>/crl.der`.
 
-A CRL lists every revoked certificate of the index; its number comes from the index
-and strictly increases across restarts and clock jumps. A new one is made on every
+A CRL lists every revoked certificate of the index; its number is derived from the
+time (nanoseconds since the epoch, as Boulder does) and is above every number the index
+and the published CRL know of: it strictly increases across restarts, clock jumps and
+restores of older backups. A new one is made on every
 revocation and whenever the published one is missing, not ours, out of date with
 the index, not yet valid (the clock went back) or within `refresh_before_days` of
 its nextUpdate. Whoever follows the CRL (the Apache files) is told when it changed.
@@ -19,7 +21,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..authority.ca import CertificateAuthority, CrlEntry
+from ..authority.ca import CertificateAuthority, CrlEntry, crl_number
 from ..authority.der import pem_armor
 from ..authority.lint import Linter
 from ..clock import Clock
@@ -166,14 +168,11 @@ class CrlPublisher:
     def _regenerate(self, why: str) -> CrlFacts:
         now = self.clock.now()
         previous = self.published_crl()
+        published = CrlFacts.of(previous).number if previous is not None else 0
         with self.store.begin() as conn:
-            number = self.store.next_crl_number(conn)
-            if previous is not None:
-                # an index restored from an old backup must not make the number go back
-                published = CrlFacts.of(previous).number
-                if number <= published:
-                    number = published + 1
-                    self.store.set_meta(conn, "crl_number", str(number))
+            # derived from the time, above the published CRL's and the index's last: an
+            # index restored from an older backup cannot use a number again
+            number = self.store.claim_crl_number(conn, crl_number(now, published))
             entries = list(self.store.revoked_entries(conn))
         this_update = now
         next_update = now + dt.timedelta(days=self.settings.validity_days)

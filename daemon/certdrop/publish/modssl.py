@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ..authority.names import subject_text
-from ..config import Profile, Settings
+from ..config import Profile, Settings, split_listen
 
 _MODSSL_VARS = {
     "CN": "SSL_CLIENT_S_DN_CN",
@@ -102,8 +102,11 @@ def apache_config_text(
     *,
     log_file: str = "${APACHE_LOG_DIR}/certdrop-clients.log",
     config_path: Path | None = None,
+    ocsp: bool = False,
 ) -> str:
-    """The mod_ssl block for client-certificate authentication against this CA."""
+    """The mod_ssl block for client-certificate authentication against this CA; with
+    `ocsp`, revocation is checked by asking `certdrop serve` (OCSP) instead of a CRL
+    file: a revocation counts at once, with no reload of Apache."""
     apache = settings.apache
     depth = 1 + len(chain)
     profiles = client_profiles(settings)
@@ -130,15 +133,16 @@ def apache_config_text(
         f"# Client-certificate authentication with the CA {subject_text(ca_cert.subject)}.",
         "# Put this inside the <VirtualHost *:443> that has SSLEngine on and the server's own",
         "# SSLCertificateFile / SSLCertificateKeyFile; mod_ssl must be enabled (a2enmod ssl).",
-        "# certdrop keeps the two files below current and reloads Apache gracefully.",
+        (
+            "# certdrop keeps the CA file below current; `certdrop serve` must run (OCSP)."
+            if ocsp
+            else "# certdrop keeps the two files below current and reloads Apache gracefully."
+        ),
         "",
         "# the CAs clients chain to: this CA and any CA above it, merged into one file (it is also",
         "# the list of acceptable CAs the server sends, so browsers know which certificate to offer)",
         f'SSLCACertificateFile "{apache.ca_file}"',
-        "# the CRL of every CA in that chain, refreshed well before its nextUpdate",
-        f'SSLCARevocationFile "{apache.crl_file}"',
-        "# check revocation for the client certificate and every CA above it",
-        "SSLCARevocationCheck chain",
+        *(_ocsp_lines(settings) if ocsp else _crl_lines(settings)),
         "SSLVerifyClient require",
         f"SSLVerifyDepth {depth}",
         "",
@@ -158,6 +162,40 @@ def apache_config_text(
         "",
     ]
     return "\n".join(lines)
+
+
+def _crl_lines(settings: Settings) -> list[str]:
+    return [
+        "# the CRL of every CA in that chain, refreshed well before its nextUpdate",
+        f'SSLCARevocationFile "{settings.apache.crl_file}"',
+        "# check revocation for the client certificate and every CA above it",
+        "SSLCARevocationCheck chain",
+    ]
+
+
+def ocsp_responder_url(settings: Settings) -> str:
+    """Where Apache asks: <[http] base_url>/ocsp, else `certdrop serve` on [http] listen
+    (a wildcard address is asked on the loopback)."""
+    if settings.ocsp_url:
+        return settings.ocsp_url
+    host, port = split_listen(settings.http.listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/ocsp"
+
+
+def _ocsp_lines(settings: Settings) -> list[str]:
+    return [
+        "# revocation: every client certificate is checked with certdrop's OCSP responder",
+        "# (`certdrop serve`) at each connection, so a revocation counts at once, without a",
+        "# CRL file or a reload; a responder that cannot be reached refuses the client",
+        "SSLOCSPEnable leaf",
+        f'SSLOCSPDefaultResponder "{ocsp_responder_url(settings)}"',
+        "SSLOCSPOverrideResponder on",
+        "SSLOCSPUseRequestNonce on",
+        "SSLOCSPResponderTimeout 5",
+    ]
 
 
 def _modssl_dn(name: x509.Name) -> str:

@@ -53,11 +53,27 @@ def _crl(rt: Runtime, payload: dict[str, Any]) -> str:
     return line
 
 
+def _publish(rt: Runtime, payload: dict[str, Any]) -> str:
+    """The CRLs and the Apache files, now (after `root-crl` put a new root CRL in place)."""
+    rt.crl.check()
+    if rt.apache is None:
+        return "ok: CRLs checked; Apache publication is off ([apache] enabled = false)"
+    rt.apache.changed()
+    rt.apache.flush()  # the operator asked for it now: no debounce
+    outcome = rt.apache.last_outcome()
+    if outcome is None:
+        return "ok: CRLs checked"
+    if not outcome.ok:
+        return f"error: Apache publication failed: {outcome.text()}"
+    return f"ok: Apache: {outcome.text()}"
+
+
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
     "approve": _approve,
     "deny": _deny,
     "revoke": _revoke,
     "crl": _crl,
+    "publish": _publish,
 }
 
 

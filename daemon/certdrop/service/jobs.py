@@ -1,4 +1,5 @@
-"""The daemon's scheduled jobs: CRL check, expiry sweep, mail queue flush, inbox rescan.
+"""The daemon's scheduled jobs: CRL check, OCSP responder certificate, expiry sweep, mail
+queue flush, inbox rescan.
 
 Each job asks the current runtime (replaced on SIGHUP) for what it needs and takes
 `now` from the injected clock. The issue layer's hooks land here too: an issued p12
@@ -11,11 +12,13 @@ import logging
 import time
 from typing import Protocol
 
+from ..authority.lifecycle import CHAIN_CRLS
 from ..clock import Clock
 from ..intake.inbox import Inbox
 from ..notify.alerts import announce_pending
-from ..notify.expiry import SweepConfig, SweepReport, sweep
+from ..notify.expiry import CrlAbove, SweepConfig, SweepReport, sweep
 from ..notify.mailer import FlushReport, Mailer
+from ..publish.upstream import read_chain_crls
 from .runtime import Runtime
 from .scheduler import Scheduler
 
@@ -63,6 +66,7 @@ class Jobs:
             scheduler.remove("expiry-sweep")
             scheduler.remove("mail-flush")
         scheduler.every("crl", self.crl_check_seconds, self.crl, run_now=True)
+        scheduler.every("ocsp-responder", self.crl_check_seconds, self.ocsp_responder, run_now=True)
 
     # --- the jobs ---------------------------------------------------------------------------
     def crl(self) -> None:
@@ -71,15 +75,24 @@ class Jobs:
         if rt is not None:
             rt.check_publication()
 
+    def ocsp_responder(self) -> None:
+        """Renew the OCSP responder's certificate (for `certdrop serve`) before it ends."""
+        rt = self.host.rt
+        if rt is not None:
+            rt.responder.check()
+
     def expiry_sweep(self) -> SweepReport | None:
         rt = self.host.rt
         if rt is None:
             return None
+        now = self.clock.now()
+        above, _ = read_chain_crls(rt.settings.state / CHAIN_CRLS, rt.ca.chain, now)
         report = sweep(
             rt.store,
             SweepConfig.from_settings(rt.settings),
             rt.ca.bundle_certificates(),
-            self.clock.now(),
+            now,
+            [CrlAbove(u.name, u.number, u.next_update, u.due_at) for u in above],
         )
         self.sweeps += 1
         if report.holder_mails or report.digest or report.alerts:

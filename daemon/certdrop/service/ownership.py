@@ -7,8 +7,9 @@ daemon can then no longer write. So, as root:
 
 * every command but `init`, `import` and `check-config` refuses to touch a state
   folder that belongs to another user and says how to run it as that user;
-* `init` and `import` (which may need root to read the old CA's files) hand what they
-  created over to the owner of the state folder, as tmpfiles.d made it.
+* `init`, `import`, `root-crl`, `backup` and `restore` (which may need root to read the
+  old CA's files or removable media) hand what they created over to the owner of the
+  state folder, as tmpfiles.d made it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from ..errors import CertdropError
 
-ROOT_ALLOWED = frozenset({"init", "import", "check-config"})
+# the ceremonies read or write removable media that may be root's, and hand over after
+ROOT_ALLOWED = frozenset({"init", "import", "check-config", "root-crl", "backup", "restore"})
 
 
 def _owner(path: Path) -> tuple[int, int] | None:

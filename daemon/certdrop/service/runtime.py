@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..audit import AuditLog, operator_actor
-from ..authority.ca import CertificateAuthority
+from ..authority.ca import CertificateAuthority, CertificateUrls
 from ..authority.keys import read_passphrase
+from ..authority.lifecycle import CHAIN_CRLS
 from ..authority.lint import Linter, shared_linter
 from ..authority.workers import WorkerPool
 from ..clock import Clock
@@ -36,8 +37,9 @@ from ..notify.alerts import queue_admin_alert
 from ..notify.mailer import Mailer
 from ..notify.passwords import choose_password_channel
 from ..notify.requester import RequesterMail
-from ..publish.apache import CHAIN_CRLS, ApachePublisher
+from ..publish.apache import ApachePublisher
 from ..publish.crl import CrlPublisher
+from ..publish.responder import ResponderPublisher
 from ..publish.revocation import Revoker
 from .systemd import StateLock
 
@@ -56,6 +58,7 @@ class Runtime:
     linter: Linter | None
     crl: CrlPublisher
     revoker: Revoker
+    responder: ResponderPublisher  # the OCSP responder's certificate, for `certdrop serve`
     hooks: Hooks = field(default_factory=Hooks)
     mailer: Mailer | None = None  # None when [mail] enabled = false
     apache: ApachePublisher | None = None  # None when [apache] enabled = false
@@ -116,7 +119,7 @@ class Runtime:
         )
         decider = Decider(
             settings.profiles,
-            settings.crl.distribution_point,
+            CertificateUrls(settings.crl_url, settings.ocsp_url, settings.ca_issuers_url),
             store,
             ca,
             clock,
@@ -171,6 +174,9 @@ class Runtime:
             )
             crl.add_listener(apache.changed)
         revoker = Revoker(store, clock, crl, apache, requester)
+        responder = ResponderPublisher(
+            settings.state, ca, clock, linter.certificate if linter else None, hooks.audit
+        )
         rt = cls(
             settings,
             clock,
@@ -182,6 +188,7 @@ class Runtime:
             linter,
             crl,
             revoker,
+            responder,
             hooks,
             mailer,
             apache,

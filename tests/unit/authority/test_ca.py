@@ -20,9 +20,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
-from certdrop.authority.ca import CertificateAuthority, IssueSpec, Staged, Staging
+from certdrop.authority.ca import EKU_OIDS, CertificateAuthority, IssueSpec, Staged, Staging
 from certdrop.authority.der import pem_armor
 from certdrop.authority.lifecycle import create_ca
 from certdrop.authority.lint import Linter, shared_linter
@@ -128,9 +128,7 @@ def _reference_tbs(ca: CertificateAuthority, key: Any, s: IssueSpec) -> bytes:
             critical=False,
         )
         .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION]
-            ),
+            x509.ExtendedKeyUsage([EKU_OIDS[e] for e in s.extended_key_usage]),
             critical=False,
         )
     )
@@ -147,6 +145,18 @@ def _reference_tbs(ca: CertificateAuthority, key: Any, s: IssueSpec) -> bytes:
             ),
             critical=False,
         )
+    access = [
+        x509.AccessDescription(oid, x509.UniformResourceIdentifier(url))
+        for oid, url in (
+            (AuthorityInformationAccessOID.OCSP, s.ocsp_url),
+            (AuthorityInformationAccessOID.CA_ISSUERS, s.ca_issuers_url),
+        )
+        if url
+    ]
+    if access:
+        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+    if s.ocsp_nocheck:
+        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
     return builder.sign(key, ca.cert.signature_hash_algorithm).tbs_certificate_bytes
 
 
@@ -157,7 +167,9 @@ def test_the_tbs_certdrop_encodes_is_the_one_cryptographys_builder_makes(
     makes for the same values, for EC P-256, P-384 and RSA CAs (signature algorithm
     identifiers), EC and RSA subject keys (key usages, SKI), serials of every length,
     UTCTime and GeneralizedTime (a CA valid past 2050), long names (long-form lengths),
-    e-mail and DNS names, an empty subject (critical SAN), a CRL distribution point."""
+    e-mail and DNS names, an empty subject (critical SAN), a CRL distribution point, the
+    authorityInfoAccess ([http] base_url: OCSP and caIssuers, or one of them), and the OCSP
+    responder's own certificate (id-kp-OCSPSigning, id-pkix-ocsp-nocheck)."""
     now = dt.datetime.now(dt.UTC)
     long = "x" * 64
     cases: list[dict[str, Any]] = [
@@ -179,6 +191,20 @@ def test_the_tbs_certdrop_encodes_is_the_one_cryptographys_builder_makes(
             "serial": 1 << 63,
         },
         {"subject": [("CN", "Byte edge")], "serial": (1 << 127) - 1},
+        {
+            "subject": [("CN", "Relying parties")],
+            "crl_distribution_point": "http://pki.example.org/certdrop/crl.der",
+            "ocsp_url": "http://pki.example.org/certdrop/ocsp",
+            "ca_issuers_url": "http://pki.example.org/certdrop/ca.cer",
+        },
+        {"subject": [("CN", "Only OCSP")], "ocsp_url": "http://[::1]:8080/ocsp"},
+        {"subject": [("CN", "Only issuers")], "ca_issuers_url": "https://ca.example/ca.cer"},
+        {
+            "subject": [("O", "MyOrg"), ("CN", "Test CA OCSP responder")],
+            "key_usage": ["digital_signature"],
+            "extended_key_usage": ["ocsp_signing"],
+            "ocsp_nocheck": True,
+        },
     ]
     keys = [
         ec.generate_private_key(ec.SECP256R1()).public_key(),
@@ -189,10 +215,12 @@ def test_the_tbs_certdrop_encodes_is_the_one_cryptographys_builder_makes(
         ca, key = CertificateAuthority.load(state), ca_key(state)
         for i, case in enumerate(cases):
             s = spec(
-                public_key=keys[i % len(keys)],
-                key_usage=["digital_signature", "key_encipherment", "key_agreement"],
-                extended_key_usage=["client_auth", "email_protection"],
-                **case,
+                **{
+                    "public_key": keys[i % len(keys)],
+                    "key_usage": ["digital_signature", "key_encipherment", "key_agreement"],
+                    "extended_key_usage": ["client_auth", "email_protection"],
+                    **case,
+                }
             )
             cert = ca.issue(s, shared_linter().certificate)
             assert cert.tbs_certificate_bytes == _reference_tbs(ca, key, s), (ca.cert.subject, case)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from ca_kit import cert_of
 from certdrop.authority.ca import CertificateAuthority
 from certdrop.authority.keys import private_key_pem
 from certdrop.authority.lifecycle import (
@@ -161,17 +162,35 @@ def test_adopting_the_howtos_ca(tmp_path: Path) -> None:
         adopt_ca(state, cert_path, key_path, NOW)
 
 
-def test_adopting_an_intermediate_keeps_its_chain(tmp_path: Path) -> None:
-    root = _ca_cert(ec.generate_private_key(ec.SECP256R1()), name="Root")
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert_path, key_path = _files(tmp_path / "in", _ca_cert(key, ku=_key_usage()), key)
+def test_adopting_an_intermediate_keeps_its_chain_in_path_order(tmp_path: Path) -> None:
+    root_key, mid_key, key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = cert_of("Root", root_key, days=3650)
+    mid = cert_of("Mid", mid_key, root, root_key, days=3000)
+    cert_path, key_path = _files(tmp_path / "in", cert_of("Issuing", key, mid, mid_key), key)
     chain_path = tmp_path / "in" / "chain.pem"
-    chain_path.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    chain_path.write_bytes(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (root, mid))
+    )
     state = tmp_path / "state"
     cert, warnings = adopt_ca(state, cert_path, key_path, NOW, chain_path=chain_path)
     assert warnings == []
-    assert load_ca_certificates(state) == (cert, [root])
-    assert CertificateAuthority.load(state).bundle_certificates() == [cert, root]
+    assert load_ca_certificates(state) == (cert, [mid, root])
+    assert CertificateAuthority.load(state).bundle_certificates() == [cert, mid, root]
+
+
+def test_a_chain_that_does_not_fit_leaves_no_ca_behind(tmp_path: Path) -> None:
+    """The issue's case: an intermediate with an unrelated root as its chain."""
+    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = cert_of("Root", root_key, days=3650)
+    unrelated = cert_of("Unrelated Root", ec.generate_private_key(ec.SECP256R1()))
+    cert_path, key_path = _files(tmp_path / "in", cert_of("Issuing", key, root, root_key), key)
+    state = tmp_path / "state"
+    for chain in ([unrelated], []):
+        chain_path = tmp_path / "in" / "chain.pem"
+        chain_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
+        with pytest.raises(CAError, match="'CN=Root'"):
+            adopt_ca(state, cert_path, key_path, NOW, chain_path=chain_path if chain else None)
+        assert not state.exists()
 
 
 def test_adoption_warnings(tmp_path: Path) -> None:

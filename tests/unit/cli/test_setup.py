@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ca_kit import cert_of, new_key
 from conftest import (
     CAEnv,
     DaemonThread,
@@ -171,6 +172,40 @@ def test_adopt_refuses_mismatched_key_and_non_ca(tmp_path: Path) -> None:
     code, _, err = env.cli("init", "--ca-cert", str(ee), "--ca-key", str(k))
     assert code != 0 and "not a CA certificate" in err
     assert not (env.state / "ca.cer").exists()
+
+
+def test_adopt_refuses_a_chain_of_another_root(tmp_path: Path) -> None:
+    """init --ca-cert inter.cer --ca-key inter.key --ca-chain unrelated-root.pem: refused
+    with the reason, one line, and no CA behind."""
+    root_key, key = new_key(), new_key()
+    root = cert_of("Root CA", root_key, days=3650)
+    inter = cert_of("Issuing CA", key, root, root_key, path_length=0)
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    (pki / "inter.cer").write_bytes(inter.public_bytes(serialization.Encoding.PEM))
+    (pki / "inter.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (pki / "unrelated.pem").write_bytes(
+        cert_of("Unrelated Root", new_key()).public_bytes(serialization.Encoding.PEM)
+    )
+    env = make_env(tmp_path / "x", init=False)
+    args = ["--ca-cert", str(pki / "inter.cer"), "--ca-key", str(pki / "inter.key")]
+    proc = env.cli_proc("init", *args, "--ca-chain", str(pki / "unrelated.pem"))
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "certdrop: error: the chain has no certificate of 'CN=Root CA', the issuer of "
+        "'CN=Issuing CA': it must lead to a self-signed root\n"
+    )
+    assert not env.state.exists()
+    (pki / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    code, _, err = env.cli("init", *args, "--ca-chain", str(pki / "root.pem"))
+    assert code == 0, err
+    assert (env.state / "chain.pem").read_bytes() == (pki / "root.pem").read_bytes()
 
 
 def test_ca_key_readable_by_others_is_refused(ca_env: CAEnv) -> None:

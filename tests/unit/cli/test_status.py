@@ -160,7 +160,7 @@ def test_publication_status_follows_the_crl_and_the_last_apache_outcome(tmp_path
         crl = CrlPublisher(settings.crl, settings.state, store, ca, ManualClock(t0), None)
         crl.regenerate("test")
         assert doc(t0)["crl"] == {
-            "number": 1,
+            "number": int(t0.timestamp()) * 10**9,  # the time it was made, in nanoseconds
             "this_update": "2034-02-01T00:00:00+00:00",
             "next_update": "2034-02-08T00:00:00+00:00",
             "revoked": 0,

@@ -77,7 +77,7 @@ def fill(store: Store, n: int = 120) -> None:
         outputs.add(conn, [(f"{i:032X}", "cer", f"/spool/outbox/user{i}.cer") for i in range(1, 9)])
         outputs.moved(conn, f"{1:032X}", "cer", "/spool/archive/user1.cer", T0)
         for _ in range(7):
-            store.next_crl_number(conn)
+            store.claim_crl_number(conn, 0)
         store.set_meta(conn, "expiry_last_sweep", T0.isoformat())
 
 
@@ -109,7 +109,7 @@ def test_sqlite_into_postgresql_and_back(sqlite_index: Store, pg_url: str, tmp_p
             assert rec is not None and rec.der == b"\x00" * 10 and rec.key_generated
             assert [r.serial for r in pg.find(conn, "alt7@example.org")] == [f"{7:032X}"]
             assert pg.get_meta(conn, "crl_number") == "7"
-            assert pg.next_crl_number(conn) == 8  # numbers go on from the copied one
+            assert pg.claim_crl_number(conn, 0) == 8  # numbers go on from the copied one
             # new rows get ids after the copied ones (PostgreSQL's sequences moved on)
             pg.log(conn, T0, "after", "issued")
             assert control.push(conn, "crl", {}, T0) == 3
@@ -147,7 +147,7 @@ def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
     try:
         with target.begin() as conn:
             target.log(conn, T0, "someone else's", "issued")
-            target.next_crl_number(conn)
+            target.claim_crl_number(conn, 0)
         before = _checksums(target)
         with pytest.raises(StoreError) as exc:
             copy_index(sqlite_index, target)

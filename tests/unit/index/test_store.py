@@ -410,7 +410,7 @@ def test_search_finds_text_in_serial_name_cn_and_e_mail(store: Store) -> None:
 # --- CRL numbers: several hosts draw them from one index --------------------------------------------------
 def _draw(store: Store) -> int:
     with store.begin() as conn:
-        return store.next_crl_number(conn)
+        return store.claim_crl_number(conn, 0)
 
 
 def test_a_crl_number_drawn_waits_for_the_one_being_drawn(store: Store) -> None:
@@ -418,7 +418,7 @@ def test_a_crl_number_drawn_waits_for_the_one_being_drawn(store: Store) -> None:
     commit and gets the number after A's, never the same one."""
     got: list[int] = []
     with store.begin() as conn:
-        first = store.next_crl_number(conn)
+        first = store.claim_crl_number(conn, 0)
         b = threading.Thread(target=lambda: got.append(_draw(store)))
         b.start()
         b.join(0.5)

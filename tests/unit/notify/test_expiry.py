@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from certdrop.clock import ManualClock
 from certdrop.index.mailqueue import QueuedMail, list_queue
 from certdrop.index.store import Store
-from certdrop.notify.expiry import SweepConfig, read_crl_next_update, sweep
+from certdrop.notify.expiry import CrlAbove, SweepConfig, read_crl_next_update, sweep
 from conftest import make_env
 from mailpeer import mail_config
 from notify_helpers import T0, certificate, index_certificate, mail_settings
@@ -175,6 +175,56 @@ def test_a_crl_that_was_not_refreshed(store: Store, cfg: SweepConfig) -> None:
     assert sweep(store, cfg, [ca], T0).alerts == []
     [expired] = [m for m in queued(store) if "EXPIRED" in m.subject]
     assert "The current CRL (number 0) of\n\n    CN=Test CA\n" in expired.body
+
+
+def test_the_crl_of_the_offline_root_is_announced_when_due(store: Store, cfg: SweepConfig) -> None:
+    """A 365-day root CRL: due 30 days before its end, then at 7 and 1 days, then expired;
+    each once. A new CRL (another number) starts over; a missing one is one alert."""
+    end = T0 + dt.timedelta(days=365)
+    due = end - dt.timedelta(days=30)
+    crl = CrlAbove("CN=Root", 1000, end, due)
+    clock = ManualClock(due - dt.timedelta(hours=1))
+    assert sweep(store, cfg, [], clock.now(), [crl]).alerts == []
+    seen: list[str] = []
+    for at, expected in (
+        (due, "is due: it expires in 30 days"),
+        (due + dt.timedelta(days=1), None),
+        (end - dt.timedelta(days=6), "is due: it expires in 6 days"),
+        (end - dt.timedelta(hours=12), "is due: it expires in less than a day"),
+        (end + dt.timedelta(hours=1), "has EXPIRED: Apache refuses every client certificate"),
+        (end + dt.timedelta(days=3), None),
+    ):
+        clock.set(at)
+        alerts = sweep(store, cfg, [], clock.now(), [crl]).alerts
+        assert alerts == ([f"the CRL of CN=Root {expected}"] if expected else []), at
+        seen += alerts
+    assert subjects(store, ADMIN) == [f"[certdrop] {a}" for a in seen]
+    body = queued(store)[0].body
+    assert "certdrop root-crl --offline-root DIR" in body
+    # the ceremony: a fresh CRL, not due for a year
+    fresh = CrlAbove(
+        "CN=Root", 2000, clock.now() + dt.timedelta(days=365), clock.now() + dt.timedelta(days=335)
+    )
+    assert sweep(store, cfg, [], clock.now(), [fresh]).alerts == []
+    # none at all: once
+    missing = CrlAbove("CN=Root", None, None, None)
+    assert sweep(store, cfg, [], clock.now(), [missing]).alerts == [
+        "there is no CRL of CN=Root: Apache refuses every client certificate"
+    ]
+    assert sweep(store, cfg, [], clock.now(), [missing]).alerts == []
+
+
+def test_a_short_lived_root_crl_is_not_announced_at_once(store: Store, cfg: SweepConfig) -> None:
+    """root_crl_days = 8: due two days before its end (a quarter), not at issuance."""
+    start = T0
+    end = start + dt.timedelta(days=8)
+    crl = CrlAbove("CN=Root", 5, end, end - dt.timedelta(days=2))
+    for days, expected in (
+        (0, []),
+        (5.9, []),
+        (6, ["the CRL of CN=Root is due: it expires in 2 days"]),
+    ):
+        assert sweep(store, cfg, [], start + dt.timedelta(days=days), [crl]).alerts == expected
 
 
 def test_pending_requests_that_were_never_announced(store: Store, cfg: SweepConfig) -> None:

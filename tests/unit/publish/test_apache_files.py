@@ -22,10 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certdrop.authority.ca import CertificateAuthority
+from certdrop.authority.lifecycle import CHAIN_CRLS
 from certdrop.clock import Clock, ManualClock
 from certdrop.config import ApacheSettings
 from certdrop.index.store import NewCertificate, Store
-from certdrop.publish.apache import CHAIN_CRLS, META_APACHE, ApacheOutcome, ApachePublisher
+from certdrop.publish.apache import META_APACHE, ApacheOutcome, ApachePublisher
 from certdrop.publish.crl import CrlPublisher
 from conftest import CAEnv, make_env
 
@@ -408,6 +409,6 @@ def test_the_crls_of_the_cas_above_are_merged_with_warnings(tmp_path: Path) -> N
         (chain_dir / "notes.txt").unlink()
         (chain_dir / "forged.crl").unlink()
         [expired] = rig.apache.chain_crls()[1]
-        assert "expired at" in expired and f"put a fresh one in {chain_dir}" in expired
+        assert "expired at" in expired and f"put a fresh CRL in {chain_dir}" in expired
     finally:
         rig.store.close()

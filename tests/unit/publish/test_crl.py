@@ -34,6 +34,7 @@ from certdrop.publish.crl import (
 from conftest import OPENSSL, CAEnv, make_env, stock_linter
 
 T0 = dt.datetime(2031, 3, 1, 12, 0, tzinfo=dt.UTC)
+N0 = 1930132800 * 10**9  # T0 in nanoseconds since the epoch: the number of a CRL made at T0
 
 
 @dataclass
@@ -95,8 +96,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 def test_regenerate_publishes_der_and_pem_and_tells_the_listeners(rig: Rig) -> None:
     rig.add_revoked("0A01", "alice", "keyCompromise")
     facts = rig.crl.regenerate("test")
-    assert facts == CrlFacts(1, T0, T0 + dt.timedelta(days=7), 1)
-    assert rig.told == [1]
+    assert facts == CrlFacts(N0, T0, T0 + dt.timedelta(days=7), 1)
+    assert rig.told == [N0]
     der = rig.crl.der_path.read_bytes()
     pem = x509.load_pem_x509_crl(rig.crl.pem_path.read_bytes())
     assert pem.public_bytes(serialization.Encoding.DER) == der
@@ -113,9 +114,9 @@ def test_regenerate_publishes_der_and_pem_and_tells_the_listeners(rig: Rig) -> N
     assert rig.meta(META_CRL_NEXT_UPDATE) == (T0 + dt.timedelta(days=7)).isoformat()
     assert rig.crl.published_crl() is not None
     assert not list(rig.env.state.glob(".*crl*"))  # no temporary files left behind
-    # every regeneration takes the next number
-    assert rig.crl.regenerate("again").number == 2
-    assert rig.told == [1, 2]
+    # every regeneration takes a higher number, also within the same nanosecond
+    assert rig.crl.regenerate("again").number == N0 + 1
+    assert rig.told == [N0, N0 + 1]
 
 
 def test_crl_problem_says_why_a_new_crl_is_needed(rig: Rig) -> None:
@@ -126,9 +127,9 @@ def test_crl_problem_says_why_a_new_crl_is_needed(rig: Rig) -> None:
     # close to its nextUpdate (refresh_before_days = 3), then past it
     assert crl.crl_problem(T0 + dt.timedelta(days=4) - dt.timedelta(seconds=1)) is None
     assert crl.crl_problem(T0 + dt.timedelta(days=4)) == (
-        "CRL 1 reaches its nextUpdate 2031-03-08 12:00 UTC within 3 days"
+        f"CRL {N0} reaches its nextUpdate 2031-03-08 12:00 UTC within 3 days"
     )
-    assert crl.crl_problem(T0 + dt.timedelta(days=7)) == "CRL 1 expired at 2031-03-08 12:00 UTC"
+    assert crl.crl_problem(T0 + dt.timedelta(days=7)) == f"CRL {N0} expired at 2031-03-08 12:00 UTC"
     # a revocation the CRL does not list (a crash after the index commit)
     rig.add_revoked("0B02", "bob", "superseded")
     assert crl.crl_problem(T0) == (
@@ -155,7 +156,7 @@ def test_a_crl_dated_ahead_within_the_clock_skew_is_kept(rig: Rig) -> None:
     rig.crl.regenerate("first")
     assert rig.crl.crl_problem(T0 - CLOCK_SKEW) is None
     assert rig.crl.crl_problem(T0 - CLOCK_SKEW - dt.timedelta(seconds=1)) == (
-        "CRL 1 is dated 2031-03-01 12:00 UTC, in the future (the clock went back)"
+        f"CRL {N0} is dated 2031-03-01 12:00 UTC, in the future (the clock went back)"
     )
 
 
@@ -169,31 +170,50 @@ def test_a_crl_of_another_ca_is_not_taken_for_ours(rig: Rig, tmp_path: Path) -> 
         other.store.close()
     assert rig.crl.published_crl() is None
     assert rig.crl.crl_problem(T0) == f"{rig.crl.der_path} is not a valid CRL of this CA"
-    # and its number does not count: ours starts at 1
-    assert rig.crl.refresh() == CrlFacts(1, T0, T0 + dt.timedelta(days=7), 0)
+    # and its number does not count
+    assert rig.crl.refresh() == CrlFacts(N0, T0, T0 + dt.timedelta(days=7), 0)
 
 
 def test_refresh_makes_a_crl_only_when_due(rig: Rig) -> None:
     first = rig.crl.refresh()
-    assert first is not None and first.number == 1
+    assert first is not None and first.number == N0
     assert rig.crl.refresh() is None
     rig.clock.set(T0 + dt.timedelta(days=4) - dt.timedelta(seconds=1))
     assert rig.crl.refresh() is None
     rig.clock.set(T0 + dt.timedelta(days=4))
     second = rig.crl.refresh()
-    assert second is not None and second.number == 2
+    assert second is not None and second.number == N0 + 4 * 86400 * 10**9
     assert second.this_update == rig.clock.now()
-    assert rig.told == [1, 2]
+    assert rig.told == [N0, second.number]
 
 
-def test_the_crl_number_never_goes_back_with_the_index(rig: Rig) -> None:
-    for _ in range(3):
-        rig.crl.regenerate("test")
-    assert rig.facts().number == 3
-    with rig.store.begin() as conn:  # an index restored from an old backup
-        rig.store.set_meta(conn, "crl_number", "1")
-    assert rig.crl.regenerate("after the restore").number == 4
-    assert rig.crl.regenerate("and on").number == 5
+def test_the_crl_number_never_goes_back_with_the_index(rig: Rig, tmp_path: Path) -> None:
+    """Numbers come from the time: a copy of the state restored from a backup (index and
+    CRL files) uses none of the numbers published after the backup was taken, and a clock
+    that went back does not take the number back."""
+    rig.crl.regenerate("before the backup")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for path in (rig.crl.der_path, rig.crl.pem_path):
+        shutil.copy2(path, backup / path.name)
+    with rig.store.begin() as conn:
+        counter_at_backup = rig.store.get_meta(conn, "crl_number")
+    after = []
+    for _ in range(100):  # a burst of revocations after the backup, within a second
+        after.append(rig.crl.regenerate("after the backup").number)
+        rig.clock.advance(dt.timedelta(milliseconds=1))
+    assert after == sorted(set(after)) and after[0] > N0
+    rig.clock.advance(dt.timedelta(minutes=5))  # the restore, later
+    with rig.store.begin() as conn:
+        rig.store.set_meta(conn, "crl_number", str(counter_at_backup))
+    for path in (rig.crl.der_path, rig.crl.pem_path):
+        shutil.copy2(backup / path.name, path)
+    restored = rig.crl.regenerate("after the restore").number
+    assert restored > max(after)
+    assert restored == N0 + 300_100_000_000  # 5 minutes and the burst's 0.1 s later
+    rig.clock.set(T0 - dt.timedelta(days=1))  # the clock went back a day
+    assert rig.crl.regenerate("clock went back").number == restored + 1
+    assert (restored + 1).bit_length() <= 159  # a CRL number has at most 20 octets
 
 
 def test_a_failed_publication_is_reported_and_recorded(

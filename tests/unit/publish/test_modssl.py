@@ -188,3 +188,22 @@ def test_load_ca_certificates_says_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "ca.cer").write_text("not a certificate")
     with pytest.raises(CAError, match=f"cannot read the CA certificate in {tmp_path}: "):
         load_ca_certificates(tmp_path)
+
+
+def test_the_ocsp_variant_asks_certdrop_serve_instead_of_reading_a_crl(tmp_path: Path) -> None:
+    env = make_env(tmp_path, extra=APACHE + '\n[http]\nlisten = "0.0.0.0:8081"\n')
+    cert, chain = load_ca_certificates(env.state)
+    text = apache_config_text(env.settings, cert, chain, ocsp=True)
+    lines = text.splitlines()
+    assert "SSLOCSPEnable leaf" in lines
+    assert 'SSLOCSPDefaultResponder "http://127.0.0.1:8081/ocsp"' in lines  # the loopback
+    assert "SSLOCSPOverrideResponder on" in lines and "SSLOCSPUseRequestNonce on" in lines
+    assert not any(line.startswith("SSLCARevocation") for line in lines)
+    assert 'SSLCACertificateFile "/srv/ca.pem"' in lines and "SSLVerifyClient require" in lines
+    # with [http] base_url, Apache asks where the certificates' AIA points
+    env.write_config(APACHE + '\n[http]\nbase_url = "https://pki.example.org/ca"\n')
+    text = apache_config_text(env.settings, cert, chain, ocsp=True)
+    assert 'SSLOCSPDefaultResponder "https://pki.example.org/ca/ocsp"' in text.splitlines()
+    # the CLI prints it
+    code, out, _ = env.cli("apache-config", "--ocsp")
+    assert code == 0 and "SSLOCSPEnable leaf" in out

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from certdrop.authority.responder import RESPONDER_FILE, ResponderCredentials
 from certdrop.config import MailSettings
 from certdrop.index.mailqueue import list_queue
 from certdrop.intake.inbox import Inbox, WorkQueue
@@ -22,7 +24,7 @@ from certdrop.notify.mailer import Mailer
 from certdrop.service.jobs import Jobs
 from certdrop.service.runtime import Runtime
 from certdrop.service.scheduler import Scheduler
-from conftest import ec_csr
+from conftest import ec_csr, lint_clean
 from issue_kit import SERVER, Kit, attrs, make_kit
 from mailpeer import SmtpPeer, mail_config
 
@@ -89,16 +91,54 @@ def crl_number(kit: Kit) -> int:
 def test_schedule_follows_the_mail_setting(mail_kit: Kit) -> None:
     jobs, _, sched = jobs_for(mail_kit)
     jobs.schedule(sched, mail_kit.rt)
-    assert sorted(sched.job_ids()) == ["crl", "expiry-sweep", "mail-flush", "rescan"]
+    assert sorted(sched.job_ids()) == [
+        "crl",
+        "expiry-sweep",
+        "mail-flush",
+        "ocsp-responder",
+        "rescan",
+    ]
     no_mail = dataclasses.replace(
         mail_kit.rt, settings=mail_kit.rt.settings.model_copy(update={"mail": MailSettings()})
     )
     jobs.schedule(sched, no_mail)  # a reload turned mail off
     # (a scheduler not started yet keeps a replaced job twice until it starts: a set)
-    assert set(sched.job_ids()) == {"crl", "rescan"}
+    assert set(sched.job_ids()) == {"crl", "ocsp-responder", "rescan"}
     fresh = RecordingScheduler()
     jobs.schedule(fresh, no_mail)
-    assert sorted(fresh.job_ids()) == ["crl", "rescan"]
+    assert sorted(fresh.job_ids()) == ["crl", "ocsp-responder", "rescan"]
+
+
+# --- the OCSP responder's certificate -------------------------------------------------------------------
+def test_the_responder_certificate_is_renewed_before_it_ends(kit: Kit) -> None:
+    """The job makes the responder's key and certificate (0600) and, by the injected clock,
+    a new one before the old one ends; every one is lint-clean and audited."""
+    jobs, _, _ = jobs_for(kit)
+    path = kit.env.state / RESPONDER_FILE
+
+    def current() -> x509.Certificate:
+        assert path.stat().st_mode & 0o777 == 0o600
+        return ResponderCredentials.from_pem(path.read_bytes()).cert
+
+    jobs.ocsp_responder()
+    first = current()
+    assert lint_clean(first.public_bytes(serialization.Encoding.DER)) == []
+    first.verify_directly_issued_by(kit.rt.ca.cert)
+    jobs.ocsp_responder()
+    assert current() == first  # still fresh
+    kit.clock.set(first.not_valid_after_utc - dt.timedelta(days=1))  # a day left
+    jobs.ocsp_responder()
+    second = current()
+    assert second.serial_number != first.serial_number
+    assert second.public_key() != first.public_key()  # a new key too
+    assert second.not_valid_before_utc <= kit.clock.now() < first.not_valid_after_utc
+    assert second.not_valid_after_utc > first.not_valid_after_utc
+    assert [e["serial"] for e in kit.events("ocsp-responder-issued")] == [
+        f"{c.serial_number:X}" for c in (first, second)
+    ]
+    path.write_bytes(b"damaged")  # anything unusable is replaced
+    jobs.ocsp_responder()
+    assert current() != second
 
 
 # --- the CRL ----------------------------------------------------------------------------------------------
@@ -110,11 +150,12 @@ def test_the_crl_job_renews_the_crl_when_due_by_the_clock(kit: Kit) -> None:
     assert crl_number(kit) == first  # still fresh: nothing to do
     kit.clock.advance(dt.timedelta(days=4, minutes=1))  # 7-day CRL, refreshed 3 days before
     jobs.crl()
-    assert crl_number(kit) == first + 1
+    second = crl_number(kit)
+    assert second == first + dt.timedelta(days=4, minutes=1) // dt.timedelta(microseconds=1) * 1000
     host.rt = None  # between two runtimes (a reload): nothing happens
     kit.clock.advance(dt.timedelta(days=10))
     jobs.crl()
-    assert crl_number(kit) == first + 1
+    assert crl_number(kit) == second
 
 
 # --- expiry warnings and the mail queue ----------------------------------------------------------------------

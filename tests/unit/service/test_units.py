@@ -14,6 +14,7 @@ from conftest import REPO
 
 UNITS = REPO / "systemd"
 SERVICE = UNITS / "certdrop.service"
+HTTP_SERVICE = UNITS / "certdrop-http.service"
 RELOAD_PATH = UNITS / "certdrop-apache-reload.path"
 RELOAD_SERVICE = UNITS / "certdrop-apache-reload.service"
 SYSUSERS = UNITS / "sysusers.d" / "certdrop.conf"
@@ -75,10 +76,11 @@ def _installed_copy(tmp_path: Path) -> Path:
     package); systemd-analyze needs it to exist, so the copy names this venv's certdrop."""
     folder = tmp_path / "units"
     folder.mkdir()
-    text = SERVICE.read_text()
-    assert "\nExecStart=certdrop run --config /etc/certdrop/certdrop.toml\n" in text
-    text = text.replace("\nExecStart=certdrop ", f"\nExecStart={_certdrop_bin()} ")
-    (folder / SERVICE.name).write_text(text)
+    for unit, command in ((SERVICE, "run"), (HTTP_SERVICE, "serve")):
+        text = unit.read_text()
+        assert f"\nExecStart=certdrop {command} --config /etc/certdrop/certdrop.toml\n" in text
+        text = text.replace("\nExecStart=certdrop ", f"\nExecStart={_certdrop_bin()} ")
+        (folder / unit.name).write_text(text)
     for unit in (RELOAD_PATH, RELOAD_SERVICE):
         shutil.copy(unit, folder / unit.name)
     return folder
@@ -86,7 +88,7 @@ def _installed_copy(tmp_path: Path) -> Path:
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     folder = _installed_copy(tmp_path)
-    _verify(folder, SERVICE.name, RELOAD_PATH.name, RELOAD_SERVICE.name)
+    _verify(folder, SERVICE.name, HTTP_SERVICE.name, RELOAD_PATH.name, RELOAD_SERVICE.name)
 
 
 def test_verify_would_catch_a_broken_unit(tmp_path: Path) -> None:
@@ -119,6 +121,27 @@ def test_service_unit_is_what_the_spec_asks_for() -> None:
     assert _values(SERVICE, "SystemCallFilter") == ["@system-service"]
     assert sorted(_values(SERVICE, "LoadCredential")) == ["ca-key-passphrase", "smtp-password"]
     assert "certdrop-apache-reload.path" in _one(SERVICE, "Wants", "Unit")
+
+
+def test_http_unit_reads_the_state_and_never_the_ca_key() -> None:
+    """certdrop-http.service: its own unprivileged process, Type=notify like the daemon,
+    a read-only file system (the state folder included), no CA key, no capability."""
+    assert _one(HTTP_SERVICE, "Type") == "notify"
+    assert _one(HTTP_SERVICE, "ExecStart") == "certdrop serve --config /etc/certdrop/certdrop.toml"
+    assert _one(HTTP_SERVICE, "User") == "certdrop"
+    assert _one(HTTP_SERVICE, "Restart") == "on-failure"
+    assert re.fullmatch(r"\d+s?", _one(HTTP_SERVICE, "WatchdogSec"))
+    assert _one(HTTP_SERVICE, "ProtectSystem") == "strict"
+    assert _values(HTTP_SERVICE, "ReadWritePaths") == []
+    assert _values(HTTP_SERVICE, "StateDirectory") == []  # that would make the state writable
+    assert _one(HTTP_SERVICE, "ReadOnlyPaths") == "/var/lib/certdrop"
+    hidden = " ".join(_values(HTTP_SERVICE, "InaccessiblePaths")).split()
+    assert "-/var/lib/certdrop/ca.key" in hidden and "-/var/lib/certdrop/passwords" in hidden
+    assert _one(HTTP_SERVICE, "CapabilityBoundingSet") == ""
+    assert _values(HTTP_SERVICE, "AmbientCapabilities") == []
+    for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome", "PrivateDevices"):
+        assert _one(HTTP_SERVICE, key) == "yes", key
+    assert _values(HTTP_SERVICE, "LoadCredential") == []  # no passphrase: no CA key to open
 
 
 def test_apache_reload_pair_watches_the_published_files() -> None:
@@ -177,16 +200,17 @@ def test_reload_script_reloads_until_the_files_are_stable(tmp_path: Path) -> Non
     assert calls.read_text().splitlines() == ["apachectl configtest"]
 
 
-def test_security_exposure_is_low(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", [SERVICE, HTTP_SERVICE], ids=lambda u: u.name)
+def test_security_exposure_is_low(tmp_path: Path, unit: Path) -> None:
     folder = _installed_copy(tmp_path)
     res = subprocess.run(
-        [str(SYSTEMD_ANALYZE), "security", "--offline=yes", "--threshold=25", SERVICE.name],
+        [str(SYSTEMD_ANALYZE), "security", "--offline=yes", "--threshold=25", unit.name],
         cwd=folder,
         capture_output=True,
         text=True,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
-    m = re.search(r"Overall exposure level for certdrop.service: ([\d.]+)", res.stdout)
+    m = re.search(rf"Overall exposure level for {re.escape(unit.name)}: ([\d.]+)", res.stdout)
     assert m and float(m.group(1)) <= 2.5, res.stdout[-500:]
 
 

@@ -1,0 +1,282 @@
+"""The CA over years: the two-tier part of `certdrop init`, `certdrop root-crl`,
+`certdrop backup` and `certdrop restore`.
+
+The offline root's folder (removable media) is opened only here, with its passphrase;
+the daemon never reads it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from ..errors import CertdropError
+from .context import config_option, ctx, operator_result
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from ..clock import Clock
+    from ..config import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def offline_root_options(f: F) -> F:
+    """--offline-root DIR and --root-passphrase-file F."""
+    f = click.option(
+        "--root-passphrase-file",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="The offline root key's passphrase (first line); asked for when not given.",
+    )(f)
+    return click.option(
+        "--offline-root",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="The offline root's folder (removable media): a two-tier CA.",
+    )(f)
+
+
+def root_passphrase(path: Path | None, *, new: bool) -> bytes:
+    """The offline root's passphrase: the first line of `path`, else asked for on a
+    terminal (twice for a new root)."""
+    if path is not None:
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as exc:
+            raise CertdropError(
+                f"--root-passphrase-file {path}: cannot read it ({exc.strerror})"
+            ) from None
+        if not lines or not lines[0]:
+            raise CertdropError(f"--root-passphrase-file {path} is empty")
+        return lines[0]
+    if not sys.stdin.isatty():
+        raise CertdropError(
+            "the offline root's passphrase is needed: give --root-passphrase-file F "
+            "(or run this on a terminal to be asked for it)"
+        )
+    text: str = click.prompt(
+        "passphrase of the offline root key", hide_input=True, confirmation_prompt=new
+    )
+    if not text:
+        raise CertdropError("the offline root key needs a passphrase")
+    return text.encode()
+
+
+def _linters(settings: Settings) -> tuple[Any, Any]:
+    """pkilint's certificate and CRL checks, or None each when [policy] lint is off."""
+    if not settings.policy.lint:
+        return None, None
+    from ..authority.lint import shared_linter
+
+    linter = shared_linter()
+    return linter.certificate, linter.crl
+
+
+def init_two_tier(
+    settings: Settings,
+    clock: Clock,
+    folder: Path,
+    passphrase_file: Path | None,
+    passphrase: bytes | None,
+) -> x509.Certificate:
+    """`init --offline-root DIR`: the root in DIR (made, or the one there), the issuing
+    CA, the chain and the root's first CRL in the state. Returns the issuing CA."""
+    from ..authority.lifecycle import ca_exists
+    from ..authority.names import subject_text
+    from ..authority.offline_root import create_two_tier, root_exists
+
+    if ca_exists(settings.state):
+        raise CertdropError(
+            f"a CA already exists in {settings.state}; certdrop never overwrites a CA"
+        )
+    secret = root_passphrase(passphrase_file, new=not root_exists(folder))
+    lint_cert, lint_crl = _linters(settings)
+    made = create_two_tier(
+        settings.state,
+        folder,
+        settings.ca,
+        clock.now(),
+        passphrase,
+        secret,
+        lint_cert,
+        lint_crl,
+    )
+    verb = "created" if made.new_root else "used"
+    click.echo(
+        f"{verb} the offline root {subject_text(made.root.subject)} in {folder} (its key is "
+        f"only there, encrypted), valid until {made.root.not_valid_after_utc:%Y-%m-%d}"
+    )
+    click.echo(
+        f"created the issuing CA {subject_text(made.ca.subject)} ({settings.ca.key_type}) in "
+        f"{settings.state}, signed by the root"
+    )
+    for w in made.warnings:
+        click.echo(f"warning: {w}")
+    _crl_lines(made.crl, "the root's first CRL")
+    click.echo(f"  store {folder} offline now: the daemon never needs it")
+    return made.ca
+
+
+def _crl_lines(crl: x509.CertificateRevocationList, what: str) -> None:
+    from ..publish.upstream import due_at, number_of
+
+    click.echo(
+        f"  {what}: number {number_of(crl)}, {len(crl)} revoked CA(s), valid until "
+        f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC"
+    )
+    due = due_at(crl)
+    if due is not None:
+        click.echo(
+            f"  the next root CRL is due by {due:%Y-%m-%d}: certdrop root-crl --offline-root DIR"
+        )
+
+
+# --- root-crl ----------------------------------------------------------------------------------------
+@click.command("root-crl")
+@config_option
+@offline_root_options
+@click.option(
+    "--revoke-ca",
+    "revoke_ca",
+    metavar="SERIAL",
+    help="First revoke this issuing CA the root signed (a compromised or abandoned one).",
+)
+@click.option(
+    "--reason",
+    default="cessationOfOperation",
+    show_default=True,
+    help="With --revoke-ca: the RFC 5280 reason (keyCompromise, cACompromise, ...).",
+)
+def root_crl(
+    offline_root: Path | None,
+    root_passphrase_file: Path | None,
+    revoke_ca: str | None,
+    reason: str,
+) -> None:
+    """Sign the offline root's next CRL and publish it with the rest (a ceremony,
+    every [ca] root_crl_days)."""
+    from ..authority.lifecycle import install_chain_crl, load_ca_certificates
+    from ..authority.names import subject_text
+    from ..authority.offline_root import OfflineRoot
+    from ..service.ownership import hand_over
+
+    if offline_root is None:
+        raise click.UsageError("--offline-root DIR is required: the folder of the root key")
+    c = ctx()
+    s = c.settings
+    ca_cert, chain = load_ca_certificates(s.state)
+    root = OfflineRoot.open(offline_root, root_passphrase(root_passphrase_file, new=False))
+    if root.cert not in chain:
+        raise CertdropError(
+            f"the root in {offline_root} ({subject_text(root.cert.subject)}) is not above the "
+            f"CA in {s.state}; is the right medium mounted?"
+        )
+    now = c.clock.now()
+    if revoke_ca is not None:
+        if revoke_ca.replace(":", "").strip().upper().lstrip("0") == format(
+            ca_cert.serial_number, "X"
+        ):
+            raise CertdropError(
+                f"{revoke_ca} is the issuing CA of {s.state}: roll over first "
+                "('certdrop rollover --offline-root DIR'), then revoke it"
+            )
+        revoked = root.revoke_ca(revoke_ca, reason, now)
+        click.echo(f"revoked the issuing CA {revoked.serial} ({revoked.subject}), {revoked.reason}")
+    _, lint_crl = _linters(s)
+    crl = root.sign_crl(now, s.ca.root_crl_days, lint_crl)
+    path = install_chain_crl(s.state, crl)
+    hand_over(s.state, s.spool)
+    click.echo(f"signed the root's CRL; kept in {offline_root} and published from {path}")
+    _crl_lines(crl, "root CRL")
+    answer = operator_result("publish", {})
+    if answer is None:
+        click.echo("the daemon has not answered yet; it publishes the CRL at its next check")
+    elif answer.startswith("error:"):
+        raise CertdropError(f"the root CRL was not published: {answer[6:].strip()}")
+    else:
+        click.echo(answer.removeprefix("ok:").strip())
+
+
+# --- backup / restore --------------------------------------------------------------------------------
+@click.command()
+@config_option
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+def backup(dest: Path) -> None:
+    """A consistent copy of the state in DEST (new or empty), taken while the daemon runs:
+    the index through SQLite's online backup, the CA keys as stored, chain, CRLs,
+    passwords/, the audit log, and a manifest with checksums."""
+    from ..service.backup import take_backup
+    from ..service.ownership import hand_over
+
+    c = ctx()
+    s = c.settings
+    report = take_backup(s, dest, c.clock, c.resolved_config_path)
+    _audit(s, c.clock, "backup", {"dest": str(dest)}, f"{report.index.certificates} certificates")
+    hand_over(s.state, s.spool)  # an index opened as root: its -wal/-shm stay the service's
+    click.echo(
+        f"backed up {s.state} into {dest} in {report.seconds:.1f}s: the index "
+        f"({report.index.certificates} certificates, checked) and {report.files} files, "
+        f"{report.size / 1e6:.1f} MB; MANIFEST.json lists them with their SHA-256"
+    )
+    if _encrypted_key(dest / "state" / "ca.key") is False:
+        click.echo(
+            "  note: the CA key is stored unencrypted, and so it is in the backup: keep the "
+            "backup as safe as the CA host (or set [ca] key_passphrase_file)"
+        )
+
+
+def _audit(
+    settings: Settings, clock: Clock, command: str, args: dict[str, str], result: str
+) -> None:
+    from ..audit import AuditLog, operator_actor
+
+    log = AuditLog.in_state(settings.state, clock, actor=operator_actor())
+    log({"event": "operator", "command": command, "args": args, "ok": True, "result": result})
+
+
+def _encrypted_key(path: Path) -> bool | None:
+    try:
+        return b"ENCRYPTED" in path.read_bytes()
+    except OSError:
+        return None
+
+
+@click.command()
+@config_option
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def restore(src: Path) -> None:
+    """Put the backup SRC into the empty state folder (never over a live one); every
+    checksum and the index are checked first."""
+    from ..service.backup import restore_backup
+    from ..service.ownership import hand_over
+
+    c = ctx()
+    s = c.settings
+    report = restore_backup(s, src)
+    _audit(
+        s,
+        c.clock,
+        "restore",
+        {"src": str(src)},
+        f"backup of {report.created_at.isoformat()}, {report.index.certificates} certificates",
+    )
+    hand_over(s.state, s.spool)
+    click.echo(
+        f"restored the backup of {report.created_at:%Y-%m-%d %H:%M} UTC into {s.state}: the "
+        f"index ({report.index.certificates} certificates, integrity checked) and "
+        f"{report.files} files"
+    )
+    if report.left_out:
+        click.echo(
+            f"  left out {', '.join(report.left_out)}: the daemon publishes a fresh CRL at "
+            "start, numbered above every CRL published before"
+        )
+    click.echo(
+        "  certificates issued after the backup are in the spool's outbox/: adopt them with "
+        "'certdrop import SPOOL/outbox'; repeat the revocations made since (the old audit log "
+        "lists them)"
+    )

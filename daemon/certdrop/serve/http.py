@@ -1,0 +1,221 @@
+"""HTTP for `certdrop serve`, with aiohttp (the one module that imports it).
+
+Each worker process runs one event loop: the routes below, answered by the objects of
+`ServeRuntime` (serve/runtime.py), on the listening socket the supervisor
+(serve/server.py) made and shares with the other workers. HTTP/1.0 and 1.1 clients
+both (mod_ssl's OCSP client speaks 1.0, one request per connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import email.utils
+import hashlib
+import logging
+import os
+import signal
+import socket
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from cryptography.x509 import ocsp
+
+from ..errors import ServeError
+from .balance import ConnectionBoard
+from .ocsp import OcspAnswer
+from .published import NAMES, Document
+from .runtime import ServeRuntime
+
+log = logging.getLogger("certdrop.serve")
+
+KEEPALIVE_SECONDS = 30.0  # an idle keep-alive connection is closed after this
+SHUTDOWN_SECONDS = 5.0  # requests in progress get this long to finish on SIGTERM
+BALANCE_POLL_SECONDS = 0.02  # a worker holding more connections than another looks again
+RETRY_AFTER = "60"  # a document not published yet: ask again in a minute
+OCSP_REQUEST = "application/ocsp-request"
+OCSP_RESPONSE = "application/ocsp-response"
+OCSP_MAX_AGE = 60  # HTTP caches keep a GET answer this long at most: revocations show soon
+
+
+def _http_date(when: dt.datetime) -> str:
+    return email.utils.format_datetime(when.astimezone(dt.UTC), usegmt=True)
+
+
+def _not_modified(request: web.Request, doc: Document) -> bool:
+    """RFC 9110 13.1.2 / 13.1.3: If-None-Match (weak comparison) takes precedence over
+    If-Modified-Since."""
+    inm = request.headers.get("If-None-Match")
+    if inm is not None:
+        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+        return "*" in tags or doc.etag in tags
+    ims = request.headers.get("If-Modified-Since")
+    if ims is None:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(ims)
+    except (TypeError, ValueError):
+        return False
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    return doc.last_modified <= since
+
+
+def _document_response(request: web.Request, doc: Document, now: dt.datetime) -> web.Response:
+    age = doc.fresh_for(now)
+    headers = {
+        "ETag": doc.etag,
+        "Last-Modified": _http_date(doc.last_modified),
+        "Cache-Control": f"public, max-age={age}, no-transform",
+        "Expires": _http_date(now + dt.timedelta(seconds=age)),  # for HTTP/1.0 caches
+    }
+    if _not_modified(request, doc):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=doc.body, headers={**headers, "Content-Type": doc.media_type})
+
+
+def _unavailable(reason: str) -> web.Response:
+    return web.Response(status=503, text=reason + "\n", headers={"Retry-After": RETRY_AFTER})
+
+
+def make_app(rt: ServeRuntime) -> web.Application:
+    """The routes, answered by `rt`'s objects."""
+    app = web.Application(client_max_size=rt.max_request_bytes)
+
+    def document(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            now = rt.clock.now()
+            try:
+                doc = rt.files.get(name)
+            except ServeError as exc:
+                log.warning("GET /%s: %s", name, exc)
+                return _unavailable(str(exc))
+            return _document_response(request, doc, now)
+
+        return handler
+
+    async def ocsp_post(request: web.Request) -> web.StreamResponse:
+        ctype = request.headers.get("Content-Type", OCSP_REQUEST).split(";")[0].strip().lower()
+        if ctype != OCSP_REQUEST:
+            return web.Response(
+                status=415, text=f"an OCSP request is sent as {OCSP_REQUEST}, not {ctype}\n"
+            )
+        body = await request.read()  # larger than client_max_size: 413
+        return _ocsp_response(rt.ocsp.respond(body, rt.clock.now()), rt.clock.now(), cache=False)
+
+    async def ocsp_get(request: web.Request) -> web.StreamResponse:
+        # RFC 5019 5: GET {url}/{url-encoding of base64 encoding of the DER request}
+        raw = request.rel_url.raw_path[len("/ocsp/") :]
+        try:
+            der = base64.b64decode(urllib.parse.unquote(raw), validate=True)
+        except (binascii.Error, ValueError):
+            der = b""  # not base64: answered as a malformed request
+        now = rt.clock.now()
+        return _ocsp_response(rt.ocsp.respond(der, now), now, cache=True)
+
+    for name in NAMES:
+        app.router.add_get(f"/{name}", document(name))
+    app.router.add_post("/ocsp", ocsp_post)
+    app.router.add_get("/ocsp/{request:.+}", ocsp_get)
+    return app
+
+
+def _ocsp_response(answer: OcspAnswer, now: dt.datetime, *, cache: bool) -> web.Response:
+    """RFC 5019 6.2: a successful answer to a GET without nonce may be cached until
+    shortly before its nextUpdate; anything else is for this request alone."""
+    if answer.status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        log.debug("OCSP %s: %s", answer.status.name, answer.reason)
+        if answer.status == ocsp.OCSPResponseStatus.TRY_LATER:
+            log.warning("OCSP answered tryLater: %s", answer.reason)
+    headers = {"Content-Type": OCSP_RESPONSE, "Cache-Control": "no-store"}
+    if (
+        cache
+        and not answer.nonce
+        and answer.produced_at is not None
+        and answer.next_update is not None
+    ):
+        age = max(0, min(OCSP_MAX_AGE, int((answer.next_update - now).total_seconds())))
+        headers.update(
+            {
+                "Cache-Control": f"max-age={age}, public, no-transform, must-revalidate",
+                "Last-Modified": _http_date(answer.produced_at),
+                "Expires": _http_date(answer.next_update),
+                "ETag": '"' + hashlib.sha256(answer.body).hexdigest()[:32] + '"',
+            }
+        )
+    return web.Response(body=answer.body, headers=headers)
+
+
+# --- one worker process -------------------------------------------------------------------------
+def run_worker(
+    sock: socket.socket,
+    rt: ServeRuntime,
+    board: ConnectionBoard,
+    index: int,
+    ready_fd: int,
+    lifeline_fd: int,
+) -> int:
+    """Serve on `sock` until SIGTERM (or until the supervisor is gone: `lifeline_fd` reads
+    end of file); one byte on `ready_fd` once accepting. The exit status."""
+    return asyncio.run(_worker(sock, rt, board, index, ready_fd, lifeline_fd))
+
+
+async def _worker(
+    sock: socket.socket,
+    rt: ServeRuntime,
+    board: ConnectionBoard,
+    index: int,
+    ready_fd: int,
+    lifeline_fd: int,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor's business
+    loop.add_reader(lifeline_fd, stop.set)  # readable only at end of file: the supervisor died
+    runner = web.AppRunner(
+        make_app(rt),
+        access_log=None,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        shutdown_timeout=SHUTDOWN_SECONDS,
+    )
+    await runner.setup()
+    accepting = asyncio.create_task(_accept(sock, runner, board, index))
+    os.write(ready_fd, bytes((index,)))
+    os.close(ready_fd)
+    await stop.wait()
+    accepting.cancel()
+    board.retire(index)
+    await runner.cleanup()  # stops idle connections, lets requests in progress finish
+    rt.close()
+    return 0
+
+
+async def _accept(
+    sock: socket.socket, runner: web.AppRunner, board: ConnectionBoard, index: int
+) -> None:
+    """Take connections from the shared socket while this worker is among the least busy
+    (serve/balance.py), and hand them to aiohttp."""
+    loop = asyncio.get_running_loop()
+    server = runner.server
+    assert server is not None
+    while True:
+        board.set(index, len(server.connections))
+        while not board.may_accept(index):
+            await asyncio.sleep(BALANCE_POLL_SECONDS)
+            board.set(index, len(server.connections))
+        try:
+            conn, _addr = await loop.sock_accept(sock)
+        except OSError as exc:  # out of file descriptors, say: keep serving the others
+            log.error("cannot accept a connection: %s", exc)
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            await loop.connect_accepted_socket(server, conn)
+        except OSError as exc:
+            log.debug("a connection ended before it was served: %s", exc)
+            conn.close()
