@@ -864,9 +864,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout = 30000")
     cur.execute("PRAGMA journal_mode = WAL")
     cur.execute("PRAGMA synchronous = FULL")
-    # 32 MiB of pages per connection (SQLite's default: 2 MiB): a batch's inserts touch
-    # a leaf of every index at random places, and a big index's would not stay cached
-    cur.execute("PRAGMA cache_size = -32768")
     cur.execute("PRAGMA foreign_keys = ON")
     cur.close()
 

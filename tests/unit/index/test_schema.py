@@ -301,14 +301,20 @@ def test_hosts_that_start_at_once_migrate_an_old_index_once(index_url: str) -> N
 
 def test_a_version_5_index_gets_the_schema_6_indexes(index_url: str) -> None:
     """Schema 6: ix_cert_attrs_value (value, attr) replaces ix_cert_attrs_lookup (attr,
-    value), ix_certificates_expiry (status, not_after) replaces ix_certificates_status;
-    the rows stay and the lookups find them."""
+    value), ix_certificates_expiry (status, not_after) replaces ix_certificates_status,
+    ix_certificates_crl holds the revoked certificates only; the rows stay and the
+    lookups find them."""
     store = Store(index_url).open()
     with store.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_cert_attrs_value")
         conn.exec_driver_sql("CREATE INDEX ix_cert_attrs_lookup ON cert_attrs (attr, value)")
         conn.exec_driver_sql("DROP INDEX ix_certificates_expiry")
         conn.exec_driver_sql("CREATE INDEX ix_certificates_status ON certificates (status)")
+        conn.exec_driver_sql("DROP INDEX ix_certificates_crl")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_certificates_crl ON certificates "
+            "(status, revoked_at, serial, revocation_reason)"
+        )
         store.add_certificates(
             conn,
             [
@@ -335,8 +341,10 @@ def test_a_version_5_index_gets_the_schema_6_indexes(index_url: str) -> None:
     try:
         names = {i["name"] for i in sa.inspect(store.engine).get_indexes("cert_attrs")}
         assert "ix_cert_attrs_value" in names and "ix_cert_attrs_lookup" not in names
-        names = {i["name"] for i in sa.inspect(store.engine).get_indexes("certificates")}
-        assert "ix_certificates_expiry" in names and "ix_certificates_status" not in names
+        indexes = {i["name"]: i for i in sa.inspect(store.engine).get_indexes("certificates")}
+        assert "ix_certificates_expiry" in indexes and "ix_certificates_status" not in indexes
+        where = {k: str(v) for k, v in indexes["ix_certificates_crl"]["dialect_options"].items()}
+        assert any(k.endswith("_where") and "revoked" in v for k, v in where.items()), where
         with store.begin() as conn:
             assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION)
             assert [m.record.serial for m in store.lookup(conn, "OLD")] == ["0A"]
