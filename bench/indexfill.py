@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certdrop.authority.ca import CertificateAuthority, IssueSpec
 from certdrop.authority.serials import random_serial, serial_hex
+from certdrop.index.schema import cert_attrs, certificates
 from certdrop.index.store import NewCertificate, Store
 
 
@@ -89,3 +91,142 @@ def fill(
     finally:
         store.close()
     return time.perf_counter() - t0, entries
+
+
+# the mix of a CA that has been issuing for years (fractions of the index): revoked
+# (on the CRL), superseded by a renewal, expired; the rest valid, ending over a year
+MIX = {"revoked": 0.10, "superseded": 0.05, "expired": 0.10}
+
+
+def fill_bulk(
+    database_url: str,
+    der: bytes,
+    n: int,
+    *,
+    now: dt.datetime,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """Load n certificates of MIX into the empty index at `database_url`; the counts.
+
+    A bulk load as a DBA would do it: the schema from the index module (Store.open),
+    its secondary indexes dropped, the rows written by the driver (SQLite: executemany;
+    PostgreSQL: COPY), the indexes created again from the schema's definitions, then on
+    PostgreSQL VACUUM ANALYZE (what autovacuum does after such a load by itself: the
+    statistics, the hint bits, the visibility map index-only scans need). Each
+    certificate has its CN, O and e-mail rows, a distinct request name and fingerprint,
+    a serial of random bits (loaded in serial order) and the one DER `der`.
+    """
+    now = now.replace(microsecond=0)
+    t_now = int(now.timestamp())
+    revoked_n = int(n * MIX["revoked"])
+    superseded_n = int(n * MIX["superseded"])
+    expired_n = int(n * MIX["expired"])
+    serials = sorted(random_serial() for _ in range(n))
+    counts = {"revoked": 0, "superseded": 0, "expired": 0, "valid": 0}
+    certs: list[tuple[object, ...]] = []
+    attrs: list[tuple[str, str, str]] = []
+    for i in range(n):
+        k = (i * 7919) % n  # statuses and expiries spread through the serials
+        if k < revoked_n:
+            status, left = "revoked", 1 + k % 365
+        elif k < revoked_n + superseded_n:
+            status, left = "superseded", 1 + k % 365
+        elif k < revoked_n + superseded_n + expired_n:
+            status, left = "expired", -(1 + k % 700)
+        else:
+            status, left = "valid", 1 + k % 365
+        counts[status] += 1
+        not_after = t_now + left * 86_400 + k % 86_400
+        serial = serial_hex(serials[i])
+        cn = f"User {i:07d}"
+        email = f"user{i:07d}@example.org"
+        revoked = status == "revoked"
+        certs.append(
+            (
+                serial,
+                f"CN={cn},O=Bench",
+                cn,
+                email,
+                not_after - 365 * 86_400,
+                not_after,
+                "client",
+                f"user{i:07d}",
+                hashlib.sha256(i.to_bytes(8, "big")).hexdigest(),
+                "valid" if status == "expired" else status,  # expired: valid, past its end
+                t_now - k if revoked else None,
+                "keyCompromise" if revoked else None,
+                None,
+                not_after - 365 * 86_400,
+                "bench",
+                "issued",
+                False,
+                der,
+            )
+        )
+        attrs += [(serial, "CN", cn.casefold()), (serial, "O", "bench"), (serial, "email", email)]
+    columns = [c.name for c in certificates.columns]
+    if len(columns) != len(certs[0]):
+        raise RuntimeError(f"index fill: the certificates table has columns {columns}")
+    store = Store(database_url).open()
+    try:
+        indexes = [*certificates.indexes, *cert_attrs.indexes]
+        t0 = time.perf_counter()
+        with store.begin() as conn:
+            for index in indexes:
+                conn.exec_driver_sql(f"DROP INDEX {index.name}")
+            if store.dialect == "postgresql":
+                # no foreign-key trigger per attribute row: the rows are consistent by
+                # construction (the bench's server runs as its superuser)
+                conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            for table, rows, names in (
+                (certificates, certs, columns),
+                (cert_attrs, attrs, ["serial", "attr", "value"]),
+            ):
+                if store.dialect == "sqlite":
+                    marks = ", ".join("?" for _ in names)
+                    cursor.executemany(
+                        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})", rows
+                    )
+                else:
+                    with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+                        for start in range(0, len(rows), 20_000):
+                            copy.write(_copy_text(rows[start : start + 20_000]))
+                if log is not None:
+                    log(f"    {table.name} {time.perf_counter() - t0:.1f} s")
+            t1 = time.perf_counter()
+            for index in indexes:
+                index.create(conn)
+            t2 = time.perf_counter()
+        if store.dialect == "postgresql":  # certdrop never runs ANALYZE on SQLite
+            with store.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    "VACUUM ANALYZE"
+                )
+        with store.begin() as conn:
+            got = store.counts(conn, now)
+        if log is not None:
+            log(
+                f"    rows {t1 - t0:.1f} s, indexes {t2 - t1:.1f} s, "
+                f"VACUUM ANALYZE and count {time.perf_counter() - t2:.1f} s"
+            )
+        if got["total"] != n or got["revoked"] != counts["revoked"]:
+            raise RuntimeError(f"index fill: {got} instead of {counts}")
+    finally:
+        store.close()
+    return counts
+
+
+def _copy_text(rows: list[tuple[object, ...]]) -> bytes:
+    """Rows in COPY's text format (the bench's values hold no tab, newline or backslash)."""
+
+    def field(v: object) -> str:
+        if v is None:
+            return "\\N"
+        if isinstance(v, bool):
+            return "t" if v else "f"
+        if isinstance(v, bytes):
+            return "\\\\x" + v.hex()
+        return str(v)
+
+    return "".join("\t".join(map(field, row)) + "\n" for row in rows).encode()

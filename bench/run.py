@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p12-n", type=int, help="enrollments in the p12 burst (default 1000)")
     ap.add_argument("--crl-n", type=int, help="revoked entries for the CRL (default 100000)")
     ap.add_argument("--index-n", type=int, help="certificates in the index at start-up (100000)")
+    ap.add_argument(
+        "--big-index-n", type=int, help="certificates in the index-1m rows' index (1000000)"
+    )
     ap.add_argument("--outbox-n", type=int, help="files in the outbox before its burst (100000)")
     ap.add_argument("--idle-seconds", type=float, help="idle CPU window (default 5)")
     ap.add_argument(
@@ -314,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "p12_n",
         "crl_n",
         "index_n",
+        "big_index_n",
         "outbox_n",
         "idle_seconds",
         "bursts",
@@ -347,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     csrs.OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=csrs.OUT))
     rows: list[Row] = []
+    bench: Bench | None = None
     try:
         if settle:
             info.update(settle_file_creation(work, log))
@@ -357,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_workload(bench, w)
             log(f"{w} done in {time.perf_counter() - t0:.1f} s")
     finally:
+        if bench is not None:
+            bench.close()  # the PostgreSQL server, when a workload started one
         if params.keep:
             log(f"work folder kept: {work}")
         else:

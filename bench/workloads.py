@@ -8,6 +8,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import sys
 import threading
@@ -37,6 +38,7 @@ from certdrop.clock import SystemClock
 from certdrop.config import load_settings
 from certdrop.errors import CertdropError
 from certdrop.index.store import Store
+from certdrop.publish.crl import CrlPublisher
 
 BENCH = Path(__file__).resolve().parent
 
@@ -50,6 +52,8 @@ WORKLOADS = [
     "backup-100k",
     "folder-burst-ec-lint-off-postgresql",
     "folder-burst-ec-lint-off-two-hosts",
+    "index-1m-sqlite",
+    "index-1m-postgresql",
     "latency",
     "p12",
     "crl",
@@ -70,6 +74,7 @@ class Params:
     p12_n: int = 1000
     crl_n: int = 100_000
     index_n: int = 100_000
+    big_index_n: int = 1_000_000  # the index-1m rows: certificates in the index (MIX)
     outbox_n: int = 100_000  # files in the outbox before the full-outbox burst
     idle_seconds: float = 5.0
     serve_seconds: float = 3.0  # each OCSP and GET /crl.der measurement (certdrop serve)
@@ -95,6 +100,7 @@ class Params:
             p12_n=40,
             crl_n=10_000,
             index_n=10_000,
+            big_index_n=20_000,
             outbox_n=10_000,
             idle_seconds=2.0,
             bursts=1,
@@ -135,6 +141,9 @@ class Bench:
     peer_cas: dict[str, csrs.PeerCA] = field(default_factory=dict)
     _peer_runs: dict[tuple[str, str, int], Measure | Exception] = field(default_factory=dict)
     _cfssl_idle: dict[str, float] | Exception | None = None
+    # the big index, loaded once per backend and run: a SQLite file, or a template database
+    _big_index: dict[str, str] = field(default_factory=dict)
+    _pg: Any = None  # the bench's PostgreSQL server (tests/pgserver.py), once started
 
     def __post_init__(self) -> None:
         p = self.params
@@ -769,6 +778,211 @@ class Bench:
         }
         return row
 
+    # --- the big index (issue 21): a burst, start-up, list --expiring, the CRL --------------
+    def pg_server(self) -> Any:
+        """The bench's PostgreSQL server (Debian's postgresql, Unix socket, fsync on as in
+        production), started once per run; stopped by `close`."""
+        if self._pg is None:
+            sys.path.insert(0, str(BENCH.parent / "tests"))
+            from pgserver import PgServer  # the tests' server: initdb + pg_ctl, socket only
+
+            server = PgServer(durable=True)
+            server.start()
+            self._pg = server
+            self.log(f"  PostgreSQL from {server.bindir} on {server.socket_dir}")
+        return self._pg
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.stop()
+            self._pg = None
+
+    def _big_template(self, backend: str) -> str:
+        """The big index of `backend`, loaded on first use (once per run): the SQLite
+        file's path, or the name of the template database."""
+        if backend not in self._big_index:
+            n = self.params.big_index_n
+            with self.daemon(f"big-index-{backend}-template", "ec-p256", False) as d:
+                der = indexfill.sample_der(d.state, dt.datetime.now(dt.UTC))
+            if backend == "sqlite":
+                path = self.work / "big-index.sqlite"
+                url = f"sqlite:///{path}"
+                where = str(path)
+            else:
+                server = self.pg_server()
+                where = server.create_database()
+                url = server.url(where)
+            t0 = time.perf_counter()
+            counts = indexfill.fill_bulk(url, der, n, now=dt.datetime.now(dt.UTC), log=self.log)
+            self.log(f"  {backend}: {n:,} certificates loaded in {time.perf_counter() - t0:.1f} s")
+            self.log(f"    {counts}")
+            self._big_index[backend] = where
+        return self._big_index[backend]
+
+    def big_index(self, backend: str) -> list[Row]:
+        """Issue 21's targets on an index of `big_index_n` certificates (indexfill.MIX:
+        10% revoked, 5% superseded, 10% expired, the rest valid, ending over a year), on
+        SQLite or PostgreSQL: the EC lint-off burst against the same burst into an empty
+        index (alternating, `bursts` pairs through fresh daemons), start-up to READY,
+        `certdrop list --expiring 30` (the command, interpreter start included, the
+        daemon running) and the CRL's regeneration (CrlPublisher.regenerate, lint off,
+        before the daemon starts: its start-up then checks a current CRL, as a restart
+        does). Each full daemon gets its own copy of the index, loaded once per run."""
+        p = self.params
+        size = "1m" if p.big_index_n == 1_000_000 else str(p.big_index_n)
+        where = "PostgreSQL (local socket)" if backend == "postgresql" else "SQLite"
+        of = f"{p.big_index_n:,} certs in index, {where}"
+        burst = Row(
+            id=f"folder-burst-ec-lint-off-{size}-{backend}",
+            label=f"folder burst {p.n:,} CSRs, EC P-256 CA, lint off, {of}",
+            unit="rate",
+        )
+        start = Row(
+            id=f"startup-{size}-{backend}",
+            label=f"start-up to READY=1, {of}",
+            unit="seconds",
+            target="<= 2 s",
+            target_value=2.0,
+        )
+        listing = Row(
+            id=f"list-expiring-30-{size}-{backend}",
+            label=f"certdrop list --expiring 30, {of}",
+            unit="seconds",
+            target="<= 1 s",
+            target_value=1.0,
+        )
+        revoked_n = int(p.big_index_n * indexfill.MIX["revoked"])
+        crl = Row(
+            id=f"crl-{size}-{backend}",
+            label=f"CRL regeneration, {revoked_n:,} revoked, lint off, {of}",
+            unit="seconds",
+            target="<= 0.5 s",
+            target_value=0.5,
+        )
+        rows = [burst, start, listing, crl]
+        if not self.wants("certdrop"):
+            return rows
+        files = self.pool[: p.n]
+        runs: dict[str, list[dict[str, Any]]] = {"empty": [], "full": []}
+        try:
+            template = self._big_template(backend)
+            for i in range(p.bursts):
+                for kind in ("empty", "full"):
+                    url = ""
+                    if backend == "postgresql":
+                        server = self.pg_server()
+                        url = server.url(
+                            server.create_database(template if kind == "full" else None)
+                        )
+                    label = f"big-index-{backend}-{kind}-{i + 1}"
+                    with self.daemon(label, "ec-p256", False, url) as d:
+                        run: dict[str, Any] = {}
+                        if kind == "full" and backend == "sqlite":
+                            for suffix in ("-wal", "-shm"):
+                                Path(f"{d.database}{suffix}").unlink(missing_ok=True)
+                            shutil.copyfile(template, d.database)
+                        # the CRL from the index as the daemon makes it; published, so the
+                        # start is a restart's (a current CRL checked, not made)
+                        run["crl_seconds"], run["crl_cpu"], entries = self._regenerate_crl(d)
+                        if entries != (revoked_n if kind == "full" else 0):
+                            raise DaemonError(f"the CRL has {entries} entries")
+                        ready = d.start()
+                        seconds, details = self._burst(d, files)
+                        run |= {"rate": len(files) / seconds, "ready": ready, **details}
+                        if kind == "full":
+                            run["list_seconds"], run["list_cpu"], run["list_lines"] = (
+                                self._list_expiring(d)
+                            )
+                    runs[kind].append(run)
+                    self.log(
+                        f"  {backend}, {kind} index: READY {ready:.2f} s, {len(files)} in "
+                        f"{seconds:.2f} s = {run['rate']:,.0f}/s"
+                        + (
+                            f"; list --expiring 30 {run['list_seconds']:.2f} s "
+                            f"({run['list_lines']:,} lines); CRL {run['crl_seconds']:.2f} s"
+                            if kind == "full"
+                            else ""
+                        )
+                    )
+        except (DaemonError, PeerError, OSError, RuntimeError, CertdropError) as exc:
+            for row in rows:
+                row.cells["certdrop"] = Cell(error=str(exc))
+            return rows
+        mid = (len(runs["full"]) - 1) // 2
+
+        def median(kind: str, key: str) -> float:
+            return float(sorted(r[key] for r in runs[kind])[mid])
+
+        full, empty = [r["rate"] for r in runs["full"]], [r["rate"] for r in runs["empty"]]
+        ratios = sorted(f / e for f, e in zip(full, empty, strict=True))
+        burst.cells["certdrop"] = Cell(
+            median("full", "rate"),
+            note=f"{len(full)} bursts each into the full and an empty index, alternating: "
+            f"empty {median('empty', 'rate'):,.0f}/s; full/empty {ratios[mid]:.0%} "
+            f"(pairs {ratios[0]:.0%}-{ratios[-1]:.0%})",
+        )
+        burst.target = ">= 90% of the empty-index burst"
+        burst.target_value = 0.9 * median("empty", "rate")
+        start.cells["certdrop"] = Cell(
+            median("full", "ready"),
+            note=f"median of {len(full)}; empty index {median('empty', 'ready'):.2f} s",
+        )
+        lines = runs["full"][0]["list_lines"]
+        listing.cells["certdrop"] = Cell(
+            median("full", "list_seconds"),
+            note=f"median of {len(full)}; {lines:,} lines; daemon running; "
+            f"CPU {median('full', 'list_cpu'):.2f} s",
+        )
+        crl.cells["certdrop"] = Cell(
+            median("full", "crl_seconds"),
+            note=f"median of {len(full)}; CrlPublisher.regenerate; "
+            f"CPU {median('full', 'crl_cpu'):.2f} s",
+        )
+        keys = (
+            "rate",
+            "ready",
+            "list_seconds",
+            "list_cpu",
+            "crl_seconds",
+            "crl_cpu",
+            "daemon_cpu_seconds",
+        )
+        details = {
+            kind: {k: [round(float(r[k]), 3) for r in runs[kind] if k in r] for k in keys}
+            for kind in runs
+        }
+        for row in rows:
+            row.details["certdrop"] = {"big_index_n": p.big_index_n, **details}
+        return rows
+
+    @staticmethod
+    def _list_expiring(d: CertdropDaemon) -> tuple[float, float, int]:
+        """`certdrop list --expiring 30` as an operator runs it: (seconds, CPU seconds,
+        lines out)."""
+        t0 = time.perf_counter()
+        cpu0 = _children_cpu()
+        res = cd_cli(d.config, "list", "--expiring", "30")
+        seconds = time.perf_counter() - t0
+        cpu = _children_cpu() - cpu0
+        if res.returncode != 0:
+            raise DaemonError(f"certdrop list failed: {(res.stderr or res.stdout).strip()}")
+        return seconds, cpu, res.stdout.count("\n")
+
+    @staticmethod
+    def _regenerate_crl(d: CertdropDaemon) -> tuple[float, float, int]:
+        """The CRL regenerated from the index as the daemon does it, lint off:
+        (seconds, CPU seconds of this process, entries)."""
+        settings = load_settings(d.config)
+        ca = CertificateAuthority.load(d.state)
+        store = Store(settings.database_url).open()
+        try:
+            pub = CrlPublisher(settings.crl, settings.state, store, ca, SystemClock(), None)
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            facts = pub.regenerate("bench")
+            return time.perf_counter() - t0, time.process_time() - cpu0, facts.revoked
+        finally:
+            store.close()
+
     def latency(self) -> list[Row]:
         p = self.params
         p50 = Row(
@@ -1243,6 +1457,12 @@ def _settle(pid: int, limit: float = 15.0) -> tuple[float, float]:
     return time.perf_counter() - t0, tree_cpu_seconds(pid) - c0
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _idle_cpu(pid: int, seconds: float) -> float:
     """CPU % of a process and its descendants over `seconds`."""
     c0 = tree_cpu_seconds(pid)
@@ -1267,6 +1487,10 @@ def run_workload(bench: Bench, workload: str) -> list[Row]:
         return [bench.folder_burst_postgresql()]
     if workload == "folder-burst-ec-lint-off-two-hosts":
         return [bench.folder_burst_two_hosts()]
+    if workload == "index-1m-sqlite":
+        return bench.big_index("sqlite")
+    if workload == "index-1m-postgresql":
+        return bench.big_index("postgresql")
     if workload == "latency":
         return bench.latency()
     if workload == "p12":

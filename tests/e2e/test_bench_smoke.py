@@ -191,3 +191,26 @@ def test_bench_burst_into_one_spool_shared_by_two_hosts(tmp_path: Path) -> None:
     assert abs(row["cells"]["certdrop"]["value"] - min(details["two_hosts_per_second"])) < 0.1
     assert row["cells"]["certdrop"]["note"].startswith("2 bursts each through two daemons")
     assert abs(row["target_value"] - min(details["one_host_per_second"])) < 0.1
+
+
+def test_bench_big_index_rows_on_both_backends(tmp_path: Path) -> None:
+    """The index-1m rows (tiny: 2,000 certificates) on SQLite and PostgreSQL: a burst
+    pair, start-up, `list --expiring 30` and the CRL from each backend's loaded index."""
+    out = tmp_path / "bench.json"
+    _quick_bench(out, "--only", "index-1m", "--tools", "certdrop", "--big-index-n", "2000")
+    doc = json.loads(out.read_text())
+    ids = [row["id"] for row in doc["rows"]]
+    assert ids == [
+        f"{kind}-2000-{backend}"
+        for backend in ("sqlite", "postgresql")
+        for kind in ("folder-burst-ec-lint-off", "startup", "list-expiring-30", "crl")
+    ]
+    for row in doc["rows"]:
+        cell = row["cells"]["certdrop"]
+        assert cell["error"] == "" and cell["value"] > 0, row
+        full = row["details"]["certdrop"]["full"]
+        assert len(full["rate"]) == len(full["crl_seconds"]) == len(full["list_seconds"]) == 1
+        if row["id"].startswith("list-expiring-30"):
+            # 1,500 valid certificates ending over a year: ~30/365 of them, and a header
+            lines = int(cell["note"].split("; ")[1].split()[0].replace(",", ""))
+            assert 100 < lines < 150, cell["note"]

@@ -13,10 +13,13 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 7  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
+SCHEMA_VERSION = 8  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
 # 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs;
 # 6: cas, certificates.issuer (in ix_certificates_crl)
 # 7: hosts, leases, crls (several hosts on one index)
+# 8: ix_cert_attrs_value (value, attr) instead of ix_cert_attrs_lookup (attr, value);
+# ix_certificates_expiry (status, not_after) instead of ix_certificates_status;
+# ix_certificates_crl of the revoked certificates only
 
 metadata = sa.MetaData()
 
@@ -39,7 +42,7 @@ certificates = sa.Table(
     sa.Column("profile", sa.String(64), nullable=False),
     sa.Column("request_name", sa.Text, nullable=False, default=""),
     sa.Column("request_fingerprint", sa.String(64), nullable=False, default="", index=True),
-    sa.Column("status", sa.String(16), nullable=False, default="valid", index=True),
+    sa.Column("status", sa.String(16), nullable=False, default="valid"),
     sa.Column("revoked_at", sa.BigInteger),
     sa.Column("revocation_reason", sa.String(32)),
     sa.Column("superseded_by", sa.String(42)),
@@ -53,8 +56,15 @@ certificates = sa.Table(
     sa.Column("issuer", sa.String(64)),
 )
 
+# the valid certificates ending in a window (list --expiring, the expiry warnings), in
+# order of their end: a range of this index, not a walk of every valid certificate
+expiry_index = sa.Index("ix_certificates_expiry", certificates.c.status, certificates.c.not_after)
+
 # the CRL reads every revoked certificate from this index alone, not from the table's rows
-# (which hold the DER): no table scan; each CA's CRL filters on the issuer in it
+# (which hold the DER): no table scan; each CA's CRL filters on the issuer in it. Only the
+# revoked ones are in it (schema 8): an issued certificate's serial is random, and its
+# entry was a write at a random place
+_REVOKED = certificates.c.status == sa.literal_column("'revoked'")
 crl_index = sa.Index(
     "ix_certificates_crl",
     certificates.c.status,
@@ -62,6 +72,8 @@ crl_index = sa.Index(
     certificates.c.serial,
     certificates.c.revocation_reason,
     certificates.c.issuer,
+    sqlite_where=_REVOKED,
+    postgresql_where=_REVOKED,
 )
 
 # A certificate's subject attributes (attr = the short name: CN, emailAddress, ...) and,
@@ -72,9 +84,13 @@ cert_attrs = sa.Table(
     sa.Column("serial", sa.String(42), sa.ForeignKey("certificates.serial"), nullable=False),
     sa.Column("attr", sa.String(32), nullable=False),
     sa.Column("value", sa.Text, nullable=False),  # casefolded
-    sa.Index("ix_cert_attrs_lookup", "attr", "value"),
+    # value first: a search for values of one attribute has no index of the attribute
+    # alone to fall back on, which PostgreSQL, before it has statistics (a burst into a
+    # new index), takes to be selective, then reads every row of that attribute
+    sa.Index("ix_cert_attrs_value", "value", "attr"),
     sa.Index("ix_cert_attrs_serial", "serial"),
 )
+attrs_value_index = next(i for i in cert_attrs.indexes if i.name == "ix_cert_attrs_value")
 EMAIL_ATTR = "email"  # not a subject attribute's name: it never meets the uniqueness rules
 
 journal = sa.Table(
@@ -262,18 +278,24 @@ def installed_version(conn: Connection) -> int | None:
 def migrate(conn: Connection, version: int) -> None:
     """Bring an index of schema `version` to SCHEMA_VERSION."""
     metadata.create_all(conn)  # new tables; column changes get explicit steps here
-    if version < 6:
-        # the issuer column (create_all adds no column to a table), and the CRL index with
-        # it (schema 3 made it without; create_all skips the indexes of existing tables)
-        columns = {c["name"] for c in sa.inspect(conn).get_columns("certificates")}
-        if "issuer" not in columns:
-            conn.exec_driver_sql("ALTER TABLE certificates ADD COLUMN issuer VARCHAR(64)")
-        crl_index.drop(conn, checkfirst=True)
-        crl_index.create(conn)
     if version < 4:
         for index in LOOKUP_INDEXES:
             index.create(conn, checkfirst=True)
         _add_email_rows(conn)
+    if version < 6:
+        # the issuer column (create_all adds no column to a table)
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("certificates")}
+        if "issuer" not in columns:
+            conn.exec_driver_sql("ALTER TABLE certificates ADD COLUMN issuer VARCHAR(64)")
+    if version < 8:
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_cert_attrs_lookup")
+        attrs_value_index.create(conn, checkfirst=True)
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_certificates_status")
+        expiry_index.create(conn, checkfirst=True)
+        # schema 3's CRL index (made here for an older one: create_all skips the indexes
+        # of tables that exist), now with the issuer and of the revoked certificates only
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_certificates_crl")
+        crl_index.create(conn)
     conn.execute(
         sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
     )

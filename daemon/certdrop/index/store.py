@@ -87,7 +87,10 @@ class CertRecord:
 
 
 def _record(row: Any) -> CertRecord:
-    m = row._mapping
+    return _record_of(row._mapping)
+
+
+def _record_of(m: Mapping[str, Any]) -> CertRecord:
     return CertRecord(
         serial=m["serial"],
         subject=m["subject"],
@@ -106,7 +109,7 @@ def _record(row: Any) -> CertRecord:
         owner=m["owner"],
         source=m["source"],
         key_generated=bool(m["key_generated"]),
-        der=bytes(m["der"]),
+        der=bytes(m["der"]) if "der" in m else b"",  # b"": not read (list_certs der=False)
         issuer=m["issuer"],
     )
 
@@ -366,23 +369,33 @@ class Store:
     ) -> dict[tuple[str, str], list[CertRecord]]:
         """Valid certificates carrying any of the (attribute, folded value) pairs.
 
-        One query per attribute (`attr = ? AND value IN (...)`), which SQLite answers
-        with searches of ix_cert_attrs_lookup. It does not match a row-value IN on
-        (attr, value) to that index: that query walks every valid certificate
-        (tests/unit/index/test_store.py checks the plan).
+        Per attribute, the serials carrying its values (a search of ix_cert_attrs_value),
+        then those certificates by primary key, the valid ones kept here. Each statement
+        has one index that answers all of its conditions: no plan that hangs on the
+        planner's estimates, which PostgreSQL has none of in a new index during a burst
+        (a join, or a status condition, had it read every valid certificate per batch).
+        tests/unit/index/test_store.py checks the plans on both backends.
         """
         by_attr: dict[str, list[str]] = {}
         for attr, value in dict.fromkeys(keys):
             by_attr.setdefault(attr, []).append(value)
         out: dict[tuple[str, str], list[CertRecord]] = {}
+        cutoff = from_epoch(to_epoch(now))  # whole seconds, as the index keeps times
         for attr, values in by_attr.items():
             for start in range(0, len(values), 500):
-                rows = conn.execute(
-                    _VALID_WITH_ATTR,
-                    {"attr": attr, "values": values[start : start + 500], "now": to_epoch(now)},
-                )
-                for r in rows:
-                    out.setdefault((attr, r._mapping["_value"]), []).append(_record(r))
+                pairs = conn.execute(
+                    _SERIALS_WITH_ATTR, {"attr": attr, "values": values[start : start + 500]}
+                ).all()
+                wanted = list(dict.fromkeys(serial for serial, _value in pairs))
+                valid: dict[str, CertRecord] = {}
+                for first in range(0, len(wanted), 500):
+                    for r in conn.execute(_BY_SERIALS, {"serials": wanted[first : first + 500]}):
+                        rec = _record(r)
+                        if rec.status == "valid" and rec.not_after > cutoff:  # type: ignore[operator]
+                            valid[rec.serial] = rec
+                for serial, value in pairs:
+                    if serial in valid:
+                        out.setdefault((attr, value), []).append(valid[serial])
         return out
 
     def by_fingerprints(
@@ -454,7 +467,7 @@ class Store:
         `ref` is a serial (hex, any case, colons allowed; with a 0x prefix it is only a
         serial), a request name (exact), a CN or an e-mail address (subject or SAN; both
         case-insensitive). Each is a search of an index: the primary key,
-        ix_certificates_request_name, ix_cert_attrs_lookup.
+        ix_certificates_request_name, ix_cert_attrs_value.
         """
         ref = ref.strip()
         how: dict[str, list[str]] = {}
@@ -486,31 +499,49 @@ class Store:
         expiring_within: dt.timedelta | None = None,
         search: str | None = None,
         limit: int | None = None,
+        der: bool = True,
     ) -> list[CertRecord]:
-        """Certificates by status and expiry; `search`: those whose serial, request name,
-        CN or e-mail address contains that text, in any case (no index answers "contains":
-        a walk of the table)."""
-        q = sa.select(certificates).order_by(certificates.c.not_after)
-        if search is not None:
-            q = q.where(_contains(search))
-        if status == "expired":
-            assert now is not None
-            q = q.where(certificates.c.status == "valid", certificates.c.not_after <= to_epoch(now))
-        elif status == "valid":
-            assert now is not None
-            q = q.where(certificates.c.status == "valid", certificates.c.not_after > to_epoch(now))
-        elif status is not None:
-            q = q.where(certificates.c.status == status)
-        if expiring_within is not None:
-            assert now is not None
-            q = q.where(
-                certificates.c.status == "valid",
-                certificates.c.not_after > to_epoch(now),
-                certificates.c.not_after <= to_epoch(now + expiring_within),
-            )
-        if limit is not None:
-            q = q.limit(limit)
-        return [_record(r) for r in conn.execute(q)]
+        """Certificates by status and expiry, in order of their end (`expiring_within`: a
+        range of ix_certificates_expiry); `search`: those whose serial, request name, CN
+        or e-mail address contains that text, in any case (no index answers "contains":
+        a walk of the table). der=False: the records' `der` is b"", not read."""
+        columns = [c for c in certificates.columns if der or c.name != "der"]
+        q = _listing(columns, status, now, expiring_within, search, limit)
+        # straight from the driver's cursor: SQLAlchemy's per-row work was most of the
+        # time of a listing of tens of thousands
+        names = [c.name for c in columns]
+        return [_record_of(dict(zip(names, r, strict=True))) for r in _driver_rows(conn, q)]
+
+    def list_lines(
+        self,
+        conn: Transaction,
+        *,
+        status: str | None = None,
+        now: dt.datetime,
+        expiring_within: dt.timedelta | None = None,
+        search: str | None = None,
+    ) -> list[tuple[str, str, str, str, str, str]]:
+        """What `list_certs` selects, as the CLI's table shows it: (serial, status with
+        "expired" for a valid one past its end, end date YYYY-MM-DD, profile, request
+        name, subject) per certificate; no record built (a listing of a big index has
+        tens of thousands)."""
+        c = certificates.c
+        q = _listing(
+            [c.serial, c.status, c.not_after, c.profile, c.request_name, c.subject],
+            status,
+            now,
+            expiring_within,
+            search,
+            None,
+        )
+        t = to_epoch(now)
+        epoch_day = dt.date(1970, 1, 1).toordinal()
+        out = []
+        for serial, state, end, profile, name, subject in _driver_rows(conn, q):
+            state = "expired" if state == "valid" and end <= t else state
+            ymd = dt.date.fromordinal(epoch_day + end // 86_400).isoformat()  # UTC
+            out.append((serial, state, ymd, profile, name, subject))
+        return out
 
     def revoke(self, conn: Transaction, serial: str, reason: str, when: dt.datetime) -> CertRecord:
         rec = self.get(conn, serial)
@@ -751,15 +782,9 @@ def _pending(row: Any) -> PendingRecord:
 # The statements the issue layer runs for every batch, built once: building a select
 # is most of the cost of a small query (SQLAlchemy caches the compiled form by a key
 # it computes from the statement object, once for an object that is reused).
-_VALID_WITH_ATTR = (
-    sa.select(certificates, cert_attrs.c.value.label("_value"))
-    .join(cert_attrs, cert_attrs.c.serial == certificates.c.serial)
-    .where(
-        cert_attrs.c.attr == sa.bindparam("attr"),
-        cert_attrs.c.value.in_(sa.bindparam("values", expanding=True)),
-        certificates.c.status == "valid",
-        certificates.c.not_after > sa.bindparam("now"),
-    )
+_SERIALS_WITH_ATTR = sa.select(cert_attrs.c.serial, cert_attrs.c.value).where(
+    cert_attrs.c.value.in_(sa.bindparam("values", expanding=True)),
+    cert_attrs.c.attr == sa.bindparam("attr"),
 )
 _BY_FINGERPRINTS = (
     sa.select(certificates)
@@ -798,13 +823,63 @@ def _fence(conn: Transaction, host: str) -> None:
         )
 
 
+def _listing(
+    columns: Sequence[sa.ColumnElement[Any]],
+    status: str | None,
+    now: dt.datetime | None,
+    expiring_within: dt.timedelta | None,
+    search: str | None,
+    limit: int | None,
+) -> sa.Select[Any]:
+    """The SELECT of `list_certs` and `list_lines`."""
+    q = sa.select(*columns).order_by(certificates.c.not_after)
+    if search is not None:
+        q = q.where(_contains(search))
+    if status == "expired":
+        assert now is not None
+        q = q.where(certificates.c.status == "valid", certificates.c.not_after <= to_epoch(now))
+    elif status == "valid":
+        assert now is not None
+        q = q.where(certificates.c.status == "valid", certificates.c.not_after > to_epoch(now))
+    elif status is not None:
+        q = q.where(certificates.c.status == status)
+    if expiring_within is not None:
+        assert now is not None
+        q = q.where(
+            certificates.c.status == "valid",
+            certificates.c.not_after > to_epoch(now),
+            certificates.c.not_after <= to_epoch(now + expiring_within),
+        )
+    if limit is not None:
+        q = q.limit(limit)
+    return q
+
+
+def _driver_rows(conn: Transaction, stmt: sa.Select[Any]) -> Sequence[Any]:
+    """The rows of a SELECT, its SQL compiled once here and run as the driver's SQL: no
+    result processing by SQLAlchemy (the columns here need none)."""
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params: Any = compiled.params
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup or ())
+    return conn.exec_driver_sql(str(compiled), params).all()
+
+
 def insert_many(conn: Transaction, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """INSERT many rows with one executemany straight to the driver.
+    """INSERT many rows straight to the driver: one executemany (SQLite), or one
+    statement of arrays (PostgreSQL, where each row of an executemany still costs).
 
     SQLAlchemy's per-row parameter processing is most of the cost of a batch of
     thousands; the values here are plain ints, strings and bytes already, which every
     driver takes as they are. The statement is still compiled for the dialect.
     """
+    if conn.dialect.name == "postgresql":
+        # one statement whatever the number of rows: the columns as arrays, unnested
+        keys = tuple(rows[0])
+        conn.exec_driver_sql(
+            _unnest_sql(table, keys, conn.dialect), tuple([r[k] for r in rows] for k in keys)
+        )
+        return
     sql, order = _insert_sql(table, tuple(rows[0]), conn.dialect)
     if order is not None:
         params: list[Any] = [tuple(r[k] for k in order) for r in rows]
@@ -822,6 +897,14 @@ def _insert_sql(
     compiled = sa.insert(table).compile(dialect=dialect, column_keys=list(keys))
     order = tuple(compiled.positiontup or ()) if compiled.positional else None
     return str(compiled), order
+
+
+@functools.lru_cache(maxsize=64)
+def _unnest_sql(table: sa.Table, keys: tuple[str, ...], dialect: Any) -> str:
+    """PostgreSQL's INSERT of many rows given as one array per column."""
+    arrays = ", ".join(f"%s::{table.c[k].type.compile(dialect=dialect)}[]" for k in keys)
+    # names from the schema, values as parameters
+    return f"INSERT INTO {table.name} ({', '.join(keys)}) SELECT * FROM unnest({arrays})"  # noqa: S608
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

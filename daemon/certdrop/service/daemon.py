@@ -438,7 +438,10 @@ class Daemon:
                 pending = len(rt.store.list_pending(conn))
                 expiring = len(
                     rt.store.list_certs(
-                        conn, now=now, expiring_within=dt.timedelta(days=metrics.EXPIRING_DAYS)
+                        conn,
+                        now=now,
+                        expiring_within=dt.timedelta(days=metrics.EXPIRING_DAYS),
+                        der=False,
                     )
                 )
             published = rt.crl.published_crl()

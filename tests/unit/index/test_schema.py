@@ -89,7 +89,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
         assert "ix_outputs_path" in {i["name"] for i in insp.get_indexes("outputs")}
         assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "7"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "8"
             # the CRL reads the revoked certificates from that index alone
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
@@ -260,7 +260,7 @@ def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) ->
         ]
         assert crl_index["column_names"][-1] == "issuer"
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "7"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "8"
             assert store.get(conn, "01").issuer is None  # type: ignore[union-attr]
             # the issuing CA's CRL lists what no CA has claimed yet; another CA's does not
             assert store.revoked_entries(conn, "ab" * 32, unclaimed=True) == [
@@ -340,5 +340,59 @@ def test_hosts_that_start_at_once_migrate_an_old_index_once(index_url: str) -> N
                 "SELECT value FROM cert_attrs WHERE attr = 'email' ORDER BY value"
             ).all()
         assert [r[0] for r in rows] == ["a@example.org", "alice@example.org"]
+    finally:
+        store.close()
+
+
+def test_a_version_5_index_gets_the_schema_6_indexes(index_url: str) -> None:
+    """Schema 6: ix_cert_attrs_value (value, attr) replaces ix_cert_attrs_lookup (attr,
+    value), ix_certificates_expiry (status, not_after) replaces ix_certificates_status,
+    ix_certificates_crl holds the revoked certificates only; the rows stay and the
+    lookups find them."""
+    store = Store(index_url).open()
+    with store.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_cert_attrs_value")
+        conn.exec_driver_sql("CREATE INDEX ix_cert_attrs_lookup ON cert_attrs (attr, value)")
+        conn.exec_driver_sql("DROP INDEX ix_certificates_expiry")
+        conn.exec_driver_sql("CREATE INDEX ix_certificates_status ON certificates (status)")
+        conn.exec_driver_sql("DROP INDEX ix_certificates_crl")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_certificates_crl ON certificates "
+            "(status, revoked_at, serial, revocation_reason)"
+        )
+        store.add_certificates(
+            conn,
+            [
+                NewCertificate(
+                    serial="0A",
+                    subject="CN=Old",
+                    common_name="Old",
+                    email="",
+                    not_before=T0 - dt.timedelta(days=1),
+                    not_after=T0 + dt.timedelta(days=30),
+                    profile="client",
+                    request_name="old",
+                    request_fingerprint="",
+                    issued_at=T0 - dt.timedelta(days=1),
+                    der=b"0",
+                    attrs=[("CN", "Old")],
+                )
+            ],
+        )
+        store.set_meta(conn, "schema_version", "5")
+    store.close()
+
+    store = Store(index_url).open()
+    try:
+        names = {i["name"] for i in sa.inspect(store.engine).get_indexes("cert_attrs")}
+        assert "ix_cert_attrs_value" in names and "ix_cert_attrs_lookup" not in names
+        indexes = {i["name"]: i for i in sa.inspect(store.engine).get_indexes("certificates")}
+        assert "ix_certificates_expiry" in indexes and "ix_certificates_status" not in indexes
+        where = {k: str(v) for k, v in indexes["ix_certificates_crl"]["dialect_options"].items()}
+        assert any(k.endswith("_where") and "revoked" in v for k, v in where.items()), where
+        with store.begin() as conn:
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION)
+            assert [m.record.serial for m in store.lookup(conn, "OLD")] == ["0A"]
+            assert list(store.existing_valid(conn, [("CN", "old")], T0)) == [("CN", "old")]
     finally:
         store.close()
