@@ -161,6 +161,7 @@ def fill_bulk(
                 "issued",
                 False,
                 der,
+                None,  # issuer: claimed by the CA issuing at the daemon's start (index/cas.py)
             )
         )
         attrs += [(serial, "CN", cn.casefold()), (serial, "O", "bench"), (serial, "email", email)]

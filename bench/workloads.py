@@ -651,15 +651,10 @@ class Bench:
         )
         if not self.wants("certdrop"):
             return row
-        sys.path.insert(0, str(BENCH.parent / "tests"))
-        from pgserver import PgServer  # the tests' server: initdb + pg_ctl, socket only
-
         files = self.pool[: p.n]
         runs: dict[str, list[tuple[float, float]]] = {"sqlite": [], "postgresql": []}
-        server = PgServer(durable=True)
         try:
-            server.start()
-            self.log(f"  PostgreSQL from {server.bindir} on {server.socket_dir}")
+            server = self.pg_server()
             for i in range(p.bursts):
                 for kind in ("sqlite", "postgresql"):
                     url = server.url(server.create_database()) if kind == "postgresql" else ""
@@ -674,8 +669,6 @@ class Bench:
         except (DaemonError, PeerError, OSError, RuntimeError) as exc:
             row.cells["certdrop"] = Cell(error=str(exc))
             return row
-        finally:
-            server.stop()
         pg = [r for r, _ in runs["postgresql"]]
         lite = [r for r, _ in runs["sqlite"]]
         ratios = [a / b for a, b in zip(pg, lite, strict=True)]
@@ -713,15 +706,11 @@ class Bench:
         )
         if not self.wants("certdrop"):
             return row
-        sys.path.insert(0, str(BENCH.parent / "tests"))
-        from pgserver import PgServer
-
         files = self.pool[: p.n]
         runs: dict[str, list[float]] = {"one": [], "two": []}
         shares: list[float] = []
-        server = PgServer(durable=True)
         try:
-            server.start()
+            server = self.pg_server()
             for i in range(p.bursts):
                 for kind in ("one", "two"):
                     url = server.url(server.create_database())
@@ -752,8 +741,6 @@ class Bench:
         except (DaemonError, PeerError, OSError, RuntimeError) as exc:
             row.cells["certdrop"] = Cell(error=str(exc))
             return row
-        finally:
-            server.stop()
         two, one = runs["two"], runs["one"]
         ratios = [a / b for a, b in zip(two, one, strict=True)]
         mid = (len(two) - 1) // 2
