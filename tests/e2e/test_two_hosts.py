@@ -388,3 +388,32 @@ def test_a_frozen_host_wakes_up_and_issues_nothing_twice(
     assert not list((spool / "rejected").iterdir())  # no stale refusal from the frozen host
     for log in ("a.log", "b.log"):
         assert "Traceback" not in (tmp_path / log).read_text(errors="replace"), log
+
+
+def test_a_rollover_is_refused_while_another_host_shares_the_index(
+    tmp_path: Path, pg_url: str, peer: SmtpPeer
+) -> None:
+    """Host b may not roll over while host a runs on the same index: a would go on
+    signing with the CA before. b's CA files stay as they were."""
+    from conftest import DaemonThread
+
+    spool = tmp_path / "spool"
+    a = _env(tmp_path / "a", spool, pg_url, peer.port, init=True)
+    b = _env(tmp_path / "b", spool, pg_url, peer.port, init=False)
+    res = b.cli_proc(
+        "init", "--ca-cert", str(a.state / "ca.cer"), "--ca-key", str(a.state / "ca.key")
+    )
+    assert res.returncode == 0, res.stderr
+    before = (b.state / "ca.cer").read_bytes()
+    da = DaemonThread(a).start()
+    try:
+        wait_for(lambda: len(_cluster(a)["hosts"]) == 1, 30, what="host a registered")  # type: ignore[arg-type]
+        host_a = _cluster(a)["host"]
+        res = b.cli_proc("rollover")
+        assert res.returncode != 0
+        assert f"other hosts share this index ({host_a})" in res.stderr
+        assert "Traceback" not in res.stderr
+        assert (b.state / "ca.cer").read_bytes() == before
+        assert not (b.state / "cas").exists()
+    finally:
+        da.stop()

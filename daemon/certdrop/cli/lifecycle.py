@@ -297,6 +297,7 @@ def rollover(offline_root: Path | None, root_passphrase_file: Path | None) -> No
     c = ctx()
     s = c.settings
     _, chain = load_ca_certificates(s.state, check_key=True)
+    _refuse_with_other_hosts(s)
     if chain and offline_root is None:
         raise click.UsageError(
             f"the CA in {s.state} is under a root: give its folder with --offline-root DIR"
@@ -322,6 +323,32 @@ def rollover(offline_root: Path | None, root_passphrase_file: Path | None) -> No
         )
         return
     finish(answer)
+
+
+def _refuse_with_other_hosts(settings: Settings) -> None:
+    """A rollover changes the CA files of this state folder only: while other hosts share
+    the index, they would go on signing with the CA before (and say it is the current
+    one), so it is refused until they are stopped."""
+    if not settings.clustered:
+        return
+    from ..index import membership
+    from ..service.cluster import read_host_id
+    from .context import open_store
+
+    me = read_host_id(settings.state)
+    store = open_store(settings)
+    try:
+        with store.begin() as conn:
+            others = [h.id for h in membership.list_hosts(conn) if h.id != me and not h.retired]
+    finally:
+        store.close()
+    if others:
+        raise click.ClickException(
+            f"other hosts share this index ({', '.join(others)}): a rollover changes this "
+            "host's CA files only, and several hosts do not roll over together yet; stop "
+            "certdrop on the others first ('certdrop status' lists the hosts) and see "
+            "docs/operations.md, 'Two (or more) CA hosts'"
+        )
 
 
 def _stage_under_root(
