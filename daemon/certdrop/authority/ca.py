@@ -343,11 +343,6 @@ class CertificateAuthority:
     def not_after(self) -> dt.datetime:
         return self._not_after
 
-    @functools.cached_property
-    def key_id(self) -> str:
-        """The CA key's id in the index (its latest CRL): SHA-256 of its public key, hex."""
-        return hashlib.sha256(public_key_bytes(self._public_key)).hexdigest()
-
     @property
     def key_algorithm(self) -> str:
         return key_algorithm(self.__key)

@@ -198,7 +198,7 @@ class CrlPublisher:
             next_update = now + dt.timedelta(days=self.settings.validity_days)
             der = self.ca.build_crl_der(entries, number, this_update, next_update)
             self._lint(der, entries, number, this_update, next_update)
-            membership.save_crl(conn, self.ca.key_id, number, der, this_update, self.host)
+            membership.save_crl(conn, self.ca.id, number, der, this_update, self.host)
         facts = self._write_files(der)
         self._followed = facts.number
         if self.issuing:  # status and metrics show the current CA's CRL
@@ -253,7 +253,7 @@ class CrlPublisher:
 
         with self._lock:
             with self.store.begin() as conn:
-                number = membership.latest_crl_number(conn, self.ca.key_id)
+                number = membership.latest_crl_number(conn, self.ca.id)
             if number is not None and number == self._followed:
                 return None
             previous = self.published_crl()
@@ -263,7 +263,7 @@ class CrlPublisher:
                 with self.store.begin() as conn:
                     membership.save_crl(
                         conn,
-                        self.ca.key_id,
+                        self.ca.id,
                         mine,
                         previous.public_bytes(serialization.Encoding.DER),
                         previous.last_update_utc,
@@ -275,7 +275,7 @@ class CrlPublisher:
                 self._followed = number
                 return None
             with self.store.begin() as conn:
-                latest = membership.latest_crl(conn, self.ca.key_id)
+                latest = membership.latest_crl(conn, self.ca.id)
             if latest is None or not self.ca.signed_this_crl(latest[1]):
                 log.error("the index's latest CRL is not signed by this CA; not published")
                 return None
