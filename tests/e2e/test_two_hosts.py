@@ -172,6 +172,8 @@ def test_two_hosts_one_killed_mid_burst(tmp_path: Path, pg_url: str, peer: SmtpP
         # the leader dies mid-burst, with whatever it had claimed
         killed_at = time.monotonic()
         os.killpg(procs["a"].pid, signal.SIGKILL)
+        # what the killed host held (a kill between two batches leaves nothing to take over)
+        held = [p for p in (spool / ".claims" / host_a).rglob("*") if p.is_file()]
         procs["a"].wait(10)
         assert len(list(spool.joinpath("outbox").glob("*.cer"))) < BURST  # truly mid-burst
         wait_for(lambda: _cluster(b)["leader"] == host_b, 30, interval=0.1, what="b leads")
@@ -255,7 +257,8 @@ def test_two_hosts_one_killed_mid_burst(tmp_path: Path, pg_url: str, peer: SmtpP
     for log in ("a.log", "b.log"):
         assert "Traceback" not in (tmp_path / log).read_text(errors="replace"), log
     # the survivor did take requests over from the killed host
-    assert f"claimed by host {host_a}" in (tmp_path / "b.log").read_text()
+    if held:
+        assert f"claimed by host {host_a}" in (tmp_path / "b.log").read_text(), held
 
 
 def test_a_request_held_on_one_host_is_approved_on_the_other(
