@@ -38,9 +38,12 @@ test-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# the package's bytecode written once: every certdrop a test starts would compile it again
+# (an editable install has none, and PYTHONDONTWRITEBYTECODE may be set)
 test: venv test-deps
 	$(BIN)/ruff check daemon tests $(wildcard bench)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m compileall -q daemon >/dev/null
+	$(BIN)/python -m pytest -q -n auto
 
 lint: venv
 	$(BIN)/ruff check daemon tests $(wildcard bench)
