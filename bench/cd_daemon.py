@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -187,6 +189,7 @@ class CertdropDaemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "daemon.log"
         self._sock: socket.socket | None = None
+        self._sock_dir: Path | None = None
         self._drainer: threading.Thread | None = None
         self._stop_drain = threading.Event()
         self.notifications: collections.deque[str] = collections.deque(maxlen=200)
@@ -250,8 +253,10 @@ class CertdropDaemon:
         dirty (the peers' thousands of files, an index just filled), none of which
         fsyncs. The requests a workload then stages stay dirty, as a user's would."""
         os.sync()
-        sock_path = self.root / "notify.sock"
-        sock_path.unlink(missing_ok=True)
+        # a short folder of its own: a socket path has at most 107 bytes, and the bench's
+        # work folder sits wherever the repository was cloned
+        self._sock_dir = Path(tempfile.mkdtemp(prefix="cdn-", dir="/tmp"))
+        sock_path = self._sock_dir / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         sock.bind(str(sock_path))
         self._sock = sock
@@ -333,6 +338,9 @@ class CertdropDaemon:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._sock_dir is not None:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
+            self._sock_dir = None
         self._stop_drain.clear()
 
     def __enter__(self) -> CertdropDaemon:

@@ -104,9 +104,11 @@ def fill_bulk(
     n: int,
     *,
     now: dt.datetime,
+    issuer: str,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Load n certificates of MIX into the empty index at `database_url`; the counts.
+    """Load n certificates of MIX, issued by the CA with id `issuer`, into the empty
+    index at `database_url`; the counts.
 
     A bulk load as a DBA would do it: the schema from the index module (Store.open),
     its secondary indexes dropped, the rows written by the driver (SQLite: executemany;
@@ -161,7 +163,7 @@ def fill_bulk(
                 "issued",
                 False,
                 der,
-                None,  # issuer: claimed by the CA issuing at the daemon's start (index/cas.py)
+                issuer,
             )
         )
         attrs += [(serial, "CN", cn.casefold()), (serial, "O", "bench"), (serial, "email", email)]

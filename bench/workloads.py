@@ -143,6 +143,7 @@ class Bench:
     _cfssl_idle: dict[str, float] | Exception | None = None
     # the big index, loaded once per backend and run: a SQLite file, or a template database
     _big_index: dict[str, str] = field(default_factory=dict)
+    _big_ca: dict[str, CertdropDaemon] = field(default_factory=dict)  # whose CA issued it
     _pg: Any = None  # the bench's PostgreSQL server (tests/pgserver.py), once started
 
     def __post_init__(self) -> None:
@@ -160,12 +161,18 @@ class Bench:
     # --- certdrop ---------------------------------------------------------------------------------
     @contextmanager
     def daemon(
-        self, label: str, key_type: str, lint: bool, database: str = ""
+        self,
+        label: str,
+        key_type: str,
+        lint: bool,
+        database: str = "",
+        join: CertdropDaemon | None = None,
     ) -> Iterator[CertdropDaemon]:
+        """A certdrop instance, initialised (`join`: with that instance's CA files)."""
         d = CertdropDaemon(
             self.work / f"certdrop-{label}", key_type=key_type, lint=lint, database=database
         )
-        d.init()
+        d.init(join=join)
         try:
             yield d
         except BaseException:
@@ -791,6 +798,8 @@ class Bench:
             n = self.params.big_index_n
             with self.daemon(f"big-index-{backend}-template", "ec-p256", False) as d:
                 der = indexfill.sample_der(d.state, dt.datetime.now(dt.UTC))
+                issuer = CertificateAuthority.load(d.state).id
+                self._big_ca[backend] = d
             if backend == "sqlite":
                 path = self.work / "big-index.sqlite"
                 url = f"sqlite:///{path}"
@@ -800,7 +809,9 @@ class Bench:
                 where = server.create_database()
                 url = server.url(where)
             t0 = time.perf_counter()
-            counts = indexfill.fill_bulk(url, der, n, now=dt.datetime.now(dt.UTC), log=self.log)
+            counts = indexfill.fill_bulk(
+                url, der, n, now=dt.datetime.now(dt.UTC), issuer=issuer, log=self.log
+            )
             self.log(f"  {backend}: {n:,} certificates loaded in {time.perf_counter() - t0:.1f} s")
             self.log(f"    {counts}")
             self._big_index[backend] = where
@@ -862,7 +873,9 @@ class Bench:
                             server.create_database(template if kind == "full" else None)
                         )
                     label = f"big-index-{backend}-{kind}-{i + 1}"
-                    with self.daemon(label, "ec-p256", False, url) as d:
+                    # the CA of the index's certificates (a restart's state, not a new CA)
+                    join = self._big_ca[backend]
+                    with self.daemon(label, "ec-p256", False, url, join) as d:
                         run: dict[str, Any] = {}
                         if kind == "full" and backend == "sqlite":
                             for suffix in ("-wal", "-shm"):

@@ -13,13 +13,14 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 8  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
+SCHEMA_VERSION = 9  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
 # 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs;
 # 6: cas, certificates.issuer (in ix_certificates_crl)
 # 7: hosts, leases, crls (several hosts on one index)
 # 8: ix_cert_attrs_value (value, attr) instead of ix_cert_attrs_lookup (attr, value);
 # ix_certificates_expiry (status, not_after) instead of ix_certificates_status;
 # ix_certificates_crl of the revoked certificates only
+# 9: ix_certificates_unclaimed (the rows without an issuer: none after the first start)
 
 metadata = sa.MetaData()
 
@@ -74,6 +75,16 @@ crl_index = sa.Index(
     certificates.c.issuer,
     sqlite_where=_REVOKED,
     postgresql_where=_REVOKED,
+)
+
+# the rows written before schema 6, which the issuing CA claims at each start: without
+# this (empty, once claimed) index that UPDATE would read the whole table every time
+_UNCLAIMED = certificates.c.issuer.is_(None)
+unclaimed_index = sa.Index(
+    "ix_certificates_unclaimed",
+    certificates.c.serial,
+    sqlite_where=_UNCLAIMED,
+    postgresql_where=_UNCLAIMED,
 )
 
 # A certificate's subject attributes (attr = the short name: CN, emailAddress, ...) and,
@@ -296,6 +307,8 @@ def migrate(conn: Connection, version: int) -> None:
         # of tables that exist), now with the issuer and of the revoked certificates only
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_certificates_crl")
         crl_index.create(conn)
+    if version < 9:
+        unclaimed_index.create(conn, checkfirst=True)
     conn.execute(
         sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
     )

@@ -89,7 +89,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
         assert "ix_outputs_path" in {i["name"] for i in insp.get_indexes("outputs")}
         assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "8"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "9"
             # the CRL reads the revoked certificates from that index alone
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
@@ -243,6 +243,7 @@ def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) ->
         # what schema 5 had: no cas table, no issuer column, the CRL index without it
         conn.exec_driver_sql("DROP TABLE cas")
         conn.exec_driver_sql("DROP INDEX ix_certificates_crl")
+        conn.exec_driver_sql("DROP INDEX ix_certificates_unclaimed")
         conn.exec_driver_sql("ALTER TABLE certificates DROP COLUMN issuer")
         conn.exec_driver_sql(
             "CREATE INDEX ix_certificates_crl ON certificates "
@@ -260,7 +261,7 @@ def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) ->
         ]
         assert crl_index["column_names"][-1] == "issuer"
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "8"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "9"
             assert store.get(conn, "01").issuer is None  # type: ignore[union-attr]
             # the issuing CA's CRL lists what no CA has claimed yet; another CA's does not
             assert store.revoked_entries(conn, "ab" * 32, unclaimed=True) == [
@@ -272,6 +273,12 @@ def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) ->
                 "certificates WHERE status = 'revoked' AND issuer = 'ab' ORDER BY revoked_at"
             ).all()
             assert "COVERING INDEX ix_certificates_crl" in str(plan)
+            # schema 9: the issuing CA's claim at each start finds the unclaimed rows by an
+            # index of them alone (none, after the first), not by reading the table
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN UPDATE certificates SET issuer = 'ab' WHERE issuer IS NULL"
+            ).all()
+            assert "ix_certificates_unclaimed" in str(plan), plan
         assert store.integrity_check() == []
     finally:
         store.close()
