@@ -235,20 +235,27 @@ async def _accept(
     loop = asyncio.get_running_loop()
     server = runner.server
     assert server is not None
-    closed = server.connection_lost
+    made, lost = server.connection_made, server.connection_lost
+    # the connections still open: aiohttp's own list keeps a closed one until its handler
+    # task ends, and a stale count lets the other worker take every new connection
+    live: set[web.RequestHandler] = set()
+
+    def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        made(handler, transport)
+        live.add(handler)
+        board.set(index, len(live))
 
     def connection_lost(handler: web.RequestHandler, exc: BaseException | None = None) -> None:
-        # the count told at once, not when this worker next accepts: a worker waiting in
-        # accept() with a stale count would let the other take every new connection
-        closed(handler, exc)
-        board.set(index, sum(1 for h in server.connections if h is not handler))
+        lost(handler, exc)
+        live.discard(handler)
+        board.set(index, len(live))  # at once, not when this worker next accepts
 
+    server.connection_made = connection_made  # type: ignore[method-assign]
     server.connection_lost = connection_lost  # type: ignore[method-assign]
     while True:
-        board.set(index, len(server.connections))
+        board.set(index, len(live))
         while not board.may_accept(index):
             await asyncio.sleep(BALANCE_POLL_SECONDS)
-            board.set(index, len(server.connections))
         try:
             conn, _addr = await loop.sock_accept(sock)
         except OSError as exc:  # out of file descriptors, say: keep serving the others
