@@ -85,6 +85,14 @@ def _start(env: CAEnv, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _host_state(env: CAEnv, host: str) -> str | None:
+    """`host`'s state in `env`'s `status --json` (alive, silent, stopped)."""
+    for h in _cluster(env)["hosts"]:  # type: ignore[attr-defined]
+        if h["id"] == host:
+            return str(h["state"])
+    return None
+
+
 def _cluster(env: CAEnv) -> dict[str, object]:
     res = env.cli_proc("status", "--json")
     assert res.returncode == 0, res.stderr
@@ -352,9 +360,9 @@ def test_a_frozen_host_wakes_up_and_issues_nothing_twice(
         os.killpg(procs["a"].pid, signal.SIGSTOP)
         try:
             wait_for(lambda: _cluster(b)["leader"] == host_b, 30, interval=0.2, what="b leads")
-            # frozen for a few leases: b takes a's claims over unless a froze inside a
-            # transaction that holds its host row (the fence: then they wait for a)
-            time.sleep(3 * LEASE)
+            # frozen until b sees it silent: b takes a's claims over unless a froze inside
+            # a transaction that holds its host row (the fence: then they wait for a)
+            wait_for(lambda: _host_state(b, host_a) in ("silent", "stopped"), 30, what="a silent")
         finally:
             os.killpg(procs["a"].pid, signal.SIGCONT)
         wait_for(lambda: len(list(outbox.glob("*.cer"))) == n, 120, interval=0.1)
@@ -369,7 +377,13 @@ def test_a_frozen_host_wakes_up_and_issues_nothing_twice(
             what="a alive again",
         )
         assert _cluster(a)["leader"] == host_b
-        time.sleep(2 * LEASE)  # time for a to try whatever it had in hand
+        # a has dropped whatever it had in hand (its claim folder is empty) and lives on
+        wait_for(
+            lambda: not [p for p in (spool / ".claims" / host_a).rglob("*") if p.is_file()],
+            30,
+            interval=0.2,
+            what="a's claims dropped",
+        )
         assert procs["a"].poll() is None and procs["b"].poll() is None
     finally:
         for proc in procs.values():

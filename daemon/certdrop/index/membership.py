@@ -95,12 +95,17 @@ def try_lead(conn: Transaction, host: str, now: dt.datetime, lease_seconds: floa
     valid lease afterwards (this host or another), None if nobody holds one."""
     now_ms = _ms(now)
     expires = now_ms + int(lease_seconds * 1000)
-    query = (
-        sa.select(leases.c.holder, leases.c.expires_at)
-        .where(leases.c.name == LEADER)
-        .with_for_update()
-    )
+    unlocked = sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == LEADER)
+    query = unlocked.with_for_update()
+    if conn.dialect.name == "postgresql":
+        # never wait for the row: the host holding its lock may be frozen inside its
+        # heartbeat; it is being renewed or taken right now, so the lease stands as read
+        query = unlocked.with_for_update(skip_locked=True)
     row = conn.execute(query).first()
+    if row is None and conn.dialect.name == "postgresql":
+        seen = conn.execute(unlocked).first()
+        if seen is not None:
+            return str(seen[0]) if int(seen[1]) > now_ms else None
     if row is None:
         try:
             with conn.begin_nested():

@@ -36,7 +36,7 @@ from .schema import (
 
 Transaction: TypeAlias = Connection  # one index transaction (from Store.begin)
 
-IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=60000"  # ms, PostgreSQL
+IDLE_IN_TRANSACTION_SECONDS = 60.0  # PostgreSQL ends a session idle that long in a transaction
 
 
 @dataclass(frozen=True)
@@ -229,9 +229,15 @@ def _one_line(error: object) -> str:
 
 
 class Store:
-    def __init__(self, url: str, named: str = "[paths] database") -> None:
+    def __init__(
+        self,
+        url: str,
+        named: str = "[paths] database",
+        idle_in_transaction: float = IDLE_IN_TRANSACTION_SECONDS,
+    ) -> None:
         """The index at `url` (not opened yet); `named`: where the URL came from, for
-        the messages about a URL that cannot be used."""
+        the messages about a URL that cannot be used; `idle_in_transaction`: seconds
+        after which PostgreSQL ends a session idle inside a transaction."""
         self.url = url
         shown = shown_url(url)
         try:
@@ -247,8 +253,11 @@ class Store:
             if parsed.get_backend_name() == "postgresql" and "options" not in parsed.query:
                 # a process frozen inside a transaction (SIGSTOP, a paused VM) would hold
                 # its row locks, and keep the other hosts from taking its claims over, for
-                # as long as it is frozen: the server ends such a session after a minute
-                options["connect_args"] = {"options": IDLE_IN_TRANSACTION}
+                # as long as it is frozen: the server ends such a session
+                timeout_ms = max(1, round(idle_in_transaction * 1000))
+                options["connect_args"] = {
+                    "options": f"-c idle_in_transaction_session_timeout={timeout_ms}"
+                }
             self.engine: Engine = sa.create_engine(parsed, **options)
         except ImportError as exc:
             hint = _DRIVER_HINTS.get(parsed.get_backend_name(), "")

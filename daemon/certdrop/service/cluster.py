@@ -71,8 +71,12 @@ class Cluster:
         self.clustered = settings.clustered
         self.heartbeat_seconds = settings.cluster.heartbeat_seconds
         self.lease_seconds = settings.cluster.lease_seconds
-        self.store = Store(settings.database_url)  # connections of its own: the worker's
-        # long transactions never delay a heartbeat
+        # connections of its own, so that the worker's long transactions never delay a
+        # heartbeat; its transactions are short, so a host frozen inside one loses that
+        # session (and the lease's row lock) after a heartbeat
+        self.store = Store(
+            settings.database_url, idle_in_transaction=max(1.0, self.heartbeat_seconds)
+        )
         self.leader: str | None = None
         self.on_lead: Callable[[], None] | None = None  # this host has just become the leader
         self.on_beat: Callable[[], None] | None = None  # after each heartbeat (CRL follow)

@@ -82,7 +82,8 @@ def test_a_host_resigning_frees_the_lease_at_once(store: Store) -> None:
 
 def test_hosts_racing_for_a_free_lease_agree_on_one_leader(index_url: str) -> None:
     """Eight hosts, each with its own engine, ask at once, ten rounds over expired leases:
-    every round all of them name the same leader."""
+    every round exactly one of them takes the lease, and the others name it or, while it
+    is being taken (its row locked, PostgreSQL), nobody; never another host."""
     stores = [Store(index_url).open() for _ in range(8)]
     try:
         for round_ in range(10):
@@ -99,7 +100,9 @@ def test_hosts_racing_for_a_free_lease_agree_on_one_leader(index_url: str) -> No
                 t.start()
             for t in threads:
                 t.join()
-            assert len(set(answers)) == 1 and answers[0] is not None, answers
+            winners = [i for i, a in enumerate(answers) if a == f"host{i}"]
+            assert len(winners) == 1, answers
+            assert set(answers) <= {f"host{winners[0]}", None}, answers
     finally:
         for s in stores:
             s.close()
@@ -174,5 +177,32 @@ def test_a_session_frozen_in_a_transaction_is_ended_by_the_server(pg_url: str) -
         with s.begin() as conn:
             value = conn.execute(sa.text("SHOW idle_in_transaction_session_timeout")).scalar()
         assert value == "1min"
+    finally:
+        s.close()
+    short = Store(pg_url, idle_in_transaction=1.0).open()  # the heartbeat's connections
+    try:
+        with short.begin() as conn:
+            value = conn.execute(sa.text("SHOW idle_in_transaction_session_timeout")).scalar()
+        assert value == "1s"
+    finally:
+        short.close()
+
+
+def test_a_lease_row_locked_by_a_frozen_host_is_not_waited_for(pg_url: str) -> None:
+    """Host a froze inside its heartbeat, the lease's row locked: b's heartbeat reads the
+    lease as it stands instead of waiting (for as long as a's session lives)."""
+    import sqlalchemy as sa
+
+    s = Store(pg_url).open()
+    try:
+        assert _lead(s, "a", T0) == "a"
+        with s.begin() as frozen:
+            assert cluster.try_lead(frozen, "a", T0 + dt.timedelta(seconds=1), LEASE) == "a"
+            with s.begin() as conn:
+                conn.execute(sa.text("SET LOCAL lock_timeout = '2s'"))  # a wait fails the test
+                assert cluster.try_lead(conn, "b", T0 + dt.timedelta(seconds=5), LEASE) == "a"
+                later = T0 + dt.timedelta(seconds=LEASE + 1)  # the committed lease expired
+                assert cluster.try_lead(conn, "b", later, LEASE) is None
+        assert _lead(s, "b", T0 + dt.timedelta(seconds=LEASE + 22)) == "b"
     finally:
         s.close()
