@@ -102,22 +102,20 @@ def try_lead(conn: Transaction, host: str, now: dt.datetime, lease_seconds: floa
         # heartbeat; it is being renewed or taken right now, so the lease stands as read
         query = unlocked.with_for_update(skip_locked=True)
     row = conn.execute(query).first()
-    if row is None and conn.dialect.name == "postgresql":
-        seen = conn.execute(unlocked).first()
-        if seen is not None:
-            return str(seen[0]) if int(seen[1]) > now_ms else None
     if row is None:
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    sa.insert(leases).values(
-                        name=LEADER, holder=host, acquired_at=to_epoch(now), expires_at=expires
+        if conn.execute(unlocked).first() is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        sa.insert(leases).values(
+                            name=LEADER, holder=host, acquired_at=to_epoch(now), expires_at=expires
+                        )
                     )
-                )
-            return host
-        except IntegrityError:  # another host inserted it meanwhile
-            row = conn.execute(query).first()
-            assert row is not None
+                return host
+            except IntegrityError:  # another host inserted it meanwhile
+                pass
+        # another host holds the row (PostgreSQL) or has just made it
+        return leader(conn, now)
     holder, expires_at = str(row[0]), int(row[1])
     if holder == host or expires_at <= now_ms:
         values: dict[str, object] = {"holder": host, "expires_at": expires}

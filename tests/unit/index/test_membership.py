@@ -91,15 +91,21 @@ def test_hosts_racing_for_a_free_lease_agree_on_one_leader(index_url: str) -> No
             answers: list[str | None] = [None] * len(stores)
             barrier = threading.Barrier(len(stores))
 
+            errors: list[BaseException] = []
+
             def ask(i: int, now: dt.datetime = now) -> None:
                 barrier.wait()
-                answers[i] = _lead(stores[i], f"host{i}", now)
+                try:
+                    answers[i] = _lead(stores[i], f"host{i}", now)
+                except BaseException as exc:  # failed in the test below
+                    errors.append(exc)
 
             threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(stores))]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+            assert not errors, errors
             winners = [i for i, a in enumerate(answers) if a == f"host{i}"]
             assert len(winners) == 1, answers
             assert set(answers) <= {f"host{winners[0]}", None}, answers
