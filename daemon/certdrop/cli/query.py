@@ -38,6 +38,8 @@ def status(as_json: bool, days: int) -> None:
     from ..authority.keys import key_algorithm
     from ..authority.lifecycle import load_ca_certificates
     from ..authority.names import subject_text
+    from ..index import journal, listing
+    from ..index import pending as waiting
 
     c = ctx()
     s = c.settings
@@ -47,10 +49,10 @@ def status(as_json: bool, days: int) -> None:
     store = open_store(s)
     try:
         with store.begin() as conn:
-            counts = store.counts(conn, now)
-            outcomes = store.outcome_counts(conn)
-            pend = store.list_pending(conn)
-            expiring = store.list_certs(
+            counts = listing.counts(conn, now)
+            outcomes = journal.outcome_counts(conn)
+            pend = waiting.list_pending(conn)
+            expiring = listing.list_certs(
                 conn, now=now, expiring_within=dt.timedelta(days=days), der=False
             )
             extra = _status_extras(store, conn, s, now)
@@ -254,6 +256,8 @@ def _print_table(records: list[CertRecord], now: dt.datetime) -> None:
 )
 def list_cmd(as_json: bool, status_filter: str, expiring: int | None, search: str | None) -> None:
     """The index: issued, expiring, revoked."""
+    from ..index import listing
+
     c = ctx()
     s = c.settings
     now = c.clock.now()
@@ -265,7 +269,7 @@ def list_cmd(as_json: bool, status_filter: str, expiring: int | None, search: st
     try:
         with store.begin() as conn:
             if as_json:
-                records = store.list_certs(
+                records = listing.list_certs(
                     conn,
                     status=status,
                     now=now,
@@ -274,7 +278,7 @@ def list_cmd(as_json: bool, status_filter: str, expiring: int | None, search: st
                     der=False,
                 )
             else:  # the table's columns only: no record built per certificate
-                lines = store.list_lines(
+                lines = listing.list_lines(
                     conn, status=status, now=now, expiring_within=within, search=search
                 )
     finally:
@@ -304,6 +308,7 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
+    from ..index import journal, listing
     from ..index import outputs as delivered
 
     c = ctx()
@@ -312,8 +317,8 @@ def show(ref: str, as_json: bool, pem: bool) -> None:
     store = open_store(s)
     try:
         with store.begin() as conn:
-            matches = store.lookup(conn, ref)
-            history = store.journal_for(conn, ref.strip(), [m.record.serial for m in matches])
+            matches = listing.lookup(conn, ref)
+            history = journal.journal_for(conn, ref.strip(), [m.record.serial for m in matches])
             files = delivered.of(conn, [m.record.serial for m in matches])
     finally:
         store.close()

@@ -28,9 +28,7 @@ from .schema import (
     certificates,
     from_epoch,
     hosts,
-    journal,
     meta,
-    pending,
     to_epoch,
 )
 
@@ -88,11 +86,11 @@ class CertRecord:
         }
 
 
-def _record(row: Any) -> CertRecord:
-    return _record_of(row._mapping)
+def cert_record(row: Any) -> CertRecord:
+    return cert_record_of(row._mapping)
 
 
-def _record_of(m: Mapping[str, Any]) -> CertRecord:
+def cert_record_of(m: Mapping[str, Any]) -> CertRecord:
     return CertRecord(
         serial=m["serial"],
         subject=m["subject"],
@@ -111,46 +109,9 @@ def _record_of(m: Mapping[str, Any]) -> CertRecord:
         owner=m["owner"],
         source=m["source"],
         key_generated=bool(m["key_generated"]),
-        der=bytes(m["der"]) if "der" in m else b"",  # b"": not read (list_certs der=False)
+        der=bytes(m["der"]) if "der" in m else b"",  # b"": not read (listing.list_certs der=False)
         issuer=m["issuer"],
     )
-
-
-@dataclass(frozen=True)
-class Match:
-    """A certificate a reference names, and how: "serial", "request name", "CN", "e-mail"."""
-
-    record: CertRecord
-    matched_by: tuple[str, ...]
-
-
-def serial_forms(ref: str) -> set[str]:
-    """The index's spellings of the serial `ref` could be (hex, any case, colons or a 0x
-    prefix allowed, with or without leading zeros); empty when `ref` is not hex."""
-    cleaned = ref.replace(":", "").strip().upper().removeprefix("0X")
-    if not cleaned or any(c not in "0123456789ABCDEF" for c in cleaned):
-        return set()
-    forms = {cleaned, cleaned.lstrip("0") or "0"}
-    return forms | {("0" + f) if len(f) % 2 else f for f in forms}
-
-
-def _contains(text: str) -> sa.ColumnElement[bool]:
-    """Serial, request name, CN or an e-mail address contains `text`, in any case."""
-    folded = text.strip().casefold()
-    pattern = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    conds: list[sa.ColumnElement[bool]] = [
-        sa.func.lower(certificates.c.request_name).like(pattern, escape="\\"),
-        certificates.c.serial.in_(
-            sa.select(cert_attrs.c.serial).where(
-                cert_attrs.c.attr.in_(("CN", EMAIL_ATTR)),
-                cert_attrs.c.value.like(pattern, escape="\\"),
-            )
-        ),
-    ]
-    hexed = text.replace(":", "").strip().upper().removeprefix("0X")
-    if hexed and all(c in "0123456789ABCDEF" for c in hexed):
-        conds.append(certificates.c.serial.contains(hexed))
-    return sa.or_(*conds)
 
 
 @dataclass(frozen=True)
@@ -188,20 +149,6 @@ def _attr_rows(cert: NewCertificate) -> list[dict[str, str]]:
     return rows
 
 
-@dataclass(frozen=True)
-class PendingRecord:
-    name: str
-    profile: str
-    fingerprint: str
-    owner: str
-    owner_uid: int | None
-    received_at: dt.datetime
-    subject: str
-    decision: str | None
-    decision_reason: str | None
-
-
-# the driver certdrop's extras bring for a database that names none ("postgresql://"),
 # and what to do when a URL names another one that is not installed
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg"}
 _DRIVER_HINTS = {
@@ -400,8 +347,8 @@ class Store:
                 wanted = list(dict.fromkeys(serial for serial, _value in pairs))
                 valid: dict[str, CertRecord] = {}
                 for first in range(0, len(wanted), 500):
-                    for r in conn.execute(_BY_SERIALS, {"serials": wanted[first : first + 500]}):
-                        rec = _record(r)
+                    for r in conn.execute(BY_SERIALS, {"serials": wanted[first : first + 500]}):
+                        rec = cert_record(r)
                         if rec.status == "valid" and rec.not_after > cutoff:  # type: ignore[operator]
                             valid[rec.serial] = rec
                 for serial, value in pairs:
@@ -417,7 +364,7 @@ class Store:
         for start in range(0, len(wanted), 500):
             rows = conn.execute(_BY_FINGERPRINTS, {"fps": wanted[start : start + 500]})
             for r in rows:
-                rec = _record(r)
+                rec = cert_record(r)
                 out.setdefault(rec.request_fingerprint, []).append(rec)
         return out
 
@@ -426,7 +373,7 @@ class Store:
         found: set[str] = set()
         for start in range(0, len(wanted), 500):
             found.update(
-                conn.execute(_EXISTING_SERIALS, {"serials": wanted[start : start + 500]}).scalars()
+                conn.execute(EXISTING_SERIALS, {"serials": wanted[start : start + 500]}).scalars()
             )
         return found
 
@@ -470,89 +417,7 @@ class Store:
 
     def get(self, conn: Transaction, serial: str) -> CertRecord | None:
         row = conn.execute(sa.select(certificates).where(certificates.c.serial == serial)).first()
-        return _record(row) if row is not None else None
-
-    def lookup(self, conn: Transaction, ref: str) -> list[Match]:
-        """Every certificate `ref` names, newest first, each with how it matched.
-
-        `ref` is a serial (hex, any case, colons allowed; with a 0x prefix it is only a
-        serial), a request name (exact), a CN or an e-mail address (subject or SAN; both
-        case-insensitive). Each is a search of an index: the primary key,
-        ix_certificates_request_name, ix_cert_attrs_value.
-        """
-        ref = ref.strip()
-        how: dict[str, list[str]] = {}
-        serials = serial_forms(ref)
-        if serials:
-            for serial in conn.execute(_EXISTING_SERIALS, {"serials": sorted(serials)}).scalars():
-                how.setdefault(serial, []).append("serial")
-        if ref and not (serials and ref.lower().startswith("0x")):
-            for serial in conn.execute(_BY_REQUEST_NAME, {"name": ref}).scalars():
-                how.setdefault(serial, []).append("request name")
-            for serial, attr in conn.execute(_BY_NAME_OR_EMAIL, {"value": ref.casefold()}):
-                how.setdefault(serial, []).append("CN" if attr == "CN" else "e-mail")
-        if not how:
-            return []
-        records = [_record(r) for r in conn.execute(_BY_SERIALS, {"serials": list(how)})]
-        records.sort(key=lambda r: (r.issued_at, r.serial), reverse=True)
-        return [Match(r, tuple(dict.fromkeys(how[r.serial]))) for r in records]
-
-    def find(self, conn: Transaction, ref: str) -> list[CertRecord]:
-        """The certificates `ref` names (see `lookup`), newest first."""
-        return [m.record for m in self.lookup(conn, ref)]
-
-    def list_certs(
-        self,
-        conn: Transaction,
-        *,
-        status: str | None = None,
-        now: dt.datetime | None = None,
-        expiring_within: dt.timedelta | None = None,
-        search: str | None = None,
-        limit: int | None = None,
-        der: bool = True,
-    ) -> list[CertRecord]:
-        """Certificates by status and expiry, in order of their end (`expiring_within`: a
-        range of ix_certificates_expiry); `search`: those whose serial, request name, CN
-        or e-mail address contains that text, in any case (no index answers "contains":
-        a walk of the table). der=False: the records' `der` is b"", not read."""
-        columns = [c for c in certificates.columns if der or c.name != "der"]
-        q = _listing(columns, status, now, expiring_within, search, limit)
-        # straight from the driver's cursor: SQLAlchemy's per-row work was most of the
-        # time of a listing of tens of thousands
-        names = [c.name for c in columns]
-        return [_record_of(dict(zip(names, r, strict=True))) for r in _driver_rows(conn, q)]
-
-    def list_lines(
-        self,
-        conn: Transaction,
-        *,
-        status: str | None = None,
-        now: dt.datetime,
-        expiring_within: dt.timedelta | None = None,
-        search: str | None = None,
-    ) -> list[tuple[str, str, str, str, str, str]]:
-        """What `list_certs` selects, as the CLI's table shows it: (serial, status with
-        "expired" for a valid one past its end, end date YYYY-MM-DD, profile, request
-        name, subject) per certificate; no record built (a listing of a big index has
-        tens of thousands)."""
-        c = certificates.c
-        q = _listing(
-            [c.serial, c.status, c.not_after, c.profile, c.request_name, c.subject],
-            status,
-            now,
-            expiring_within,
-            search,
-            None,
-        )
-        t = to_epoch(now)
-        epoch_day = dt.date(1970, 1, 1).toordinal()
-        out = []
-        for serial, state, end, profile, name, subject in _driver_rows(conn, q):
-            state = "expired" if state == "valid" and end <= t else state
-            ymd = dt.date.fromordinal(epoch_day + end // 86_400).isoformat()  # UTC
-            out.append((serial, state, ymd, profile, name, subject))
-        return out
+        return cert_record(row) if row is not None else None
 
     def revoke(self, conn: Transaction, serial: str, reason: str, when: dt.datetime) -> CertRecord:
         rec = self.get(conn, serial)
@@ -569,57 +434,6 @@ class Store:
             .values(status="revoked", revoked_at=to_epoch(when), revocation_reason=reason)
         )
         return rec
-
-    def revoked_entries(
-        self, conn: Transaction, issuer: str | None = None, *, unclaimed: bool = False
-    ) -> list[tuple[int, int, str | None]]:
-        """(serial, revocation time in UTC epoch seconds, reason) of every revoked
-        certificate of the CA `issuer` (None: of every CA; `unclaimed`: and those no CA
-        claimed yet, which the issuing CA's CRL lists), for the CRL
-        (`CertificateAuthority.build_crl` takes the epoch as is).
-
-        Expired certificates stay on the CRL: small CAs issue few, and dropping them
-        would need the expiredCertsOnCRL extension to stay correct.
-        """
-        c = certificates.c
-        stmt = sa.select(c.serial, c.revoked_at, c.revocation_reason).where(
-            c.status == sa.literal_column("'revoked'")
-        )
-        if issuer is not None:
-            # a literal: the issuer is a hex digest, and the statement goes to the driver
-            # as it is (any paramstyle); both tests read ix_certificates_crl alone
-            mine = c.issuer == sa.literal_column(f"'{_hex(issuer)}'")
-            stmt = stmt.where(sa.or_(mine, c.issuer.is_(None)) if unclaimed else mine)
-        stmt = stmt.order_by(c.revoked_at)
-        # straight from the driver's cursor, in this transaction: no SQLAlchemy per-row
-        # work (the statement has no parameters: any paramstyle)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(str(stmt.compile(dialect=conn.dialect)))
-            rows = cursor.fetchall()
-        finally:
-            cursor.close()
-        return [(int(serial, 16), int(at), reason) for serial, at, reason in rows]
-
-    def counts(self, conn: Transaction, now: dt.datetime) -> dict[str, int]:
-        t = to_epoch(now)
-        c = certificates.c
-        row = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.sum(sa.case(((c.status == "valid") & (c.not_after > t), 1), else_=0)),
-                sa.func.sum(sa.case(((c.status == "valid") & (c.not_after <= t), 1), else_=0)),
-                sa.func.sum(sa.case((c.status == "revoked", 1), else_=0)),
-                sa.func.sum(sa.case((c.status == "superseded", 1), else_=0)),
-            ).select_from(certificates)
-        ).one()
-        return {
-            "total": int(row[0] or 0),
-            "valid": int(row[1] or 0),
-            "expired": int(row[2] or 0),
-            "revoked": int(row[3] or 0),
-            "superseded": int(row[4] or 0),
-        }
 
     # --- CRL numbers ----------------------------------------------------------------------------
     def claim_crl_number(self, conn: Transaction, at_least: int) -> int:
@@ -648,147 +462,6 @@ class Store:
         except IntegrityError:  # another host inserted it meanwhile
             conn.execute(update)
 
-    # --- journal -------------------------------------------------------------------------------
-    def log(
-        self,
-        conn: Transaction,
-        when: dt.datetime,
-        name: str,
-        outcome: str,
-        *,
-        profile: str = "",
-        fingerprint: str = "",
-        serial: str | None = None,
-        detail: str = "",
-    ) -> None:
-        conn.execute(
-            sa.insert(journal).values(
-                at=to_epoch(when),
-                name=name,
-                profile=profile,
-                fingerprint=fingerprint,
-                outcome=outcome,
-                serial=serial,
-                detail=detail,
-            )
-        )
-
-    def log_many(self, conn: Transaction, entries: Sequence[Mapping[str, Any]]) -> None:
-        if entries:
-            insert_many(
-                conn,
-                journal,
-                [
-                    {
-                        "at": to_epoch(e["at"]),
-                        "name": e["name"],
-                        "profile": e.get("profile", ""),
-                        "fingerprint": e.get("fingerprint", ""),
-                        "outcome": e["outcome"],
-                        "serial": e.get("serial"),
-                        "detail": e.get("detail", ""),
-                    }
-                    for e in entries
-                ],
-            )
-
-    def outcome_counts(self, conn: Transaction) -> dict[str, int]:
-        rows = conn.execute(
-            sa.select(journal.c.outcome, sa.func.count()).group_by(journal.c.outcome)
-        )
-        return {o: int(n) for o, n in rows}
-
-    def journal_for(
-        self, conn: Transaction, name: str, serials: Iterable[str] = ()
-    ) -> list[dict[str, Any]]:
-        """The journal of request `name` and of the certificates `serials`, oldest first."""
-        cond = journal.c.name == name
-        wanted = list(dict.fromkeys(serials))
-        if wanted:
-            cond = sa.or_(cond, journal.c.serial.in_(wanted))
-        rows = conn.execute(sa.select(journal).where(cond).order_by(journal.c.id))
-        return [dict(r._mapping) for r in rows]
-
-    # --- pending requests ----------------------------------------------------------------------
-    def add_pending(
-        self,
-        conn: Transaction,
-        name: str,
-        profile: str,
-        fingerprint: str,
-        owner: str,
-        owner_uid: int | None,
-        when: dt.datetime,
-        subject: str,
-    ) -> None:
-        conn.execute(sa.delete(pending).where(pending.c.name == name))
-        conn.execute(
-            sa.insert(pending).values(
-                name=name,
-                profile=profile,
-                fingerprint=fingerprint,
-                owner=owner,
-                owner_uid=owner_uid,
-                received_at=to_epoch(when),
-                subject=subject,
-            )
-        )
-
-    def get_pending(self, conn: Transaction, name: str) -> PendingRecord | None:
-        row = conn.execute(sa.select(pending).where(pending.c.name == name)).first()
-        return _pending(row) if row is not None else None
-
-    def pending_by_names(self, conn: Transaction, names: Iterable[str]) -> dict[str, PendingRecord]:
-        wanted = list(dict.fromkeys(names))
-        out: dict[str, PendingRecord] = {}
-        for start in range(0, len(wanted), 500):
-            for r in conn.execute(_PENDING_BY_NAMES, {"names": wanted[start : start + 500]}):
-                rec = _pending(r)
-                out[rec.name] = rec
-        return out
-
-    def remove_pending_many(self, conn: Transaction, names: Sequence[str]) -> None:
-        conn.execute(sa.delete(pending).where(pending.c.name.in_(list(names))))
-
-    def list_pending(self, conn: Transaction) -> list[PendingRecord]:
-        return [
-            _pending(r) for r in conn.execute(sa.select(pending).order_by(pending.c.received_at))
-        ]
-
-    def decide_pending(
-        self, conn: Transaction, name: str, decision: str, reason: str, when: dt.datetime
-    ) -> None:
-        conn.execute(
-            sa.update(pending)
-            .where(pending.c.name == name)
-            .values(decision=decision, decision_reason=reason, decided_at=to_epoch(when))
-        )
-
-    def remove_pending(self, conn: Transaction, name: str) -> None:
-        conn.execute(sa.delete(pending).where(pending.c.name == name))
-
-
-def _hex(value: str) -> str:
-    """`value` when it is hex digits (a CA id, a serial): safe inside an SQL literal."""
-    if not value or any(ch not in "0123456789abcdefABCDEF" for ch in value):
-        raise ValueError(f"not a hex identifier: {value!r}")
-    return value
-
-
-def _pending(row: Any) -> PendingRecord:
-    m = row._mapping
-    return PendingRecord(
-        name=m["name"],
-        profile=m["profile"],
-        fingerprint=m["fingerprint"],
-        owner=m["owner"],
-        owner_uid=m["owner_uid"],
-        received_at=from_epoch(m["received_at"]),  # type: ignore[arg-type]
-        subject=m["subject"],
-        decision=m["decision"],
-        decision_reason=m["decision_reason"],
-    )
-
 
 # The statements the issue layer runs for every batch, built once: building a select
 # is most of the cost of a small query (SQLAlchemy caches the compiled form by a key
@@ -802,21 +475,12 @@ _BY_FINGERPRINTS = (
     .where(certificates.c.request_fingerprint.in_(sa.bindparam("fps", expanding=True)))
     .order_by(certificates.c.issued_at.desc())
 )
-_EXISTING_SERIALS = sa.select(certificates.c.serial).where(
+EXISTING_SERIALS = sa.select(certificates.c.serial).where(
     certificates.c.serial.in_(sa.bindparam("serials", expanding=True))
 )
-_BY_SERIALS = sa.select(certificates).where(
+BY_SERIALS = sa.select(certificates).where(
     certificates.c.serial.in_(sa.bindparam("serials", expanding=True))
-)
-_BY_REQUEST_NAME = sa.select(certificates.c.serial).where(
-    certificates.c.request_name == sa.bindparam("name")
-)
-_BY_NAME_OR_EMAIL = sa.select(cert_attrs.c.serial, cert_attrs.c.attr).where(
-    cert_attrs.c.attr.in_(("CN", EMAIL_ATTR)), cert_attrs.c.value == sa.bindparam("value")
-)
-_PENDING_BY_NAMES = sa.select(pending).where(
-    pending.c.name.in_(sa.bindparam("names", expanding=True))
-)
+)  # EXISTING_SERIALS and BY_SERIALS: listing.lookup runs them too
 
 
 def _fence(conn: Transaction, host: str) -> None:
@@ -832,48 +496,6 @@ def _fence(conn: Transaction, host: str) -> None:
             f"this host ({host}) was taken for dead and its claimed requests were taken "
             "over by another host; nothing is recorded for them here"
         )
-
-
-def _listing(
-    columns: Sequence[sa.ColumnElement[Any]],
-    status: str | None,
-    now: dt.datetime | None,
-    expiring_within: dt.timedelta | None,
-    search: str | None,
-    limit: int | None,
-) -> sa.Select[Any]:
-    """The SELECT of `list_certs` and `list_lines`."""
-    q = sa.select(*columns).order_by(certificates.c.not_after)
-    if search is not None:
-        q = q.where(_contains(search))
-    if status == "expired":
-        assert now is not None
-        q = q.where(certificates.c.status == "valid", certificates.c.not_after <= to_epoch(now))
-    elif status == "valid":
-        assert now is not None
-        q = q.where(certificates.c.status == "valid", certificates.c.not_after > to_epoch(now))
-    elif status is not None:
-        q = q.where(certificates.c.status == status)
-    if expiring_within is not None:
-        assert now is not None
-        q = q.where(
-            certificates.c.status == "valid",
-            certificates.c.not_after > to_epoch(now),
-            certificates.c.not_after <= to_epoch(now + expiring_within),
-        )
-    if limit is not None:
-        q = q.limit(limit)
-    return q
-
-
-def _driver_rows(conn: Transaction, stmt: sa.Select[Any]) -> Sequence[Any]:
-    """The rows of a SELECT, its SQL compiled once here and run as the driver's SQL: no
-    result processing by SQLAlchemy (the columns here need none)."""
-    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params: Any = compiled.params
-    if compiled.positional:
-        params = tuple(params[name] for name in compiled.positiontup or ())
-    return conn.exec_driver_sql(str(compiled), params).all()
 
 
 def insert_many(conn: Transaction, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -9,7 +9,10 @@ from pathlib import Path
 from ..clock import Clock
 from ..errors import CertdropError, RequestError
 from ..fsutil import move_file, open_nofollow, read_limited
-from ..index.store import PendingRecord, Store
+from ..index import journal
+from ..index import pending as waiting
+from ..index.pending import PendingRecord
+from ..index.store import Store
 from ..intake.request import parse_many
 from ..intake.spool import Spool, move, place_rejected, remove_quietly
 from .batches import Batches
@@ -47,11 +50,11 @@ class Approvals:
         crash interrupts the approval."""
         now = self.clock.now()
         with self.store.begin() as conn:
-            rec = self.store.get_pending(conn, name)
+            rec = waiting.get_pending(conn, name)
             if rec is None:
                 raise CertdropError(f"no pending request named {name}; see 'certdrop status'")
-            self.store.decide_pending(conn, name, "approved", "", now)
-            self.store.log(
+            waiting.decide_pending(conn, name, "approved", "", now)
+            journal.log(
                 conn, now, name, "approved", profile=rec.profile, fingerprint=rec.fingerprint
             )
         src = self.spool.pending / f"{name}.req"
@@ -76,10 +79,10 @@ class Approvals:
     def deny(self, name: str, reason: str) -> Result:
         now = self.clock.now()
         with self.store.begin() as conn:
-            rec = self.store.get_pending(conn, name)
+            rec = waiting.get_pending(conn, name)
             if rec is None:
                 raise CertdropError(f"no pending request named {name}; see 'certdrop status'")
-            self.store.decide_pending(conn, name, "denied", reason, now)
+            waiting.decide_pending(conn, name, "denied", reason, now)
         src = self.spool.pending / f"{name}.req"
         text = reason_text(name, rec.profile, [f"the CA operator denied the request: {reason}"])
         who = waiting_requester(rec, src) if self.notices is not None else None
@@ -87,8 +90,8 @@ class Approvals:
             place_rejected(self.spool, src, name, text, now)
         remove_quietly(self.outcomes.held_key(name))  # a denied request's key is destroyed
         with self.store.begin() as conn:
-            self.store.remove_pending(conn, name)
-            self.store.log(conn, now, name, "denied", profile=rec.profile, detail=reason)
+            waiting.remove_pending(conn, name)
+            journal.log(conn, now, name, "denied", profile=rec.profile, detail=reason)
             if self.notices is not None and who is not None:
                 self.notices.denied(conn, who, reason, now)
         log.info("denied %s.req: %s", name, reason)

@@ -22,7 +22,9 @@ from ..authority.serials import random_serial, serial_hex
 from ..clock import Clock
 from ..config import Profile
 from ..errors import CertdropError, IndexUnavailable, RequestError
-from ..index.store import CertRecord, PendingRecord, Store
+from ..index import pending as waiting
+from ..index.pending import PendingRecord
+from ..index.store import CertRecord, Store
 from ..intake.claim import Claim
 from ..intake.request import ParsedRequest
 from . import policy
@@ -108,7 +110,7 @@ class Decider:
         """A Plan or a Result for each request, in order."""
         with self.store.begin() as conn:
             previous = self.store.by_fingerprints(conn, [p.req.fingerprint for p in prepared])
-            pending = self.store.pending_by_names(conn, [p.claim.name for p in prepared])
+            pending = waiting.pending_by_names(conn, [p.claim.name for p in prepared])
             keys = {k for p in prepared for k in p.unique}
             existing = self.store.existing_valid(conn, keys, now)
         seen: dict[Key, list[policy.ExistingCert]] = {

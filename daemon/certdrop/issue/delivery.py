@@ -23,6 +23,7 @@ from ..clock import Clock
 from ..errors import CAError, CertdropError
 from ..faults import Crashpoint, no_crash
 from ..fsutil import atomic_write, ensure_dir, fsync_dir, sync_filesystem, unique_path
+from ..index import journal
 from ..index import outputs as delivered
 from ..index.store import CertRecord, Store, Transaction
 from ..intake.claim import Claim, Claimer, Owner
@@ -274,7 +275,7 @@ class Delivery:
                 serial,
                 [("p12", str(target))] + ([("password", str(written))] if written else []),
             )
-            self.store.log(conn, now, stem, "p12", profile=profile, serial=serial)
+            journal.log(conn, now, stem, "p12", profile=profile, serial=serial)
         if os.path.lexists(target):
             self._make_way(target, None, serial)
         os.rename(staged, target)

@@ -36,6 +36,7 @@ from ..authority.reasons import OPENSSL_REASONS
 from ..authority.serials import serial_hex
 from ..clock import Clock
 from ..errors import CertdropError, SerialCollision
+from ..index import journal
 from ..index.store import NewCertificate, Store
 
 CERT_SUFFIXES = (".cer", ".crt", ".pem", ".der")
@@ -382,7 +383,7 @@ class Importer:
             try:
                 with self.store.begin() as conn:
                     self.store.add_certificate(conn, record)
-                    self.store.log(
+                    journal.log(
                         conn,
                         now,
                         name,

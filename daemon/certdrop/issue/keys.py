@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..clock import Clock
 from ..fsutil import is_safe_name, sanitize_name
+from ..index import listing
 from ..index.store import Store
 from ..intake.claim import Claim, Claimer, KeyDrop, owner_of
 from ..intake.spool import Spool, remove_quietly
@@ -70,7 +71,7 @@ class DroppedKeys:
         with self.store.begin() as conn:
             recent = [
                 r
-                for r in self.store.find(conn, stem)
+                for r in listing.find(conn, stem)
                 if r.request_name == stem
                 and r.status == "valid"
                 and r.not_after > now

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from ..clock import Clock
 from ..faults import Crashpoint, no_crash
 from ..fsutil import atomic_write, ensure_dir
+from ..index import journal
+from ..index import pending as waiting
 from ..index.store import CertRecord, NewCertificate, Store, Transaction
 from ..intake.claim import Claim, Refusal
 from ..intake.request import ParsedRequest
@@ -183,10 +185,10 @@ class Outcomes:
         )
         self.crashpoint("after-reject")
         with self.store.begin() as conn:
-            self.store.log(
+            journal.log(
                 conn, now, claim.name, "rejected", profile=claim.profile, detail=" | ".join(reasons)
             )
-            self.store.remove_pending(conn, claim.name)
+            waiting.remove_pending(conn, claim.name)
             if self.notices is not None:
                 self.notices.refused(conn, requester_of(claim, req), text, now)
         log.info("rejected %s.req profile=%s: %s", claim.name, claim.profile, " | ".join(reasons))
@@ -205,7 +207,7 @@ class Outcomes:
             remove_quietly(self.spool.rejected / f"{name}.reason")
             return Result(Outcome.SKIPPED, name)
         with self.store.begin() as conn:
-            self.store.log(conn, now, name, "rejected", detail=reason)
+            journal.log(conn, now, name, "rejected", detail=reason)
         log.info("rejected %r: %s", refusal.path.name, reason)
         if self.hooks.audit:
             self.hooks.audit(
@@ -223,7 +225,7 @@ class Outcomes:
         text = reason_text(stem, profile, [reason])
         atomic_write(self.spool.rejected / f"{stem}.reason", text.encode(), 0o644)
         with self.store.begin() as conn:
-            self.store.log(conn, now, stem, "rejected", profile=profile, detail=reason)
+            journal.log(conn, now, stem, "rejected", profile=profile, detail=reason)
         log.info("refused %s.key: %s", stem, reason)
         return Result(Outcome.REJECTED, stem, reason=text)
 
@@ -234,7 +236,7 @@ class Outcomes:
         subject = ", ".join(f"{n}={v}" for n, v in req.subject)
         target = self.spool.pending / f"{claim.name}.req"
         with self.store.begin() as conn:
-            self.store.add_pending(
+            waiting.add_pending(
                 conn,
                 claim.name,
                 claim.profile,
@@ -244,7 +246,7 @@ class Outcomes:
                 now,
                 subject,
             )
-            self.store.log(
+            journal.log(
                 conn, now, claim.name, "pending", profile=claim.profile, fingerprint=req.fingerprint
             )
             if self.notices is not None:
@@ -301,9 +303,7 @@ class Outcomes:
         if key_problem:
             self.key_refused(claim.name, claim.profile, key_problem, now)
         with self.store.begin() as conn:
-            self.store.log(
-                conn, now, claim.name, "redelivered", profile=claim.profile, serial=serial
-            )
+            journal.log(conn, now, claim.name, "redelivered", profile=claim.profile, serial=serial)
         self.archive(claim, now)
         log.info(
             "redelivered %s.req serial=%s -> outbox/%s.cer (this request was already issued)",

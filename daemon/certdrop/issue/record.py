@@ -29,7 +29,9 @@ from ..authority.serials import random_serial, serial_hex
 from ..errors import LintError
 from ..faults import Crashpoint, no_crash
 from ..fsutil import ensure_dir, fsync_dir, sync_filesystem, write_staged
+from ..index import journal
 from ..index import outputs as delivered
+from ..index import pending as waiting
 from ..index.store import NewCertificate, Store, Transaction
 from ..intake.spool import Spool, archive_path, remove_quietly
 from .decide import Plan
@@ -275,12 +277,12 @@ class Recorder:
                     self.store.supersede(conn, item.plan.decision.supersedes, item.serial)
             pending_names = [i.plan.claim.name for i in ready if i.plan.was_pending]
             if pending_names:
-                self.store.remove_pending_many(conn, pending_names)
+                waiting.remove_pending_many(conn, pending_names)
             if self.notices is not None:
                 for item, record in zip(ready, records, strict=True):
                     if item.plan.approved:
                         self.notices.approved(conn, record, self._delivered(item), now)
-            self.store.log_many(
+            journal.log_many(
                 conn,
                 [
                     {

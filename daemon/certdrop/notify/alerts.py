@@ -6,7 +6,9 @@ import datetime as dt
 import logging
 
 from ..config import MailSettings
-from ..index.store import PendingRecord, Store, Transaction
+from ..index import pending as waiting
+from ..index.pending import PendingRecord
+from ..index.store import Store, Transaction
 from .messages import pending_request
 from .queue import enqueue
 from .smtp import Recipient, parse_addresses
@@ -63,7 +65,7 @@ def pending_alert(
 def announce_pending(store: Store, mail: MailSettings, name: str, now: dt.datetime) -> bool:
     """The issue layer's on_pending hook: alert the admin about request NAME."""
     with store.begin() as conn:
-        rec = store.get_pending(conn, name)
+        rec = waiting.get_pending(conn, name)
         if rec is None or rec.decision is not None:
             return False
         return pending_alert(conn, mail, rec, now)

@@ -35,7 +35,8 @@ from cryptography import x509
 from ..authority.names import subject_text
 from ..authority.serials import serial_hex
 from ..config import CRLSettings, ExpirySettings, MailSettings, Profile, Settings
-from ..index import warned
+from ..index import listing, warned
+from ..index import pending as waiting
 from ..index.schema import from_epoch
 from ..index.store import CertRecord, Store, Transaction
 from .alerts import admin_recipients, pending_alert, queue_admin_alert
@@ -114,7 +115,7 @@ def sweep(
         _crl(conn, store, cfg, ca_name, now, report)
         for above in crls_above:
             _crl_above(conn, cfg, above, now, report)
-        for rec in store.list_pending(conn):
+        for rec in waiting.list_pending(conn):
             if rec.decision is None and pending_alert(conn, cfg.mail, rec, now):
                 report.alerts.append(f"pending {rec.name}")
         store.set_meta(conn, warned.LAST_SWEEP_META_KEY, now.isoformat())
@@ -154,7 +155,7 @@ def _certificates(
     horizon = dt.timedelta(days=max(thresholds))
     admins = admin_recipients(cfg.mail) if cfg.expiry.notify_admin else []
     digest: list[tuple[CertRecord, int, bool]] = []
-    for rec in store.list_certs(conn, now=now, expiring_within=horizon):
+    for rec in listing.list_certs(conn, now=now, expiring_within=horizon):
         threshold, todo = _new_threshold(conn, "cert", rec.serial, rec.not_after - now, thresholds)
         warned.record(conn, "cert", rec.serial, todo, now)
         report.recorded += [(rec.serial, t) for t in todo]

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from ..authority.names import OID_NAMES
 from ..config import Profile
 from ..fsutil import is_safe_name, sanitize_name
-from ..index.store import CertRecord, PendingRecord
+from ..index.pending import PendingRecord
+from ..index.store import CertRecord
 
 if TYPE_CHECKING:  # expiry.py builds these texts
     from .expiry import SweepConfig

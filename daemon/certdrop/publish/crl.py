@@ -103,7 +103,9 @@ class CrlPublisher:
         return self.folder / CRL_DER
 
     def _revoked(self, conn: Transaction) -> list[CrlEntry]:
-        return list(self.store.revoked_entries(conn, self.ca.id, unclaimed=self.issuing))
+        from ..index import listing  # SQLAlchemy: not loaded by certdrop serve
+
+        return list(listing.revoked_entries(conn, self.ca.id, unclaimed=self.issuing))
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener()` is called after every new CRL (it must not raise)."""

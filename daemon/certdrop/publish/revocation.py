@@ -18,7 +18,9 @@ from ..authority.reasons import parse_reason
 from ..authority.serials import serial_hex
 from ..clock import Clock
 from ..errors import CertdropError, NotFoundError
-from ..index.store import CertRecord, Store, Transaction, serial_forms
+from ..index import journal, listing
+from ..index.listing import serial_forms
+from ..index.store import CertRecord, Store, Transaction
 from .apache import ApachePublisher
 from .crl import CrlPublisher
 from .retiring import CrlSet
@@ -59,10 +61,10 @@ class Revoker:
         reason = parse_reason(reason)
         now = self.clock.now()
         with self.store.begin() as conn:
-            matches = self.store.find(conn, ref.strip())
+            matches = listing.find(conn, ref.strip())
             rec = choose_for_revocation(matches, ref, now)
             self.store.revoke(conn, rec.serial, reason, now)
-            self.store.log(
+            journal.log(
                 conn,
                 now,
                 rec.request_name or rec.serial,

@@ -28,6 +28,8 @@ from ..clock import Clock
 from ..config import Settings, load_settings
 from ..errors import CertdropError, ConfigError, IndexUnavailable
 from ..faults import crashpoint_from_environment
+from ..index import listing
+from ..index import pending as waiting
 from ..intake.inbox import Inbox, WorkQueue
 from ..issue.outcomes import Hooks
 from .cluster import Cluster, host_id
@@ -434,10 +436,10 @@ class Daemon:
         crl_next: dt.datetime | None = None
         if rt is not None:
             with rt.store.begin() as conn:
-                certs = rt.store.counts(conn, now)
-                pending = len(rt.store.list_pending(conn))
+                certs = listing.counts(conn, now)
+                pending = len(waiting.list_pending(conn))
                 expiring = len(
-                    rt.store.list_certs(
+                    listing.list_certs(
                         conn,
                         now=now,
                         expiring_within=dt.timedelta(days=metrics.EXPIRING_DAYS),
