@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certdrop.authority.ca import CertificateAuthority, IssueSpec
 from certdrop.authority.serials import random_serial, serial_hex
+from certdrop.index import listing
 from certdrop.index.schema import cert_attrs, certificates
 from certdrop.index.store import NewCertificate, Store
 
@@ -85,7 +86,7 @@ def fill(
         with store.begin() as conn:
             store.add_certificates(conn, records)  # the daemon's own bulk insert
         with store.begin() as conn:
-            total = store.counts(conn, now)["total"]
+            total = listing.counts(conn, now)["total"]
         if total != n:
             raise RuntimeError(f"index fill: {total} rows instead of {n}")
     finally:
@@ -207,7 +208,7 @@ def fill_bulk(
                     "VACUUM ANALYZE"
                 )
         with store.begin() as conn:
-            got = store.counts(conn, now)
+            got = listing.counts(conn, now)
         if log is not None:
             log(
                 f"    rows {t1 - t0:.1f} s, indexes {t2 - t1:.1f} s, "

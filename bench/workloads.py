@@ -37,6 +37,7 @@ from certdrop.authority.lint import shared_linter
 from certdrop.clock import SystemClock
 from certdrop.config import load_settings
 from certdrop.errors import CertdropError
+from certdrop.index.listing import revoked_entries
 from certdrop.index.store import Store
 from certdrop.publish.crl import CrlPublisher
 
@@ -1206,7 +1207,7 @@ class Bench:
             now = dt.datetime.now(dt.UTC)
             t0 = time.perf_counter()
             with store.begin() as conn:
-                revoked = list(store.revoked_entries(conn))
+                revoked = list(revoked_entries(conn))
             t1 = time.perf_counter()
             if hasattr(ca, "build_crl_der"):
                 der = ca.build_crl_der(revoked, 1, now, now + dt.timedelta(days=7))

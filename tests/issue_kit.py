@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from certdrop.clock import ManualClock
+from certdrop.index import journal, listing
 from certdrop.index.store import CertRecord, Store
 from certdrop.intake.claim import Claim, Claimer
 from certdrop.intake.request import parse_many
@@ -151,7 +152,7 @@ class Kit:
     # --- what came of it ----------------------------------------------------------------------
     def journal(self, name: str) -> list[dict[str, Any]]:
         with self.store.begin() as conn:
-            return self.store.journal_for(conn, name)
+            return journal.journal_for(conn, name)
 
     def outcomes_of(self, name: str) -> list[str]:
         return [str(e["outcome"]) for e in self.journal(name)]
@@ -164,7 +165,7 @@ class Kit:
 
     def certs(self) -> list[CertRecord]:
         with self.store.begin() as conn:
-            return self.store.list_certs(conn)
+            return listing.list_certs(conn)
 
     def events(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.audit if e["event"] == kind]

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from certdrop.index import listing
 from certdrop.index.store import Store
 from conftest import (
     CAEnv,
@@ -48,7 +49,7 @@ def indexed(env: CAEnv) -> int:
     store = Store(env.settings.database_url).open()
     try:
         with store.begin() as conn:
-            return store.counts(conn, env.clock.now())["total"]
+            return listing.counts(conn, env.clock.now())["total"]
     finally:
         store.close()
 
@@ -100,7 +101,7 @@ def test_backup_during_a_burst_restores_into_a_fresh_state(tmp_path: Path) -> No
     try:
         assert store.integrity_check() == []
         with store.begin() as conn:
-            restored = store.counts(conn, fresh.clock.now())["total"]
+            restored = listing.counts(conn, fresh.clock.now())["total"]
     finally:
         store.close()
     assert before <= restored == manifest["index"]["certificates"]

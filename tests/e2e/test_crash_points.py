@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from certdrop.faults import CRASH_POINTS, parse_crash_spec
+from certdrop.index import journal, listing
 from certdrop.index.store import Store
 from conftest import CAEnv, DaemonThread, ec_csr, make_env, wait_for, wait_result
 from test_crash import check_invariants
@@ -319,7 +320,7 @@ def _check_outcomes(env: CAEnv, burst: dict[str, list[tuple[str, str, bytes]]]) 
     store = Store(env.settings.database_url)
     try:
         with store.begin() as conn:
-            records = store.list_certs(conn)
+            records = listing.list_certs(conn)
     finally:
         store.close()
     recorded = sorted(r.request_name for r in records)
@@ -425,9 +426,9 @@ def test_full_disk_keeps_the_index_and_retries(small_fs: Path, tmp_path: Path, f
     store = Store(env.settings.database_url)
     try:
         with store.begin() as conn:
-            assert len(store.list_certs(conn)) == 3
+            assert len(listing.list_certs(conn)) == 3
             for name in reqs:
-                issued = [j for j in store.journal_for(conn, name) if j["outcome"] == "issued"]
+                issued = [j for j in journal.journal_for(conn, name) if j["outcome"] == "issued"]
                 assert len(issued) == 1, name
     finally:
         store.close()

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certdrop.audit import read_audit
 from certdrop.authority.ca import CertificateAuthority
+from certdrop.index import listing
 from certdrop.index.store import Store
 from certdrop.issue.importer import parse_openssl_time
 from conftest import (
@@ -244,7 +245,7 @@ def test_import_openssl_index(tmp_path: Path, legacy: dict[str, object]) -> None
     try:
         with store.begin() as conn:
             store.revoke(conn, _serial(alice), "affiliationChanged", env.clock.now())
-            revoked = list(store.revoked_entries(conn))
+            revoked = list(listing.revoked_entries(conn))
     finally:
         store.close()
     assert {format(s, "X").rjust(2, "0") for s, _, _ in revoked} == {_serial(alice), _serial(bob)}

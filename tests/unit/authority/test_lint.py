@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from certdrop.authority.lint import Linter, shared_linter
 from certdrop.authority.serials import serial_hex
 from certdrop.clock import SystemClock
+from certdrop.index import journal, listing
 from certdrop.index.store import Store
 from certdrop.issue.outcomes import Outcome
 from certdrop.service.runtime import Runtime
@@ -55,8 +56,8 @@ def index_of(env: CAEnv) -> tuple[list[Any], list[dict[str, Any]]]:
     store = Store(env.settings.database_url)
     try:
         with store.begin() as conn:
-            return store.list_certs(conn), [
-                j for n in ("ecreq", "longmail") for j in store.journal_for(conn, n)
+            return listing.list_certs(conn), [
+                j for n in ("ecreq", "longmail") for j in journal.journal_for(conn, n)
             ]
     finally:
         store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from certdrop.index import cas
+from certdrop.index import cas, listing
 from certdrop.index.store import NewCertificate, Store
 
 T0 = dt.datetime(2031, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -70,8 +70,8 @@ def test_the_current_ca_the_retiring_ones_and_their_certificates(index_url: str)
             assert cas.last_expiry(conn, new.id) == T0 + dt.timedelta(days=30)
             assert cas.last_expiry(conn, "cc" * 32) is None
             # each CA's CRL lists its own revoked certificates
-            assert [e[0] for e in store.revoked_entries(conn, old.id)] == [0x10]
-            assert [e[0] for e in store.revoked_entries(conn, new.id, unclaimed=True)] == [0x20]
+            assert [e[0] for e in listing.revoked_entries(conn, old.id)] == [0x10]
+            assert [e[0] for e in listing.revoked_entries(conn, new.id, unclaimed=True)] == [0x20]
 
             cas.set_state(conn, old.id, cas.RETIRED, T0 + dt.timedelta(days=401))
             assert [r.state for r in cas.list_cas(conn)] == [cas.CURRENT, cas.RETIRED]

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from certdrop.errors import StoreError
-from certdrop.index import cas, control, mailqueue, membership, outputs, warned
+from certdrop.index import cas, control, journal, listing, mailqueue, membership, outputs, warned
+from certdrop.index import pending as waiting
 from certdrop.index.migrate import copy_index, table_checksums
 from certdrop.index.schema import metadata
 from certdrop.index.store import NewCertificate, Store
@@ -53,11 +54,11 @@ def fill(store: Store, n: int = 120) -> None:
         store.revoke(conn, f"{3:032X}", "keyCompromise", T0 + dt.timedelta(days=1))
         store.supersede(conn, [f"{4:032X}"], f"{5:032X}")
         for i in range(1, 30):
-            store.log(conn, T0, f"user{i}", "issued", profile="client", serial=f"{i:032X}")
-        store.log(conn, T0, "bad", "rejected", detail="the CN is missing — «refusé»")
-        store.add_pending(conn, "srv", "server", "ab" * 32, "bob", 1001, T0, "CN=srv")
-        store.add_pending(conn, "srv2", "server", "cd" * 32, "", None, T0, "CN=srv2")
-        store.decide_pending(conn, "srv2", "denied", "not ours", T0)
+            journal.log(conn, T0, f"user{i}", "issued", profile="client", serial=f"{i:032X}")
+        journal.log(conn, T0, "bad", "rejected", detail="the CN is missing — «refusé»")
+        waiting.add_pending(conn, "srv", "server", "ab" * 32, "bob", 1001, T0, "CN=srv")
+        waiting.add_pending(conn, "srv2", "server", "cd" * 32, "", None, T0, "CN=srv2")
+        waiting.decide_pending(conn, "srv2", "denied", "not ours", T0)
         done = control.push(conn, "revoke", {"ref": "user3"}, T0)
         control.finish(conn, done, "ok: revoked", T0)
         control.push(conn, "crl", {}, T0)
@@ -114,11 +115,11 @@ def test_sqlite_into_postgresql_and_back(sqlite_index: Store, pg_url: str, tmp_p
         with pg.begin() as conn:
             rec = pg.get(conn, f"{120:032X}")
             assert rec is not None and rec.der == b"\x00" * 10 and rec.key_generated
-            assert [r.serial for r in pg.find(conn, "alt7@example.org")] == [f"{7:032X}"]
+            assert [r.serial for r in listing.find(conn, "alt7@example.org")] == [f"{7:032X}"]
             assert pg.get_meta(conn, "crl_number") == "7"
             assert pg.claim_crl_number(conn, 0) == 8  # numbers go on from the copied one
             # new rows get ids after the copied ones (PostgreSQL's sequences moved on)
-            pg.log(conn, T0, "after", "issued")
+            journal.log(conn, T0, "after", "issued")
             assert control.push(conn, "crl", {}, T0) == 3
             mid = mailqueue.add(
                 conn,
@@ -153,7 +154,7 @@ def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
     target = Store(index_url).open()
     try:
         with target.begin() as conn:
-            target.log(conn, T0, "someone else's", "issued")
+            journal.log(conn, T0, "someone else's", "issued")
             target.claim_crl_number(conn, 0)
         before = _checksums(target)
         with pytest.raises(StoreError) as exc:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certdrop.errors import StoreError
-from certdrop.index import mailqueue
+from certdrop.index import journal, listing, mailqueue
 from certdrop.index.schema import SCHEMA_VERSION, metadata
 from certdrop.index.store import NewCertificate, Store
 
@@ -97,7 +97,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
             ).all()
             assert "COVERING INDEX ix_certificates_crl" in str(plan)
             assert store.get_meta(conn, "crl_number") == "7"
-            assert store.outcome_counts(conn) == {"issued": 1}
+            assert journal.outcome_counts(conn) == {"issued": 1}
         with store.begin() as conn:
             assert mailqueue.add(conn, now=T0, **MESSAGE) == 1
         assert store.integrity_check() == []
@@ -197,7 +197,7 @@ def test_a_version_3_index_gets_the_lookup_indexes_and_every_e_mail(index_url: s
             _v3_cert("04", "Dave", "Dave@Example.org", b"\x30\x00"),
         ):
             store.add_certificate(conn, cert)
-        store.log(conn, T0, "alice", "issued", serial="01")
+        journal.log(conn, T0, "alice", "issued", serial="01")
         # what schema 3 had: no lookup indexes, no e-mail rows
         for name in LOOKUP_INDEXES:
             conn.exec_driver_sql(f"DROP INDEX {name}")
@@ -224,8 +224,8 @@ def test_a_version_3_index_gets_the_lookup_indexes_and_every_e_mail(index_url: s
         ]
         with store.begin() as conn:
             # found by the second subjectAltName address, which schema 3 did not record
-            assert [r.serial for r in store.find(conn, "A.L@example.org")] == ["01"]
-            assert [r.serial for r in store.find(conn, "B@X.IO")] == ["02"]
+            assert [r.serial for r in listing.find(conn, "A.L@example.org")] == ["01"]
+            assert [r.serial for r in listing.find(conn, "B@X.IO")] == ["02"]
         assert store.integrity_check() == []
     finally:
         store.close()
@@ -264,10 +264,10 @@ def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) ->
             assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "9"
             assert store.get(conn, "01").issuer is None  # type: ignore[union-attr]
             # the issuing CA's CRL lists what no CA has claimed yet; another CA's does not
-            assert store.revoked_entries(conn, "ab" * 32, unclaimed=True) == [
+            assert listing.revoked_entries(conn, "ab" * 32, unclaimed=True) == [
                 (1, int(T0.timestamp()), "keyCompromise")
             ]
-            assert store.revoked_entries(conn, "cd" * 32) == []
+            assert listing.revoked_entries(conn, "cd" * 32) == []
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
                 "certificates WHERE status = 'revoked' AND issuer = 'ab' ORDER BY revoked_at"
@@ -399,7 +399,7 @@ def test_a_version_5_index_gets_the_schema_6_indexes(index_url: str) -> None:
         assert any(k.endswith("_where") and "revoked" in v for k, v in where.items()), where
         with store.begin() as conn:
             assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION)
-            assert [m.record.serial for m in store.lookup(conn, "OLD")] == ["0A"]
+            assert [m.record.serial for m in listing.lookup(conn, "OLD")] == ["0A"]
             assert list(store.existing_valid(conn, [("CN", "old")], T0)) == [("CN", "old")]
     finally:
         store.close()

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from certdrop.errors import SerialCollision, StoreError
+from certdrop.index import journal, listing
 from certdrop.index.store import NewCertificate, Store
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -186,7 +187,9 @@ def test_the_expiring_listing_is_a_range_of_the_expiry_index(store: Store) -> No
 
     def run() -> None:
         with store.begin() as conn:
-            got = store.list_certs(conn, now=NOW, expiring_within=dt.timedelta(days=30), der=False)
+            got = listing.list_certs(
+                conn, now=NOW, expiring_within=dt.timedelta(days=30), der=False
+            )
             assert len(got) == sum(1 + i % 365 <= 30 for i in range(2_000)) and got[0].der == b""
             assert [r.not_after for r in got] == sorted(r.not_after for r in got)
 
@@ -215,7 +218,7 @@ def test_the_crl_reads_the_revoked_certificates_from_the_crl_index_alone(store: 
         store.add_certificates(conn, [_cert(i, [("CN", f"u{i}")]) for i in range(2_000)])
         for i in range(0, 2_000, 10):
             store.revoke(conn, f"{i:032X}", "keyCompromise", NOW + dt.timedelta(seconds=i))
-        entries = store.revoked_entries(conn)
+        entries = listing.revoked_entries(conn)
     assert [serial for serial, _at, _reason in entries] == list(range(0, 2_000, 10))
     if store.dialect == "postgresql":  # as autovacuum leaves a table: statistics, and the
         # visibility map an index-only scan needs
@@ -249,7 +252,7 @@ def test_a_serial_already_in_the_index_collides(store: Store) -> None:
         # the transaction goes on: the caller draws a new serial
         store.add_certificate(conn, _cert(8, [("CN", "Mallory")]))
     with store.begin() as conn:
-        assert [r.common_name for r in store.find(conn, f"{7:032X}")] == ["Alice"]
+        assert [r.common_name for r in listing.find(conn, f"{7:032X}")] == ["Alice"]
         assert store.existing_serials(conn, [f"{7:032X}", f"{8:032X}", "09"]) == {
             f"{7:032X}",
             f"{8:032X}",
@@ -298,7 +301,7 @@ PEOPLE = [
 
 def _lookup(store: Store, ref: str) -> list[tuple[str, tuple[str, ...]]]:
     with store.begin() as conn:
-        return [(m.record.serial, m.matched_by) for m in store.lookup(conn, ref)]
+        return [(m.record.serial, m.matched_by) for m in listing.lookup(conn, ref)]
 
 
 def test_lookup_by_serial_request_name_cn_and_e_mail(store: Store) -> None:
@@ -325,7 +328,7 @@ def test_lookup_by_serial_request_name_cn_and_e_mail(store: Store) -> None:
     assert _lookup(store, "ed") == [("0E44", ("CN",)), ("ED", ("serial",))]
     assert _lookup(store, "0xED") == [("ED", ("serial",))]
     with store.begin() as conn:
-        assert [r.serial for r in store.find(conn, "Ed")] == ["0E44", "ED"]
+        assert [r.serial for r in listing.find(conn, "Ed")] == ["0E44", "ED"]
 
 
 def test_one_certificate_matched_several_ways_is_listed_once(store: Store) -> None:
@@ -348,7 +351,7 @@ def test_the_lookups_and_the_history_are_searches_of_indexes(sqlite_store: Store
                 for i in range(1, 2_000)
             ],
         )
-        store.log_many(
+        journal.log_many(
             conn,
             [
                 {"at": NOW, "name": f"r{i}", "outcome": "issued", "serial": f"{i:04X}"}
@@ -359,9 +362,9 @@ def test_the_lookups_and_the_history_are_searches_of_indexes(sqlite_store: Store
     def run() -> None:
         with store.begin() as conn:
             for ref in ("0101", "r7", "user 9", "U11@example.org"):
-                matches = store.lookup(conn, ref)
+                matches = listing.lookup(conn, ref)
                 assert len(matches) == 1, ref
-                assert len(store.journal_for(conn, ref, [m.record.serial for m in matches])) == 1
+                assert len(journal.journal_for(conn, ref, [m.record.serial for m in matches])) == 1
 
     ran = _statements(store, run)
     assert len(ran) >= 4 * 4
@@ -381,7 +384,7 @@ def test_the_lookups_and_the_history_are_searches_of_indexes(sqlite_store: Store
 
 def _search(store: Store, text: str, **kw: Any) -> list[str]:
     with store.begin() as conn:
-        return sorted(r.serial for r in store.list_certs(conn, search=text, now=NOW, **kw))
+        return sorted(r.serial for r in listing.list_certs(conn, search=text, now=NOW, **kw))
 
 
 def test_search_finds_text_in_serial_name_cn_and_e_mail(store: Store) -> None:
@@ -457,7 +460,7 @@ def test_a_certificate_reads_back_as_written_and_revoked_ones_reach_the_crl(stor
     with store.begin() as conn:
         got = store.get(conn, one.serial)
         plain = store.get(conn, many[0].serial)
-        entries = store.revoked_entries(conn)
+        entries = listing.revoked_entries(conn)
     assert got is not None and plain is not None
     assert (got.der, got.key_generated, got.owner, got.common_name) == (der, True, "zoë", "Zoë")
     assert (got.not_after, got.issued_at) == (one.not_after, one.issued_at)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from certdrop.errors import CertdropError
+from certdrop.index import pending as waiting
 from certdrop.issue.outcomes import Outcome, reason_text
 from conftest import ec_csr, load_cert
 from issue_kit import SERVER, Kit, make_kit
@@ -35,7 +36,7 @@ def test_approve_issues_the_pending_request(kit: Kit) -> None:
     assert not (kit.env.pending / "web.req").exists()
     assert not list(kit.spool.work_for(SERVER).iterdir())
     with kit.store.begin() as conn:
-        assert kit.store.get_pending(conn, "web") is None
+        assert waiting.get_pending(conn, "web") is None
     assert kit.outcomes_of("web") == ["pending", "approved", "issued"]
     [row] = kit.certs()
     assert (row.request_name, row.profile) == ("web", SERVER)
@@ -67,7 +68,7 @@ def test_deny_refuses_the_request_with_the_operators_reason(kit: Kit) -> None:
     assert (kit.env.rejected / "mail.reason").read_text() == text
     assert not (kit.env.pending / "mail.req").exists()
     with kit.store.begin() as conn:
-        assert kit.store.get_pending(conn, "mail") is None
+        assert waiting.get_pending(conn, "mail") is None
     assert [(e["outcome"], e["detail"]) for e in kit.journal("mail")][-1] == (
         "denied",
         "not our host",
@@ -84,5 +85,5 @@ def test_deny_a_request_whose_file_is_gone_still_closes_it(kit: Kit) -> None:
     res = kit.rt.approvals.deny("gone", "cleanup")
     assert res.outcome is Outcome.REJECTED
     with kit.store.begin() as conn:
-        assert kit.store.get_pending(conn, "gone") is None
+        assert waiting.get_pending(conn, "gone") is None
     assert kit.outcomes_of("gone")[-1] == "denied"

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certdrop.authority.serials import serial_hex
+from certdrop.index import pending as waiting
 from certdrop.issue.decide import Plan
 from certdrop.issue.outcomes import Outcome, Result
 from conftest import ec_csr
@@ -150,10 +151,10 @@ def test_an_approved_request_found_again_is_decided_as_approved(kit: Kit) -> Non
     claim = kit.work("db", pem, profile=SERVER)
     prepared, _ = kit.prepare(claim)
     with kit.store.begin() as conn:
-        kit.store.add_pending(
+        waiting.add_pending(
             conn, "db", SERVER, prepared[0].req.fingerprint, "", 0, kit.clock.now(), "CN=db"
         )
-        kit.store.decide_pending(conn, "db", "approved", "", kit.clock.now())
+        waiting.decide_pending(conn, "db", "approved", "", kit.clock.now())
     [plan] = kit.decider.decide(prepared, kit.clock.now(), False)
     assert isinstance(plan, Plan) and plan.was_pending
     assert list(plan.spec.dns_names) == ["db.example.org"]

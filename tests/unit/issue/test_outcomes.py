@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from certdrop.index import pending as waiting
 from certdrop.intake.claim import Claim, Owner, Refusal
 from certdrop.issue.outcomes import (
     MAX_REASON_CHARS,
@@ -79,7 +80,7 @@ def test_reject_moves_the_request_deletes_its_key_and_staged_outputs(kit: Kit) -
     for path in staged:
         path.write_bytes(b"left by a crash")
     with kit.store.begin() as conn:  # a request that waited in pending/ under this name
-        kit.store.add_pending(conn, "alice", "client", "ff", "", 0, kit.clock.now(), "CN=x")
+        waiting.add_pending(conn, "alice", "client", "ff", "", 0, kit.clock.now(), "CN=x")
 
     res = kit.outcomes.reject(claim, ["first problem", "second problem"])
 
@@ -97,7 +98,7 @@ def test_reject_moves_the_request_deletes_its_key_and_staged_outputs(kit: Kit) -
         "first problem | second problem",
     )
     with kit.store.begin() as conn:
-        assert kit.store.get_pending(conn, "alice") is None
+        assert waiting.get_pending(conn, "alice") is None
     [event] = kit.events("rejected")
     assert event["name"] == "alice" and event["reasons"] == ["first problem", "second problem"]
     assert event["uid"] == os.getuid()
@@ -175,7 +176,7 @@ def test_to_pending_records_the_request_and_tells_the_hooks(kit: Kit) -> None:
     assert held.read_bytes() == key and stat.S_IMODE(held.stat().st_mode) == 0o600
     assert stat.S_IMODE(held.parent.stat().st_mode) == 0o700
     with kit.store.begin() as conn:
-        rec = kit.store.get_pending(conn, "web")
+        rec = waiting.get_pending(conn, "web")
     assert rec is not None
     assert (rec.profile, rec.fingerprint, rec.owner_uid, rec.subject, rec.decision) == (
         SERVER,

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certdrop.authority.serials import random_serial, serial_hex
+from certdrop.index import pending as waiting
 from certdrop.intake.claim import Claim
 from certdrop.issue.decide import Plan
 from certdrop.issue.outcomes import Outcome, Result
@@ -169,16 +170,16 @@ def test_an_approved_request_leaves_the_pending_table(kit: Kit) -> None:
     claim = kit.work("ok", pem, profile=SERVER)
     prepared, _ = kit.prepare(claim)
     with kit.store.begin() as conn:
-        kit.store.add_pending(
+        waiting.add_pending(
             conn, "ok", SERVER, prepared[0].req.fingerprint, "", 0, kit.clock.now(), "CN=ok"
         )
-        kit.store.decide_pending(conn, "ok", "approved", "", kit.clock.now())
+        waiting.decide_pending(conn, "ok", "approved", "", kit.clock.now())
     [plan] = kit.decider.decide(prepared, kit.clock.now(), False)
     assert isinstance(plan, Plan)
     [res] = record(kit, [plan])
     assert res.outcome is Outcome.ISSUED
     with kit.store.begin() as conn:
-        assert kit.store.get_pending(conn, "ok") is None
+        assert waiting.get_pending(conn, "ok") is None
     assert (kit.env.archive / "ok.req").exists()
     san = load_cert(kit.env.outbox / "ok.cer").extensions.get_extension_for_class(
         x509.SubjectAlternativeName

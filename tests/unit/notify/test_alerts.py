@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from certdrop.index import pending as waiting
 from certdrop.index.mailqueue import list_queue
 from certdrop.index.store import Store
 from certdrop.notify.alerts import admin_recipients, announce_pending, queue_admin_alert
@@ -55,7 +56,9 @@ def test_admin_recipients() -> None:
 
 def _pending(store: Store, name: str, fingerprint: str = "f" * 64) -> None:
     with store.begin() as conn:
-        store.add_pending(conn, name, "server", fingerprint, "bob", 1001, T0, "CN=www.example.org")
+        waiting.add_pending(
+            conn, name, "server", fingerprint, "bob", 1001, T0, "CN=www.example.org"
+        )
 
 
 def test_a_pending_request_is_announced_once(store: Store, peer: SmtpPeer) -> None:
@@ -89,7 +92,7 @@ def test_a_decided_request_is_not_announced(store: Store) -> None:
     mail = mail_settings(25, admin="ops@example.org")
     _pending(store, "web")
     with store.begin() as conn:
-        store.decide_pending(conn, "web", "denied", "not ours", T0)
+        waiting.decide_pending(conn, "web", "denied", "not ours", T0)
     assert not announce_pending(store, mail, "web", T0)
     assert not announce_pending(store, mail_settings(25, enabled=False), "other", T0)
     with store.begin() as conn:

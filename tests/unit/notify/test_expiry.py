@@ -16,6 +16,7 @@ import pytest
 from cryptography.x509.oid import NameOID
 
 from certdrop.clock import ManualClock
+from certdrop.index import pending as waiting
 from certdrop.index.mailqueue import QueuedMail, list_queue
 from certdrop.index.store import Store
 from certdrop.notify.expiry import CrlAbove, SweepConfig, read_crl_next_update, sweep
@@ -229,9 +230,9 @@ def test_a_short_lived_root_crl_is_not_announced_at_once(store: Store, cfg: Swee
 
 def test_pending_requests_that_were_never_announced(store: Store, cfg: SweepConfig) -> None:
     with store.begin() as conn:
-        store.add_pending(conn, "web", "server", "f" * 64, "bob", None, T0, "CN=www")
-        store.add_pending(conn, "old", "server", "e" * 64, "bob", None, T0, "CN=old")
-        store.decide_pending(conn, "old", "denied", "no", T0)
+        waiting.add_pending(conn, "web", "server", "f" * 64, "bob", None, T0, "CN=www")
+        waiting.add_pending(conn, "old", "server", "e" * 64, "bob", None, T0, "CN=old")
+        waiting.decide_pending(conn, "old", "denied", "no", T0)
     assert sweep(store, cfg, [], T0).alerts == ["pending web"]
     assert sweep(store, cfg, [], T0 + dt.timedelta(hours=1)).alerts == []
     assert subjects(store, ADMIN) == ["[certdrop] request web waits for approval (server)"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from certdrop.index.store import PendingRecord, Store
+from certdrop.index.pending import PendingRecord
+from certdrop.index.store import Store
 from certdrop.issue.outcomes import reason_text
 from certdrop.notify.expiry import SweepConfig
 from certdrop.notify.messages import (

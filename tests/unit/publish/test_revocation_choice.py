@@ -16,6 +16,7 @@ from certdrop.authority.lifecycle import CHAIN_CRLS
 from certdrop.clock import ManualClock
 from certdrop.config import ApacheSettings
 from certdrop.errors import CertdropError, NotFoundError
+from certdrop.index import journal, listing
 from certdrop.index.store import CertRecord, NewCertificate, Store
 from certdrop.publish.apache import ApachePublisher
 from certdrop.publish.crl import CrlPublisher
@@ -68,7 +69,7 @@ class Rig:
 
     def find(self, ref: str) -> list[CertRecord]:
         with self.store.begin() as conn:
-            return self.store.find(conn, ref)
+            return listing.find(conn, ref)
 
     def get(self, serial: str) -> CertRecord:
         with self.store.begin() as conn:
@@ -181,7 +182,7 @@ def test_revoke_by_serial_records_it_and_publishes_the_crl(rig: Rig) -> None:
     rec = rig.get("0E01")
     assert (rec.status, rec.revocation_reason, rec.revoked_at) == ("revoked", "keyCompromise", T0)
     with rig.store.begin() as conn:
-        [entry] = rig.store.journal_for(conn, "gina")
+        [entry] = journal.journal_for(conn, "gina")
     assert (entry["outcome"], entry["serial"], entry["detail"]) == (
         "revoked",
         "0E01",
@@ -273,7 +274,7 @@ def test_an_e_mail_of_several_holders_still_valid_is_refused_and_nothing_revoked
     assert _statuses(rig, "2001", "2002", "2003") == ["valid"] * 3
     assert not rig.crl.der_path.exists()
     with rig.store.begin() as conn:
-        assert rig.store.journal_for(conn, "team-one", ["2001", "2002", "2003"]) == []
+        assert journal.journal_for(conn, "team-one", ["2001", "2002", "2003"]) == []
 
 
 def test_a_cn_of_several_holders_still_valid_is_refused(rig: Rig) -> None:
