@@ -1,6 +1,6 @@
 """Revocation: `certdrop revoke REF`, recorded in the index, then a new CRL.
 
-REF is a serial, a request name, a CN or an e-mail address (`Store.lookup`).
+REF is a serial, a request name, a CN or an e-mail address (`index.listing.lookup`).
 `choose_for_revocation` decides which certificate it means, and never guesses: several
 still-valid matches (of one holder or of several) are refused with their list, and so
 is a serial that also names other certificates by name or address.
