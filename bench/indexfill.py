@@ -35,7 +35,7 @@ def sample_der(state: Path, now: dt.datetime) -> bytes:
         not_after=now + dt.timedelta(days=365),
         key_usage=["digital_signature"],
         extended_key_usage=["client_auth"],
-        serial=random_serial(),
+        serial=random_serial(now),
     )
     return ca.issue(spec).public_bytes(serialization.Encoding.DER)
 
@@ -55,7 +55,7 @@ def fill(
     records: list[NewCertificate] = []
     entries: list[tuple[int, dt.datetime]] = []
     for i in range(n):
-        serial = random_serial()
+        serial = random_serial(now - dt.timedelta(seconds=n - i))
         revoked_at = now - dt.timedelta(seconds=i) if revoked else None
         cn = f"Filler {i:06d}"
         records.append(
@@ -117,14 +117,15 @@ def fill_bulk(
     PostgreSQL VACUUM ANALYZE (what autovacuum does after such a load by itself: the
     statistics, the hint bits, the visibility map index-only scans need). Each
     certificate has its CN, O and e-mail rows, a distinct request name and fingerprint,
-    a serial of random bits (loaded in serial order) and the one DER `der`.
+    a serial of its issuance time and random bits (loaded in serial order) and the one DER `der`.
     """
     now = now.replace(microsecond=0)
     t_now = int(now.timestamp())
     revoked_n = int(n * MIX["revoked"])
     superseded_n = int(n * MIX["superseded"])
     expired_n = int(n * MIX["expired"])
-    serials = sorted(random_serial() for _ in range(n))
+    # issued over the past years, as by this version (serials grow with time)
+    serials = sorted(random_serial(now - dt.timedelta(minutes=2 * (n - i))) for i in range(n))
     counts = {"revoked": 0, "superseded": 0, "expired": 0, "valid": 0}
     certs: list[tuple[object, ...]] = []
     attrs: list[tuple[str, str, str]] = []

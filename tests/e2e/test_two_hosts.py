@@ -28,6 +28,8 @@ import sqlalchemy as sa
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from certdrop.audit import AUDIT_FILE
+from certdrop.authority.responder import RESPONDER_FILE, ResponderCredentials
 from certdrop.index.migrate import table_checksums
 from certdrop.index.schema import certificates, mail_queue
 from certdrop.index.store import Store
@@ -168,6 +170,17 @@ def test_two_hosts_one_killed_mid_burst(tmp_path: Path, pg_url: str, peer: SmtpP
         # b publishes a's CRL to its own files
         wait_for(lambda: (b.state / "crl.der").exists(), 10, what="host b's copy of the CRL")
         assert (b.state / "crl.der").read_bytes() == (a.state / "crl.der").read_bytes()
+        # b's OCSP responder key stays on b; the leader a signs its certificate
+        wait_for(lambda: (b.state / RESPONDER_FILE).exists(), 30, what="b's responder")
+        b_responder = ResponderCredentials.from_pem((b.state / RESPONDER_FILE).read_bytes())
+        signed = [
+            e
+            for e in map(json.loads, (a.state / AUDIT_FILE).read_text().splitlines())
+            if e.get("event") == "ocsp-responder-issued"
+        ]
+        assert {e["host"] for e in signed} == {host_a, host_b}
+        assert f"{b_responder.cert.serial_number:X}" in {e["serial"] for e in signed}
+        assert "ocsp-responder-issued" not in (b.state / AUDIT_FILE).read_text()
 
         for name in names:
             os.rename(burst / f".{name}.req.part", spool / "inbox" / f"{name}.req")

@@ -160,7 +160,7 @@ def sign_ca_certificate(
         .subject_name(subject)
         .issuer_name(subject if issuer is None else issuer.subject)
         .public_key(public_key)
-        .serial_number(random_serial())
+        .serial_number(random_serial(start))
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ..clock import utc_seconds
@@ -72,14 +73,26 @@ class ResponderCredentials:
         return None
 
 
-def issue_responder(
+def responder_key() -> PrivateKey:
+    """A new key for an OCSP responder (each certificate gets a key of its own)."""
+    return generate_key("ec-p256")
+
+
+def certify_responder(
     ca: CertificateAuthority,
+    public_key: bytes,
     now: dt.datetime,
     linter: LintFunction | None,
     days: int = RESPONDER_DAYS,
-) -> ResponderCredentials:
-    """A new responder key and certificate, valid from `now` (less BACKDATE) for `days`."""
-    key = generate_key("ec-p256")
+) -> x509.Certificate:
+    """A responder certificate for `public_key` (SubjectPublicKeyInfo DER), valid from
+    `now` (less BACKDATE) for `days`."""
+    try:
+        key = serialization.load_der_public_key(public_key)
+    except (ValueError, TypeError) as exc:
+        raise CAError(f"not a responder's public key ({exc})") from None
+    if not (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
+        raise CAError("a responder's key is an EC P-256 key; this one is not")
     start = utc_seconds(now) - BACKDATE
     subject = [
         (short, str(a.value))
@@ -90,12 +103,12 @@ def issue_responder(
     subject.append(("CN", f"{(ca_cn or ['certdrop CA'])[0][:49]} OCSP responder"))
     spec = IssueSpec(
         subject=subject,
-        public_key=key.public_key(),
+        public_key=key,
         not_before=start,
         not_after=start + dt.timedelta(days=days),
         key_usage=["digital_signature"],
         extended_key_usage=["ocsp_signing"],
-        serial=random_serial(),
+        serial=random_serial(now),
         ocsp_nocheck=True,
     )
-    return ResponderCredentials(ca.issue(spec, linter), key)
+    return ca.issue(spec, linter)

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 9  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
+SCHEMA_VERSION = 10  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
 # 4: the operator's lookups (LOOKUP_INDEXES, cert_attrs rows of EMAIL_ATTR); 5: outputs;
 # 6: cas, certificates.issuer (in ix_certificates_crl)
 # 7: hosts, leases, crls (several hosts on one index)
@@ -21,6 +21,7 @@ SCHEMA_VERSION = 9  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
 # ix_certificates_expiry (status, not_after) instead of ix_certificates_status;
 # ix_certificates_crl of the revoked certificates only
 # 9: ix_certificates_unclaimed (the rows without an issuer: none after the first start)
+# 10: responders (each host's OCSP responder key, certified by the leading host)
 
 metadata = sa.MetaData()
 
@@ -232,6 +233,20 @@ crls = sa.Table(
     sa.Column("this_update", sa.BigInteger, nullable=False),
     sa.Column("signed_by", sa.String(128), nullable=False, default=""),
     sa.Column("der", sa.LargeBinary, nullable=False),
+)
+
+
+# --- schema 10: the OCSP responder certificates. Each host keeps its responder key and asks
+# here for a certificate of its public key; the leading host signs them all
+responders = sa.Table(
+    "responders",
+    metadata,
+    sa.Column("host", sa.String(128), primary_key=True),
+    sa.Column("ca", sa.String(64), primary_key=True),  # the CA that is to certify it (cas.id)
+    sa.Column("public_key", sa.LargeBinary, nullable=False),  # SubjectPublicKeyInfo DER
+    sa.Column("requested_at", sa.BigInteger, nullable=False),
+    sa.Column("cert", sa.LargeBinary),  # DER, once the leading host signed it
+    sa.Column("signed_by", sa.String(128)),
 )
 
 

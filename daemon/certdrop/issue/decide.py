@@ -227,7 +227,7 @@ class Decider:
             extended_key_usage=profile.extended_key_usage,
             emails=decision.emails,
             dns_names=decision.dns_names,
-            serial=random_serial(),
+            serial=random_serial(decision.not_before),
             crl_distribution_point=self.urls.crl,
             ocsp_url=self.urls.ocsp,
             ca_issuers_url=self.urls.ca_issuers,

@@ -124,7 +124,7 @@ class Recorder:
         serials: set[int] = set()
         for plan in plans:
             while serial_hex(plan.spec.serial) in taken or plan.spec.serial in used:
-                plan.spec = replace(plan.spec, serial=random_serial())
+                plan.spec = replace(plan.spec, serial=random_serial(plan.spec.not_before))
             used.add(plan.spec.serial)
             serials.add(plan.spec.serial)
         stagings = []

@@ -155,7 +155,7 @@ class Daemon:
         self.host = host_id(self.settings.state)
         self.cluster = cluster = Cluster(self.settings, self.clock, self.host)
         cluster.on_lead = self.jobs.on_lead
-        cluster.on_beat = self._follow_crl
+        cluster.on_beat = self._after_beat
         cluster.start()
         self.rt = rt = self._runtime(self.settings)
         self._start_publisher(rt)
@@ -191,11 +191,14 @@ class Daemon:
         """This host leads the CA-wide jobs (always, with SQLite)."""
         return self.cluster is None or self.cluster.is_leader()
 
-    def _follow_crl(self) -> None:
-        """After each heartbeat: a CRL another host signed, to this host's files."""
+    def _after_beat(self) -> None:
+        """After each heartbeat: a CRL another host signed, to this host's files; the
+        responder job soon when a responder certificate waits to be signed or taken."""
         rt = self.rt
         if rt is not None:
             rt.follow_crl()
+            if self.scheduler is not None and rt.responder.waiting(lead=self.is_leader()):
+                self.scheduler.run_soon("ocsp-responder")
 
     # --- what the worker and the jobs ask of the daemon ------------------------------------------
     def announce_ready(self) -> None:

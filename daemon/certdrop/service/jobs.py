@@ -3,9 +3,9 @@ queue flush, inbox rescan.
 
 The CA-wide ones (CRL renewal, expiry sweep, mail flush) run on the leading host only
 (service/cluster.py; with SQLite the one host leads); every host publishes the index's
-latest CRL to its own files and keeps its Apache files matching. The OCSP responder's
-certificate is each host's own (its key never leaves the host's state folder): every host
-renews its own.
+latest CRL to its own files and keeps its Apache files matching. Each host keeps its own OCSP
+responder key (it never leaves the host's state folder) and asks for its certificates;
+the leading host signs them (publish/responder.py).
 
 Each job asks the current runtime (replaced on SIGHUP) for what it needs and takes
 `now` from the injected clock. The issue layer's hooks land here too: an issued p12
@@ -32,6 +32,9 @@ log = logging.getLogger("certdrop.service")
 
 MAIL_FLUSH_SECONDS = 5.0  # the queue is also flushed right after something is queued
 CRL_CHECK_SECONDS = 300.0  # how often the CRL and the Apache files are checked
+# how often the responder certificate is checked, and the leader certifies what other
+# hosts asked for (a new host's `certdrop serve` waits for its first one)
+RESPONDER_CHECK_SECONDS = 60.0
 
 
 class Host(Protocol):
@@ -74,7 +77,9 @@ class Jobs:
             scheduler.remove("expiry-sweep")
             scheduler.remove("mail-flush")
         scheduler.every("crl", self.crl_check_seconds, self.crl, run_now=True)
-        scheduler.every("ocsp-responder", self.crl_check_seconds, self.ocsp_responder, run_now=True)
+        scheduler.every(
+            "ocsp-responder", RESPONDER_CHECK_SECONDS, self.ocsp_responder, run_now=True
+        )
 
     # --- the jobs ---------------------------------------------------------------------------
     def crl(self) -> None:
@@ -88,7 +93,7 @@ class Jobs:
         and each retiring CA's) before they end."""
         rt = self.host.rt
         if rt is not None:
-            rt.check_responders()
+            rt.check_responders(lead=self.host.is_leader())
 
     def expiry_sweep(self) -> SweepReport | None:
         rt = self.host.rt
@@ -148,7 +153,7 @@ class Jobs:
         """This host has just become the leader: the CA-wide jobs run now."""
         scheduler = self.host.scheduler
         if scheduler is not None:
-            for job in ("crl", "expiry-sweep", "mail-flush"):
+            for job in ("crl", "expiry-sweep", "mail-flush", "ocsp-responder"):
                 scheduler.run_soon(job)
 
     # --- the issue layer's hooks ---------------------------------------------------------------

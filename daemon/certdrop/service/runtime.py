@@ -45,8 +45,10 @@ from ..publish.crl import CrlPublisher
 from ..publish.responder import ResponderPublisher
 from ..publish.retiring import CrlSet, load_crls
 from ..publish.revocation import Revoker
-from .cluster import host_id
+from .cluster import host_id, read_host_id
 from .systemd import StateLock
+
+LOCAL_HOST = "local"  # this state's name in the index before a daemon gave it a host id
 
 log = logging.getLogger("certdrop.service")
 
@@ -195,7 +197,13 @@ class Runtime:
             crls.add_listener(apache.changed)
         revoker = Revoker(store, clock, crl, apache, requester, crls=crls)
         responder = ResponderPublisher(
-            settings.state, ca, clock, linter.certificate if linter else None, hooks.audit
+            settings.state,
+            ca,
+            clock,
+            linter.certificate if linter else None,
+            store,
+            host or read_host_id(settings.state) or LOCAL_HOST,
+            hooks.audit,
         )
         rt = cls(
             settings,
@@ -241,17 +249,19 @@ class Runtime:
         if self.apache is not None:
             self.apache.check()
 
-    def check_responders(self) -> None:
+    def check_responders(self, lead: bool = True) -> None:
         """The periodic job: the OCSP responder certificate of the current CA and, after a
         rollover, one of each retiring CA (in its cas/<id>/, issued by it), renewed when
-        due; `certdrop serve` answers for each. Never raises."""
-        self.responder.check()
+        due, and certified by the leading host; `certdrop serve` answers for each. Never
+        raises."""
+        mine = self.responder
+        mine.check(lead)
         if self.crls is None:
             return
         for pub in self.crls.retiring():
             ResponderPublisher(
-                pub.folder, pub.ca, self.clock, self.responder.linter, self.hooks.audit
-            ).check()
+                pub.folder, pub.ca, self.clock, mine.linter, self.store, mine.host, mine.audit
+            ).check(lead)
 
     def follow_crl(self) -> None:
         """Publish a CRL another host sharing the index signed. Never raises."""

@@ -80,7 +80,7 @@ def spec(**kw: Any) -> IssueSpec:
         "not_after": now + dt.timedelta(days=30),
         "key_usage": ["digital_signature"],
         "extended_key_usage": ["client_auth"],
-        "serial": random_serial(),
+        "serial": random_serial(dt.datetime.now(dt.UTC)),
     }
     base.update(kw)
     return IssueSpec(**base)

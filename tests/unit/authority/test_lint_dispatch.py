@@ -93,7 +93,7 @@ def test_the_shapes_certdrop_issues(linters: tuple[Linter, Linter], ca: Any) -> 
                 "not_after": NOW + dt.timedelta(days=365),
                 "key_usage": ["digital_signature"],
                 "extended_key_usage": ["client_auth"],
-                "serial": random_serial(),
+                "serial": random_serial(NOW),
             }
             fields.update(extra)
             try:
@@ -108,7 +108,7 @@ def test_the_shapes_certdrop_issues(linters: tuple[Linter, Linter], ca: Any) -> 
 
 def test_the_crls_certdrop_issues(linters: tuple[Linter, Linter], ca: Any) -> None:
     entries = [
-        (random_serial(), NOW - dt.timedelta(days=i), reason)
+        (random_serial(NOW), NOW - dt.timedelta(days=i), reason)
         for i, reason in enumerate(
             ["keyCompromise", "superseded", "unspecified", "cessationOfOperation"]
         )
@@ -125,7 +125,7 @@ def _builder(subject: x509.Name, key: Any) -> x509.CertificateBuilder:
         .subject_name(subject)
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Broken CA")]))
         .public_key(key.public_key())
-        .serial_number(random_serial())
+        .serial_number(random_serial(NOW))
         .not_valid_before(NOW)
         .not_valid_after(NOW + dt.timedelta(days=90))
     )
@@ -237,7 +237,7 @@ def test_byte_mutations_of_certificates_and_crls(
             key_usage=["digital_signature"],
             extended_key_usage=["client_auth"],
             emails=["m@example.org"],
-            serial=random_serial(),
+            serial=random_serial(NOW),
             crl_distribution_point="http://ca.example.org/ca.crl",
         )
     ).public_bytes(serialization.Encoding.DER)

@@ -118,7 +118,7 @@ def test_issued_certificates_verify_up_to_the_root_within_the_constraints(
                 key_usage=["digital_signature"],
                 extended_key_usage=["client_auth"],
                 emails=[email],
-                serial=random_serial(),
+                serial=random_serial(NOW),
             ),
             shared_linter().certificate,
         )

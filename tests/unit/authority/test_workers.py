@@ -120,7 +120,7 @@ def _specs(parsed: list[ParsedRequest | RequestError], now: dt.datetime) -> list
             not_after=now + dt.timedelta(days=30),
             key_usage=["digital_signature"],
             extended_key_usage=["client_auth"],
-            serial=random_serial(),
+            serial=random_serial(dt.datetime.now(dt.UTC)),
         )
         for p in parsed
         if not isinstance(p, RequestError)
@@ -156,7 +156,7 @@ def test_pool_parses_and_signs_like_the_daemon_process(ca_env: CAEnv, tmp_path: 
                 not_after=now + dt.timedelta(days=30),
                 key_usage=["digital_signature"],
                 extended_key_usage=["client_auth"],
-                serial=random_serial(),
+                serial=random_serial(dt.datetime.now(dt.UTC)),
             )
         )
         # the workers stage what they sign; the last good spec gets a key made there, in a p12

@@ -92,7 +92,7 @@ def test_list_search_with_the_other_filters(people: tuple[CAEnv, dict[str, str]]
     assert _search(env, "team", "--expiring", "400") == ["team1"]
     assert _search(env, "team", "--expiring", "30") == []
     assert _search(env, "ali") == ["alice"]  # request name, CN and e-mail
-    assert _search(env, serials["bob"][3:11].lower()) == ["bob"]
+    assert _search(env, serials["bob"][-10:-2].lower()) == ["bob"]  # its random part
     assert _search(env, "nobody") == []
 
     code, out, err = env.cli("list", "--search", "TEAM")

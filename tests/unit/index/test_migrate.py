@@ -15,7 +15,17 @@ import pytest
 import sqlalchemy as sa
 
 from certdrop.errors import StoreError
-from certdrop.index import cas, control, journal, listing, mailqueue, membership, outputs, warned
+from certdrop.index import (
+    cas,
+    control,
+    journal,
+    listing,
+    mailqueue,
+    membership,
+    outputs,
+    responders,
+    warned,
+)
 from certdrop.index import pending as waiting
 from certdrop.index.migrate import copy_index, table_checksums
 from certdrop.index.schema import metadata
@@ -87,6 +97,9 @@ def fill(store: Store, n: int = 120) -> None:
         membership.register(conn, "ca1-00aa11", 4242, T0)
         membership.try_lead(conn, "ca1-00aa11", T0, 20.0)
         membership.save_crl(conn, "ab" * 32, 7, b"\x30\x00\xff", T0, "ca1-00aa11")
+        responders.request(conn, "ca1-00aa11", "bb" * 32, b"\x30\x01", T0)
+        responders.certify(conn, "ca1-00aa11", "bb" * 32, b"\x30\x01", b"\x30\x02", "ca1-00aa11")
+        responders.request(conn, "ca2-00bb22", "bb" * 32, b"\x30\x03", T0)
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
         assert "ix_outputs_path" in {i["name"] for i in insp.get_indexes("outputs")}
         assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "9"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "10"
             # the CRL reads the revoked certificates from that index alone
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
@@ -261,7 +261,7 @@ def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) ->
         ]
         assert crl_index["column_names"][-1] == "issuer"
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "9"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "10"
             assert store.get(conn, "01").issuer is None  # type: ignore[union-attr]
             # the issuing CA's CRL lists what no CA has claimed yet; another CA's does not
             assert listing.revoked_entries(conn, "ab" * 32, unclaimed=True) == [

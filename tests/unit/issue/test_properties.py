@@ -273,7 +273,7 @@ def test_what_the_policy_accepts_the_ca_builds_or_refuses_by_lint(
         extended_key_usage=profile.extended_key_usage,
         emails=d.emails,
         dns_names=d.dns_names,
-        serial=random_serial(),
+        serial=random_serial(NOW),
     )
     try:
         cert = ca.issue(spec, shared_linter().certificate)
@@ -311,6 +311,6 @@ def test_a_generous_subject_is_issued(ca: CertificateAuthority) -> None:
         ["digital_signature"],
         ["client_auth"],
         d.emails,
-        serial=random_serial(),
+        serial=random_serial(NOW),
     )  # type: ignore[arg-type]
     assert ca.issue(spec, shared_linter().certificate).subject.rfc4514_string()

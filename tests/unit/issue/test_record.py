@@ -53,7 +53,11 @@ def mode(path: Path) -> int:
 def test_serials_are_unique_in_the_index_and_among_the_batches_in_flight(kit: Kit) -> None:
     old = kit.process("old", ec_csr("Old Serial")[0])
     assert old.serial is not None
-    taken, in_flight, twice = int(old.serial, 16), random_serial(), random_serial()
+    taken, in_flight, twice = (
+        int(old.serial, 16),
+        random_serial(dt.datetime.now(dt.UTC)),
+        random_serial(dt.datetime.now(dt.UTC)),
+    )
     todo = plans(kit, *(kit.work(n, ec_csr(f"Serial {n}")[0]) for n in ("a", "b", "c", "d")))
     for plan, serial in zip(todo, (taken, in_flight, twice, twice), strict=True):
         plan.spec = replace(plan.spec, serial=serial)
