@@ -135,9 +135,13 @@ def list_lines(
     t = to_epoch(now)
     epoch_day = dt.date(1970, 1, 1).toordinal()
     out = []
+    dates: dict[int, str] = {}  # a listing's lines share a few hundred end dates
     for serial, state, end, profile, name, subject in _driver_rows(conn, q):
         state = "expired" if state == "valid" and end <= t else state
-        ymd = dt.date.fromordinal(epoch_day + end // 86_400).isoformat()  # UTC
+        day = end // 86_400
+        ymd = dates.get(day)
+        if ymd is None:
+            ymd = dates[day] = dt.date.fromordinal(epoch_day + day).isoformat()  # UTC
         out.append((serial, state, ymd, profile, name, subject))
     return out
 

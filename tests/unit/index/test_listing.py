@@ -66,6 +66,48 @@ def test_the_expiring_listing_is_a_range_of_the_expiry_index(store: Store) -> No
         assert "not_after >" in conds[0] and "not_after <=" in conds[0], text
 
 
+def test_the_expiring_table_is_read_from_the_expiry_index_alone(store: Store) -> None:
+    """`list --expiring`'s table (listing.list_lines) comes from ix_certificates_expiry
+    alone, in order: SQLite's covering index, PostgreSQL's index-only scan; no row of the
+    table (which holds the DER) is read, nothing sorted."""
+    with store.begin() as conn:
+        store.add_certificates(
+            conn, [cert(i, [("CN", f"u{i}")], days=1 + i % 365) for i in range(2_000)]
+        )
+    if store.dialect == "postgresql":  # the visibility map, as autovacuum leaves it
+        with store.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                "VACUUM ANALYZE certificates"
+            )
+
+    def run() -> None:
+        with store.begin() as conn:
+            got = listing.list_lines(conn, now=NOW, expiring_within=dt.timedelta(days=30))
+            assert len(got) == sum(1 + i % 365 <= 30 for i in range(2_000))
+            assert [line[2] for line in got] == sorted(line[2] for line in got)
+
+    ran = statements(store, run)
+    assert len(ran) == 1
+    plan = query_plan(store, *ran[0])
+    text = "\n".join(plan)
+    if store.dialect == "sqlite":
+        assert plan == [
+            "SEARCH certificates USING COVERING INDEX ix_certificates_expiry "
+            "(status=? AND not_after>? AND not_after<?)"
+        ], plan
+    else:
+        # a table this small is read by a bitmap of whichever index; what the test shows is
+        # that the index covers the statement in its order (the 1,000,000 bench rows show
+        # the planner choosing it at scale)
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("SET enable_bitmapscan = off")
+            plan = [row[0] for row in conn.exec_driver_sql("EXPLAIN " + ran[0][0], ran[0][1])]
+        text = "\n".join(plan)
+        assert "Index Only Scan using ix_certificates_expiry" in text, text
+        assert "Sort" not in text, text
+
+
 def test_the_crl_reads_the_revoked_certificates_from_the_crl_index_alone(store: Store) -> None:
     """The CRL's read (listing.revoked_entries' statement) is a range of ix_certificates_crl
     in revocation order, answered by that index without the table's rows (which hold
@@ -145,8 +187,8 @@ def _lookup(store: Store, ref: str) -> list[tuple[str, tuple[str, ...]]]:
 def test_lookup_by_serial_request_name_cn_and_e_mail(store: Store) -> None:
     with store.begin() as conn:
         store.add_certificates(conn, PEOPLE[:3])
-        for cert in PEOPLE[3:]:
-            store.add_certificate(conn, cert)  # the single insert writes the same rows
+        for person in PEOPLE[3:]:
+            store.add_certificate(conn, person)  # the single insert writes the same rows
     serial = [("0A11", ("serial",))]
     for ref in ("0A11", "0a11", "a11", "0x0a11", "0A:11", " 0a:11 ", "000A11"):
         assert _lookup(store, ref) == serial, ref
