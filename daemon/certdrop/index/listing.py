@@ -248,10 +248,15 @@ def _listing(
 
 
 def _driver_rows(conn: Transaction, stmt: sa.Select[Any]) -> Sequence[Any]:
-    """The rows of a SELECT, its SQL compiled once here and run as the driver's SQL: no
+    """The rows of a SELECT, its SQL compiled once here and run on the driver's cursor: no
     result processing by SQLAlchemy (the columns here need none)."""
     compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params: Any = compiled.params
     if compiled.positional:
         params = tuple(params[name] for name in compiled.positiontup or ())
-    return conn.exec_driver_sql(str(compiled), params).all()
+    result = conn.exec_driver_sql(str(compiled), params)
+    try:  # the driver's tuples as they come, no Row made of each
+        rows: Sequence[Any] = result.cursor.fetchall()
+    finally:
+        result.close()
+    return rows
