@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -161,3 +162,13 @@ def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.sqlite'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store(index_url: str) -> Iterator[Any]:
+    """An empty index (certdrop's Store, opened) on each backend: SQLite, then PostgreSQL."""
+    from certdrop.index.store import Store
+
+    s = Store(index_url).open()
+    yield s
+    s.close()

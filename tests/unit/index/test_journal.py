@@ -6,23 +6,12 @@ journal's indexes is checked with the lookups in test_listing.py."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from certdrop.index import journal
 from certdrop.index.store import Store
 
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def store(index_url: str) -> Iterator[Store]:
-    """An empty index on each backend: SQLite, then PostgreSQL."""
-    s = Store(index_url).open()
-    yield s
-    s.close()
 
 
 def _shown(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

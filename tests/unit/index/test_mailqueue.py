@@ -7,22 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from certdrop.index import mailqueue
 from certdrop.index.store import NewCertificate, Store
 
 T0 = dt.datetime(2030, 5, 1, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def store(index_url: str) -> Iterator[Store]:
-    """An empty index on each backend: SQLite, then PostgreSQL."""
-    s = Store(index_url).open()
-    yield s
-    s.close()
 
 
 def add(

@@ -5,23 +5,12 @@ on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-
-import pytest
 
 from certdrop.index import pending as waiting
 from certdrop.index.pending import PendingRecord
 from certdrop.index.store import Store
 
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def store(index_url: str) -> Iterator[Store]:
-    """An empty index on each backend: SQLite, then PostgreSQL."""
-    s = Store(index_url).open()
-    yield s
-    s.close()
 
 
 def test_a_pending_request_reads_back_and_a_new_one_of_the_same_name_replaces_it(

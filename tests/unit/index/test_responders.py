@@ -4,22 +4,12 @@ and on a real PostgreSQL server."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-
-import pytest
 
 from certdrop.index import responders
 from certdrop.index.store import Store
 
 T0 = dt.datetime(2031, 3, 1, 12, 0, tzinfo=dt.UTC)
 CA = "cd" * 32
-
-
-@pytest.fixture
-def store(index_url: str) -> Iterator[Store]:
-    s = Store(index_url).open()
-    yield s
-    s.close()
 
 
 def test_a_request_waits_for_the_leader_and_a_new_key_replaces_it(store: Store) -> None:

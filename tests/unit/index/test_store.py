@@ -12,7 +12,6 @@ import datetime as dt
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,14 +19,6 @@ from certdrop.errors import SerialCollision, StoreError
 from certdrop.index import listing
 from certdrop.index.store import Store
 from index_kit import NOW, cert, query_plan, statements
-
-
-@pytest.fixture
-def store(index_url: str) -> Any:
-    """An empty index on each backend: SQLite, then PostgreSQL."""
-    s = Store(index_url).open()
-    yield s
-    s.close()
 
 
 def test_existing_valid_finds_each_attribute_and_skips_expired_and_revoked(store: Store) -> None:
