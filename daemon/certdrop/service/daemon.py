@@ -195,10 +195,11 @@ class Daemon:
         """After each heartbeat: a CRL another host signed, to this host's files; the
         responder job soon when a responder certificate waits to be signed or taken."""
         rt = self.rt
-        if rt is not None:
-            rt.follow_crl()
-            if self.scheduler is not None and rt.responder.waiting(lead=self.is_leader()):
-                self.scheduler.run_soon("ocsp-responder")
+        if rt is None or not rt.settings.clustered:
+            return  # the only host asks for and signs its responder certificate in one pass
+        rt.follow_crl()
+        if self.scheduler is not None and rt.responder.waiting(lead=self.is_leader()):
+            self.scheduler.run_soon("ocsp-responder")
 
     # --- what the worker and the jobs ask of the daemon ------------------------------------------
     def announce_ready(self) -> None:
