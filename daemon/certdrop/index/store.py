@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +37,11 @@ from .schema import (
 Transaction: TypeAlias = Connection  # one index transaction (from Store.begin)
 
 IDLE_IN_TRANSACTION_SECONDS = 60.0  # PostgreSQL ends a session idle that long in a transaction
+# SQLite with the checkpoint thread: a writer still copies the WAL into the file itself
+# once it holds this many pages (~40 MB), should that thread fall behind
+WAL_BOUND_PAGES = 10_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -181,10 +188,13 @@ class Store:
         url: str,
         named: str = "[paths] database",
         idle_in_transaction: float = IDLE_IN_TRANSACTION_SECONDS,
+        checkpoint_thread: bool = False,
     ) -> None:
         """The index at `url` (not opened yet); `named`: where the URL came from, for
         the messages about a URL that cannot be used; `idle_in_transaction`: seconds
-        after which PostgreSQL ends a session idle inside a transaction."""
+        after which PostgreSQL ends a session idle inside a transaction;
+        `checkpoint_thread`: on SQLite, the WAL is copied into the file by a thread of
+        its own (the daemon), not by the transaction whose commit filled it."""
         self.url = url
         shown = shown_url(url)
         try:
@@ -221,8 +231,13 @@ class Store:
         # a daemon sharing the index with other hosts: its id; certificates are recorded
         # only while this host has not been taken for dead (see _fence)
         self.fence_host: str | None = None
+        self._checkpointer: _Checkpointer | None = None
         if self.dialect == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            pragmas = _sqlite_pragmas
+            if checkpoint_thread:
+                self._checkpointer = _Checkpointer(self.engine)
+                pragmas = functools.partial(_sqlite_pragmas, wal_pages=WAL_BOUND_PAGES)
+            sa.event.listen(self.engine, "connect", pragmas)
             sa.event.listen(self.engine, "begin", _sqlite_begin_immediate)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -235,21 +250,34 @@ class Store:
             raise StoreError(
                 f"cannot open the index {shown_url(self.url)}: {_one_line(exc.orig)}"
             ) from None
+        if self._checkpointer is not None:
+            self._checkpointer.start()
         return self
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.engine.dispose()
 
     @contextmanager
     def begin(self) -> Iterator[Transaction]:
         """One transaction; a full disk or an I/O error becomes `IndexUnavailable`."""
+        checkpointer = self._checkpointer
+        wrote = False
         try:
             with self.engine.begin() as conn:
-                yield conn
+                if checkpointer is None:
+                    yield conn
+                else:
+                    before = _sqlite_changes(conn)
+                    yield conn
+                    wrote = _sqlite_changes(conn) != before
         except OperationalError as exc:
             raise IndexUnavailable(
                 f"the index {shown_url(self.url)} cannot be used right now: {_one_line(exc.orig)}"
             ) from None
+        if wrote and checkpointer is not None:
+            checkpointer.wake()  # committed: its pages are in the WAL
 
     def integrity_check(self) -> list[str]:
         """SQLite's integrity and foreign-key checks; [] when consistent."""
@@ -540,13 +568,17 @@ def _unnest_sql(table: sa.Table, keys: tuple[str, ...], dialect: Any) -> str:
     return f"INSERT INTO {table.name} ({', '.join(keys)}) SELECT * FROM unnest({arrays})"  # noqa: S608
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, wal_pages: int | None = None) -> None:
+    """`wal_pages`: the WAL's size at which a commit copies it into the file (a
+    checkpoint); None: SQLite's 1,000 pages."""
     # let SQLAlchemy manage transactions (pysqlite's own handling is disabled)
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout = 30000")
     _sqlite_wal(cur)
     cur.execute("PRAGMA synchronous = FULL")
+    if wal_pages is not None:
+        cur.execute(f"PRAGMA wal_autocheckpoint = {int(wal_pages)}")
     cur.execute("PRAGMA foreign_keys = ON")
     cur.close()
 
@@ -564,6 +596,63 @@ def _sqlite_wal(cur: Any) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def _sqlite_changes(conn: Transaction) -> int:
+    """The rows the SQLite connection has changed since it was opened."""
+    return int(conn.connection.driver_connection.total_changes)  # type: ignore[union-attr]
+
+
+class _Checkpointer:
+    """Copies SQLite's WAL into the database file after the commits that wrote to it, in
+    a thread and connection of its own (a PASSIVE checkpoint: writers and readers go on
+    meanwhile). Into a big file this copy and its fsync cost as much as the commit: the
+    transaction that filled the WAL does not wait for it. Should this thread fall
+    behind, a writer checkpoints itself at WAL_BOUND_PAGES."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.checkpoints = 0  # done (status --json could show it; the tests read it)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(
+                target=self._run, name="index-checkpoint", daemon=True
+            )
+            self._thread.start()
+
+    def wake(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping = True
+            self._wanted.set()
+            thread.join()
+
+    def _run(self) -> None:
+        conn = self._engine.raw_connection()  # autocommit (isolation_level None)
+        try:
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.driver_connection.execute(  # type: ignore[union-attr]
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error as exc:
+                    # the next commit's wakeup tries again; a writer's own at the bound
+                    log.warning("copying the index's WAL into its file: %s", exc)
+        finally:
+            conn.close()
 
 
 def _sqlite_begin_immediate(conn: Transaction) -> None:

@@ -145,6 +145,7 @@ class Daemon:
             signing_pool=True,
             crashpoint=self._crashpoint,
             host=self.host,
+            checkpoint_thread=True,
         )
         if settings.clustered:
             rt.store.fence_host = self.host  # nothing recorded once taken for dead

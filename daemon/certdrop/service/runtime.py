@@ -85,11 +85,14 @@ class Runtime:
         signing_pool: bool = False,
         crashpoint: Crashpoint = no_crash,
         host: str | None = None,
+        checkpoint_thread: bool = False,
     ) -> Runtime:
         """`host`: this host's id (service/cluster.py); on a shared index its claims go
-        to the spool's .claims/HOST/ and the CRLs it signs are recorded under it."""
+        to the spool's .claims/HOST/ and the CRLs it signs are recorded under it.
+        `checkpoint_thread`: the daemon's; on SQLite, the WAL is copied into the file by
+        a thread of its own (index/store.py), not by the batch whose commit filled it."""
         hooks = hooks or Hooks()
-        store = Store(settings.database_url).open()
+        store = Store(settings.database_url, checkpoint_thread=checkpoint_thread).open()
         passphrase = read_passphrase(settings.ca.key_passphrase_file)
         finish_switch(settings.state)  # a rollover a crash interrupted
         ca = CertificateAuthority.load(settings.state, passphrase)
