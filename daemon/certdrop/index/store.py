@@ -620,9 +620,7 @@ class _Checkpointer:
     def start(self) -> None:
         if self._thread is None:
             self._stopping = False
-            self._thread = threading.Thread(
-                target=self._run, name="index-checkpoint", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="index-checkpoint", daemon=True)
             self._thread.start()
 
     def wake(self) -> None:
