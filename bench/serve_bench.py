@@ -413,7 +413,7 @@ class ServeBench:
             mem = tree_memory_mb(proc.pid)
         finally:
             _stop(proc)
-        cpu_row.cells["certdrop"] = Cell(pct, note="supervisor and 2 workers")
+        cpu_row.cells["certdrop"] = Cell(pct, note="the keeper and 2 workers")
         mem_row.cells["certdrop"] = Cell(
             mem["pss_mb"],
             note=f"{mem['processes']:.0f} processes; RSS summed {mem['rss_sum_mb']:.0f} MB",
