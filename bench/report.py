@@ -16,6 +16,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("cfssl-serve-2", "cfssl serve x2"),
     ("ceiling", "cryptography ceiling"),
     ("openssl-ocsp", "openssl ocsp -port"),
+    ("http-ceiling", "aiohttp ceiling"),
 ]
 PEERS = [c for c, _ in COLUMNS if c != "certdrop"]
 

@@ -80,6 +80,7 @@ class ServeBench:
         self.log = log
         self.port = _free_port()
         self.openssl_port = _free_port()
+        self.ceiling_port = _free_port()
         self.config = self.root / "certdrop.toml"
         self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
@@ -191,6 +192,22 @@ class ServeBench:
         self._wait_answer(self.openssl_port, proc)
         return proc
 
+    def start_ceiling(self) -> subprocess.Popen[bytes]:
+        """aiohttp answering a constant body (bench/http_ceiling.py): the HTTP layer alone."""
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("http_ceiling.py")),
+                str(self.ceiling_port),
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.ceiling_port, proc, "the aiohttp ceiling")
+        time.sleep(0.3)  # both workers accepting
+        return proc
+
     def _wait_answer(self, port: int, proc: subprocess.Popen[bytes]) -> None:
         """Wait until `openssl ocsp` answers a real request: a connection closed without
         one (what _wait_port makes) leaves its single-threaded loop stuck in that read."""
@@ -234,7 +251,9 @@ class ServeBench:
         )
 
     # --- the rows ------------------------------------------------------------------------------------
-    def rows(self, seconds: float, rounds: int, idle_seconds: float, openssl: bool) -> list[Row]:
+    def rows(
+        self, seconds: float, rounds: int, idle_seconds: float, openssl: bool, ceiling: bool
+    ) -> list[Row]:
         ocsp_row = Row(id="ocsp", label="OCSP responses, nonces on, 2 connections", unit="rate")
         p99_row = Row(
             id="ocsp-p99",
@@ -250,7 +269,7 @@ class ServeBench:
             target=">= 5,000/s",
             target_value=5000.0,
         )
-        runs: dict[str, list[LoadResult]] = {"certdrop": [], "openssl-ocsp": []}
+        runs: dict[str, list[LoadResult]] = {"certdrop": [], "openssl-ocsp": [], "http-ceiling": []}
         crl_runs: list[LoadResult] = []
         worker_cpu: list[float] = []
         openssl_cpu: list[float] = []
@@ -289,6 +308,20 @@ class ServeBench:
                     f"  openssl ocsp round {r + 1}: {res.rate:,.0f}/s, p99 "
                     f"{res.percentile_ms(99):.2f} ms (load {os.getloadavg()[0]:.1f})"
                 )
+            if ceiling:
+                proc = self.start_ceiling()
+                try:
+                    reqs = [post("/ocsp", f"127.0.0.1:{self.ceiling_port}", d) for d in self.ders]
+                    res = run_load(
+                        ("127.0.0.1", self.ceiling_port),
+                        reqs,
+                        connections=CONNECTIONS,
+                        seconds=seconds,
+                    )
+                    runs["http-ceiling"].append(res)
+                finally:
+                    _stop(proc)
+                self.log(f"  aiohttp ceiling round {r + 1}: {res.rate:,.0f}/s")
         for tool, results in runs.items():
             if not results:
                 continue
@@ -337,6 +370,17 @@ class ServeBench:
                     f"median x{statistics.median(pairs):.2f}"
                 )
                 ocsp_row.details["certdrop"]["pair_ratios"] = [round(x, 2) for x in pairs]
+            if runs["http-ceiling"]:
+                # what the HTTP layer alone reaches against openssl: the target's room
+                alone = [
+                    c.rate / o.rate
+                    for c, o in zip(runs["http-ceiling"], runs["openssl-ocsp"], strict=True)
+                    if o.rate > 0
+                ]
+                ocsp_row.cells["http-ceiling"].note += (
+                    f"; a constant body, no OCSP work: x{statistics.median(alone):.2f} openssl's "
+                    f"(rounds x{min(alone):.2f}-x{max(alone):.2f})"
+                )
         rate = statistics.median(r.rate for r in crl_runs)
         gen = statistics.median(r.cpu_seconds / r.seconds * 100 for r in crl_runs)
         crl_row.cells["certdrop"] = Cell(rate, note=f"load generator {gen:.0f}% of a core")
@@ -369,7 +413,7 @@ class ServeBench:
             mem = tree_memory_mb(proc.pid)
         finally:
             _stop(proc)
-        cpu_row.cells["certdrop"] = Cell(pct, note="supervisor and 2 workers")
+        cpu_row.cells["certdrop"] = Cell(pct, note="the keeper and 2 workers")
         mem_row.cells["certdrop"] = Cell(
             mem["pss_mb"],
             note=f"{mem['processes']:.0f} processes; RSS summed {mem['rss_sum_mb']:.0f} MB",
@@ -386,6 +430,7 @@ def serve_rows(
     rounds: int,
     idle_seconds: float,
     openssl: bool,
+    ceiling: bool = False,
 ) -> list[Row]:
     try:
         bench = ServeBench(work, log)
@@ -398,4 +443,4 @@ def serve_rows(
                 cells={"certdrop": Cell(error=str(exc))},
             )
         ]
-    return bench.rows(seconds, rounds, idle_seconds, openssl)
+    return bench.rows(seconds, rounds, idle_seconds, openssl, ceiling)

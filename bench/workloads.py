@@ -1533,6 +1533,7 @@ def run_workload(bench: Bench, workload: str) -> list[Row]:
             p.serve_rounds,
             p.idle_seconds,
             openssl=bench.wants("openssl-ocsp"),
+            ceiling=bench.wants("http-ceiling"),
         )
     if workload == "rollover":
         return [bench.rollover()]

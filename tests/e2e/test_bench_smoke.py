@@ -119,14 +119,15 @@ def test_bench_burst_into_a_full_outbox(tmp_path: Path) -> None:
 def test_bench_serve_rows_beside_openssl_ocsp(tmp_path: Path) -> None:
     """The certdrop serve rows: OCSP answered by certdrop serve and by `openssl ocsp -port`
     on the same certificates (every answer checked for its nonce, every 50th for its
-    status), GET /crl.der, idle CPU and memory, the load generator's CPU beside them."""
+    status), the HTTP layer alone beside them, GET /crl.der, idle CPU and memory, the load
+    generator's CPU beside them."""
     out = tmp_path / "bench.json"
     _quick_bench(
         out,
         "--only",
         "serve",
         "--tools",
-        "certdrop,openssl-ocsp",
+        "certdrop,openssl-ocsp,http-ceiling",
         "--serve-seconds",
         "0.5",
         "--idle-seconds",
@@ -142,6 +143,8 @@ def test_bench_serve_rows_beside_openssl_ocsp(tmp_path: Path) -> None:
         assert rows["ocsp-p99"]["cells"][tool]["value"] > 0
     assert rows["ocsp"]["details"]["certdrop"]["pair_ratios"]
     assert "openssl ocsp" in rows["ocsp"]["target"]
+    ceiling = rows["ocsp"]["cells"]["http-ceiling"]
+    assert ceiling["value"] > 0 and "a constant body, no OCSP work: x" in ceiling["note"]
     assert rows["crl-http"]["cells"]["certdrop"]["value"] > 0
     assert rows["serve-memory"]["details"]["certdrop"]["processes"] == 3
     assert rows["serve-idle-cpu"]["cells"]["certdrop"]["value"] is not None

@@ -839,7 +839,9 @@ def test_slow_writers_are_never_read_half_written(tmp_path: Path, mode: str) -> 
         tmp_path / "ca",
         replace={
             "[watch]\n": f'[watch]\nmode = "{mode}"\n',
-            "settle_seconds = 0.2": "settle_seconds = 0.5",
+            # the default settle time: a writer's 0.3 s pauses stretched by a loaded machine
+            # must stay below it (polling cannot tell a paused writer from a finished one)
+            "settle_seconds = 0.2": "settle_seconds = 1.0",
             "rescan_seconds = 5": "rescan_seconds = 0.3",  # scans keep finding the files
         },
     )

@@ -129,13 +129,69 @@ def test_sigterm_stops_the_workers_and_frees_the_port(served) -> None:
     assert start >= 1
 
 
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
 def test_a_dead_worker_is_replaced(served) -> None:
+    """Once the workers answer, the supervisor is serve/keeper.py (same pid, a lean
+    interpreter); a worker that dies is replaced by a fresh `certdrop serve --worker`
+    that takes connections like the first ones."""
     _env, srv = served
+    assert any(arg.endswith(("keeper.py", ".pyc")) for arg in _cmdline(srv.proc.pid))
     first = srv.children()
     os.kill(first[0], 9)
     wait_for(lambda: len(srv.children()) == 2 and first[0] not in srv.children(), 15)
-    assert curl(f"{srv.url}/ca.cer")[0] == 200
-    assert "ended with status" in srv.output()
+    again = [pid for pid in srv.children() if pid not in first]
+    assert len(again) == 1 and "--worker" in _cmdline(again[0])
+    wait_for(lambda: "ended with status -9; starting it again" in srv.output(), 15)
+    if SS is not None:  # the new worker accepts: two keep-alive connections, one each
+        wait_for(lambda: _both_workers_answer(srv), 20)
+
+
+def _both_workers_answer(srv) -> bool:  # type: ignore[no-untyped-def]
+    import http.client
+
+    conns = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20) for _ in range(2)]
+    try:
+        for c in conns:
+            c.request("GET", "/ca.cer")
+            r = c.getresponse()
+            assert r.status == 200 and r.read()
+        return _holders(srv.port) == sorted(srv.children())
+    finally:
+        for c in conns:
+            c.close()
+        wait_for(lambda: _holders(srv.port, "connected") == [], 15)
+
+
+def test_the_keeper_pings_the_watchdog_and_stops_workers_that_keep_dying(tmp_path: Path) -> None:
+    """systemd's watchdog is pinged after READY=1 (by the keeper); workers that die right
+    after their start again and again make the service give up: status 1, STATUS=failed,
+    one line in the log (systemd then restarts it)."""
+    port = free_port()
+    env = make_env(tmp_path, extra=serve_config(port))
+    assert env.cli("crl")[0] == 0
+    srv = start_serve(env, port, extra_env={"WATCHDOG_USEC": "200000"})
+    try:
+        ready = srv.notify.fields().index("READY=1")
+        wait_for(lambda: srv.notify.fields()[ready:].count("WATCHDOG=1") >= 3, 10)
+        killed: set[int] = set()
+
+        def kill_workers() -> bool:
+            for pid in srv.children():
+                if pid not in killed:
+                    killed.add(pid)
+                    os.kill(pid, 9)
+            return srv.proc.poll() is not None
+
+        wait_for(kill_workers, 60)
+        assert srv.proc.returncode == 1, srv.output()
+        assert "STATUS=failed: the worker processes keep ending" in srv.notify.fields()
+        assert "workers keep ending right after their start: stopping" in srv.output()
+        assert "Traceback" not in srv.output()
+    finally:
+        srv.kill()
 
 
 def test_bad_listen_and_busy_port_are_one_line_each(tmp_path: Path) -> None:

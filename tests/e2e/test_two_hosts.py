@@ -8,7 +8,7 @@ the survivor takes the lead (CRL, expiry sweep, mail) within 30 s; a revocation 
 survivor reaches its CRL, and the killed host, started again, publishes that CRL to its
 own files; no expiry warning is mailed twice (a real SMTP peer).
 
-Short leases for the test: [cluster] heartbeat_seconds = 0.5, lease_seconds = 2.
+Short leases for the test: [cluster] heartbeat_seconds = 0.5, lease_seconds = 4.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from conftest import CAEnv, ec_csr, make_env, wait_for
 from mailpeer import SmtpPeer
 
 BURST = 1000
-LEASE = 2.0
+LEASE = 4.0  # a heartbeat delayed by a loaded CI machine must not hand the lead over early
 
 
 def _env(root: Path, spool: Path, url: str, smtp_port: int, init: bool) -> CAEnv:

@@ -110,12 +110,15 @@ def run() -> None:
 # --- serve ----------------------------------------------------------------------------------------------
 @click.command()
 @config_option
-def serve() -> None:
+@click.option("--worker", "worker_spec", hidden=True, help="Started by certdrop serve itself.")
+def serve(worker_spec: str | None) -> None:
     """Answer relying parties over HTTP: CRL, CA certificates, OCSP ([http] listen)."""
-    from ..serve.server import Supervisor
+    from ..serve.server import Supervisor, run_worker
 
     c = ctx()
-    sys.exit(Supervisor(c.settings, c.clock).run())
+    if worker_spec is not None:
+        sys.exit(run_worker(c.settings, c.clock, worker_spec))
+    sys.exit(Supervisor(c.settings, c.clock, config_path=c.resolved_config_path).run())
 
 
 # --- check-config --------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """How many connections each worker process of `certdrop serve` holds open, in memory the
-workers share (an anonymous shared mapping made before they fork).
+workers share (a memory file mapped before they fork; a worker started later maps it too).
 
 The workers accept on one listening socket. Left alone, whichever wakes first takes a
 new connection, and a few long-lived keep-alive connections (a reverse proxy, a load
@@ -10,6 +10,7 @@ only while it holds no more connections than the least busy worker.
 from __future__ import annotations
 
 import mmap
+import os
 
 RETIRED = 1 << 62  # the count of a worker that is not running: never the least busy
 
@@ -17,12 +18,21 @@ RETIRED = 1 << 62  # the count of a worker that is not running: never the least 
 class ConnectionBoard:
     """One counter per worker (see the module docstring)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, fd: int | None = None) -> None:
+        """A new board, or (`fd`) the one a worker started later inherited."""
         self.workers = workers
-        self._map = mmap.mmap(-1, 8 * workers)  # MAP_SHARED | MAP_ANONYMOUS: kept over fork
+        if fd is None:  # a memory file: kept over fork, and over exec for workers started later
+            fd = os.memfd_create("certdrop-serve-board", os.MFD_CLOEXEC)
+            os.ftruncate(fd, 8 * workers)
+            fresh = True
+        else:
+            fresh = False
+        self.fd = fd
+        self._map = mmap.mmap(fd, 8 * workers)  # MAP_SHARED
         self._counts = memoryview(self._map).cast("q")
-        for i in range(workers):
-            self._counts[i] = RETIRED
+        if fresh:
+            for i in range(workers):
+                self._counts[i] = RETIRED
 
     def set(self, worker: int, connections: int) -> None:
         self._counts[worker] = connections

@@ -2,9 +2,9 @@
 
 The supervisor binds `[http] listen`, forks the worker processes (`[http] workers`, or
 one per CPU) that answer on that one socket (serve/http.py), tells systemd READY=1 once
-every worker accepts, restarts a worker that dies, and on SIGTERM stops them all and
-exits 0. Signal handlers only set flags; the main loop sleeps in select() until a
-signal, a worker's message or the next watchdog ping.
+every worker accepts, then becomes serve/keeper.py (exec, same pid), which restarts a
+worker that dies and on SIGTERM stops them all and exits 0. Signal handlers only set
+flags.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -24,14 +26,13 @@ from ..clock import Clock
 from ..config import Settings, split_listen
 from ..errors import ServeError
 from ..service.systemd import Notifier
+from . import keeper as keeper_module
 from .balance import ConnectionBoard
+from .keeper import Keeper
 
 log = logging.getLogger("certdrop.serve")
 
 START_SECONDS = 30.0  # every worker accepts within this, or start-up fails
-STOP_SECONDS = 10.0  # workers still running this long after SIGTERM are killed
-RESTART_LIMIT = 5  # workers dying within RESTART_WINDOW of their start: give up
-RESTART_WINDOW = 10.0
 BACKLOG = 1024
 
 
@@ -57,51 +58,34 @@ def listening_socket(listen: str) -> socket.socket:
 
 
 class Supervisor:
-    """The `certdrop serve` process (see the module docstring)."""
+    """The `certdrop serve` process until its workers answer (see the module docstring)."""
 
     def __init__(
         self,
         settings: Settings,
         clock: Clock,
         *,
+        config_path: Path | None = None,
         notifier: Notifier | None = None,
         workers: int | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.workers = workers or settings.http.workers or os.cpu_count() or 1
         self.board = ConnectionBoard(self.workers)
-        self.pids: dict[int, int] = {}  # pid -> worker index
-        self.started: dict[int, float] = {}  # worker index -> monotonic start
-        self.watchdog_usec = Notifier.watchdog_usec() if self.notifier.enabled else 0
         self._stop = False
-        self._children_changed = False
-        self._quick_deaths: list[float] = []
-        self.exit_code = 0
         self._http: Any = None  # serve/http.py, loaded by run()
 
     # --- signals: handlers only set flags -------------------------------------------------------
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self._stop = True
 
-    def _on_child(self, signum: int, frame: FrameType | None) -> None:
-        self._children_changed = True
-
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        pass  # files are re-read when they change; [http] changes need a restart
-
     # --- life cycle --------------------------------------------------------------------------------
     def run(self) -> int:
         self._check_state()
-        try:  # loaded before the fork: each worker has it without importing it again
-            from . import http
-        except ImportError:
-            raise ServeError(
-                "certdrop serve needs the Python packages aiohttp and uvloop; install certdrop "
-                "with the 'serve' extra (pip install 'certdrop[serve]')"
-            ) from None
-        self._http = http
+        self._http = _load_http()
         from .runtime import ServeRuntime
 
         warm = ServeRuntime.build(self.settings, self.clock)
@@ -114,34 +98,54 @@ class Supervisor:
         gc.collect()
         gc.freeze()
         sock = listening_socket(self.settings.http.listen)
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         life_r, life_w = os.pipe2(os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        # blocked until the keeper (or this process, if it cannot start) takes them over
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGHUP})
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_term)
-        signal.signal(signal.SIGCHLD, self._on_child)
-        signal.signal(signal.SIGHUP, self._on_hup)
-        fds = (sock, wake_r, wake_w, ready_r, ready_w, life_r, life_w)
+        keep = (sock.fileno(), self.board.fd, ready_w, life_r)  # what a worker inherits
+        pids = {self._spawn(i, sock, keep, (ready_r, life_w)): i for i in range(self.workers)}
+        keeper = Keeper(
+            workers=pids,
+            board_fd=self.board.fd,
+            ready_r=ready_r,
+            life_w=life_w,
+            worker_command=self._worker_command(),
+            worker_fds=keep,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        )
         try:
-            for i in range(self.workers):
-                self._spawn(i, sock, fds, ready_w, life_r)
-            self._await_ready(ready_r)
-            where = self.settings.http.listen
-            log.info("serving on http://%s with %d worker processes", where, self.workers)
-            self.notifier.notify(
-                "READY=1", f"STATUS=serving on {where} ({self.workers} worker processes)"
-            )
-            self._main_loop(sock, fds, wake_r, ready_r, ready_w, life_r)
-        finally:
-            self.notifier.notify("STOPPING=1")
-            self._stop_workers()
-            signal.set_wakeup_fd(-1)
-            for fd in (wake_r, wake_w, ready_r, ready_w, life_r, life_w):
-                os.close(fd)
-            sock.close()
-            log.info("stopped")
-        return self.exit_code
+            self._await_ready(ready_r, keeper)
+        except BaseException:
+            keeper.stop_workers()
+            raise
+        where = self.settings.http.listen
+        log.info("serving on http://%s with %d worker processes", where, self.workers)
+        self.notifier.notify(
+            "READY=1", f"STATUS=serving on {where} ({self.workers} worker processes)"
+        )
+        self.notifier.close()
+        return self._become_keeper(keeper)
+
+    def _become_keeper(self, keeper: Keeper) -> int:
+        """Replace this process by serve/keeper.py (same pid); in this process if that fails."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        if self._stop:
+            keeper.request_stop()  # a SIGTERM came while starting: stop right away
+        for fd in (*keeper.worker_fds, keeper.board_fd, keeper.ready_r, keeper.life_w):
+            os.set_inheritable(fd, True)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        if not keeper.stopping:
+            try:  # a fixed argv, no shell
+                os.execv(  # noqa: S606
+                    sys.executable,
+                    [sys.executable, "-I", "-S", _keeper_script(), *keeper.arguments()],
+                )
+            except OSError as exc:
+                log.warning("cannot start the lean supervisor (%s): watching from here", exc)
+        return keeper.run()
 
     def _check_state(self) -> None:
         from ..authority.lifecycle import CA_CERT
@@ -151,47 +155,37 @@ class Supervisor:
                 f"no CA in {self.settings.state}: nothing to serve; create one with 'certdrop init'"
             )
 
+    def _worker_command(self) -> list[str]:
+        """`certdrop serve` as this process was started, for a worker started later."""
+        cmd = [sys.executable, "-m", "certdrop.cli"]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        return [*cmd, "--log-level", str(level).lower(), "serve"]
+
     def _spawn(
-        self,
-        index: int,
-        sock: socket.socket,
-        fds: tuple[object, ...],
-        ready_w: int,
-        life_r: int,
-    ) -> None:
+        self, index: int, sock: socket.socket, keep: tuple[int, ...], close: tuple[int, ...]
+    ) -> int:
         pid = os.fork()
         if pid == 0:  # the worker
             code = 70
             try:
-                code = self._worker(index, sock, fds, ready_w, life_r)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGHUP})
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                for fd in close:  # the supervisor's ends of the pipes
+                    os.close(fd)
+                from .runtime import ServeRuntime
+
+                rt = ServeRuntime.build(self.settings, self.clock)
+                code = self._http.run_worker(sock, rt, self.board, index, keep[2], keep[3])
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
                 os._exit(code)
-        self.pids[pid] = index
-        self.started[index] = time.monotonic()
+        return pid
 
-    def _worker(
-        self,
-        index: int,
-        sock: socket.socket,
-        fds: tuple[object, ...],
-        ready_w: int,
-        life_r: int,
-    ) -> int:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        for fd in fds:  # only the socket, the ready pipe and the lifeline stay open
-            if isinstance(fd, int) and fd not in (ready_w, life_r):
-                os.close(fd)
-        from .runtime import ServeRuntime
-
-        rt = ServeRuntime.build(self.settings, self.clock)
-        code: int = self._http.run_worker(sock, rt, self.board, index, ready_w, life_r)
-        return code
-
-    def _await_ready(self, ready_r: int) -> None:
+    def _await_ready(self, ready_r: int, keeper: Keeper) -> None:
         ready: set[int] = set()
         deadline = time.monotonic() + START_SECONDS
         while len(ready) < self.workers:
@@ -201,96 +195,58 @@ class Supervisor:
                     f"the worker processes did not start within {START_SECONDS:g} s "
                     f"({len(ready)} of {self.workers} ready); see the log above"
                 )
-            got, _, _ = select.select([ready_r], [], [], min(left, 0.5))
+            got, _, _ = select.select([ready_r], [], [], min(left, 0.1))
             if got:
                 ready.update(os.read(ready_r, 64))
-            self._reap(restart=False)
+            ended = keeper.reap(starting=True)
+            if ended:
+                raise ServeError(f"worker {ended[0]} ended while starting; see the log above")
 
-    def _main_loop(
-        self,
-        sock: socket.socket,
-        fds: tuple[object, ...],
-        wake_r: int,
-        ready_r: int,
-        ready_w: int,
-        life_r: int,
-    ) -> None:
-        interval = self.watchdog_usec / 2e6
-        next_ping = 0.0
-        while not self._stop:
-            timeout = max(0.0, next_ping - time.monotonic()) if interval else None
-            try:
-                got, _, _ = select.select([wake_r, ready_r], [], [], timeout)
-            except InterruptedError:
-                got = []
-            if wake_r in got:
-                while True:
-                    try:
-                        if not os.read(wake_r, 512):
-                            break
-                    except BlockingIOError:
-                        break
-            if ready_r in got:
-                os.read(ready_r, 64)  # a restarted worker accepts again
-            if self._children_changed:
-                self._children_changed = False
-                for index in self._reap(restart=True):
-                    self._spawn(index, sock, fds, ready_w, life_r)
-            if interval and time.monotonic() >= next_ping:
-                self.notifier.notify("WATCHDOG=1")
-                next_ping = time.monotonic() + interval
 
-    def _reap(self, *, restart: bool) -> list[int]:
-        """Collect workers that ended; the indexes to start again."""
-        again: list[int] = []
-        while self.pids:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            index = self.pids.pop(pid, None)
-            if index is None:
-                continue
-            self.board.retire(index)
-            if self._stop:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            log.error(
-                "worker %d (pid %d) ended with status %d; starting it again", index, pid, code
-            )
-            if not restart:
-                raise ServeError(f"worker {index} ended with status {code} while starting")
-            now = time.monotonic()
-            if now - self.started.get(index, 0.0) < RESTART_WINDOW:
-                self._quick_deaths = [t for t in self._quick_deaths if now - t < 60] + [now]
-                if len(self._quick_deaths) > RESTART_LIMIT:
-                    self.exit_code = 1
-                    self._stop = True
-                    self.notifier.notify("STATUS=failed: the worker processes keep ending")
-                    log.error("workers keep ending right after their start: stopping")
-                    return []
-            again.append(index)
-        return again
+def run_worker(settings: Settings, clock: Clock, spec: str) -> int:
+    """A worker started after the others (`certdrop serve --worker`, by serve/keeper.py):
+    `spec` is INDEX:WORKERS:SOCKET:BOARD:READY:LIFELINE, the last four inherited fds."""
+    try:
+        index, workers, sock_fd, board_fd, ready_w, life_r = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ServeError(f"--worker {spec!r}: not a worker made by certdrop serve") from None
+    http = _load_http()
+    from .runtime import ServeRuntime
 
-    def _stop_workers(self) -> None:
-        self._stop = True
-        for pid in list(self.pids):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_SECONDS
-        while self.pids and time.monotonic() < deadline:
-            self._reap(restart=False)
-            if self.pids:
-                time.sleep(0.02)
-        for pid in list(self.pids):
-            log.error("worker pid %d did not stop within %g s: killing it", pid, STOP_SECONDS)
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.pids.pop(pid, None)
+    for fd in (sock_fd, board_fd, ready_w, life_r):
+        os.set_inheritable(fd, False)
+    sock = socket.socket(fileno=sock_fd)
+    board = ConnectionBoard(workers, fd=board_fd)
+    rt = ServeRuntime.build(settings, clock)
+    code: int = http.run_worker(sock, rt, board, index, ready_w, life_r)
+    return code
+
+
+def _keeper_script() -> str:
+    """serve/keeper.py's cached bytecode when it matches the source (the pyc header's
+    mtime and size, as the import system checks them), else the source."""
+    source = keeper_module.__file__
+    spec = keeper_module.__spec__
+    cached = spec.cached if spec is not None else None
+    try:
+        st = os.stat(source)
+        with open(cached or "", "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return source
+    flags, mtime, size = (int.from_bytes(head[i : i + 4], "little") for i in (4, 8, 12))
+    fresh = (
+        flags == 0 and mtime == int(st.st_mtime) & 0xFFFFFFFF and size == st.st_size & 0xFFFFFFFF
+    )
+    return cached if fresh and cached else source
+
+
+def _load_http() -> Any:
+    try:  # loaded before the fork: each worker has it without importing it again
+        from . import http
+    except ImportError:
+        raise ServeError(
+            "certdrop serve needs the Python packages aiohttp and uvloop; install certdrop "
+            "with the 'serve' extra (pip install 'certdrop[serve]')"
+        ) from None
+    return http
