@@ -29,8 +29,18 @@ def _rows_in_file(db: Path, scratch: Path) -> int:
         if not conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'certificates'").fetchone():
             return 0  # not even the schema is in the file yet (the WAL holds it)
         return int(conn.execute("SELECT count(*) FROM certificates").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return -1  # copied while a checkpoint was writing into it: a torn copy
     finally:
         conn.close()
+
+
+def _wait_for_rows(db: Path, scratch: Path, wanted: int) -> int:
+    """What the file alone holds once it holds `wanted` rows, or after 30 s."""
+    deadline = time.monotonic() + 30
+    while (got := _rows_in_file(db, scratch)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return got
 
 
 def _record(store: Store, first: int, n: int) -> None:
@@ -52,11 +62,7 @@ def test_the_checkpoint_thread_copies_each_commit_into_the_file(tmp_path: Path) 
         assert bound == WAL_BOUND_PAGES
         for batch in range(3):
             _record(store, 1 + 10 * batch, 10)  # a few pages: far below any bound
-            wanted = 10 * (batch + 1)
-            deadline = time.monotonic() + 30
-            while _rows_in_file(db, tmp_path) != wanted and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert _rows_in_file(db, tmp_path) == wanted
+            assert _wait_for_rows(db, tmp_path, 10 * (batch + 1)) == 10 * (batch + 1)
         assert len(_checkpoint_threads()) == 1
     finally:
         store.close()
