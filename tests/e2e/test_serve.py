@@ -138,7 +138,8 @@ def test_a_dead_worker_is_replaced(served) -> None:
     interpreter); a worker that dies is replaced by a fresh `certdrop serve --worker`
     that takes connections like the first ones."""
     _env, srv = served
-    assert any(arg.endswith(("keeper.py", ".pyc")) for arg in _cmdline(srv.proc.pid))
+    # READY=1 comes just before the exec
+    wait_for(lambda: any(a.endswith(("keeper.py", ".pyc")) for a in _cmdline(srv.proc.pid)), 10)
     first = srv.children()
     os.kill(first[0], 9)
     wait_for(lambda: len(srv.children()) == 2 and first[0] not in srv.children(), 15)

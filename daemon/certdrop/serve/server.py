@@ -91,6 +91,7 @@ class Supervisor:
         warm = ServeRuntime.build(self.settings, self.clock)
         try:
             warm.warm_up()
+            self._http.warm_up(warm)
         finally:
             warm.close()  # each worker opens the index for itself after the fork
         # the objects loaded so far are shared with the workers: kept out of the garbage
