@@ -155,17 +155,25 @@ class ServeBench:
             self.nonces.append(nonce)
             self.expect.append("revoked" if c in revoked else "good")
 
-    # --- the two responders ----------------------------------------------------------------------
-    def start_certdrop(self) -> subprocess.Popen[bytes]:
+    # --- the responders ----------------------------------------------------------------------------
+    def _start_python(self, args: list[str], port: int, what: str) -> subprocess.Popen[bytes]:
+        """A Python responder listening on `port`, once every worker accepts."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "certdrop.cli", "--config", str(self.config), "serve"],
+            [sys.executable, *args],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_port(self.port, proc, "certdrop serve")
+        _wait_port(port, proc, what)
         time.sleep(0.5)  # every worker accepting
         return proc
+
+    def start_certdrop(self) -> subprocess.Popen[bytes]:
+        return self._start_python(
+            ["-m", "certdrop.cli", "--config", str(self.config), "serve"],
+            self.port,
+            "certdrop serve",
+        )
 
     def start_openssl(self) -> subprocess.Popen[bytes]:
         responder = str(self.state / "ocsp-responder.pem")
@@ -194,19 +202,8 @@ class ServeBench:
 
     def start_ceiling(self) -> subprocess.Popen[bytes]:
         """aiohttp answering a constant body (bench/http_ceiling.py): the HTTP layer alone."""
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("http_ceiling.py")),
-                str(self.ceiling_port),
-            ],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_port(self.ceiling_port, proc, "the aiohttp ceiling")
-        time.sleep(0.3)  # both workers accepting
-        return proc
+        script = str(Path(__file__).with_name("http_ceiling.py"))
+        return self._start_python([script, str(self.ceiling_port)], self.ceiling_port, "ceiling")
 
     def _wait_answer(self, port: int, proc: subprocess.Popen[bytes]) -> None:
         """Wait until `openssl ocsp` answers a real request: a connection closed without

@@ -49,9 +49,12 @@ class Keeper:
         worker_command: list[str],
         worker_fds: tuple[int, ...],
         log_level: str = "INFO",
+        count: int | None = None,
     ) -> None:
+        """`count`: the workers there are to be (default: those in `workers`); the
+        supervisor adds each it forks with `adopt`."""
         self.pids = dict(workers)
-        self.count = len(workers)
+        self.count = count if count is not None else len(workers)
         self.started = {index: time.monotonic() for index in workers.values()}
         self.board_fd = board_fd
         self.ready_r = ready_r
@@ -99,6 +102,11 @@ class Keeper:
             worker_fds=tuple(int(fd) for fd in opts["fds"].split(",") if fd),
             log_level=opts["log"],
         )
+
+    def adopt(self, pid: int, index: int) -> None:
+        """Worker `index`, forked by the supervisor as `pid`."""
+        self.pids[pid] = index
+        self.started[index] = time.monotonic()
 
     @property
     def stopping(self) -> bool:

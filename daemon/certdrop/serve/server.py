@@ -106,9 +106,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_term)
         keep = (sock.fileno(), self.board.fd, ready_w, life_r)  # what a worker inherits
-        pids = {self._spawn(i, sock, keep, (ready_r, life_w)): i for i in range(self.workers)}
         keeper = Keeper(
-            workers=pids,
+            workers={},
+            count=self.workers,
             board_fd=self.board.fd,
             ready_r=ready_r,
             life_w=life_w,
@@ -117,6 +117,8 @@ class Supervisor:
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )
         try:
+            for i in range(self.workers):
+                keeper.adopt(self._spawn(i, sock, keep, (ready_r, life_w)), i)
             self._await_ready(ready_r, keeper)
         except BaseException:
             keeper.stop_workers()
