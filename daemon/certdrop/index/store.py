@@ -26,8 +26,10 @@ from ..errors import IndexUnavailable, NotFoundError, SerialCollision, StoreErro
 from . import schema
 from .schema import (
     EMAIL_ATTR,
+    FINGERPRINT_KEY_LENGTH,
     cert_attrs,
     certificates,
+    fingerprint_key,
     from_epoch,
     hosts,
     meta,
@@ -390,7 +392,9 @@ class Store:
         wanted = list(dict.fromkeys(fingerprints))
         out: dict[str, list[CertRecord]] = {}
         for start in range(0, len(wanted), 500):
-            rows = conn.execute(_BY_FINGERPRINTS, {"fps": wanted[start : start + 500]})
+            fps = wanted[start : start + 500]
+            keys = sorted({fp[:FINGERPRINT_KEY_LENGTH] for fp in fps})
+            rows = conn.execute(_BY_FINGERPRINTS, {"keys": keys, "fps": fps})
             for r in rows:
                 rec = cert_record(r)
                 out.setdefault(rec.request_fingerprint, []).append(rec)
@@ -500,7 +504,10 @@ _SERIALS_WITH_ATTR = sa.select(cert_attrs.c.serial, cert_attrs.c.value).where(
 )
 _BY_FINGERPRINTS = (
     sa.select(certificates)
-    .where(certificates.c.request_fingerprint.in_(sa.bindparam("fps", expanding=True)))
+    .where(
+        fingerprint_key.in_(sa.bindparam("keys", expanding=True)),  # ix_certificates_request_key
+        certificates.c.request_fingerprint.in_(sa.bindparam("fps", expanding=True)),
+    )
     .order_by(certificates.c.issued_at.desc())
 )
 EXISTING_SERIALS = sa.select(certificates.c.serial).where(

@@ -89,7 +89,7 @@ def test_a_version_1_index_migrates(tmp_path: Path) -> None:
         assert "ix_outputs_path" in {i["name"] for i in insp.get_indexes("outputs")}
         assert "ix_certificates_crl" in {i["name"] for i in insp.get_indexes("certificates")}
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "10"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "11"
             # the CRL reads the revoked certificates from that index alone
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial, revoked_at, revocation_reason FROM "
@@ -261,7 +261,7 @@ def test_a_version_5_index_gets_the_cas_and_the_issuer_column(tmp_path: Path) ->
         ]
         assert crl_index["column_names"][-1] == "issuer"
         with store.begin() as conn:
-            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "10"
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "11"
             assert store.get(conn, "01").issuer is None  # type: ignore[union-attr]
             # the issuing CA's CRL lists what no CA has claimed yet; another CA's does not
             assert listing.revoked_entries(conn, "ab" * 32, unclaimed=True) == [
@@ -401,5 +401,55 @@ def test_a_version_5_index_gets_the_schema_6_indexes(index_url: str) -> None:
             assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION)
             assert [m.record.serial for m in listing.lookup(conn, "OLD")] == ["0A"]
             assert list(store.existing_valid(conn, [("CN", "old")], T0)) == [("CN", "old")]
+    finally:
+        store.close()
+
+
+def test_a_version_10_index_gets_the_fingerprint_key_index(index_url: str) -> None:
+    """Schema 11: ix_certificates_request_key (the fingerprint's first characters)
+    replaces ix_certificates_request_fingerprint; a request is found by its fingerprint."""
+    store = Store(index_url).open()
+    with store.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_certificates_request_key")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_certificates_request_fingerprint ON certificates (request_fingerprint)"
+        )
+        store.add_certificates(
+            conn,
+            [
+                NewCertificate(
+                    serial="0B",
+                    subject="CN=Ten",
+                    common_name="Ten",
+                    email="",
+                    not_before=T0 - dt.timedelta(days=1),
+                    not_after=T0 + dt.timedelta(days=30),
+                    profile="client",
+                    request_name="ten",
+                    request_fingerprint="9" * 64,
+                    issued_at=T0 - dt.timedelta(days=1),
+                    der=b"0",
+                    attrs=[("CN", "Ten")],
+                )
+            ],
+        )
+        store.set_meta(conn, "schema_version", "10")
+    store.close()
+
+    store = Store(index_url).open()
+    try:
+        with store.begin() as conn:
+            assert store.get_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "11"
+            names = {
+                r[0]
+                for r in conn.exec_driver_sql(
+                    "SELECT name FROM sqlite_master WHERE type = 'index'"
+                    if store.dialect == "sqlite"
+                    else "SELECT indexname FROM pg_indexes WHERE tablename = 'certificates'"
+                )
+            }
+            assert "ix_certificates_request_key" in names
+            assert "ix_certificates_request_fingerprint" not in names
+            assert [r.serial for r in store.by_fingerprints(conn, ["9" * 64])["9" * 64]] == ["0B"]
     finally:
         store.close()

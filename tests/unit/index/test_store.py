@@ -215,3 +215,52 @@ def test_a_database_that_cannot_be_used_is_named_without_its_password(tmp_path: 
     ), message
     assert "s3cret" not in message and "\n" not in message
     assert str(nowhere) in message.split(": ", 1)[1]  # the driver's words: where it looked
+
+
+def test_a_request_is_found_by_its_whole_fingerprint(store: Store) -> None:
+    """by_fingerprints: every certificate of each fingerprint asked, newest first; one
+    whose fingerprint only begins like an asked one (the indexed key) is not taken for it;
+    more fingerprints than one query takes."""
+    a, b = "ab12cd34" + "0" * 56, "ab12cd34" + "f" * 56  # the same indexed first characters
+    certs = [
+        replace(cert(1, [("CN", "a1")]), request_fingerprint=a, issued_at=NOW - dt.timedelta(2)),
+        replace(cert(2, [("CN", "a2")]), request_fingerprint=a),
+        replace(cert(3, [("CN", "b")]), request_fingerprint=b),
+        *(
+            replace(cert(10 + i, [("CN", f"u{i}")]), request_fingerprint=f"{i:064x}")
+            for i in range(600)
+        ),
+    ]
+    with store.begin() as conn:
+        store.add_certificates(conn, certs)
+    with store.begin() as conn:
+        got = store.by_fingerprints(
+            conn, [a, "c" * 64, a, *(f"{i:064x}" for i in range(0, 600, 1))]
+        )
+        assert [r.serial for r in got[a]] == [f"{2:032X}", f"{1:032X}"]
+        assert b not in got and "c" * 64 not in got
+        assert len(got) == 601 and got[f"{599:064x}"][0].serial == f"{609:032X}"
+        assert [r.serial for r in store.by_fingerprints(conn, [b])[b]] == [f"{3:032X}"]
+
+
+def test_the_fingerprint_lookup_searches_its_index(store: Store) -> None:
+    """The statement by_fingerprints runs searches ix_certificates_request_key by the
+    fingerprint's first characters: never a read of every certificate."""
+    with store.begin() as conn:
+        store.add_certificates(conn, [cert(i, [("CN", f"u{i}")]) for i in range(200)])
+    fps = [f"{i:064x}" for i in range(0, 200, 3)]
+    ran = statements(store, lambda: _lookup(store, fps))
+    assert len(ran) == 1
+    plan = query_plan(store, *ran[0])
+    text = "\n".join(plan)
+    if store.dialect == "sqlite":
+        assert not any(s.startswith("SCAN") for s in plan), plan
+        assert "USING INDEX ix_certificates_request_key (<expr>=?)" in text, plan
+    else:
+        assert "Seq Scan" not in text and "ix_certificates_request_key" in text, text
+        assert "substr((request_fingerprint)::text, 1, 8)" in text, text
+
+
+def _lookup(store: Store, fps: list[str]) -> None:
+    with store.begin() as conn:
+        assert len(store.by_fingerprints(conn, fps)) == len(fps)
