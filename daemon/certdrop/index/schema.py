@@ -24,8 +24,8 @@ SCHEMA_VERSION = 11  # 2: mail_queue, expiry_warnings; 3: ix_certificates_crl;
 # 9: ix_certificates_unclaimed (the rows without an issuer: none after the first start)
 # 10: responders (each host's OCSP responder key, certified by the leading host);
 # ix_certificates_expiry holds the columns of `list`'s table
-# 11: ix_certificates_request_key (a fingerprint's first characters) instead of
-# ix_certificates_request_fingerprint
+# 11: certificates.fingerprint_pending, ix_certificates_request_key (it and a fingerprint's
+# first characters) instead of ix_certificates_request_fingerprint
 
 metadata = sa.MetaData()
 
@@ -60,20 +60,28 @@ certificates = sa.Table(
     # schema 6: the CA that issued it (cas.id); NULL in rows written before, until the
     # CA that was issuing then claims them (index/cas.py)
     sa.Column("issuer", sa.String(64)),
+    # schema 11: 1 while its entry in ix_certificates_request_key is among the new ones
+    sa.Column("fingerprint_pending", sa.SmallInteger, nullable=False, server_default="0"),
 )
 
 # A request's fingerprint is looked up for every request (a re-delivery, a renewal, the
-# refusal of a request whose certificate was revoked). Its values are random, so each new
-# certificate's entry lands on a random page of a big index: indexed are its first
-# FINGERPRINT_KEY_LENGTH characters (the full value is compared after), an index a quarter
-# the size of the whole value's, whose pages take more new entries before they split
+# refusal of a request whose certificate was revoked). Its values are random: in one index
+# of them all, each new certificate's entry was a page written at a random place of a big
+# index. So a new certificate's entry goes among the other new ones (fingerprint_pending =
+# 1: a small part of the index, its pages shared by a burst's entries), and is moved among
+# the others (0) later, when the daemon is idle (Store.fold_fingerprints), as PostgreSQL's
+# GIN indexes keep a pending list. Indexed are the fingerprint's first
+# FINGERPRINT_KEY_LENGTH characters (the full value is compared after): a quarter of the
+# whole value's size, so each page takes more entries before it splits. (schema 11)
 FINGERPRINT_KEY_LENGTH = 8  # 32 bits: a false match among 1,000,000 rows 1 lookup in 4,000
 fingerprint_key = sa.func.substr(
     certificates.c.request_fingerprint,
     sa.literal_column("1"),
     sa.literal_column(str(FINGERPRINT_KEY_LENGTH)),
 )  # literals, not parameters: a query names the index's expression as it is written
-fingerprint_index = sa.Index("ix_certificates_request_key", fingerprint_key)
+fingerprint_index = sa.Index(
+    "ix_certificates_request_key", certificates.c.fingerprint_pending, fingerprint_key
+)
 
 # the valid certificates ending in a window (list --expiring, the expiry warnings), in
 # order of their end: a range of this index, not a walk of every valid certificate. The
@@ -364,6 +372,12 @@ def _migrate(conn: Connection, version: int) -> None:
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_certificates_expiry")
         expiry_index.create(conn)
     if version < 11:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("certificates")}
+        if "fingerprint_pending" not in columns:
+            conn.exec_driver_sql(
+                "ALTER TABLE certificates "
+                "ADD COLUMN fingerprint_pending SMALLINT NOT NULL DEFAULT 0"
+            )
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_certificates_request_fingerprint")
         # created with the table when schema 1 was: IF NOT EXISTS (never reflected)
         conn.execute(sa.schema.CreateIndex(fingerprint_index, if_not_exists=True))

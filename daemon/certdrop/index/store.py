@@ -400,6 +400,28 @@ class Store:
                 out.setdefault(rec.request_fingerprint, []).append(rec)
         return out
 
+    def fold_fingerprints(self, conn: Transaction, limit: int) -> int:
+        """Move up to `limit` of the new certificates' entries of ix_certificates_request_key
+        among the others (schema.py): the random writes into a big index that issuing
+        them did not make. How many were moved; 0 when none was left."""
+        pending = sa.select(certificates.c.serial).where(certificates.c.fingerprint_pending == 1)
+        if conn.dialect.name == "postgresql":
+            pending = pending.with_for_update(skip_locked=True)  # another host's are its own
+        result = conn.execute(
+            sa.update(certificates)
+            .where(certificates.c.serial.in_(pending.limit(limit).scalar_subquery()))
+            .values(fingerprint_pending=0)
+        )
+        return int(result.rowcount)
+
+    def pending_fingerprints(self, conn: Transaction) -> int:
+        """How many certificates' entries are still among the new ones."""
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).where(certificates.c.fingerprint_pending == 1)
+            ).scalar_one()
+        )
+
     def existing_serials(self, conn: Transaction, serials: Iterable[str]) -> set[str]:
         wanted = list(serials)
         found: set[str] = set()
@@ -439,6 +461,7 @@ class Store:
                     "key_generated": c.key_generated,
                     "der": c.der,
                     "issuer": c.issuer,
+                    "fingerprint_pending": 1,  # among the new ones until fold_fingerprints
                 }
                 for c in certs
             ],
@@ -504,8 +527,9 @@ _SERIALS_WITH_ATTR = sa.select(cert_attrs.c.serial, cert_attrs.c.value).where(
 )
 _BY_FINGERPRINTS = (
     sa.select(certificates)
-    .where(
-        fingerprint_key.in_(sa.bindparam("keys", expanding=True)),  # ix_certificates_request_key
+    .where(  # ix_certificates_request_key: the new entries and the others, by key
+        certificates.c.fingerprint_pending.in_((0, 1)),
+        fingerprint_key.in_(sa.bindparam("keys", expanding=True)),
         certificates.c.request_fingerprint.in_(sa.bindparam("fps", expanding=True)),
     )
     .order_by(certificates.c.issued_at.desc())

@@ -32,6 +32,11 @@ POOL_IDLE_SECONDS = 60.0  # the signing processes stop after this long without a
 RECOVER_FIRST_DELAY = 5.0
 RECOVER_MAX_DELAY = 300.0
 DRAIN_SECONDS = 30.0  # at start, what the first scan found is processed before READY, this long
+# the new certificates' fingerprint entries are folded among the others (index/schema.py)
+# once no request came for this long, FOLD_CHUNK a transaction: never during a burst
+FOLD_IDLE_SECONDS = 5.0
+FOLD_CHUNK = 1_000
+FOLD_LATER_SECONDS = 60.0  # looked again this often when none was left (rows `import` added)
 
 
 class Host(Protocol):
@@ -65,6 +70,9 @@ class Worker:
         self._recover_at: float | None = None
         self._only_waiting_keys = False
         self._thread: threading.Thread | None = None
+        self.fold_idle_seconds = FOLD_IDLE_SECONDS
+        self._last_items = time.monotonic()  # requests were last taken off the queue
+        self._fold_at = 0.0  # the next fold is tried then (monotonic), once idle
 
     # --- the thread ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -125,14 +133,29 @@ class Worker:
                         # inotify drops events when its queue overflows: look again after a burst
                         self.had_activity = False
                         host.inbox.scan()
-                    elif rt.pool is not None:
-                        rt.pool.stop_if_idle(POOL_IDLE_SECONDS)
+                    else:
+                        if rt.pool is not None:
+                            rt.pool.stop_if_idle(POOL_IDLE_SECONDS)
+                        self._fold_if_idle(rt, now_mono)
                     continue
+                self._last_items = now_mono
                 self._handle(rt, host.inbox, items)
         rt = host.rt
         if rt is not None:
             with self.busy():
                 rt.batches.flush(self)  # the batches in flight are claimed: finish them
+
+    def _fold_if_idle(self, rt: Runtime, now: float) -> None:
+        """One chunk of Store.fold_fingerprints, once idle for `fold_idle_seconds`."""
+        if now < max(self._fold_at, self._last_items + self.fold_idle_seconds):
+            return
+        try:
+            with rt.store.begin() as conn:
+                moved = rt.store.fold_fingerprints(conn, FOLD_CHUNK)
+        except CertdropError as exc:  # the index cannot be written now: later
+            log.warning("cannot fold new fingerprints into the index now: %s", exc)
+            moved = 0
+        self._fold_at = 0.0 if moved == FOLD_CHUNK else now + FOLD_LATER_SECONDS
 
     def _drain_initial(self) -> None:
         """Process what the first scan found before declaring READY (bounded by time).
@@ -187,6 +210,7 @@ class Worker:
         self.counts[result.outcome.value] = self.counts.get(result.outcome.value, 0) + 1
         if result.outcome not in (Outcome.SKIPPED, Outcome.RETRY):
             self.had_activity = True
+            self._fold_at = 0.0  # a certificate issued: its fingerprint entry is new
 
     def retry(self, item: WorkItem, after: float) -> None:
         self.queue.put_later(item, after)

@@ -406,14 +406,11 @@ def test_a_version_5_index_gets_the_schema_6_indexes(index_url: str) -> None:
 
 
 def test_a_version_10_index_gets_the_fingerprint_key_index(index_url: str) -> None:
-    """Schema 11: ix_certificates_request_key (the fingerprint's first characters)
-    replaces ix_certificates_request_fingerprint; a request is found by its fingerprint."""
+    """Schema 11: certificates.fingerprint_pending and ix_certificates_request_key (it and
+    the fingerprint's first characters) replace ix_certificates_request_fingerprint; the
+    rows already there are among the folded ones, and found by their fingerprint."""
     store = Store(index_url).open()
     with store.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_certificates_request_key")
-        conn.exec_driver_sql(
-            "CREATE INDEX ix_certificates_request_fingerprint ON certificates (request_fingerprint)"
-        )
         store.add_certificates(
             conn,
             [
@@ -433,6 +430,11 @@ def test_a_version_10_index_gets_the_fingerprint_key_index(index_url: str) -> No
                 )
             ],
         )
+        conn.exec_driver_sql("DROP INDEX ix_certificates_request_key")
+        conn.exec_driver_sql("ALTER TABLE certificates DROP COLUMN fingerprint_pending")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_certificates_request_fingerprint ON certificates (request_fingerprint)"
+        )
         store.set_meta(conn, "schema_version", "10")
     store.close()
 
@@ -450,6 +452,7 @@ def test_a_version_10_index_gets_the_fingerprint_key_index(index_url: str) -> No
             }
             assert "ix_certificates_request_key" in names
             assert "ix_certificates_request_fingerprint" not in names
+            assert store.pending_fingerprints(conn) == 0
             assert [r.serial for r in store.by_fingerprints(conn, ["9" * 64])["9" * 64]] == ["0B"]
     finally:
         store.close()

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from certdrop.errors import SerialCollision, StoreError
 from certdrop.index import listing
@@ -255,12 +256,53 @@ def test_the_fingerprint_lookup_searches_its_index(store: Store) -> None:
     text = "\n".join(plan)
     if store.dialect == "sqlite":
         assert not any(s.startswith("SCAN") for s in plan), plan
-        assert "USING INDEX ix_certificates_request_key (<expr>=?)" in text, plan
+        assert (
+            "USING INDEX ix_certificates_request_key (fingerprint_pending=? AND <expr>=?)" in text
+        ), plan
     else:
         assert "Seq Scan" not in text and "ix_certificates_request_key" in text, text
-        assert "substr((request_fingerprint)::text, 1, 8)" in text, text
+        [cond] = [s for s in plan if "Index Cond:" in s]
+        assert "fingerprint_pending = ANY" in cond and "substr((request_fingerprint)" in cond, text
 
 
 def _lookup(store: Store, fps: list[str]) -> None:
     with store.begin() as conn:
         assert len(store.by_fingerprints(conn, fps)) == len(fps)
+
+
+def test_new_fingerprints_are_folded_among_the_others_and_still_found(store: Store) -> None:
+    """A new certificate's entry is among the new ones (pending) until fold_fingerprints
+    moves it, a chunk at a time; found by its fingerprint before and after; the fold
+    finds the pending rows through the index, not by reading every certificate."""
+    with store.begin() as conn:
+        store.add_certificates(conn, [cert(i, [("CN", f"u{i}")]) for i in range(1, 8)])
+        assert store.pending_fingerprints(conn) == 7
+    fps = [f"{i:064x}" for i in range(1, 8)]
+    ran: list[tuple[str, object]] = []
+
+    def capture(
+        conn: object, cursor: object, statement: str, parameters: object, *a: object
+    ) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            ran.append((statement, parameters))
+
+    sa.event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        with store.begin() as conn:
+            assert store.fold_fingerprints(conn, 3) == 3
+            assert store.pending_fingerprints(conn) == 4
+            assert sorted(store.by_fingerprints(conn, fps)) == fps  # folded or not
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", capture)
+    with store.begin() as conn:
+        assert store.fold_fingerprints(conn, 100) == 4
+        assert store.fold_fingerprints(conn, 100) == 0
+        assert store.pending_fingerprints(conn) == 0
+        got = store.by_fingerprints(conn, fps)
+        assert [got[fp][0].serial for fp in fps] == [f"{i:032X}" for i in range(1, 8)]
+    plan = "\n".join(query_plan(store, *ran[0]))
+    if store.dialect == "sqlite":
+        assert "ix_certificates_request_key (fingerprint_pending=?)" in plan, plan
+        assert "SCAN certificates" not in plan, plan
+    else:
+        assert "ix_certificates_request_key" in plan and "Seq Scan" not in plan, plan

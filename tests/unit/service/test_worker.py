@@ -275,3 +275,33 @@ def test_a_failing_operator_command_does_not_kill_the_worker(
         cid = commands.push(conn, "crl", {}, kit.clock.now())
     result = wait_for_control(kit.store, cid, 30)
     assert result is not None and result.startswith("ok: CRL ")
+
+
+def test_new_fingerprints_are_folded_once_the_worker_is_idle(kit: Kit) -> None:
+    """A certificate's fingerprint entry stays among the new ones while requests may
+    still come (the idle time not reached), and is folded among the others once idle."""
+    host = host_for(kit)
+    worker = Worker(host, host.queue)
+    worker.fold_idle_seconds = 3600.0
+    worker.start()
+    try:
+        assert host.ready.wait(10)
+        path = drop_settled(kit, "fold")
+        host.queue.put(WorkItem(path, "client", False))
+        wait_for(lambda: worker.counts["issued"] == 1, 10, what="the result")
+        with kit.store.begin() as conn:
+            assert kit.store.pending_fingerprints(conn) == 1
+        worker.fold_idle_seconds = 0.0
+
+        def pending() -> int:
+            with kit.store.begin() as conn:
+                return kit.store.pending_fingerprints(conn)
+
+        wait_for(lambda: pending() == 0, 10, what="the fold")
+        [cert] = kit.certs()
+        with kit.store.begin() as conn:
+            found = kit.store.by_fingerprints(conn, [cert.request_fingerprint])
+        assert [r.serial for r in found[cert.request_fingerprint]] == [cert.serial]
+    finally:
+        host.stop()
+        assert worker.join(10)
