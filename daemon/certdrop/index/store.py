@@ -393,7 +393,7 @@ class Store:
         out: dict[str, list[CertRecord]] = {}
         for start in range(0, len(wanted), 500):
             fps = wanted[start : start + 500]
-            keys = sorted({fp[:FINGERPRINT_KEY_LENGTH] for fp in fps})
+            keys = sorted({f"{p}{fp[:FINGERPRINT_KEY_LENGTH]}" for fp in fps for p in "01"})
             rows = conn.execute(_BY_FINGERPRINTS, {"keys": keys, "fps": fps})
             for r in rows:
                 rec = cert_record(r)
@@ -404,7 +404,7 @@ class Store:
         """Move up to `limit` of the new certificates' entries of ix_certificates_request_key
         among the others (schema.py): the random writes into a big index that issuing
         them did not make. How many were moved; 0 when none was left."""
-        pending = sa.select(certificates.c.serial).where(certificates.c.fingerprint_pending == 1)
+        pending = sa.select(certificates.c.serial).where(*_PENDING)
         if conn.dialect.name == "postgresql":
             pending = pending.with_for_update(skip_locked=True)  # another host's are its own
         result = conn.execute(
@@ -418,7 +418,7 @@ class Store:
         """How many certificates' entries are still among the new ones."""
         return int(
             conn.execute(
-                sa.select(sa.func.count()).where(certificates.c.fingerprint_pending == 1)
+                sa.select(sa.func.count()).select_from(certificates).where(*_PENDING)
             ).scalar_one()
         )
 
@@ -528,12 +528,13 @@ _SERIALS_WITH_ATTR = sa.select(cert_attrs.c.serial, cert_attrs.c.value).where(
 _BY_FINGERPRINTS = (
     sa.select(certificates)
     .where(  # ix_certificates_request_key: the new entries and the others, by key
-        certificates.c.fingerprint_pending.in_((0, 1)),
         fingerprint_key.in_(sa.bindparam("keys", expanding=True)),
         certificates.c.request_fingerprint.in_(sa.bindparam("fps", expanding=True)),
     )
     .order_by(certificates.c.issued_at.desc())
 )
+# the new entries of ix_certificates_request_key: its keys that begin with "1"
+_PENDING = (fingerprint_key >= sa.literal_column("'1'"), certificates.c.fingerprint_pending == 1)
 EXISTING_SERIALS = sa.select(certificates.c.serial).where(
     certificates.c.serial.in_(sa.bindparam("serials", expanding=True))
 )

@@ -256,13 +256,12 @@ def test_the_fingerprint_lookup_searches_its_index(store: Store) -> None:
     text = "\n".join(plan)
     if store.dialect == "sqlite":
         assert not any(s.startswith("SCAN") for s in plan), plan
-        assert (
-            "USING INDEX ix_certificates_request_key (fingerprint_pending=? AND <expr>=?)" in text
-        ), plan
+        assert "USING INDEX ix_certificates_request_key (<expr>=?)" in text, plan
     else:
         assert "Seq Scan" not in text and "ix_certificates_request_key" in text, text
         [cond] = [s for s in plan if "Index Cond:" in s]
-        assert "fingerprint_pending = ANY" in cond and "substr((request_fingerprint)" in cond, text
+        assert "(fingerprint_pending)::text || substr((request_fingerprint)" in cond, text
+        assert "= ANY" in cond, text
 
 
 def _lookup(store: Store, fps: list[str]) -> None:
@@ -302,7 +301,7 @@ def test_new_fingerprints_are_folded_among_the_others_and_still_found(store: Sto
         assert [got[fp][0].serial for fp in fps] == [f"{i:032X}" for i in range(1, 8)]
     plan = "\n".join(query_plan(store, *ran[0]))
     if store.dialect == "sqlite":
-        assert "ix_certificates_request_key (fingerprint_pending=?)" in plan, plan
+        assert "ix_certificates_request_key (<expr>>?)" in plan, plan
         assert "SCAN certificates" not in plan, plan
     else:
         assert "ix_certificates_request_key" in plan and "Seq Scan" not in plan, plan
