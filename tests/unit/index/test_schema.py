@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from certdrop.errors import StoreError
 from certdrop.index import journal, listing, mailqueue
 from certdrop.index.schema import SCHEMA_VERSION, metadata
 from certdrop.index.store import NewCertificate, Store
+from index_kit import cert
 
 T0 = dt.datetime(2030, 5, 1, 12, 0, tzinfo=dt.UTC)
 MESSAGE: dict[str, object] = {
@@ -411,25 +413,8 @@ def test_a_version_10_index_gets_the_fingerprint_key_index(index_url: str) -> No
     rows already there are among the folded ones, and found by their fingerprint."""
     store = Store(index_url).open()
     with store.begin() as conn:
-        store.add_certificates(
-            conn,
-            [
-                NewCertificate(
-                    serial="0B",
-                    subject="CN=Ten",
-                    common_name="Ten",
-                    email="",
-                    not_before=T0 - dt.timedelta(days=1),
-                    not_after=T0 + dt.timedelta(days=30),
-                    profile="client",
-                    request_name="ten",
-                    request_fingerprint="9" * 64,
-                    issued_at=T0 - dt.timedelta(days=1),
-                    der=b"0",
-                    attrs=[("CN", "Ten")],
-                )
-            ],
-        )
+        ten = replace(cert(11, [("CN", "Ten")]), request_fingerprint="9" * 64)
+        store.add_certificates(conn, [ten])
         conn.exec_driver_sql("DROP INDEX ix_certificates_request_key")
         conn.exec_driver_sql("ALTER TABLE certificates DROP COLUMN fingerprint_pending")
         conn.exec_driver_sql(
@@ -453,6 +438,8 @@ def test_a_version_10_index_gets_the_fingerprint_key_index(index_url: str) -> No
             assert "ix_certificates_request_key" in names
             assert "ix_certificates_request_fingerprint" not in names
             assert store.pending_fingerprints(conn) == 0
-            assert [r.serial for r in store.by_fingerprints(conn, ["9" * 64])["9" * 64]] == ["0B"]
+            assert [r.serial for r in store.by_fingerprints(conn, ["9" * 64])["9" * 64]] == [
+                ten.serial
+            ]
     finally:
         store.close()
